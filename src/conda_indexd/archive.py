@@ -1,0 +1,311 @@
+"""Read one package archive: its metadata members and its checksums, in one pass.
+
+`read_package(path)` returns a `PackageMetadata` or raises `ArchiveError` with a short
+machine-readable `reason` (used as a metrics label) and a one-line human message.
+Only the `info/` members conda-index caches are read; the stream is closed as soon as
+every wanted member has been seen. md5 and sha256 are computed together while the file
+is read once from start to end.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import tarfile
+import threading
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from conda_package_streaming import package_streaming
+
+INDEX_JSON = "info/index.json"
+ABOUT_JSON = "info/about.json"
+PATHS_JSON = "info/paths.json"
+RUN_EXPORTS_JSON = "info/run_exports.json"
+ICON_PNG = "info/icon.png"
+RECIPE_MEMBERS = ("info/recipe/meta.yaml", "info/recipe/meta.yaml.rendered", "info/meta.yaml")
+WANTED = frozenset({INDEX_JSON, ABOUT_JSON, PATHS_JSON, RUN_EXPORTS_JSON, ICON_PNG, *RECIPE_MEMBERS})
+
+# Keys conda-index drops from info/index.json (channel-format.md §2.2).
+FILTERED_KEYS = frozenset(
+    {
+        "arch",
+        "has_prefix",
+        "mtime",
+        "platform",
+        "ucs",
+        "requires_features",
+        "binstar",
+        "target-triplet",
+        "machine",
+        "operatingsystem",
+    }
+)
+
+CHUNK = 1 << 20
+
+
+class ArchiveError(Exception):
+    """An archive that cannot be indexed. `reason` is a short, low-cardinality label."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class PackageMetadata:
+    """What conda-index's cache.db stores for one package (JSON columns as text)."""
+
+    filename: str
+    index_json: dict[str, Any]  # filtered index.json + md5, sha256, size (in that order)
+    about: str | None
+    recipe: str | None
+    run_exports: str | None
+    post_install: str
+    icon: bytes | None
+
+    @property
+    def name(self) -> str:
+        return self.index_json["name"]
+
+
+class _Checksums:
+    def __init__(self) -> None:
+        self.md5 = hashlib.md5()
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def update(self, data: bytes) -> None:
+        self.md5.update(data)
+        self.sha256.update(data)
+        self.size += len(data)
+
+    def drain(self, fileobj: IO[bytes]) -> None:
+        while data := fileobj.read(CHUNK):
+            self.update(data)
+
+
+class _HashingReader:
+    """File wrapper that hashes every byte the decompressor reads, for `.tar.bz2`."""
+
+    def __init__(self, fileobj: IO[bytes], sums: _Checksums):
+        self._f = fileobj
+        self._sums = sums
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self._sums.update(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:  # the caller owns the file
+        pass
+
+    @property
+    def closed(self) -> bool:
+        return self._f.closed
+
+
+def _collect_members(filename: str, stream_source: Any) -> dict[str, bytes]:
+    wanted = set(WANTED)
+    members: dict[str, bytes] = {}
+    stream = package_streaming.stream_conda_info(filename, stream_source)
+    try:
+        for tar, member in stream:
+            name = member.name.removeprefix("./")
+            if name not in wanted:
+                continue
+            wanted.discard(name)
+            if not member.isfile():
+                continue
+            reader = tar.extractfile(member)
+            if reader is None:
+                continue
+            members[name] = reader.read()
+            if name == INDEX_JSON:
+                try:
+                    if json.loads(members[name]).get("icon") is None:
+                        wanted.discard(ICON_PNG)
+                except (ValueError, AttributeError):
+                    break  # reported as bad index.json below
+            if name in RECIPE_MEMBERS:
+                wanted.difference_update(RECIPE_MEMBERS)
+            if not wanted:
+                break
+    finally:
+        stream.close()
+    return members
+
+
+def read_package(path: str | Path) -> PackageMetadata:
+    """Read the metadata and checksums of one `.conda` or `.tar.bz2` archive."""
+    path = Path(path)
+    filename = path.name
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            f.seek(0)
+            if size == 0:
+                raise ArchiveError("empty", "empty file")
+            sums = _Checksums()
+            if filename.endswith(".conda"):
+                members = _collect_members(filename, f)
+                f.seek(0)
+                sums.drain(f)
+            else:
+                reader = _HashingReader(f, sums)
+                members = _collect_members(filename, reader)
+                sums.drain(f)
+    except ArchiveError:
+        raise
+    except Exception as exc:  # every failure of a third-party reader becomes a reason
+        raise _classify(filename, exc) from exc
+    return _to_metadata(filename, members, sums)
+
+
+def _classify(filename: str, exc: BaseException) -> ArchiveError:
+    detail = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+    if isinstance(exc, FileNotFoundError):
+        return ArchiveError("vanished", f"file disappeared while reading ({detail})")
+    if isinstance(exc, zipfile.BadZipFile):
+        return ArchiveError("not-a-zip", f".conda is not a valid zip file ({detail})")
+    if isinstance(exc, LookupError) and "component" in str(exc):
+        return ArchiveError("missing-info-component", f"no info-<stem> component matching the filename ({detail})")
+    if isinstance(exc, EOFError):
+        return ArchiveError("truncated", f"archive ends early ({detail})")
+    if isinstance(exc, tarfile.ReadError):
+        reason = "truncated" if "truncated" in str(exc) or "unexpected end" in str(exc) else "bad-tar"
+        return ArchiveError(reason, f"unreadable tar stream ({detail})")
+    if type(exc).__module__.startswith(("backports.zstd", "compression.zstd", "zstandard")) or "zstd" in type(exc).__name__.lower():
+        return ArchiveError("bad-zstd", f"bad zstd data in the info component ({detail})")
+    if isinstance(exc, OSError) and filename.endswith(".tar.bz2") and "Invalid data stream" in str(exc):
+        return ArchiveError("not-bzip2", f".tar.bz2 is not a bzip2 stream ({detail})")
+    if isinstance(exc, OSError):
+        return ArchiveError("io-error", f"could not read the file ({detail})")
+    return ArchiveError("unreadable", f"could not read the archive ({detail})")
+
+
+def _check_index_json(index: Any) -> str | None:
+    """Why a record would break clients (rattler, conda), or None when it is usable."""
+    if not isinstance(index, dict):
+        return "index.json is not an object"
+    for key in ("name", "version", "build"):
+        value = index.get(key)
+        if not isinstance(value, str) or not value:
+            return f"index.json {key!r} is missing or not a string"
+    bn = index.get("build_number", 0)
+    if not isinstance(bn, int) or isinstance(bn, bool) or bn < 0:
+        return "index.json 'build_number' is not a non-negative integer"
+    for key in ("depends", "constrains", "track_features_list"):
+        if key in index and not (
+            isinstance(index[key], list) and all(isinstance(s, str) for s in index[key])
+        ):
+            return f"index.json {key!r} is not a list of strings"
+    return None
+
+
+def _to_metadata(filename: str, members: dict[str, bytes], sums: _Checksums) -> PackageMetadata:
+    raw_index = members.get(INDEX_JSON)
+    if raw_index is None:
+        raise ArchiveError("missing-index-json", "archive has no info/index.json")
+    try:
+        index = json.loads(raw_index)
+    except ValueError as exc:
+        raise ArchiveError("bad-index-json", f"info/index.json is not valid JSON ({exc})") from exc
+    if problem := _check_index_json(index):
+        raise ArchiveError("bad-index-json", problem)
+    record = {k: v for k, v in index.items() if k not in FILTERED_KEYS}
+    record["md5"] = sums.md5.hexdigest()
+    record["sha256"] = sums.sha256.hexdigest()
+    record["size"] = sums.size
+    recipe_raw = next((members[m] for m in RECIPE_MEMBERS if m in members), None)
+    return PackageMetadata(
+        filename=filename,
+        index_json=record,
+        about=_json_text(members.get(ABOUT_JSON)),
+        recipe=None if recipe_raw is None else recipe_json(recipe_raw),
+        run_exports=_json_text(members.get(RUN_EXPORTS_JSON)),
+        post_install=post_install_json(members.get(PATHS_JSON)),
+        icon=members.get(ICON_PNG),
+    )
+
+
+def _json_text(raw: bytes | None) -> str | None:
+    """An optional JSON member as text, or None when absent or not valid JSON.
+
+    conda-index aborts the whole run when sqlite's json() rejects a member; a broken
+    optional member only loses that member here.
+    """
+    if raw is None:
+        return None
+    try:
+        text = raw.decode("utf-8")
+        json.loads(text)
+    except ValueError:
+        return None
+    return text
+
+
+def post_install_json(paths_raw: bytes | None) -> str:
+    """conda-index's `post_install` flags, computed from info/paths.json (§3.2)."""
+    flags = {
+        "binary_prefix": False,
+        "text_prefix": False,
+        "activate.d": False,
+        "deactivate.d": False,
+        "pre_link": False,
+        "post_link": False,
+        "pre_unlink": False,
+    }
+    paths: list = []
+    if paths_raw:
+        try:
+            parsed = json.loads(paths_raw)
+            paths = parsed.get("paths", []) if isinstance(parsed, dict) else []
+        except ValueError:
+            paths = []
+    for entry in paths:
+        if not isinstance(entry, dict):
+            continue
+        if entry.get("prefix_placeholder"):
+            mode = entry.get("file_mode")
+            if mode == "binary":
+                flags["binary_prefix"] = True
+            elif mode == "text":
+                flags["text_prefix"] = True
+        p = str(entry.get("_path", ""))
+        for k in ("activate.d", "deactivate.d"):
+            if not flags[k] and p.startswith(f"etc/conda/{k}"):
+                flags[k] = True
+        for pat in ("pre-link", "post-link", "pre-unlink"):
+            key = pat.replace("-", "_")
+            if not flags[key] and fnmatch.fnmatch(p, f"*/.*-{pat}.*"):
+                flags[key] = True
+    return json.dumps(flags)
+
+
+_local = threading.local()
+
+
+def recipe_json(raw: bytes) -> str:
+    """The recipe parsed as conda-index parses it (ruamel safe, pure), as JSON; {} on error."""
+    import ruamel.yaml
+
+    parser = getattr(_local, "yaml", None)
+    if parser is None:  # ruamel's YAML objects are not thread-safe: one per thread
+        parser = _local.yaml = ruamel.yaml.YAML(typ="safe", pure=True)
+    try:
+        recipe = parser.load(raw)
+    except Exception:  # ruamel raises many error types on bad YAML
+        recipe = {}
+    try:
+        return json.dumps(recipe)
+    except (TypeError, ValueError):
+        return json.dumps(recipe, default=str)

@@ -1,0 +1,263 @@
+"""The per-subdir `cache.db`, in conda-index 0.13's exact schema (channel-format.md §3.4).
+
+Stages in the `stat` table:
+- `fs`: what is on disk (path, mtime, size), written from a listing or per touched path.
+- `indexed`: written with the metadata tables after a successful extraction.
+- `failed` (ours): an archive that could not be indexed, with the mtime and size it had
+  then; the short reason label is kept in the row's `etag` column and the one-line
+  message in `last_modified` (both unused by conda-index). conda-index only queries the
+  stages it knows, so it ignores these rows; a failed file is not read again until its
+  mtime or size changes.
+
+Unlike conda-index, the output only contains files whose `indexed` row matches the
+current `fs` row: a package replaced by a broken file drops out instead of being served
+with stale metadata, and a failed file's stale metadata rows are removed, so a
+conda-index run on this cache.db does not serve them either.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .archive import PackageMetadata
+
+USER_VERSION = 2
+METADATA_TABLES = ("about", "index_json", "recipe", "recipe_log", "run_exports", "post_install", "icon")
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS about (path TEXT PRIMARY KEY, about BLOB)",
+    """CREATE TABLE IF NOT EXISTS index_json (
+            path TEXT PRIMARY KEY, index_json BLOB,
+            name AS (json_extract(index_json, '$.name')),
+            sha256 AS (json_extract(index_json, '$.sha256'))
+        )""",
+    "CREATE TABLE IF NOT EXISTS recipe (path TEXT PRIMARY KEY, recipe BLOB)",
+    "CREATE TABLE IF NOT EXISTS recipe_log (path TEXT PRIMARY KEY, recipe_log BLOB)",
+    "CREATE TABLE IF NOT EXISTS run_exports (path TEXT PRIMARY KEY, run_exports BLOB)",
+    "CREATE TABLE IF NOT EXISTS post_install (path TEXT PRIMARY KEY, post_install BLOB)",
+    "CREATE TABLE IF NOT EXISTS icon (path TEXT PRIMARY KEY, icon_png BLOB)",
+    """CREATE TABLE IF NOT EXISTS stat (
+                stage TEXT NOT NULL DEFAULT 'indexed',
+                path TEXT NOT NULL,
+                mtime NUMBER,
+                size INTEGER,
+                sha256 TEXT,
+                md5 TEXT,
+                last_modified TEXT,
+                etag TEXT
+            )""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS idx_stat ON stat (path, stage)",
+    "CREATE INDEX IF NOT EXISTS idx_stat_stage ON stat (stage, path)",
+)
+
+
+class CacheError(Exception):
+    """cache.db cannot be used (too new, corrupt, unwritable)."""
+
+
+@dataclass(frozen=True)
+class FileState:
+    path: str
+    mtime: float
+    size: int
+
+
+@dataclass(frozen=True)
+class Failure:
+    path: str
+    reason: str
+    message: str
+
+
+class SubdirCache:
+    """One subdir's cache.db. Used from one thread at a time (the indexer's writer)."""
+
+    def __init__(self, db_path: Path):
+        self.db_path = db_path
+        try:
+            db_path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(str(db_path), isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA foreign_keys = ON")
+            # One local writer; rollback journal kept (conda-index uses no WAL, and WAL
+            # breaks on network file systems). synchronous=NORMAL is safe in that mode
+            # for our purpose: a lost transaction only means re-extracting a package.
+            self.db.execute("PRAGMA synchronous = NORMAL")
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise CacheError(f"{db_path}: {exc}") from exc
+        except OSError as exc:
+            raise CacheError(f"{db_path.parent}: {exc.strerror or exc}") from exc
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> SubdirCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > USER_VERSION:
+            raise CacheError(f"{self.db_path}: cache version {version} is newer than {USER_VERSION}")
+        with self.transaction():
+            for statement in _SCHEMA:
+                self.db.execute(statement)
+            if version < 1:  # conda-index migration 1: bare filenames as paths
+                self.db.create_function("basename", 1, lambda p: p.rsplit("/", 1)[-1] if isinstance(p, str) else p)
+                for table in (*METADATA_TABLES, "stat"):
+                    self.db.execute(f"UPDATE OR IGNORE {table} SET path = basename(path) WHERE instr(path, '/')")
+            if version < 2:  # migration 2: generated columns (present in our CREATE)
+                columns = {row[1] for row in self.db.execute("PRAGMA table_xinfo(index_json)")}
+                if "name" not in columns:
+                    self.db.execute("ALTER TABLE index_json ADD COLUMN name AS (json_extract(index_json, '$.name'))")
+                if "sha256" not in columns:
+                    self.db.execute("ALTER TABLE index_json ADD COLUMN sha256 AS (json_extract(index_json, '$.sha256'))")
+            if version < USER_VERSION:
+                self.db.execute(f"PRAGMA user_version = {USER_VERSION}")
+
+    def transaction(self) -> _Transaction:
+        return _Transaction(self.db)
+
+    # --- fs stage -------------------------------------------------------------------
+
+    def replace_fs_state(self, files: Iterable[FileState]) -> None:
+        """A full listing: the fs stage becomes exactly these files (save_fs_state)."""
+        with self.transaction():
+            self.db.execute("DELETE FROM stat WHERE stage = 'fs'")
+            self._upsert_fs(files)
+
+    def update_fs_state(self, present: Iterable[FileState], gone: Iterable[str]) -> None:
+        """Touched paths only: upsert the files still there, drop the ones that went away."""
+        with self.transaction():
+            self._upsert_fs(present)
+            self.db.executemany("DELETE FROM stat WHERE stage = 'fs' AND path = ?", ((p,) for p in gone))
+
+    def _upsert_fs(self, files: Iterable[FileState]) -> None:
+        self.db.executemany(
+            "INSERT INTO stat (stage, path, mtime, size) VALUES ('fs', ?, ?, ?) "
+            "ON CONFLICT (path, stage) DO UPDATE SET mtime = excluded.mtime, size = excluded.size",
+            ((f.path, f.mtime, f.size) for f in files),
+        )
+
+    def fs_state(self) -> dict[str, FileState]:
+        return {
+            path: FileState(path, mtime, size)
+            for path, mtime, size in self.db.execute("SELECT path, mtime, size FROM stat WHERE stage = 'fs'")
+        }
+
+    # --- what to extract ---------------------------------------------------------------
+
+    def changed_packages(self) -> list[FileState]:
+        """fs rows with no matching `indexed` row and no matching `failed` row (§3.5)."""
+        rows = self.db.execute(
+            """
+            SELECT fs.path, fs.mtime, fs.size FROM stat AS fs
+            LEFT JOIN stat AS ix ON ix.path = fs.path AND ix.stage = 'indexed'
+            LEFT JOIN stat AS bad ON bad.path = fs.path AND bad.stage = 'failed'
+            WHERE fs.stage = 'fs'
+              AND (ix.path IS NULL OR ix.mtime != fs.mtime OR ix.size != fs.size)
+              AND (bad.path IS NULL OR bad.mtime != fs.mtime OR bad.size != fs.size)
+            ORDER BY fs.path
+            """
+        )
+        return [FileState(*row) for row in rows]
+
+    # --- writes after extraction ---------------------------------------------------------
+
+    def store(self, meta: PackageMetadata, state: FileState) -> None:
+        """All tables and the `indexed` stat row of one package, in one transaction."""
+        path = state.path
+        index = meta.index_json
+        with self.transaction():
+            for table, value in (
+                ("about", meta.about),
+                ("recipe", meta.recipe),
+                ("run_exports", meta.run_exports),
+                ("post_install", meta.post_install),
+            ):
+                if value is None:
+                    self.db.execute(f"DELETE FROM {table} WHERE path = ?", (path,))
+                else:
+                    self.db.execute(
+                        f"INSERT OR REPLACE INTO {table} (path, {table}) VALUES (?, json(?))", (path, value)
+                    )
+            if meta.icon is None:
+                self.db.execute("DELETE FROM icon WHERE path = ?", (path,))
+            else:
+                self.db.execute("INSERT OR REPLACE INTO icon (path, icon_png) VALUES (?, ?)", (path, meta.icon))
+            self.db.execute(
+                "INSERT OR REPLACE INTO index_json (path, index_json) VALUES (?, json(?))",
+                (path, json.dumps(index)),
+            )
+            self.db.execute(
+                "INSERT OR REPLACE INTO stat (stage, path, mtime, size, sha256, md5) VALUES ('indexed', ?, ?, ?, ?, ?)",
+                (path, state.mtime, state.size, index["sha256"], index["md5"]),
+            )
+            self.db.execute("DELETE FROM stat WHERE stage = 'failed' AND path = ?", (path,))
+
+    def store_failure(self, state: FileState, reason: str, message: str) -> None:
+        """Remember a failed archive; drop any stale metadata it had (see module doc)."""
+        path = state.path
+        with self.transaction():
+            for table in METADATA_TABLES:
+                self.db.execute(f"DELETE FROM {table} WHERE path = ?", (path,))
+            self.db.execute("DELETE FROM stat WHERE stage = 'indexed' AND path = ?", (path,))
+            self.db.execute(
+                "INSERT OR REPLACE INTO stat (stage, path, mtime, size, etag, last_modified) "
+                "VALUES ('failed', ?, ?, ?, ?, ?)",
+                (path, state.mtime, state.size, reason, message),
+            )
+
+    # --- reads for the outputs -------------------------------------------------------------
+
+    def indexed_records(self) -> Iterator[tuple[str, str]]:
+        """(filename, index_json text) of every published package, ordered by filename."""
+        return self.db.execute(
+            """
+            SELECT fs.path, index_json.index_json FROM stat AS fs
+            JOIN stat AS ix ON ix.path = fs.path AND ix.stage = 'indexed'
+                 AND ix.mtime = fs.mtime AND ix.size = fs.size
+            JOIN index_json ON index_json.path = fs.path
+            WHERE fs.stage = 'fs'
+            ORDER BY fs.path
+            """
+        )
+
+    def run_exports(self) -> Iterator[tuple[str, str | None]]:
+        """(filename, run_exports text or None) for every fs row, as conda-index does (§6.2)."""
+        return self.db.execute(
+            """
+            SELECT stat.path, run_exports.run_exports FROM stat
+            LEFT JOIN run_exports USING (path)
+            WHERE stat.stage = 'fs' ORDER BY stat.path
+            """
+        )
+
+    def failures(self) -> list[Failure]:
+        """Archives currently skipped: a `failed` row matching the current fs row."""
+        rows = self.db.execute(
+            """
+            SELECT fs.path, bad.etag, bad.last_modified FROM stat AS fs
+            JOIN stat AS bad ON bad.path = fs.path AND bad.stage = 'failed'
+                 AND bad.mtime = fs.mtime AND bad.size = fs.size
+            WHERE fs.stage = 'fs' ORDER BY fs.path
+            """
+        )
+        return [Failure(path, reason or "unreadable", message or "") for path, reason, message in rows]
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")

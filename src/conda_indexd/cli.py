@@ -1,0 +1,191 @@
+"""Command line: `conda-indexd index CHANNEL_DIR [options]`.
+
+Bad flags and bad paths give one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from . import __version__, logs
+from .cache import CacheError
+from .config import IndexConfig, default_threads, detect_subdirs
+from .indexer import SubdirResult, index_subdir
+from .lock import ChannelBusy, ChannelLock
+
+PROG = "conda-indexd"
+
+
+class UsageError(Exception):
+    """A bad flag or path: one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
+    return value
+
+
+def _zst_level(text: str) -> int:
+    value = _positive_int(text)
+    if value > 22:
+        raise argparse.ArgumentTypeError(f"zstd levels go from 1 to 22: {text}")
+    return value
+
+
+def add_index_options(p: argparse.ArgumentParser) -> None:
+    """The options shared by `index` and (later) `watch`, with conda-index's names."""
+    p.add_argument("channel", metavar="CHANNEL_DIR", help="channel folder holding platform subdirs")
+    p.add_argument("--output", metavar="DIR", help="write repodata under DIR instead of the channel (cache.db stays in the channel)")
+    p.add_argument("--subdir", action="append", metavar="S", help="index only this subdir (repeatable)")
+    p.add_argument("-n", "--channel-name", help="channel name (used by later outputs such as index.html)")
+    p.add_argument("--zst", action=argparse.BooleanOptionalAction, default=True, help="write repodata.json.zst (default: on)")
+    p.add_argument("--zst-level", type=_zst_level, default=3, metavar="N", help="zstd level for .zst copies (default: 3)")
+    p.add_argument("--bz2", action=argparse.BooleanOptionalAction, default=False, help="write repodata.json.bz2 (default: off)")
+    p.add_argument("--run-exports", action=argparse.BooleanOptionalAction, default=False, help="write run_exports.json (CEP-12)")
+    p.add_argument("--base-url", metavar="URL", help="packages are served from URL/<subdir>/ (CEP-15, repodata_version 2)")
+    p.add_argument("--threads", type=_positive_int, default=default_threads(), metavar="N", help="archive reader threads")
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+    p.add_argument("--log-format", choices=("json", "console"), help="default: console on a terminal, JSON lines otherwise")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Live indexer for conda channels.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    index = sub.add_parser("index", help="index a channel once and exit")
+    add_index_options(index)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> IndexConfig:
+    channel = Path(args.channel).absolute()
+    if not channel.exists():
+        raise UsageError(f"channel folder does not exist: {args.channel}")
+    if not channel.is_dir():
+        raise UsageError(f"channel path is not a folder: {args.channel}")
+    if not os.access(channel, os.W_OK):
+        raise UsageError(f"channel folder is not writable (cache.db lives there): {args.channel}")
+    output = Path(args.output).absolute() if args.output else None
+    if output is not None:
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create output folder {args.output}: {exc.strerror or exc}") from None
+        if not os.access(output, os.W_OK):
+            raise UsageError(f"output folder is not writable: {args.output}")
+    return IndexConfig(
+        channel=channel,
+        output=output,
+        subdirs=tuple(args.subdir or ()),
+        channel_name=args.channel_name,
+        zst=args.zst,
+        zst_level=args.zst_level,
+        bz2=args.bz2,
+        run_exports=args.run_exports,
+        base_url=args.base_url,
+        threads=args.threads,
+    )
+
+
+class ProgressLine:
+    """A single rewritten status line on stderr, only when stderr is a terminal."""
+
+    def __init__(self) -> None:
+        self.enabled = sys.stderr.isatty()
+        self.last = 0.0
+        self.subdir = ""
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or (done < total and now - self.last < 0.2):
+            return
+        self.last = now
+        sys.stderr.write(f"\r{self.subdir}: read {done}/{total} archives\x1b[K")
+        sys.stderr.flush()
+
+    def clear(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+def run_index(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    log = logs.get_logger("conda_indexd")
+    started = time.monotonic()
+    progress = ProgressLine()
+    results: list[SubdirResult] = []
+    with ChannelLock(config.channel):
+        for subdir in detect_subdirs(config):
+            progress.subdir = subdir
+            result = index_subdir(config, subdir, on_progress=progress)
+            progress.clear()
+            results.append(result)
+            log.info(
+                "subdir indexed",
+                subdir=subdir,
+                packages=result.packages,
+                extracted=result.extracted,
+                skipped=len(result.skipped),
+                written=result.written,
+                seconds=round(result.duration, 3),
+            )
+    reasons = Counter(f.reason for r in results for f in r.skipped)
+    for r in results:
+        for f in r.skipped:
+            if f not in r.new_failures:
+                log.info("still skipped", subdir=r.subdir, path=f.path, reason=f.reason, detail=f.message)
+    log.info(
+        "channel indexed",
+        channel=str(config.channel),
+        subdirs=len(results),
+        packages=sum(r.packages for r in results),
+        extracted=sum(r.extracted for r in results),
+        skipped=sum(len(r.skipped) for r in results),
+        skipped_by_reason=dict(sorted(reasons.items())),
+        seconds=round(time.monotonic() - started, 3),
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        logs.configure(args.log_format, args.verbose)
+        if args.command == "index":
+            return run_index(args)
+        raise UsageError(f"unknown command {args.command}")  # pragma: no cover
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc} (see {PROG} --help)", file=sys.stderr)
+        return 2
+    except ChannelBusy as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 3
+    except CacheError as exc:
+        print(f"{PROG}: error: cache.db: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"{PROG}: error:{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,206 @@
+"""The one indexing path for a subdir, shared by `conda-indexd index` and the daemon.
+
+fs state -> changed packages -> extract (parallel readers, one sqlite writer) -> build
+outputs (pure) -> publish (atomic, changed files only).
+"""
+
+from __future__ import annotations
+
+import bz2
+import os
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zstandard
+
+from . import publish, repodata
+from .archive import ArchiveError, PackageMetadata, read_package
+from .cache import Failure, FileState, SubdirCache
+from .config import IndexConfig, is_package_name
+from .logs import get_logger
+
+log = get_logger(__name__)
+
+REPODATA = "repodata.json"
+REPODATA_FROM_PACKAGES = "repodata_from_packages.json"
+RUN_EXPORTS = "run_exports.json"
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class SubdirResult:
+    subdir: str
+    packages: int = 0  # records published in repodata.json
+    extracted: int = 0  # archives read and stored this run
+    new_failures: list[Failure] = field(default_factory=list)  # failed this run
+    skipped: list[Failure] = field(default_factory=list)  # every archive currently left out
+    written: list[str] = field(default_factory=list)  # output files replaced
+    duration: float = 0.0
+
+
+# --- fs state --------------------------------------------------------------------------
+
+
+def list_packages(folder: Path) -> list[FileState]:
+    """Every package file directly in `folder` with its mtime and size."""
+    files = []
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        if not is_package_name(entry.name):
+            continue
+        try:
+            st = entry.stat()
+        except FileNotFoundError:
+            continue
+        if entry.is_file():
+            files.append(FileState(entry.name, st.st_mtime, st.st_size))
+    return files
+
+
+def stat_packages(folder: Path, names: Iterable[str]) -> tuple[list[FileState], list[str]]:
+    """The touched names split into (still present with their state, gone)."""
+    present, gone = [], []
+    for name in names:
+        try:
+            st = os.stat(folder / name)
+        except FileNotFoundError:
+            gone.append(name)
+            continue
+        present.append(FileState(name, st.st_mtime, st.st_size))
+    return present, gone
+
+
+# --- extraction --------------------------------------------------------------------------
+
+
+def _read(folder: Path, state: FileState) -> PackageMetadata | ArchiveError:
+    try:
+        return read_package(folder / state.path)
+    except ArchiveError as exc:
+        return exc
+
+
+def extract(
+    cache: SubdirCache,
+    folder: Path,
+    changed: list[FileState],
+    threads: int,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[int, list[Failure]]:
+    """Read changed archives on `threads` workers; all sqlite writes happen here."""
+    stored, failures = 0, []
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        results = pool.map(lambda s: _read(folder, s), changed)
+        for done, (state, result) in enumerate(zip(changed, results), 1):
+            if isinstance(result, ArchiveError):
+                if result.reason == "vanished":
+                    cache.update_fs_state((), (state.path,))
+                else:
+                    cache.store_failure(state, result.reason, result.message)
+                    failures.append(Failure(state.path, result.reason, result.message))
+            elif result.index_json["size"] != state.size:
+                # the file changed between the listing and the read (an upload in
+                # progress): keep nothing; it is looked at again on the next change.
+                cache.update_fs_state((), (state.path,))
+            else:
+                cache.store(result, state)
+                stored += 1
+            if on_progress:
+                on_progress(done, len(changed))
+    return stored, failures
+
+
+# --- outputs -------------------------------------------------------------------------------
+
+
+def compress_zst(data: bytes, level: int) -> bytes:
+    return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(data)
+
+
+def build_outputs(config: IndexConfig, subdir: str, cache: SubdirCache) -> tuple[dict[str, bytes], int]:
+    """Every output file of a subdir as {filename: bytes} in publish order, and the record count."""
+    records = [(fn, repodata.serialize_record(text)) for fn, text in cache.indexed_records()]
+    from_packages = repodata.build_repodata(subdir, records, base_url=config.base_url)
+    outputs: dict[str, bytes] = {}
+    # No patches yet: repodata.json is repodata_from_packages.json.
+    for name, data in ((REPODATA_FROM_PACKAGES, from_packages), (REPODATA, from_packages)):
+        outputs[name] = data
+    if config.run_exports:
+        outputs[RUN_EXPORTS] = repodata.build_run_exports(subdir, cache.run_exports())
+    return outputs, len(records)
+
+
+def publish_outputs(config: IndexConfig, outdir: Path, outputs: dict[str, bytes]) -> list[str]:
+    """Publish in order; compressed copies follow their JSON. Returns the names written.
+
+    Like conda-index, a compressed copy is rebuilt only when its JSON changed or it is
+    missing; identical JSON documents (repodata.json without patches) share one compression.
+    """
+    outdir.mkdir(parents=True, exist_ok=True)
+    written: list[str] = []
+    memo: dict[tuple[str, bytes], bytes] = {}
+
+    def compressed(suffix: str, data: bytes) -> bytes:
+        if (suffix, data) not in memo:
+            memo[suffix, data] = compress_zst(data, config.zst_level) if suffix == ".zst" else bz2.compress(data)
+        return memo[suffix, data]
+
+    for name, data in outputs.items():
+        path = outdir / name
+        changed = publish.publish(path, data)
+        if changed:
+            written.append(name)
+        if name == RUN_EXPORTS:
+            continue
+        for suffix, enabled in ((".zst", config.zst), (".bz2", config.bz2)):
+            variant = path.with_name(name + suffix)
+            if not enabled:
+                publish.remove(variant)
+            elif (changed or not variant.exists()) and publish.publish(variant, compressed(suffix, data)):
+                written.append(variant.name)
+    return written
+
+
+# --- the whole path --------------------------------------------------------------------------
+
+
+def index_subdir(
+    config: IndexConfig,
+    subdir: str,
+    *,
+    touched: Iterable[str] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> SubdirResult:
+    """Bring one subdir's cache and outputs up to date.
+
+    touched=None lists the whole folder (start-up, rescans, the one-shot command);
+    otherwise only the fs rows of the named files are updated (the daemon's events).
+    """
+    started = time.monotonic()
+    result = SubdirResult(subdir)
+    folder = config.subdir_path(subdir)
+    folder.mkdir(parents=True, exist_ok=True)
+    with SubdirCache(config.cache_db(subdir)) as cache:
+        if touched is None:
+            cache.replace_fs_state(list_packages(folder))
+        else:
+            present, gone = stat_packages(folder, {n for n in touched if is_package_name(n)})
+            cache.update_fs_state(present, gone)
+        changed = cache.changed_packages()
+        if changed:
+            log.debug("extracting", subdir=subdir, count=len(changed))
+        result.extracted, result.new_failures = extract(cache, folder, changed, config.threads, on_progress)
+        for failure in result.new_failures:
+            log.warning("skipped archive", subdir=subdir, path=failure.path, reason=failure.reason, detail=failure.message)
+        outputs, result.packages = build_outputs(config, subdir, cache)
+        result.skipped = cache.failures()
+    result.written = publish_outputs(config, config.output_dir(subdir), outputs)
+    result.duration = time.monotonic() - started
+    return result

@@ -1,0 +1,89 @@
+"""Pure functions from cache rows to the bytes of repodata.json and friends (§2, §6.2).
+
+The output equals conda-index 0.13's `json.dumps(repodata, sort_keys=True,
+separators=(",", ":"))`. It is assembled from per-record pieces: `json.dumps` with
+sorted keys is compositional, so the document can be streamed from records serialised
+one at a time (and, later, kept serialised between runs).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+TAR_BZ2 = ".tar.bz2"
+CONDA = ".conda"
+
+
+def dumps(obj: Any) -> str:
+    """conda-index's compact serialisation: sorted keys, no spaces, ensure_ascii."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def serialize_record(index_json_text: str) -> str:
+    """One cached index_json row as it appears inside repodata.json."""
+    return dumps(json.loads(index_json_text))
+
+
+def section_of(filename: str) -> str | None:
+    if filename.endswith(CONDA):
+        return "packages.conda"
+    if filename.endswith(TAR_BZ2):
+        return "packages"
+    return None
+
+
+def subdir_info(subdir: str, base_url: str | None) -> dict[str, str]:
+    info = {"subdir": subdir}
+    if base_url:
+        info["base_url"] = f"{base_url.rstrip('/')}/{subdir}/"
+    return info
+
+
+def _section(items: Iterable[tuple[str, str]]) -> str:
+    """A JSON object from (filename, serialised record) pairs, keys sorted."""
+    return "{" + ",".join(f"{json.dumps(fn)}:{rec}" for fn, rec in sorted(items)) + "}"
+
+
+def build_repodata(
+    subdir: str,
+    records: Iterable[tuple[str, str]],
+    *,
+    base_url: str | None = None,
+    removed: Iterable[str] = (),
+) -> bytes:
+    """repodata.json bytes from (filename, serialised record) pairs."""
+    tar: list[tuple[str, str]] = []
+    conda: list[tuple[str, str]] = []
+    for fn, rec in records:
+        section = section_of(fn)
+        if section == "packages":
+            tar.append((fn, rec))
+        elif section == "packages.conda":
+            conda.append((fn, rec))
+    version = 2 if base_url else 1
+    text = (
+        '{"info":' + dumps(subdir_info(subdir, base_url))
+        + ',"packages":' + _section(tar)
+        + ',"packages.conda":' + _section(conda)
+        + ',"removed":' + dumps(sorted(removed))
+        + ',"repodata_version":' + str(version)
+        + "}"
+    )
+    return text.encode("ascii")
+
+
+def build_run_exports(subdir: str, rows: Iterable[tuple[str, str | None]]) -> bytes:
+    """run_exports.json (CEP-12) from (filename, run_exports text or None) pairs."""
+    packages: dict[str, Any] = {}
+    packages_conda: dict[str, Any] = {}
+    for fn, text in rows:
+        entry = {"run_exports": (json.loads(text) if text else None) or {}}
+        section = section_of(fn)
+        if section == "packages":
+            packages[fn] = entry
+        elif section == "packages.conda":
+            packages_conda[fn] = entry
+    doc = {"info": {"subdir": subdir, "version": 1}, "packages": packages, "packages.conda": packages_conda}
+    return dumps(doc).encode("ascii")
