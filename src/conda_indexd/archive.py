@@ -166,8 +166,25 @@ def read_package(path: str | Path) -> PackageMetadata:
     except ArchiveError:
         raise
     except Exception as exc:  # every failure of a third-party reader becomes a reason
-        raise _classify(filename, exc) from exc
+        raise (_sniff(path) or _classify(filename, exc)) from exc
     return _to_metadata(filename, members, sums)
+
+
+def _sniff(path: Path) -> ArchiveError | None:
+    """Name the common impostors: git-lfs pointers, gzip or plain tar under a package name."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return None
+    if head.startswith(b"version https://git-lfs"):
+        return ArchiveError("git-lfs-pointer", "a git-lfs pointer file, not the package (fetch it with git lfs pull)")
+    if path.name.endswith(".tar.bz2"):
+        if head.startswith(b"\x1f\x8b"):
+            return ArchiveError("not-bzip2", "gzip data under a .tar.bz2 name")
+        if head[257:262] == b"ustar":
+            return ArchiveError("not-bzip2", "an uncompressed tar under a .tar.bz2 name")
+    return None
 
 
 def _classify(filename: str, exc: BaseException) -> ArchiveError:
