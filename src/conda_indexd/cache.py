@@ -216,11 +216,11 @@ class SubdirCache:
 
     # --- reads for the outputs -------------------------------------------------------------
 
-    def indexed_records(self) -> Iterator[tuple[str, str]]:
-        """(filename, index_json text) of every published package, ordered by filename."""
+    def indexed_records(self) -> Iterator[tuple[str, str, str]]:
+        """(filename, index_json text, sha256) of every published package, by filename."""
         return self.db.execute(
             """
-            SELECT fs.path, index_json.index_json FROM stat AS fs
+            SELECT fs.path, index_json.index_json, index_json.sha256 FROM stat AS fs
             JOIN stat AS ix ON ix.path = fs.path AND ix.stage = 'indexed'
                  AND ix.mtime = fs.mtime AND ix.size = fs.size
             JOIN index_json ON index_json.path = fs.path
@@ -228,6 +228,10 @@ class SubdirCache:
             ORDER BY fs.path
             """
         )
+
+    def published_digests(self) -> dict[str, str]:
+        """{filename: sha256} of what the outputs currently hold, per this cache."""
+        return {fn: sha for fn, _, sha in self.indexed_records()}
 
     def run_exports(self) -> Iterator[tuple[str, str | None]]:
         """(filename, run_exports text or None) for every fs row, as conda-index does (§6.2)."""

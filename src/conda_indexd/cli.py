@@ -1,4 +1,4 @@
-"""Command line: `conda-indexd index CHANNEL_DIR [options]`.
+"""Command line: `conda-indexd index|watch CHANNEL_DIR [options]`.
 
 Bad flags and bad paths give one line on stderr and a non-zero exit, never a traceback.
 """
@@ -17,6 +17,7 @@ from typing import NoReturn
 from . import __version__, logs
 from .cache import CacheError
 from .config import IndexConfig, default_threads, detect_subdirs
+from .daemon import DEFAULT_HOST, DEFAULT_PORT, Daemon, WatchConfig
 from .indexer import SubdirResult, index_subdir
 from .lock import ChannelBusy, ChannelLock
 
@@ -72,7 +73,41 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     index = sub.add_parser("index", help="index a channel once and exit")
     add_index_options(index)
+    watch = sub.add_parser("watch", help="keep a channel indexed: watch for changes and publish them")
+    add_index_options(watch)
+    watch.add_argument("--listen", type=_listen, default=(DEFAULT_HOST, DEFAULT_PORT), metavar="HOST:PORT",
+                       help=f"HTTP for /metrics, /healthz, /readyz (default {DEFAULT_HOST}:{DEFAULT_PORT})")
+    watch.add_argument("--debounce", type=_seconds, default=1.0, metavar="S", help="quiet time before a subdir is indexed (default 1)")
+    watch.add_argument("--max-delay", type=_seconds, default=10.0, metavar="S", help="longest wait after a subdir's first event (default 10)")
+    watch.add_argument("--settle", type=_seconds, default=1.0, metavar="S", help="a file changed this recently is an upload in progress (default 1)")
+    watch.add_argument("--rescan-interval", type=_positive_seconds, default=600.0, metavar="S", help="full rescan backstop (default 600)")
+    watch.add_argument("--polling", action="store_true", help="poll the folder instead of inotify (NFS/CIFS shares)")
+    watch.add_argument("--poll-interval", type=_positive_seconds, default=1.0, metavar="S", help="polling interval (default 1)")
     return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0: {text}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0: {text}")
+    return value
+
+
+def _listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or DEFAULT_HOST, int(port)
 
 
 def config_from_args(args: argparse.Namespace) -> IndexConfig:
@@ -166,12 +201,37 @@ def run_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_watch(args: argparse.Namespace) -> int:
+    index = config_from_args(args)
+    if args.max_delay < args.debounce:
+        raise UsageError("--max-delay must not be shorter than --debounce")
+    host, port = args.listen
+    config = WatchConfig(
+        index=index,
+        host=host,
+        port=port,
+        debounce=args.debounce,
+        max_delay=args.max_delay,
+        settle=args.settle,
+        rescan_interval=args.rescan_interval,
+        polling=args.polling,
+        poll_interval=args.poll_interval,
+    )
+    try:
+        daemon = Daemon(config)
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return daemon.run()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         logs.configure(args.log_format, args.verbose)
         if args.command == "index":
             return run_index(args)
+        if args.command == "watch":
+            return run_watch(args)
         raise UsageError(f"unknown command {args.command}")  # pragma: no cover
     except UsageError as exc:
         print(f"{PROG}: error: {exc} (see {PROG} --help)", file=sys.stderr)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import bz2
 import os
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,10 @@ class SubdirResult:
     new_failures: list[Failure] = field(default_factory=list)  # failed this run
     skipped: list[Failure] = field(default_factory=list)  # every archive currently left out
     written: list[str] = field(default_factory=list)  # output files replaced
+    added: int = 0
+    removed: int = 0
+    changed: int = 0
+    repodata_bytes: int = 0
     duration: float = 0.0
 
 
@@ -93,12 +98,20 @@ def extract(
     changed: list[FileState],
     threads: int,
     on_progress: Callable[[int, int], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> tuple[int, list[Failure]]:
-    """Read changed archives on `threads` workers; all sqlite writes happen here."""
+    """Read changed archives on `threads` workers; all sqlite writes happen here.
+
+    When `cancel` is set, reading stops early; what was stored so far is kept and the
+    rest stays "changed" for the next run.
+    """
     stored, failures = 0, []
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         results = pool.map(lambda s: _read(folder, s), changed)
         for done, (state, result) in enumerate(zip(changed, results), 1):
+            if cancel is not None and cancel.is_set():
+                pool.shutdown(wait=True, cancel_futures=True)
+                break
             if isinstance(result, ArchiveError):
                 if result.reason == "vanished":
                     cache.update_fs_state((), (state.path,))
@@ -124,9 +137,13 @@ def compress_zst(data: bytes, level: int) -> bytes:
     return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(data)
 
 
-def build_outputs(config: IndexConfig, subdir: str, cache: SubdirCache) -> tuple[dict[str, bytes], int]:
-    """Every output file of a subdir as {filename: bytes} in publish order, and the record count."""
-    records = [(fn, repodata.serialize_record(text)) for fn, text in cache.indexed_records()]
+def build_outputs(config: IndexConfig, subdir: str, cache: SubdirCache) -> tuple[dict[str, bytes], dict[str, str]]:
+    """Every output file of a subdir as {filename: bytes} in publish order, and {filename: sha256}."""
+    records = []
+    digests = {}
+    for fn, text, sha in cache.indexed_records():
+        records.append((fn, repodata.serialize_record(text)))
+        digests[fn] = sha
     from_packages = repodata.build_repodata(subdir, records, base_url=config.base_url)
     outputs: dict[str, bytes] = {}
     # No patches yet: repodata.json is repodata_from_packages.json.
@@ -134,7 +151,7 @@ def build_outputs(config: IndexConfig, subdir: str, cache: SubdirCache) -> tuple
         outputs[name] = data
     if config.run_exports:
         outputs[RUN_EXPORTS] = repodata.build_run_exports(subdir, cache.run_exports())
-    return outputs, len(records)
+    return outputs, digests
 
 
 def publish_outputs(config: IndexConfig, outdir: Path, outputs: dict[str, bytes]) -> list[str]:
@@ -176,31 +193,45 @@ def index_subdir(
     subdir: str,
     *,
     touched: Iterable[str] | None = None,
+    hold: Collection[str] = (),
     on_progress: Callable[[int, int], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> SubdirResult:
     """Bring one subdir's cache and outputs up to date.
 
     touched=None lists the whole folder (start-up, rescans, the one-shot command);
     otherwise only the fs rows of the named files are updated (the daemon's events).
+    Names in `hold` (uploads still in progress) keep their previous fs row this time.
     """
     started = time.monotonic()
     result = SubdirResult(subdir)
     folder = config.subdir_path(subdir)
     folder.mkdir(parents=True, exist_ok=True)
     with SubdirCache(config.cache_db(subdir)) as cache:
+        before = cache.published_digests()
         if touched is None:
-            cache.replace_fs_state(list_packages(folder))
+            listing = [f for f in list_packages(folder) if f.path not in hold]
+            if hold:
+                old = cache.fs_state()
+                listing += [old[name] for name in hold if name in old]
+            cache.replace_fs_state(listing)
         else:
-            present, gone = stat_packages(folder, {n for n in touched if is_package_name(n)})
+            names = {n for n in touched if is_package_name(n) and n not in hold}
+            present, gone = stat_packages(folder, names)
             cache.update_fs_state(present, gone)
         changed = cache.changed_packages()
         if changed:
             log.debug("extracting", subdir=subdir, count=len(changed))
-        result.extracted, result.new_failures = extract(cache, folder, changed, config.threads, on_progress)
+        result.extracted, result.new_failures = extract(cache, folder, changed, config.threads, on_progress, cancel)
         for failure in result.new_failures:
             log.warning("skipped archive", subdir=subdir, path=failure.path, reason=failure.reason, detail=failure.message)
-        outputs, result.packages = build_outputs(config, subdir, cache)
+        outputs, after = build_outputs(config, subdir, cache)
         result.skipped = cache.failures()
+    result.packages = len(after)
+    result.added = len(after.keys() - before.keys())
+    result.removed = len(before.keys() - after.keys())
+    result.changed = sum(1 for fn in after.keys() & before.keys() if after[fn] != before[fn])
     result.written = publish_outputs(config, config.output_dir(subdir), outputs)
+    result.repodata_bytes = len(outputs[REPODATA])
     result.duration = time.monotonic() - started
     return result

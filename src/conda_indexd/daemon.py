@@ -1,0 +1,257 @@
+"""`conda-indexd watch`: file events -> debounced queue -> the shared subdir indexing path.
+
+Threads: watchdog's observer (events into the queue), one worker (takes ready subdirs,
+runs `indexer.index_subdir`, updates metrics), the HTTP listener, and the main thread
+(signals, periodic rescans, systemd watchdog pings).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import sdnotify
+from .config import KNOWN_SUBDIRS, IndexConfig, detect_subdirs
+from .debounce import COMPLETE_KINDS, DebounceQueue, Pending
+from .httpserver import StatusServer, text
+from .indexer import SubdirResult, index_subdir, list_packages
+from .lock import ChannelLock
+from .logs import get_logger
+from .metrics import CONTENT_TYPE, Metrics
+from .watch import ChannelEventHandler, OverflowHook, make_observer
+
+log = get_logger("conda_indexd.daemon")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8650
+EMPTY_CONFIRM_DELAY = 1.5  # seconds before a second listing may confirm an emptied subdir
+MAX_RETRY_DELAY = 60.0
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    index: IndexConfig
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    debounce: float = 1.0
+    max_delay: float = 10.0
+    settle: float = 1.0
+    rescan_interval: float = 600.0
+    polling: bool = False
+    poll_interval: float = 1.0
+
+
+class Daemon:
+    def __init__(self, config: WatchConfig):
+        self.config = config
+        self.metrics = Metrics()
+        self.queue = DebounceQueue(config.debounce, config.max_delay)
+        self.stopping = threading.Event()
+        self.ready = threading.Event()
+        self.watched = frozenset(config.index.subdirs) if config.index.subdirs else KNOWN_SUBDIRS
+        self.published: dict[str, int] = {}  # records in each subdir's last publish
+        self.failures_in_a_row: dict[str, int] = {}
+        self.worker = threading.Thread(target=self._work, name="worker", daemon=True)
+        handler = ChannelEventHandler(config.index.channel, self.watched, self._on_file, self._on_subdir)
+        self.observer = make_observer(config.index.channel, handler, config.polling, config.poll_interval)
+        self.overflow = OverflowHook(lambda: self.rescan("overflow"))
+        self.http = StatusServer(
+            config.host,
+            config.port,
+            {"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz},
+        )
+
+    # --- event intake (observer thread) ---------------------------------------------------
+
+    def _on_file(self, subdir: str, name: str, kind: str) -> None:
+        self.metrics.events.labels(kind).inc()
+        self.queue.add(subdir, name, kind)
+        self.metrics.queue_pending.set(self.queue.pending_count())
+
+    def _on_subdir(self, subdir: str) -> None:
+        self.metrics.events.labels("subdir").inc()
+        self.queue.add_scan(subdir, "new-subdir")
+
+    def rescan(self, reason: str) -> None:
+        """Queue a full listing of every subdir (overflow, periodic, SIGHUP)."""
+        self.metrics.rescans.labels(reason).inc()
+        log.info("rescan", reason=reason)
+        for subdir in self._subdirs():
+            self.queue.add_scan(subdir, reason)
+
+    def _subdirs(self) -> list[str]:
+        return detect_subdirs(self.config.index)
+
+    # --- HTTP routes ------------------------------------------------------------------------
+
+    def healthy(self) -> bool:
+        return self.observer.is_alive() and self.worker.is_alive()
+
+    def _metrics(self) -> tuple[int, str, bytes]:
+        return 200, CONTENT_TYPE, self.metrics.exposition()
+
+    def _healthz(self) -> tuple[int, str, bytes]:
+        return text(200, "ok\n") if self.healthy() else text(503, "observer or worker is not running\n")
+
+    def _readyz(self) -> tuple[int, str, bytes]:
+        return text(200, "ready\n") if self.ready.is_set() else text(503, "start-up reconcile in progress\n")
+
+    # --- the worker -------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        for subdir in self._subdirs():
+            if self.stopping.is_set():
+                return
+            self._process(Pending(subdir, time.monotonic(), time.monotonic(), full_scan=True, scan_reason="startup"))
+        if self.stopping.is_set():
+            return
+        self.ready.set()
+        self.metrics.ready.set(1)
+        sdnotify.notify("READY=1\nSTATUS=watching " + str(self.config.index.channel))
+        log.info("ready", subdirs=sorted(self.published))
+        while not self.stopping.is_set():
+            item = self.queue.take(timeout=0.5)
+            self.metrics.queue_pending.set(self.queue.pending_count())
+            if item is not None:
+                self._process(item)
+
+    def _hold(self, item: Pending) -> dict[str, str]:
+        """Files still being written: changed within --settle seconds, no close/rename seen."""
+        settle = self.config.settle
+        if settle <= 0:
+            return {}
+        folder = self.config.index.subdir_path(item.subdir)
+        now = time.time()
+        candidates = dict(item.names)
+        if item.full_scan:
+            for f in list_packages(folder):
+                if now - f.mtime < settle and candidates.get(f.path) not in COMPLETE_KINDS:
+                    candidates.setdefault(f.path, "modified")
+        hold = {}
+        for name, kind in candidates.items():
+            if kind in COMPLETE_KINDS:
+                continue
+            try:
+                mtime = os.stat(folder / name).st_mtime
+            except FileNotFoundError:
+                continue
+            if now - mtime < settle:
+                hold[name] = kind
+        return hold
+
+    def _looks_unmounted(self, item: Pending) -> bool:
+        """A subdir that had packages and now lists empty waits for a second listing."""
+        if item.confirm_empty or not self.published.get(item.subdir):
+            return False
+        if not item.full_scan and not any(k == "deleted" for k in item.names.values()):
+            return False
+        return not list_packages(self.config.index.subdir_path(item.subdir))
+
+    def _process(self, item: Pending) -> None:
+        subdir = item.subdir
+        if self._looks_unmounted(item):
+            log.warning("subdir lists empty; waiting for a second listing", subdir=subdir)
+            self.queue.add_scan(subdir, "empty-check", delay=EMPTY_CONFIRM_DELAY, confirm_empty=True)
+            return
+        hold = self._hold(item)
+        if hold:
+            self.queue.retry(subdir, hold, self.config.settle)
+            log.debug("upload in progress", subdir=subdir, files=sorted(hold))
+        touched = None if item.full_scan else item.names.keys()
+        try:
+            result = index_subdir(self.config.index, subdir, touched=touched, hold=hold.keys(), cancel=self.stopping)
+        except Exception as exc:  # one subdir's trouble never stops the others
+            count = self.failures_in_a_row[subdir] = self.failures_in_a_row.get(subdir, 0) + 1
+            delay = min(MAX_RETRY_DELAY, 2.0**count)
+            self.metrics.subdir_errors.labels(subdir, type(exc).__name__).inc()
+            log.error("subdir failed; will retry", subdir=subdir, retry_in=delay, error=f"{type(exc).__name__}: {exc}")
+            self.queue.add_scan(subdir, "retry", delay=delay)
+            return
+        self.failures_in_a_row.pop(subdir, None)
+        self._record(item, result)
+
+    def _record(self, item: Pending, result: SubdirResult) -> None:
+        m, subdir = self.metrics, result.subdir
+        self.published[subdir] = result.packages
+        m.packages.labels(subdir).set(result.packages)
+        m.skipped.labels(subdir).set(len(result.skipped))
+        m.repodata_bytes.labels(subdir).set(result.repodata_bytes)
+        m.publish_duration.labels(subdir).observe(result.duration)
+        if result.extracted:
+            m.packages_indexed.labels(subdir).inc(result.extracted)
+        for failure in result.new_failures:
+            m.package_errors.labels(subdir, failure.reason).inc()
+        if result.written:
+            m.last_publish.labels(subdir).set(time.time())
+            if item.scan_reason != "startup":
+                m.event_to_publish.observe(time.monotonic() - item.first_event)
+            log.info(
+                "published",
+                subdir=subdir,
+                packages=result.packages,
+                added=result.added,
+                removed=result.removed,
+                changed=result.changed,
+                skipped=len(result.skipped),
+                files=result.written,
+                seconds=round(result.duration, 3),
+            )
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        def stop(signum: int, _frame: object) -> None:
+            log.info("stopping", signal=signal.Signals(signum).name)
+            self.stopping.set()
+            self.queue.wake()
+
+        def hup(_signum: int, _frame: object) -> None:
+            sdnotify.notify("RELOADING=1")
+            self.rescan("signal")
+            sdnotify.notify("READY=1")
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, hup)
+
+    def run(self) -> int:
+        channel: Path = self.config.index.channel
+        with ChannelLock(channel):
+            self._install_signals()
+            self.http.start()
+            host, port = self.http.address
+            log.info("listening", host=host, port=port, channel=str(channel))
+            self.overflow.install()
+            self.observer.start()
+            self.metrics.rescans.labels("startup").inc()
+            self.worker.start()
+            ping = sdnotify.watchdog_interval()
+            next_rescan = time.monotonic() + self.config.rescan_interval
+            next_ping = time.monotonic()
+            try:
+                while not self.stopping.is_set():
+                    now = time.monotonic()
+                    if now >= next_rescan:
+                        self.rescan("periodic")
+                        next_rescan = now + self.config.rescan_interval
+                    if ping and now >= next_ping and self.healthy():
+                        sdnotify.notify("WATCHDOG=1")
+                        next_ping = now + ping
+                    if not self.healthy() and self.ready.is_set():
+                        log.error("observer or worker died")
+                    self.stopping.wait(min(1.0, ping or 1.0))
+            finally:
+                sdnotify.notify("STOPPING=1")
+                self.stopping.set()
+                self.queue.wake()
+                self.observer.stop()
+                self.worker.join(timeout=30)
+                self.observer.join(timeout=5)
+                self.overflow.remove()
+                self.http.stop()
+                log.info("stopped")
+        return 0

@@ -1,0 +1,60 @@
+"""Prometheus metrics, prefix `conda_indexd_`, labels only subdir, kind or reason."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    disable_created_metrics,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 20, 30, 60, 120)
+
+
+class Metrics:
+    """One registry per daemon (tests can run several), with the process metrics."""
+
+    def __init__(self) -> None:
+        disable_created_metrics()  # no *_created series: they double the scrape for nothing
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        p = "conda_indexd_"
+        self.events = Counter(p + "events_total", "File events seen, by kind", ["kind"], registry=r)
+        self.queue_pending = Gauge(p + "queue_pending", "Subdirs waiting to be indexed", registry=r)
+        self.packages = Gauge(p + "packages", "Records published in repodata.json", ["subdir"], registry=r)
+        self.packages_indexed = Counter(p + "packages_indexed_total", "Archives read and stored", ["subdir"], registry=r)
+        self.package_errors = Counter(
+            p + "package_errors_total", "Archives that could not be indexed", ["subdir", "reason"], registry=r
+        )
+        self.skipped = Gauge(p + "packages_skipped", "Archives currently left out of repodata", ["subdir"], registry=r)
+        self.publish_duration = Histogram(
+            p + "publish_duration_seconds", "Time to index and publish a subdir", ["subdir"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.event_to_publish = Histogram(
+            p + "event_to_publish_seconds",
+            "From a subdir's first pending event to its files replaced",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.last_publish = Gauge(
+            p + "last_publish_timestamp_seconds", "When a subdir's files were last replaced", ["subdir"], registry=r
+        )
+        self.rescans = Counter(p + "rescans_total", "Full rescans, by reason", ["reason"], registry=r)
+        self.repodata_bytes = Gauge(p + "repodata_bytes", "Size of repodata.json", ["subdir"], registry=r)
+        self.subdir_errors = Counter(
+            p + "subdir_errors_total", "Indexing runs of a subdir that failed", ["subdir", "reason"], registry=r
+        )
+        self.ready = Gauge(p + "ready", "1 once the start-up reconcile has published every subdir", registry=r)
+        for reason in ("startup", "periodic", "overflow", "signal"):
+            self.rescans.labels(reason)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
