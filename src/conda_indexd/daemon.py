@@ -181,8 +181,7 @@ class Daemon:
         m.skipped.labels(subdir).set(len(result.skipped))
         m.repodata_bytes.labels(subdir).set(result.repodata_bytes)
         m.publish_duration.labels(subdir).observe(result.duration)
-        if result.extracted:
-            m.packages_indexed.labels(subdir).inc(result.extracted)
+        m.packages_indexed.labels(subdir).inc(result.extracted)
         for failure in result.new_failures:
             m.package_errors.labels(subdir, failure.reason).inc()
         if result.written:

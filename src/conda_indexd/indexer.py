@@ -210,6 +210,7 @@ def index_subdir(
     with SubdirCache(config.cache_db(subdir)) as cache:
         before = cache.published_digests()
         if touched is None:
+            publish.clean_stale_temps(config.output_dir(subdir))
             listing = [f for f in list_packages(folder) if f.path not in hold]
             if hold:
                 old = cache.fs_state()

@@ -55,6 +55,8 @@ class Metrics:
         self.ready = Gauge(p + "ready", "1 once the start-up reconcile has published every subdir", registry=r)
         for reason in ("startup", "periodic", "overflow", "signal"):
             self.rescans.labels(reason)
+        for kind in ("created", "modified", "closed", "moved", "deleted", "subdir"):
+            self.events.labels(kind)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import secrets
 import time
 from pathlib import Path
@@ -94,15 +95,19 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def clean_stale_temps(folder: Path, older_than: float = 3600.0) -> int:
-    """Remove our own temporary files left by a crash (never ones still being written)."""
+_TEMP = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
+
+
+def clean_stale_temps(folder: Path) -> int:
+    """Remove temporary files a killed publisher left behind (`.<name>.<8 hex>.tmp`).
+
+    Call only while holding the channel lock and with no publish running.
+    """
     removed = 0
-    cutoff = time.time() - older_than
     with contextlib.suppress(FileNotFoundError):
         for entry in os.scandir(folder):
-            if entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file():
+            if _TEMP.match(entry.name) and entry.is_file(follow_symlinks=False):
                 with contextlib.suppress(FileNotFoundError):
-                    if entry.stat().st_mtime < cutoff:
-                        os.unlink(entry.path)
-                        removed += 1
+                    os.unlink(entry.path)
+                    removed += 1
     return removed
