@@ -48,6 +48,15 @@ FILTERED_KEYS = frozenset(
 CHUNK = 1 << 20
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def strict_json(raw: bytes | str) -> Any:
+    """json.loads that rejects NaN and Infinity, which sqlite's json() refuses."""
+    return json.loads(raw, parse_constant=_no_constants)
+
+
 class ArchiveError(Exception):
     """An archive that cannot be indexed. `reason` is a short, low-cardinality label."""
 
@@ -233,7 +242,7 @@ def _to_metadata(filename: str, members: dict[str, bytes], sums: _Checksums) -> 
     if raw_index is None:
         raise ArchiveError("missing-index-json", "archive has no info/index.json")
     try:
-        index = json.loads(raw_index)
+        index = strict_json(raw_index)
     except ValueError as exc:
         raise ArchiveError("bad-index-json", f"info/index.json is not valid JSON ({exc})") from exc
     if problem := _check_index_json(index):
@@ -264,7 +273,7 @@ def _json_text(raw: bytes | None) -> str | None:
         return None
     try:
         text = raw.decode("utf-8")
-        json.loads(text)
+        strict_json(text)
     except ValueError:
         return None
     return text
@@ -323,6 +332,9 @@ def recipe_json(raw: bytes) -> str:
     except Exception:  # ruamel raises many error types on bad YAML
         recipe = {}
     try:
-        return json.dumps(recipe)
-    except (TypeError, ValueError):
-        return json.dumps(recipe, default=str)
+        return json.dumps(recipe, allow_nan=False)
+    except (TypeError, ValueError):  # dates, NaN: sqlite's json() would refuse the row
+        try:
+            return json.dumps(recipe, default=str, allow_nan=False)
+        except ValueError:
+            return "{}"

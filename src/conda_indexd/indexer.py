@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bz2
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable
@@ -60,6 +61,9 @@ def list_packages(folder: Path) -> list[FileState]:
     for entry in entries:
         if not is_package_name(entry.name):
             continue
+        if not entry.name.isprintable() or _undecodable(entry.name):
+            log.warning("skipped file with an unusable name", subdir=folder.name, path=repr(entry.name))
+            continue
         try:
             st = entry.stat()
         except FileNotFoundError:
@@ -69,10 +73,21 @@ def list_packages(folder: Path) -> list[FileState]:
     return files
 
 
+def _undecodable(name: str) -> bool:
+    """A name that is not valid UTF-8 on disk (surrogate escapes): it cannot go in JSON."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def stat_packages(folder: Path, names: Iterable[str]) -> tuple[list[FileState], list[str]]:
     """The touched names split into (still present with their state, gone)."""
     present, gone = [], []
     for name in names:
+        if _undecodable(name):
+            continue
         try:
             st = os.stat(folder / name)
         except FileNotFoundError:
@@ -123,8 +138,15 @@ def extract(
                 # progress): keep nothing; it is looked at again on the next change.
                 cache.update_fs_state((), (state.path,))
             else:
-                cache.store(result, state)
-                stored += 1
+                try:
+                    cache.store(result, state)
+                    stored += 1
+                except sqlite3.OperationalError as exc:
+                    if "malformed JSON" not in str(exc):
+                        raise
+                    message = f"metadata rejected by cache.db ({exc})"
+                    cache.store_failure(state, "bad-metadata", message)
+                    failures.append(Failure(state.path, "bad-metadata", message))
             if on_progress:
                 on_progress(done, len(changed))
     return stored, failures
@@ -154,11 +176,23 @@ def build_outputs(config: IndexConfig, subdir: str, cache: SubdirCache) -> tuple
     return outputs, digests
 
 
+def _holds(variant: Path, suffix: str, data: bytes) -> bool:
+    """Whether an existing compressed copy decompresses to `data` (repairs stale copies
+    left by an interrupted run; zstd decompression is cheap next to compression)."""
+    try:
+        blob = variant.read_bytes()
+        if suffix == ".zst":
+            return zstandard.ZstdDecompressor().decompress(blob, max_output_size=len(data) + 1) == data
+        return bz2.decompress(blob) == data
+    except (OSError, ValueError, zstandard.ZstdError):
+        return False
+
+
 def publish_outputs(config: IndexConfig, outdir: Path, outputs: dict[str, bytes]) -> list[str]:
     """Publish in order; compressed copies follow their JSON. Returns the names written.
 
-    Like conda-index, a compressed copy is rebuilt only when its JSON changed or it is
-    missing; identical JSON documents (repodata.json without patches) share one compression.
+    A compressed copy is rebuilt when its JSON changed or it does not decompress to the
+    JSON (missing, stale, corrupt); identical JSON documents (repodata.json without patches) share one compression.
     """
     outdir.mkdir(parents=True, exist_ok=True)
     written: list[str] = []
@@ -180,7 +214,7 @@ def publish_outputs(config: IndexConfig, outdir: Path, outputs: dict[str, bytes]
             variant = path.with_name(name + suffix)
             if not enabled:
                 publish.remove(variant)
-            elif (changed or not variant.exists()) and publish.publish(variant, compressed(suffix, data)):
+            elif (changed or not _holds(variant, suffix, data)) and publish.publish(variant, compressed(suffix, data)):
                 written.append(variant.name)
     return written
 

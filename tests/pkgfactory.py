@@ -1,0 +1,508 @@
+"""Deterministic builders for fixture conda packages (no network, no ../shared).
+
+Valid packages:
+
+- `make_tar_bz2(path, index, files, *, about, run_exports, paths_json, recipe_yaml)`
+- `make_conda(path, index, files, *, about, run_exports, paths_json, recipe_yaml)`
+
+`index` is the `info/index.json` content: a dict (written as JSON), raw `bytes`/`str`
+(written as-is, to make invalid JSON), or None (no `info/index.json` member at all).
+`files` maps archive paths to bytes; keys under `info/` go into the info part (first in
+a `.tar.bz2`, the `info-` component of a `.conda`), the others into the package part.
+
+Every output is byte-for-byte reproducible: tar members have mtime 0, uid/gid 0, empty
+owner names and fixed modes, in a fixed order; zip entries have a fixed date_time and
+attributes; bz2, gzip and zstd are deterministic for given input.
+
+Broken or unusual archives (the kinds found in shared/corpus/odd/NOTES.tsv and more)
+are built by the `make_*` helpers further down; `BROKEN_KINDS` lists every kind with
+a builder and what the indexer is expected to do with it.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zstandard
+
+ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
+FILE_MODE = 0o644
+IndexArg = dict[str, Any] | bytes | str | None
+
+
+# --- low-level pieces --------------------------------------------------------------------
+
+
+def index_json(
+    name: str,
+    version: str = "1.0",
+    build: str = "0",
+    subdir: str = "noarch",
+    *,
+    build_number: int = 0,
+    depends: list[str] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A typical `info/index.json`, including keys conda-index filters out (arch, platform)."""
+    platform, _, arch = subdir.partition("-")
+    doc: dict[str, Any] = {
+        "arch": None if subdir == "noarch" else arch,
+        "build": build,
+        "build_number": build_number,
+        "depends": list(depends or []),
+        "license": "BSD-3-Clause",
+        "name": name,
+        "platform": None if subdir == "noarch" else platform,
+        "subdir": subdir,
+        "timestamp": 1700000000000,
+        "version": version,
+    }
+    doc.update(extra)
+    return doc
+
+
+def _as_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return json.dumps(value, indent=2).encode("utf-8")
+
+
+def info_members(
+    index: IndexArg,
+    files: dict[str, bytes] | None = None,
+    *,
+    about: Any = None,
+    run_exports: Any = None,
+    paths_json: Any = None,
+    recipe_yaml: str | bytes | None = None,
+) -> list[tuple[str, bytes]]:
+    """The `info/` members in archive order: index.json first, then the rest sorted."""
+    members: dict[str, bytes] = {}
+    if index is not None:
+        members["info/index.json"] = _as_bytes(index)
+    if about is not None:
+        members["info/about.json"] = _as_bytes(about)
+    if run_exports is not None:
+        members["info/run_exports.json"] = _as_bytes(run_exports)
+    if paths_json is not None:
+        members["info/paths.json"] = _as_bytes(paths_json)
+    if recipe_yaml is not None:
+        members["info/recipe/meta.yaml"] = _as_bytes(recipe_yaml)
+    for name, data in (files or {}).items():
+        if name.startswith("info/"):
+            members[name] = data
+    first = [(n, d) for n, d in members.items() if n == "info/index.json"]
+    rest = sorted((n, d) for n, d in members.items() if n != "info/index.json")
+    return first + rest
+
+
+def pkg_members(files: dict[str, bytes] | None) -> list[tuple[str, bytes]]:
+    return sorted((n, d) for n, d in (files or {}).items() if not n.startswith("info/"))
+
+
+def tar_bytes(members: list[tuple[str, bytes]], *, prefix: str = "") -> bytes:
+    """An uncompressed tar of regular files, reproducible."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            ti = tarfile.TarInfo(prefix + name)
+            ti.size = len(data)
+            ti.mtime = 0
+            ti.mode = 0o755 if name.startswith("bin/") else FILE_MODE
+            ti.uid = ti.gid = 0
+            ti.uname = ti.gname = ""
+            ti.type = tarfile.REGTYPE
+            tar.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def zstd_bytes(data: bytes, level: int = 3) -> bytes:
+    return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(data)
+
+
+def zip_bytes(entries: list[tuple[str, bytes]]) -> bytes:
+    """A STORED zip with fixed timestamps and attributes."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, data in entries:
+            zi = zipfile.ZipInfo(name, date_time=ZIP_DATE_TIME)
+            zi.compress_type = zipfile.ZIP_STORED
+            zi.create_system = 3
+            zi.external_attr = (0o100000 | FILE_MODE) << 16
+            zf.writestr(zi, data)
+    return buf.getvalue()
+
+
+def conda_stem(filename: str) -> str:
+    if not filename.endswith(".conda"):
+        raise ValueError(f"not a .conda filename: {filename}")
+    return filename[: -len(".conda")]
+
+
+def _write(path: str | Path, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+# --- valid packages ----------------------------------------------------------------------
+
+
+def tar_bz2_bytes(
+    index: IndexArg,
+    files: dict[str, bytes] | None = None,
+    *,
+    about: Any = None,
+    run_exports: Any = None,
+    paths_json: Any = None,
+    recipe_yaml: str | bytes | None = None,
+    member_prefix: str = "",
+) -> bytes:
+    members = info_members(
+        index, files, about=about, run_exports=run_exports, paths_json=paths_json, recipe_yaml=recipe_yaml
+    ) + pkg_members(files)
+    return bz2.compress(tar_bytes(members, prefix=member_prefix), 9)
+
+
+def make_tar_bz2(
+    path: str | Path,
+    index: IndexArg,
+    files: dict[str, bytes] | None = None,
+    *,
+    about: Any = None,
+    run_exports: Any = None,
+    paths_json: Any = None,
+    recipe_yaml: str | bytes | None = None,
+    member_prefix: str = "",
+) -> Path:
+    """A `.tar.bz2` package: info/ members first, then the package files."""
+    return _write(
+        path,
+        tar_bz2_bytes(
+            index,
+            files,
+            about=about,
+            run_exports=run_exports,
+            paths_json=paths_json,
+            recipe_yaml=recipe_yaml,
+            member_prefix=member_prefix,
+        ),
+    )
+
+
+def conda_bytes(
+    filename: str,
+    index: IndexArg,
+    files: dict[str, bytes] | None = None,
+    *,
+    about: Any = None,
+    run_exports: Any = None,
+    paths_json: Any = None,
+    recipe_yaml: str | bytes | None = None,
+    member_prefix: str = "",
+    component_stem: str | None = None,
+    folder: str = "",
+    with_info: bool = True,
+    info_component: bytes | None = None,
+) -> bytes:
+    """The bytes of a `.conda` named `filename` (only its stem is used).
+
+    Knobs for broken variants: `component_stem` names the inner components after
+    another stem, `folder` nests them in a zip folder, `with_info=False` leaves the
+    info component out, `info_component` replaces its (zstd) bytes.
+    """
+    stem = component_stem if component_stem is not None else conda_stem(filename)
+    info_tar = tar_bytes(
+        info_members(index, files, about=about, run_exports=run_exports, paths_json=paths_json, recipe_yaml=recipe_yaml),
+        prefix=member_prefix,
+    )
+    pkg_tar = tar_bytes(pkg_members(files), prefix=member_prefix)
+    entries = [("metadata.json", json.dumps({"conda_pkg_format_version": 2}).encode())]
+    entries.append((f"{folder}pkg-{stem}.tar.zst", zstd_bytes(pkg_tar)))
+    if with_info:
+        entries.append((f"{folder}info-{stem}.tar.zst", info_component if info_component is not None else zstd_bytes(info_tar)))
+    return zip_bytes(entries)
+
+
+def make_conda(
+    path: str | Path,
+    index: IndexArg,
+    files: dict[str, bytes] | None = None,
+    *,
+    about: Any = None,
+    run_exports: Any = None,
+    paths_json: Any = None,
+    recipe_yaml: str | bytes | None = None,
+    member_prefix: str = "",
+    component_stem: str | None = None,
+    folder: str = "",
+    with_info: bool = True,
+    info_component: bytes | None = None,
+) -> Path:
+    """A `.conda` package (CEP-35): stored zip of metadata.json, pkg- and info- components."""
+    path = Path(path)
+    return _write(
+        path,
+        conda_bytes(
+            path.name,
+            index,
+            files,
+            about=about,
+            run_exports=run_exports,
+            paths_json=paths_json,
+            recipe_yaml=recipe_yaml,
+            member_prefix=member_prefix,
+            component_stem=component_stem,
+            folder=folder,
+            with_info=with_info,
+            info_component=info_component,
+        ),
+    )
+
+
+def make_package(path: str | Path, index: IndexArg, files: dict[str, bytes] | None = None, **kw: Any) -> Path:
+    """`make_conda` or `make_tar_bz2`, chosen by the filename."""
+    if str(path).endswith(".conda"):
+        return make_conda(path, index, files, **kw)
+    if str(path).endswith(".tar.bz2"):
+        return make_tar_bz2(path, index, files, **kw)
+    raise ValueError(f"not a package filename: {path}")
+
+
+def package_filename(index: dict[str, Any], ext: str) -> str:
+    return f"{index['name']}-{index['version']}-{index['build']}{ext}"
+
+
+# --- broken or unusual archives ------------------------------------------------------------
+
+
+def make_empty(path: str | Path) -> Path:
+    """A zero-byte file under a package name."""
+    return _write(path, b"")
+
+
+def make_text(path: str | Path, text: str = "This is not a conda package.\nJust some text.\n") -> Path:
+    """A text file under a package name."""
+    return _write(path, text.encode())
+
+
+def make_lfs_pointer(path: str | Path, content: bytes = b"the real package") -> Path:
+    """A git-lfs pointer (what a checkout without `git lfs pull` holds)."""
+    oid = hashlib.sha256(content).hexdigest()
+    return _write(path, f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {len(content)}\n".encode())
+
+
+def make_plain_tar(path: str | Path, index: IndexArg, files: dict[str, bytes] | None = None) -> Path:
+    """An uncompressed tar named `.tar.bz2`."""
+    return _write(path, tar_bytes(info_members(index, files) + pkg_members(files)))
+
+
+def make_gzip_tar(path: str | Path, index: IndexArg, files: dict[str, bytes] | None = None) -> Path:
+    """A gzip-compressed tar named `.tar.bz2`."""
+    return _write(path, gzip.compress(tar_bytes(info_members(index, files) + pkg_members(files)), mtime=0))
+
+
+def make_conda_missing_info(path: str | Path, index: IndexArg, files: dict[str, bytes] | None = None) -> Path:
+    """A `.conda` with metadata.json and the pkg component only."""
+    return make_conda(path, index, files, with_info=False)
+
+
+def make_conda_wrong_components(path: str | Path, index: IndexArg, other_stem: str = "other-0.1-0") -> Path:
+    """A `.conda` whose inner component names belong to another filename."""
+    return make_conda(path, index, component_stem=other_stem)
+
+
+def make_conda_nested(path: str | Path, index: IndexArg, folder: str = "pkgdir/") -> Path:
+    """A `.conda` whose components sit in a folder inside the zip."""
+    return make_conda(path, index, folder=folder)
+
+
+def make_conda_bad_zstd(path: str | Path, index: IndexArg) -> Path:
+    """A `.conda` whose info component starts like zstd and then is garbage."""
+    garbage = b"\x28\xb5\x2f\xfd" + bytes(range(7, 250)) * 4
+    return make_conda(path, index, info_component=garbage)
+
+
+def _bulky_files(seed: str, n: int = 4096) -> dict[str, bytes]:
+    """Some incompressible but reproducible payload, so truncation hits real data."""
+    data = b"".join(hashlib.sha256(f"{seed}-{i}".encode()).digest() for i in range(n // 32 + 1))[:n]
+    return {"share/payload.bin": data}
+
+
+def make_truncated_tar_bz2(path: str | Path, index: IndexArg, keep: float = 0.5) -> Path:
+    """A `.tar.bz2` cut short (an interrupted copy)."""
+    data = tar_bz2_bytes(index, _bulky_files(Path(path).name))
+    return _write(path, data[: int(len(data) * keep)])
+
+
+def make_truncated_conda(path: str | Path, index: IndexArg, keep: float = 0.5) -> Path:
+    """A `.conda` cut short: the zip central directory is gone."""
+    path = Path(path)
+    data = conda_bytes(path.name, index, _bulky_files(Path(path).name))
+    return _write(path, data[: int(len(data) * keep)])
+
+
+def make_no_index_json(path: str | Path, files: dict[str, bytes] | None = None) -> Path:
+    """An archive with info/ members but no info/index.json."""
+    return make_package(path, None, files or {"info/about.json": b'{"summary": "no index"}'}, about=None)
+
+
+# --- the catalogue of broken kinds -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of odd archive.
+
+    build(folder, subdir) creates the file in `folder` and returns its filename.
+    expect is "indexed" (must appear in repodata.json, index.json as-is) or "skipped"
+    (must be left out with a `skipped archive` log record). reason, when set, is the
+    exact reason label required by the spec; None means any non-empty reason.
+    """
+
+    name: str
+    build: Callable[[Path, str], str]
+    expect: str
+    reason: str | None = None
+
+
+def _idx(name: str, subdir: str, **kw: Any) -> dict[str, Any]:
+    return index_json(name, "1.0", "0", subdir, **kw)
+
+
+def _fn(name: str, ext: str) -> str:
+    return f"{name}-1.0-0{ext}"
+
+
+def _kind_builder(name: str, ext: str, maker: Callable[[Path, dict[str, Any]], Any]) -> Callable[[Path, str], str]:
+    def build(folder: Path, subdir: str) -> str:
+        fn = _fn(name, ext)
+        maker(folder / fn, _idx(name, subdir))
+        return fn
+
+    return build
+
+
+def _raw_index_builder(name: str, ext: str, raw: Callable[[str], IndexArg]) -> Callable[[Path, str], str]:
+    def build(folder: Path, subdir: str) -> str:
+        fn = _fn(name, ext)
+        make_package(folder / fn, raw(subdir))
+        return fn
+
+    return build
+
+
+def _without(key: str) -> Callable[[str], dict[str, Any]]:
+    def raw(subdir: str) -> dict[str, Any]:
+        doc = _idx("odd-missing-" + key, subdir)
+        del doc[key]
+        return doc
+
+    return raw
+
+
+def _build_filename_mismatch(folder: Path, subdir: str) -> str:
+    fn = "odd-renamed-1.0-0.tar.bz2"
+    make_tar_bz2(folder / fn, index_json("something-else", "2.0", "py_7", subdir))
+    return fn
+
+
+def _build_filename_mismatch_conda(folder: Path, subdir: str) -> str:
+    fn = "odd-renamed-conda-1.0-0.conda"
+    make_conda(folder / fn, index_json("t", "1", "0", subdir))
+    return fn
+
+
+def _build_no_subdir(ext: str) -> Callable[[Path, str], str]:
+    def build(folder: Path, subdir: str) -> str:
+        fn = _fn("odd-nosubdir" + ext.replace(".", "-"), ext)
+        doc = _idx("odd-nosubdir" + ext.replace(".", "-"), subdir)
+        del doc["subdir"]
+        make_package(folder / fn, doc)
+        return fn
+
+    return build
+
+
+def _build_dot_slash(ext: str) -> Callable[[Path, str], str]:
+    def build(folder: Path, subdir: str) -> str:
+        name = "odd-dotslash" + ext.replace(".", "-")
+        fn = _fn(name, ext)
+        make_package(folder / fn, _idx(name, subdir), {"lib/x.txt": b"x\n"}, member_prefix="./", about={"summary": "dot slash"})
+        return fn
+
+    return build
+
+
+def _simple(name: str, ext: str, maker: Callable[[Path], Any]) -> Callable[[Path, str], str]:
+    def build(folder: Path, subdir: str) -> str:
+        fn = _fn(name, ext)
+        maker(folder / fn)
+        return fn
+
+    return build
+
+
+BROKEN_KINDS: list[Kind] = [
+    Kind("empty-tar-bz2", _simple("odd-empty-tb", ".tar.bz2", make_empty), "skipped"),
+    Kind("empty-conda", _simple("odd-empty-c", ".conda", make_empty), "skipped"),
+    Kind("text-tar-bz2", _simple("odd-text-tb", ".tar.bz2", make_text), "skipped"),
+    Kind("text-conda", _simple("odd-text-c", ".conda", make_text), "skipped"),
+    Kind("lfs-pointer-tar-bz2", _simple("odd-lfs-tb", ".tar.bz2", make_lfs_pointer), "skipped"),
+    Kind("lfs-pointer-conda", _simple("odd-lfs-c", ".conda", make_lfs_pointer), "skipped"),
+    Kind("plain-tar-as-tar-bz2", _kind_builder("odd-plaintar", ".tar.bz2", make_plain_tar), "skipped"),
+    Kind("gzip-tar-as-tar-bz2", _kind_builder("odd-gziptar", ".tar.bz2", make_gzip_tar), "skipped"),
+    Kind("conda-missing-info", _kind_builder("odd-noinfo", ".conda", make_conda_missing_info), "skipped"),
+    Kind("conda-wrong-component-names", _kind_builder("odd-wrongstem", ".conda", make_conda_wrong_components), "skipped"),
+    Kind("conda-nested-components", _kind_builder("odd-nested", ".conda", make_conda_nested), "skipped"),
+    Kind("truncated-tar-bz2", _kind_builder("odd-trunc-tb", ".tar.bz2", make_truncated_tar_bz2), "skipped"),
+    Kind("truncated-conda", _kind_builder("odd-trunc-c", ".conda", make_truncated_conda), "skipped"),
+    Kind("conda-bad-zstd", _kind_builder("odd-badzstd", ".conda", make_conda_bad_zstd), "skipped"),
+    Kind("no-index-json-tar-bz2", _simple("odd-noindex-tb", ".tar.bz2", make_no_index_json), "skipped"),
+    Kind("no-index-json-conda", _simple("odd-noindex-c", ".conda", make_no_index_json), "skipped"),
+    Kind("dot-slash-prefix-tar-bz2", _build_dot_slash(".tar.bz2"), "indexed"),
+    Kind("dot-slash-prefix-conda", _build_dot_slash(".conda"), "indexed"),
+    Kind("index-without-subdir-tar-bz2", _build_no_subdir(".tar.bz2"), "indexed"),
+    Kind("index-without-subdir-conda", _build_no_subdir(".conda"), "indexed"),
+    Kind("filename-mismatch-tar-bz2", _build_filename_mismatch, "indexed"),
+    Kind("filename-mismatch-conda", _build_filename_mismatch_conda, "indexed"),
+    Kind("index-not-json", _raw_index_builder("odd-notjson", ".tar.bz2", lambda s: b'{"name": "odd-notjson", '), "skipped", "bad-index-json"),
+    Kind("index-not-json-conda", _raw_index_builder("odd-notjson-c", ".conda", lambda s: b"\xff\xfe not json"), "skipped", "bad-index-json"),
+    Kind("index-json-list", _raw_index_builder("odd-jsonlist", ".tar.bz2", lambda s: b'["name", "version"]'), "skipped", "bad-index-json"),
+    Kind("index-missing-name", _raw_index_builder("odd-missing-name", ".tar.bz2", _without("name")), "skipped", "bad-index-json"),
+    Kind("index-missing-version", _raw_index_builder("odd-missing-version", ".conda", _without("version")), "skipped", "bad-index-json"),
+    Kind("index-missing-build", _raw_index_builder("odd-missing-build", ".tar.bz2", _without("build")), "skipped", "bad-index-json"),
+    Kind(
+        "index-build-number-string",
+        _raw_index_builder("odd-bnstr", ".tar.bz2", lambda s: _idx("odd-bnstr", s, build_number="abc")),
+        "skipped",
+        "bad-index-json",
+    ),
+    Kind(
+        "index-build-number-negative",
+        _raw_index_builder("odd-bnneg", ".conda", lambda s: _idx("odd-bnneg", s, build_number=-1)),
+        "skipped",
+        "bad-index-json",
+    ),
+    Kind(
+        "index-depends-string",
+        _raw_index_builder("odd-depstr", ".tar.bz2", lambda s: {**_idx("odd-depstr", s), "depends": "python 3.6*"}),
+        "skipped",
+        "bad-index-json",
+    ),
+]
+
+BROKEN_BY_NAME = {k.name: k for k in BROKEN_KINDS}
