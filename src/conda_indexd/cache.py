@@ -229,6 +229,22 @@ class SubdirCache:
             """
         )
 
+    def shard_rows(self) -> Iterator[tuple[str, str, str, str | None]]:
+        """(name, filename, index_json text, run_exports text) of published packages,
+        ordered by name then filename: the input of CEP-16 shards."""
+        return self.db.execute(
+            """
+            SELECT index_json.name, fs.path, index_json.index_json, run_exports.run_exports
+            FROM stat AS fs
+            JOIN stat AS ix ON ix.path = fs.path AND ix.stage = 'indexed'
+                 AND ix.mtime = fs.mtime AND ix.size = fs.size
+            JOIN index_json ON index_json.path = fs.path
+            LEFT JOIN run_exports ON run_exports.path = fs.path
+            WHERE fs.stage = 'fs'
+            ORDER BY index_json.name, fs.path
+            """
+        )
+
     def published_digests(self) -> dict[str, str]:
         """{filename: sha256} of what the outputs currently hold, per this cache."""
         return {fn: sha for fn, _, sha in self.indexed_records()}
