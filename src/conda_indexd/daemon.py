@@ -18,6 +18,7 @@ from . import sdnotify
 from .config import KNOWN_SUBDIRS, IndexConfig, detect_subdirs
 from .debounce import COMPLETE_KINDS, DebounceQueue, Pending
 from .httpserver import StatusServer, text
+from .cache import FileState
 from .indexer import SubdirResult, index_subdir, list_packages
 from .lock import ChannelLock
 from .logs import get_logger
@@ -119,7 +120,7 @@ class Daemon:
             if item is not None:
                 self._process(item)
 
-    def _hold(self, item: Pending) -> dict[str, str]:
+    def _hold(self, item: Pending, listing: list[FileState] | None) -> dict[str, str]:
         """Files still being written: changed within --settle seconds, no close/rename seen."""
         settle = self.config.settle
         if settle <= 0:
@@ -127,8 +128,8 @@ class Daemon:
         folder = self.config.index.subdir_path(item.subdir)
         now = time.time()
         candidates = dict(item.names)
-        if item.full_scan:
-            for f in list_packages(folder):
+        if listing is not None:
+            for f in listing:
                 if now - f.mtime < settle and candidates.get(f.path) not in COMPLETE_KINDS:
                     candidates.setdefault(f.path, "modified")
         hold = {}
@@ -143,27 +144,30 @@ class Daemon:
                 hold[name] = kind
         return hold
 
-    def _looks_unmounted(self, item: Pending) -> bool:
+    def _looks_unmounted(self, item: Pending, listing: list[FileState] | None) -> bool:
         """A subdir that had packages and now lists empty waits for a second listing."""
         if item.confirm_empty or not self.published.get(item.subdir):
             return False
-        if not item.full_scan and not any(k == "deleted" for k in item.names.values()):
+        if listing is None and not any(k == "deleted" for k in item.names.values()):
             return False
-        return not list_packages(self.config.index.subdir_path(item.subdir))
+        return not (listing if listing is not None else list_packages(self.config.index.subdir_path(item.subdir)))
 
     def _process(self, item: Pending) -> None:
         subdir = item.subdir
-        if self._looks_unmounted(item):
+        listing = list_packages(self.config.index.subdir_path(subdir)) if item.full_scan else None
+        if self._looks_unmounted(item, listing):
             log.warning("subdir lists empty; waiting for a second listing", subdir=subdir)
             self.queue.add_scan(subdir, "empty-check", delay=EMPTY_CONFIRM_DELAY, confirm_empty=True)
             return
-        hold = self._hold(item)
+        hold = self._hold(item, listing)
         if hold:
             self.queue.retry(subdir, hold, self.config.settle)
             log.debug("upload in progress", subdir=subdir, files=sorted(hold))
         touched = None if item.full_scan else item.names.keys()
         try:
-            result = index_subdir(self.config.index, subdir, touched=touched, hold=hold.keys(), cancel=self.stopping)
+            result = index_subdir(
+                self.config.index, subdir, touched=touched, hold=hold.keys(), cancel=self.stopping, listing=listing
+            )
         except Exception as exc:  # one subdir's trouble never stops the others
             count = self.failures_in_a_row[subdir] = self.failures_in_a_row.get(subdir, 0) + 1
             delay = min(MAX_RETRY_DELAY, 2.0**count)

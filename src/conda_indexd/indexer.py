@@ -230,12 +230,14 @@ def index_subdir(
     hold: Collection[str] = (),
     on_progress: Callable[[int, int], None] | None = None,
     cancel: threading.Event | None = None,
+    listing: list[FileState] | None = None,
 ) -> SubdirResult:
     """Bring one subdir's cache and outputs up to date.
 
     touched=None lists the whole folder (start-up, rescans, the one-shot command);
     otherwise only the fs rows of the named files are updated (the daemon's events).
     Names in `hold` (uploads still in progress) keep their previous fs row this time.
+    A caller that has just listed the folder may pass that `listing` to avoid a second one.
     """
     started = time.monotonic()
     result = SubdirResult(subdir)
@@ -245,7 +247,7 @@ def index_subdir(
         before = cache.published_digests()
         if touched is None:
             publish.clean_stale_temps(config.output_dir(subdir))
-            listing = [f for f in list_packages(folder) if f.path not in hold]
+            listing = [f for f in (list_packages(folder) if listing is None else listing) if f.path not in hold]
             if hold:
                 old = cache.fs_state()
                 listing += [old[name] for name in hold if name in old]
