@@ -136,6 +136,7 @@ def test_slow_writer_is_not_indexed_before_complete(channel: Path) -> None:
                 f.flush()
                 time.sleep(0.1)
         wait_for(lambda: all_records(repodata(channel, "noarch")).get(fn, {}).get("sha256") == sha(data), d.debounce + 3)
+        time.sleep(0.3)  # let the poller see the published record too
         stop.set()
         poller.join()
     assert seen and set(seen) == {sha(data)}, set(seen)

@@ -229,21 +229,36 @@ class SubdirCache:
             """
         )
 
-    def shard_rows(self) -> Iterator[tuple[str, str, str, str | None]]:
-        """(name, filename, index_json text, run_exports text) of published packages,
-        ordered by name then filename: the input of CEP-16 shards."""
-        return self.db.execute(
-            """
-            SELECT index_json.name, fs.path, index_json.index_json, run_exports.run_exports
+    _PUBLISHED = """
             FROM stat AS fs
             JOIN stat AS ix ON ix.path = fs.path AND ix.stage = 'indexed'
                  AND ix.mtime = fs.mtime AND ix.size = fs.size
             JOIN index_json ON index_json.path = fs.path
-            LEFT JOIN run_exports ON run_exports.path = fs.path
-            WHERE fs.stage = 'fs'
-            ORDER BY index_json.name, fs.path
-            """
+    """
+
+    def shard_keys(self) -> Iterator[tuple[str, str, str]]:
+        """(name, filename, sha256) of every published package, by name then filename:
+        what each name's shard depends on (see shards.fingerprint)."""
+        return self.db.execute(
+            "SELECT index_json.name, fs.path, index_json.sha256"
+            + self._PUBLISHED
+            + "WHERE fs.stage = 'fs' ORDER BY index_json.name, fs.path"
         )
+
+    def shard_rows(self, names: Iterable[str] | None = None) -> Iterator[tuple[str, str, str, str | None]]:
+        """(name, filename, index_json text, run_exports text) of published packages,
+        ordered by name then filename: the input of CEP-16 shards. `names` limits the
+        rows to those package names."""
+        query = (
+            "SELECT index_json.name, fs.path, index_json.index_json, run_exports.run_exports"
+            + self._PUBLISHED
+            + "LEFT JOIN run_exports ON run_exports.path = fs.path WHERE fs.stage = 'fs' "
+        )
+        params: tuple[str, ...] = ()
+        if names is not None:
+            query += "AND index_json.name IN (SELECT value FROM json_each(?)) "
+            params = (json.dumps(sorted(names)),)
+        return self.db.execute(query + "ORDER BY index_json.name, fs.path", params)
 
     def published_digests(self) -> dict[str, str]:
         """{filename: sha256} of what the outputs currently hold, per this cache."""

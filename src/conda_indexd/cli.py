@@ -16,7 +16,7 @@ from typing import NoReturn
 
 from . import __version__, logs
 from .cache import CacheError
-from .config import IndexConfig, default_threads, detect_subdirs
+from .config import DEFAULT_SHARD_RETENTION, IndexConfig, default_threads, detect_subdirs
 from .daemon import DEFAULT_HOST, DEFAULT_PORT, Daemon, WatchConfig
 from .indexer import SubdirResult, index_subdir
 from .lock import ChannelBusy, ChannelLock
@@ -61,6 +61,10 @@ def add_index_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bz2", action=argparse.BooleanOptionalAction, default=False, help="write repodata.json.bz2 (default: off)")
     p.add_argument("--run-exports", action=argparse.BooleanOptionalAction, default=False, help="write run_exports.json (CEP-12)")
     p.add_argument("--base-url", metavar="URL", help="packages are served from URL/<subdir>/ (CEP-15, repodata_version 2)")
+    p.add_argument("--write-shards", action=argparse.BooleanOptionalAction, default=True,
+                   help="write CEP-16 sharded repodata: repodata_shards.msgpack.zst and shards/ (default: on)")
+    p.add_argument("--shard-retention", type=_duration, default=DEFAULT_SHARD_RETENTION, metavar="AGE",
+                   help="delete shards no longer in the index after AGE: seconds or 30s, 15m, 12h, 7d (default 7d)")
     p.add_argument("--threads", type=_positive_int, default=default_threads(), metavar="N", help="archive reader threads")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     p.add_argument("--log-format", choices=("json", "console"), help="default: console on a terminal, JSON lines otherwise")
@@ -103,6 +107,20 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> float:
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
+    try:
+        value = float(number) * _UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds or a number with s, m, h or d: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite age >= 0: {text}")
+    return value
+
+
 def _listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
@@ -137,6 +155,8 @@ def config_from_args(args: argparse.Namespace) -> IndexConfig:
         run_exports=args.run_exports,
         base_url=args.base_url,
         threads=args.threads,
+        write_shards=args.write_shards,
+        shard_retention=args.shard_retention,
     )
 
 
@@ -174,15 +194,7 @@ def run_index(args: argparse.Namespace) -> int:
             result = index_subdir(config, subdir, on_progress=progress)
             progress.clear()
             results.append(result)
-            log.info(
-                "subdir indexed",
-                subdir=subdir,
-                packages=result.packages,
-                extracted=result.extracted,
-                skipped=len(result.skipped),
-                written=result.written,
-                seconds=round(result.duration, 3),
-            )
+            log.info("subdir indexed", **result.log_fields())
     reasons = Counter(f.reason for r in results for f in r.skipped)
     for r in results:
         for f in r.skipped:

@@ -33,6 +33,9 @@ KNOWN_SUBDIRS = frozenset(
 
 PACKAGE_EXTENSIONS = (".conda", ".tar.bz2")
 
+# CEP-16: keep unreferenced shards about a week (clients cache the shard index).
+DEFAULT_SHARD_RETENTION = 7 * 24 * 3600.0
+
 
 def is_package_name(name: str) -> bool:
     """A file name that counts as a package: `*.conda` or `*.tar.bz2`, not a dotfile."""
@@ -55,6 +58,8 @@ class IndexConfig:
     run_exports: bool = False
     base_url: str | None = None
     threads: int = field(default_factory=default_threads)
+    write_shards: bool = True
+    shard_retention: float = DEFAULT_SHARD_RETENTION
 
     @property
     def output_root(self) -> Path:
@@ -71,6 +76,10 @@ class IndexConfig:
     def cache_db(self, subdir: str) -> Path:
         """cache.db always lives under the input channel, even with --output (as conda-index)."""
         return self.channel / subdir / ".cache" / "cache.db"
+
+    def shard_state(self, subdir: str) -> Path:
+        """What the shard upkeep remembers between runs, next to cache.db."""
+        return self.cache_db(subdir).with_name("shards-state.json")
 
 
 def detect_subdirs(config: IndexConfig) -> list[str]:

@@ -188,21 +188,13 @@ class Daemon:
         m.packages_indexed.labels(subdir).inc(result.extracted)
         for failure in result.new_failures:
             m.package_errors.labels(subdir, failure.reason).inc()
+        m.shards_written.labels(subdir).inc(result.shards_written)
+        m.shards_deleted.labels(subdir).inc(len(result.shards.deleted))
         if result.written:
             m.last_publish.labels(subdir).set(time.time())
             if item.scan_reason != "startup":
                 m.event_to_publish.observe(time.monotonic() - item.first_event)
-            log.info(
-                "published",
-                subdir=subdir,
-                packages=result.packages,
-                added=result.added,
-                removed=result.removed,
-                changed=result.changed,
-                skipped=len(result.skipped),
-                files=result.written,
-                seconds=round(result.duration, 3),
-            )
+            log.info("published", **result.log_fields())
 
     # --- lifecycle --------------------------------------------------------------------------
 

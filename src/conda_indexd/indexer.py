@@ -18,7 +18,7 @@ from pathlib import Path
 
 import zstandard
 
-from . import publish, repodata
+from . import publish, repodata, shards
 from .archive import ArchiveError, PackageMetadata, read_package
 from .cache import Failure, FileState, SubdirCache
 from .config import IndexConfig, is_package_name
@@ -45,7 +45,29 @@ class SubdirResult:
     removed: int = 0
     changed: int = 0
     repodata_bytes: int = 0
+    shards: shards.ShardsReport = field(default_factory=shards.ShardsReport)
     duration: float = 0.0
+
+    @property
+    def shards_written(self) -> int:
+        return sum(1 for f in self.written if f.startswith(shards.SHARDS_DIR + "/"))
+
+    def log_fields(self) -> dict[str, object]:
+        """What the CLI and the daemon log for a run (shard files counted, not listed)."""
+        return {
+            "subdir": self.subdir,
+            "packages": self.packages,
+            "added": self.added,
+            "removed": self.removed,
+            "changed": self.changed,
+            "extracted": self.extracted,
+            "skipped": len(self.skipped),
+            "written": [f for f in self.written if not f.startswith(shards.SHARDS_DIR + "/")],
+            "shards_encoded": self.shards.encoded,
+            "shards_written": self.shards_written,
+            "shards_deleted": len(self.shards.deleted),
+            "seconds": round(self.duration, 3),
+        }
 
 
 # --- fs state --------------------------------------------------------------------------
@@ -264,11 +286,22 @@ def index_subdir(
             log.warning("skipped archive", subdir=subdir, path=failure.path, reason=failure.reason, detail=failure.message)
         outputs, after = build_outputs(config, subdir, cache)
         result.skipped = cache.failures()
+        outdir = config.output_dir(subdir)
+        # §8.2: shard files, then the shard index, then repodata.json and the rest.
+        store = None
+        if config.write_shards:
+            store = shards.ShardStore(outdir, config.shard_state(subdir))
+            store.publish(cache, subdir, config.base_url, result.shards)
+        elif shards.withdraw(outdir):
+            result.shards.written.append(shards.SHARD_INDEX)
     result.packages = len(after)
     result.added = len(after.keys() - before.keys())
     result.removed = len(before.keys() - after.keys())
     result.changed = sum(1 for fn in after.keys() & before.keys() if after[fn] != before[fn])
-    result.written = publish_outputs(config, config.output_dir(subdir), outputs)
+    result.written = result.shards.written + publish_outputs(config, outdir, outputs)
+    if store is not None:
+        store.collect(config.shard_retention, result.shards)
+        store.save()
     result.repodata_bytes = len(outputs[REPODATA])
     result.duration = time.monotonic() - started
     return result

@@ -52,6 +52,12 @@ class Metrics:
         self.subdir_errors = Counter(
             p + "subdir_errors_total", "Indexing runs of a subdir that failed", ["subdir", "reason"], registry=r
         )
+        self.shards_written = Counter(
+            p + "shards_written_total", "CEP-16 shard files written", ["subdir"], registry=r
+        )
+        self.shards_deleted = Counter(
+            p + "shards_deleted_total", "Unreferenced shard files deleted after the retention", ["subdir"], registry=r
+        )
         self.ready = Gauge(p + "ready", "1 once the start-up reconcile has published every subdir", registry=r)
         for reason in ("startup", "periodic", "overflow", "signal"):
             self.rescans.labels(reason)

@@ -48,8 +48,11 @@ def next_mtime(old_mtime: float | None, now: float) -> float:
     return max(now, math.floor(old_mtime) + 1.0)
 
 
-def publish(path: Path, data: bytes) -> bool:
-    """Replace `path` with `data` atomically when the content differs. True if written."""
+def publish(path: Path, data: bytes, *, sync_dir: bool = True) -> bool:
+    """Replace `path` with `data` atomically when the content differs. True if written.
+
+    sync_dir=False leaves the folder's fsync to the caller (one for a batch of files).
+    """
     if same_content(path, data):
         return False
     try:
@@ -74,7 +77,8 @@ def publish(path: Path, data: bytes) -> bool:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)
     return True
 
 
