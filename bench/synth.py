@@ -1,0 +1,83 @@
+"""Big realistic channels for benchmarks: records from ../shared/corpus/repodata when
+present (names, versions, depends, licenses of 20,002 real records), else generated.
+
+`fill_cache(db, subdir, n)` writes n published records straight into a conda-index
+schema cache.db (fs + indexed stat rows and index_json rows), so shard and repodata
+building can be timed without n archives on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from conda_indexd.cache import SubdirCache  # noqa: E402
+
+CORPUS = ROOT.parent / "shared" / "corpus" / "repodata"
+DROP = ("md5", "sha256", "size", "subdir", "arch", "platform")
+
+
+def real_records() -> list[dict]:
+    found: dict[str, dict] = {}
+    if CORPUS.is_dir():
+        for path in sorted(CORPUS.rglob("*.json")):
+            try:
+                doc = json.loads(path.read_text())
+            except ValueError:
+                continue
+            for section in ("packages", "packages.conda"):
+                for fn, rec in (doc.get(section) or {}).items() if isinstance(doc, dict) else ():
+                    if isinstance(rec, dict) and {"name", "version", "build"} <= rec.keys():
+                        found.setdefault(fn, rec)
+    return list(found.values())
+
+
+def records(n: int, subdir: str, seed: int = 0) -> Iterator[tuple[str, dict]]:
+    """n (filename, index_json) pairs; names repeat as in a real channel."""
+    rng = random.Random(seed)
+    base = real_records()
+    if not base:
+        base = [
+            {"name": f"pkg{i:05d}", "version": "1.0", "build": "0", "build_number": 0,
+             "depends": [f"pkg{rng.randrange(5000):05d}"], "license": "MIT", "timestamp": 1700000000000}
+            for i in range(5000)
+        ]  # fmt: skip
+    for i in range(n):
+        rec = dict(base[i % len(base)])
+        cycle = i // len(base)
+        # every other pass over the real records adds new names, the others new builds:
+        # about 10 records per name, as in big real channels
+        name = f"{rec['name']}-x{cycle // 2}" if cycle >= 2 else rec["name"]
+        build = f"{rec['build']}_{cycle}" if cycle % 2 else rec["build"]
+        rec = {k: v for k, v in rec.items() if k not in DROP}
+        rec.update(name=name, build=build, subdir=subdir)
+        ext = ".conda" if rng.random() < 0.6 else ".tar.bz2"
+        fn = f"{name}-{rec['version']}-{build}{ext}"
+        digest = hashlib.sha256(fn.encode()).hexdigest()
+        rec.update(md5=digest[:32], sha256=digest, size=1000 + i)
+        yield fn, rec
+
+
+def fill_cache(db: Path, subdir: str, n: int) -> int:
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with SubdirCache(db) as cache:
+        with cache.transaction():
+            for fn, rec in records(n, subdir):
+                add_row(cache, fn, rec, mtime=1.0)
+        return cache.db.execute("SELECT count(DISTINCT name) FROM index_json").fetchone()[0]
+
+
+def add_row(cache: SubdirCache, fn: str, rec: dict, mtime: float) -> None:
+    for stage in ("fs", "indexed"):
+        cache.db.execute(
+            "INSERT OR REPLACE INTO stat (stage, path, mtime, size, sha256, md5) VALUES (?, ?, ?, ?, ?, ?)",
+            (stage, fn, mtime, rec["size"], rec["sha256"], rec["md5"]),
+        )
+    cache.db.execute("INSERT OR REPLACE INTO index_json (path, index_json) VALUES (?, json(?))", (fn, json.dumps(rec)))
