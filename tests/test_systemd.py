@@ -1,0 +1,178 @@
+"""systemd/: the unit checked by systemd-analyze, and run under a real systemd as PID 1
+in private namespaces with the package installed as the README says: READY, the
+watchdog restarting a frozen daemon, reload, and a clean stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from daemonproc import wait_for
+from pkgfactory import index_json, make_package
+
+REPO = Path(__file__).resolve().parents[1]
+UNIT = REPO / "systemd" / "conda-indexd.service"
+SYSTEMD = Path("/lib/systemd/systemd")
+pytestmark = pytest.mark.timeout(300)
+
+
+def need(tool: str) -> str:
+    path = shutil.which(tool)
+    if not path:
+        pytest.skip(f"{tool} is not installed (Debian systemd; .ci/run installs it)")
+    return path
+
+
+def test_unit_security_rating_offline(tmp_path: Path) -> None:
+    need("systemd-analyze")
+    out = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(UNIT)], capture_output=True, text=True
+    )
+    overall = [line for line in out.stdout.splitlines() if "Overall exposure level" in line]
+    assert overall, out.stdout + out.stderr
+    level = float(overall[0].split(":")[1].split()[0])
+    assert level <= 2.0, overall[0]
+
+
+def test_sysusers_and_sysctl_files() -> None:
+    need("systemd-sysusers")
+    out = subprocess.run(
+        ["systemd-sysusers", "--dry-run", str(REPO / "systemd" / "conda-indexd.sysusers")], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert "conda-indexd" in out.stdout + out.stderr
+    for line in (REPO / "systemd" / "60-conda-indexd-inotify.conf").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = (part.strip() for part in line.partition("="))
+            assert Path("/proc/sys", *key.split(".")).exists(), key
+            assert value.isdigit(), line
+
+
+class Machine:
+    """systemd as PID 1 in fresh namespaces; commands run inside with nsenter."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.proc: subprocess.Popen | None = None
+        self.pid = 0
+
+    def boot(self, wheels: Path, pkgs: Path) -> None:
+        self.log = open(self.tmp / "boot.log", "wb")
+        self.proc = subprocess.Popen(
+            ["unshare", "--mount", "--pid", "--fork", "--uts", "--ipc", "--net", "--cgroup",
+             "--propagation", "private", "--mount-proc",
+             str(REPO / "tests" / "systemd_boot.sh"), str(REPO), str(wheels), str(pkgs), str(self.tmp)],
+            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+
+        def systemd_pid() -> int:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"boot failed: {(self.tmp / 'boot.log').read_text()[-3000:]}")
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+            for child in children:
+                if Path(f"/proc/{child}/comm").read_text().strip() == "systemd":
+                    return int(child)
+            return 0
+
+        self.pid = wait_for(systemd_pid, 120, interval=0.2, what="systemd as PID 1")
+        wait_for(lambda: self.run("systemctl", "is-system-running", check=False).stdout.strip() in ("running", "degraded"),
+                 60, interval=0.2, what="systemd up")  # fmt: skip
+
+    def run(self, *cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        full = ["nsenter", "-t", str(self.pid), "-m", "-p", "-n", "-u", "-i", "-C", *cmd]
+        out = subprocess.run(full, capture_output=True, text=True, timeout=timeout)
+        if check and out.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} -> {out.returncode}\n{out.stdout}\n{out.stderr}")
+        return out
+
+    def show(self, unit: str) -> dict[str, str]:
+        out = self.run("systemctl", "show", unit, "-p", "ActiveState,SubState,MainPID,NRestarts,Result,StatusText,ExecMainStatus")
+        return dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+
+    def path(self, inside: str) -> Path:
+        return Path(f"/proc/{self.pid}/root{inside}")
+
+    def http(self, path: str) -> str:
+        code = f"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8650{path}', timeout=5).read().decode())"
+        return self.run("/usr/bin/python3", "-c", code).stdout
+
+    def shutdown(self) -> None:
+        if self.pid:
+            os.kill(self.pid, signal.SIGKILL)  # PID 1 of the namespace: everything in it goes
+        if self.proc is not None:
+            self.proc.wait(30)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def machine(tmp_path_factory: pytest.TempPathFactory):
+    if os.geteuid() != 0:
+        pytest.skip("booting systemd in private namespaces needs root")
+    for tool in ("unshare", "nsenter", "systemd-analyze", "systemd-sysusers"):
+        need(tool)
+    if not SYSTEMD.exists() or not Path("/usr/bin/python3").exists():
+        pytest.skip("needs /lib/systemd/systemd and /usr/bin/python3 (Debian systemd, python3-venv)")
+    if subprocess.run(["/usr/bin/python3", "-c", "import ensurepip, venv"], capture_output=True).returncode:
+        pytest.skip("python3-venv is not installed (.ci/run installs it)")
+    tmp = tmp_path_factory.mktemp("machine")
+    wheels = tmp / "wheels"
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", str(REPO), "-w", str(wheels)], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    pkgs = tmp / "pkgs"
+    make_package(pkgs / "first-1.0-0.conda", index_json("first", "1.0", "0"))
+    m = Machine(tmp)
+    try:
+        m.boot(wheels, pkgs)
+        yield m
+    finally:
+        m.shutdown()
+
+
+def test_unit_verifies_with_the_package_installed(machine: Machine) -> None:
+    out = machine.run("systemd-analyze", "verify", "/run/systemd/system/conda-indexd.service", check=False)
+    assert out.returncode == 0 and out.stdout + out.stderr == "", out.stdout + out.stderr
+
+
+def test_unit_lifecycle_under_systemd(machine: Machine) -> None:
+    noarch = "/srv/conda/channel/noarch"
+    machine.run("systemctl", "start", "conda-indexd")  # Type=notify: returns after READY=1
+    state = machine.show("conda-indexd")
+    assert state["ActiveState"] == "active" and state["SubState"] == "running", state
+    assert state["StatusText"] == "watching /srv/conda/channel"
+    repodata = json.loads(machine.path(f"{noarch}/repodata.json").read_text())
+    assert list(repodata["packages.conda"]) == ["first-1.0-0.conda"]
+    assert machine.path(f"{noarch}/repodata_shards.msgpack.zst").exists()
+    owner = machine.path(f"{noarch}/repodata.json").stat()
+    assert owner.st_uid != 0 and oct(owner.st_mode & 0o777) == "0o644"  # the static user, readable by nginx
+    assert "conda_indexd_ready 1.0" in machine.http("/metrics")
+
+    # the sandboxed daemon sees and publishes a new package
+    make_package(machine.path(f"{noarch}/second-1.0-0.conda"), index_json("second", "1.0", "0"))
+    wait_for(lambda: "second-1.0-0.conda" in json.loads(machine.path(f"{noarch}/repodata.json").read_text())["packages.conda"],
+             10, what="second package published")  # fmt: skip
+
+    # frozen: the watchdog (4 s in the test drop-in) kills it and Restart= brings it back
+    frozen = state["MainPID"]
+    machine.run("kill", "-STOP", frozen)
+    wait_for(lambda: (s := machine.show("conda-indexd"))["NRestarts"] == "1" and s["ActiveState"] == "active"
+             and s["MainPID"] not in ("0", frozen), 30, interval=0.5, what="watchdog restart")  # fmt: skip
+    journal = machine.run("journalctl", "--no-pager", "-u", "conda-indexd").stdout
+    assert "Watchdog timeout" in journal, journal[-2000:]
+
+    # reload = SIGHUP = a full rescan
+    before = machine.http("/metrics")
+    machine.run("systemctl", "reload", "conda-indexd")
+    wait_for(lambda: 'conda_indexd_rescans_total{reason="signal"} 1.0' in machine.http("/metrics"), 10, what="rescan on reload")
+    assert 'conda_indexd_rescans_total{reason="signal"} 0.0' in before
+
+    machine.run("systemctl", "stop", "conda-indexd")
+    state = machine.show("conda-indexd")
+    assert state["ActiveState"] == "inactive" and state["Result"] == "success" and state["ExecMainStatus"] == "0", state
