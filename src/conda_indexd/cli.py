@@ -79,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_index_options(index)
     watch = sub.add_parser("watch", help="keep a channel indexed: watch for changes and publish them")
     add_index_options(watch)
-    watch.add_argument("--listen", type=_listen, default=(DEFAULT_HOST, DEFAULT_PORT), metavar="HOST:PORT",
-                       help=f"HTTP for /metrics, /healthz, /readyz (default {DEFAULT_HOST}:{DEFAULT_PORT})")
+    watch.add_argument("--listen", type=_listen, default=None, metavar="HOST:PORT",
+                       help=f"HTTP for /metrics, /healthz, /readyz (default: $CONDA_INDEXD_LISTEN, else {DEFAULT_HOST}:{DEFAULT_PORT})")
     watch.add_argument("--debounce", type=_seconds, default=1.0, metavar="S", help="quiet time before a subdir is indexed (default 1)")
     watch.add_argument("--max-delay", type=_seconds, default=10.0, metavar="S", help="longest wait after a subdir's first event (default 10)")
     watch.add_argument("--settle", type=_seconds, default=1.0, metavar="S", help="a file changed this recently is an upload in progress (default 1)")
@@ -213,11 +213,22 @@ def run_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _listen_from_env() -> tuple[str, int]:
+    """$CONDA_INDEXD_LISTEN (the container image sets 0.0.0.0:8650), else loopback."""
+    value = os.environ.get("CONDA_INDEXD_LISTEN")
+    if not value:
+        return DEFAULT_HOST, DEFAULT_PORT
+    try:
+        return _listen(value)
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"CONDA_INDEXD_LISTEN: {exc}") from None
+
+
 def run_watch(args: argparse.Namespace) -> int:
     index = config_from_args(args)
     if args.max_delay < args.debounce:
         raise UsageError("--max-delay must not be shorter than --debounce")
-    host, port = args.listen
+    host, port = args.listen or _listen_from_env()
     config = WatchConfig(
         index=index,
         host=host,

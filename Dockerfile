@@ -1,0 +1,41 @@
+# conda-indexd as a sidecar: watches the channel volume, publishes repodata and shards.
+# Build: docker build -t conda-indexd .   Run: see deploy/docker-compose.yml and README.
+
+# --- build: wheels for the package and its dependencies ---
+FROM python:3.11-slim-bookworm AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+# --- runtime ---
+FROM python:3.11-slim-bookworm
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends tini=0.19.0-1+b3 \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 conda-indexd \
+    && useradd --system --uid 10001 --gid conda-indexd --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin conda-indexd \
+    && mkdir -p /channel/noarch \
+    && chown -R conda-indexd:conda-indexd /channel
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-index --find-links=/wheels /wheels/conda_indexd-*.whl \
+    && rm -rf /wheels
+
+# Inside the container the HTTP listener (metrics, /healthz, /readyz) must be reachable
+# from other containers; outside a container the default stays 127.0.0.1.
+ENV CONDA_INDEXD_LISTEN=0.0.0.0:8650 \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+VOLUME ["/channel"]
+EXPOSE 8650
+USER 10001:10001
+# tini as PID 1 forwards signals and reaps; the daemon finishes the publish in progress
+# on SIGTERM and exits 0.
+STOPSIGNAL SIGTERM
+# The slim image has no curl: ask /healthz with Python. The start period covers the
+# start-up reconcile of a big channel (READY is /readyz; health is the threads alive).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8650/healthz', timeout=4)"]
+ENTRYPOINT ["/usr/bin/tini", "--", "conda-indexd"]
+CMD ["watch", "/channel", "--log-format", "json"]
