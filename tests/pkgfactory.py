@@ -426,6 +426,14 @@ def _build_filename_mismatch_conda(folder: Path, subdir: str) -> str:
     return fn
 
 
+def _build_subdir_mismatch(folder: Path, subdir: str) -> str:
+    """A package built for another platform dropped into this subdir's folder."""
+    other = "osx-arm64" if subdir != "osx-arm64" else "linux-64"
+    fn = _fn("odd-elsewhere", ".conda")
+    make_conda(folder / fn, _idx("odd-elsewhere", other))
+    return fn
+
+
 def _build_no_subdir(ext: str) -> Callable[[Path, str], str]:
     def build(folder: Path, subdir: str) -> str:
         fn = _fn("odd-nosubdir" + ext.replace(".", "-"), ext)
@@ -477,8 +485,9 @@ BROKEN_KINDS: list[Kind] = [
     Kind("dot-slash-prefix-conda", _build_dot_slash(".conda"), "indexed"),
     Kind("index-without-subdir-tar-bz2", _build_no_subdir(".tar.bz2"), "indexed"),
     Kind("index-without-subdir-conda", _build_no_subdir(".conda"), "indexed"),
-    Kind("filename-mismatch-tar-bz2", _build_filename_mismatch, "indexed"),
-    Kind("filename-mismatch-conda", _build_filename_mismatch_conda, "indexed"),
+    Kind("filename-mismatch-tar-bz2", _build_filename_mismatch, "skipped", "filename-mismatch"),
+    Kind("filename-mismatch-conda", _build_filename_mismatch_conda, "skipped", "filename-mismatch"),
+    Kind("subdir-mismatch", _build_subdir_mismatch, "skipped", "subdir-mismatch"),
     Kind("index-not-json", _raw_index_builder("odd-notjson", ".tar.bz2", lambda s: b'{"name": "odd-notjson", '), "skipped", "bad-index-json"),
     Kind("index-not-json-conda", _raw_index_builder("odd-notjson-c", ".conda", lambda s: b"\xff\xfe not json"), "skipped", "bad-index-json"),
     Kind("index-json-list", _raw_index_builder("odd-jsonlist", ".tar.bz2", lambda s: b'["name", "version"]'), "skipped", "bad-index-json"),

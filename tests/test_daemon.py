@@ -145,11 +145,10 @@ def test_slow_writer_is_not_indexed_before_complete(channel: Path) -> None:
 def test_burst_of_2000_packages_in_few_publishes(channel: Path) -> None:
     with DaemonProcess(channel) as d:
         before = d.metric("conda_indexd_publish_duration_seconds_count", subdir="linux-64")
-        template = pkg_bytes("burst-1.0-0.tar.bz2", "linux-64")
         folder = channel / "linux-64"
-        for i in range(2000):
-            # same bytes under many names is fine for the indexer: names differ
-            (folder / f"burst-1.0-{i}.tar.bz2").write_bytes(template)
+        blobs = [(f"burst-1.0-{i}.tar.bz2", pkg_bytes(f"burst-1.0-{i}.tar.bz2", "linux-64")) for i in range(2000)]
+        for fn, data in blobs:  # each file's index.json matches its name
+            (folder / fn).write_bytes(data)
         wait_for(lambda: len(all_records(repodata(channel, "linux-64"))) == 2001, 60, interval=0.2, what="2001 records")
         publishes = d.metric("conda_indexd_publish_duration_seconds_count", subdir="linux-64") - before
         assert publishes <= 6, publishes
@@ -160,11 +159,9 @@ def test_stopped_daemon_catches_up_on_5000_files(channel: Path) -> None:
     with DaemonProcess(channel) as d:
         d.signal(signal.SIGSTOP)
         try:
-            # a .tar.bz2 holds no filename inside, so one template serves every name
-            template = pkg_bytes("many-1.0-0.tar.bz2")
             folder = channel / "noarch"
             for i in range(5000):
-                (folder / f"many-1.0-{i}.tar.bz2").write_bytes(template)
+                (folder / f"many-1.0-{i}.tar.bz2").write_bytes(pkg_bytes(f"many-1.0-{i}.tar.bz2"))
         finally:
             d.signal(signal.SIGCONT)
         wait_for(lambda: len(all_records(repodata(channel, "noarch"))) == 5001, 120, interval=0.5, what="5001 records")
@@ -273,9 +270,8 @@ def test_lock_signals_metrics_health(channel: Path) -> None:
 def test_readyz_is_503_until_startup_reconcile_is_done(tmp_path: Path) -> None:
     ch = tmp_path / "big"
     (ch / "noarch").mkdir(parents=True)
-    template = pkg_bytes("r-1.0-0.tar.bz2")
     for i in range(1500):
-        (ch / "noarch" / f"r-1.0-{i}.tar.bz2").write_bytes(template)
+        (ch / "noarch" / f"r-1.0-{i}.tar.bz2").write_bytes(pkg_bytes(f"r-1.0-{i}.tar.bz2"))
     old = time.time() - 60
     for p in (ch / "noarch").iterdir():
         os.utime(p, (old, old))

@@ -9,9 +9,12 @@ is read once from start to end.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
 import json
+import os
+import stat
 import tarfile
 import threading
 import zipfile
@@ -47,14 +50,25 @@ FILTERED_KEYS = frozenset(
 
 CHUNK = 1 << 20
 
+# Caps on what is read of one metadata member (memory stays bounded whatever an archive
+# declares or decompresses to). index.json over its cap skips the package; another
+# member over its cap is dropped as if absent. Real index.json files are a few KiB and
+# real paths.json files reach tens of MiB for packages with ~100k files.
+MEMBER_CAPS = {INDEX_JSON: 4 << 20, PATHS_JSON: 128 << 20, ICON_PNG: 1 << 20}
+DEFAULT_MEMBER_CAP = 16 << 20
+
 
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
 def strict_json(raw: bytes | str) -> Any:
-    """json.loads that rejects NaN and Infinity, which sqlite's json() refuses."""
-    return json.loads(raw, parse_constant=_no_constants)
+    """json.loads that rejects NaN and Infinity, which sqlite's json() refuses, and
+    nesting too deep to parse (a ValueError, not a RecursionError)."""
+    try:
+        return json.loads(raw, parse_constant=_no_constants)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 class ArchiveError(Exception):
@@ -123,6 +137,8 @@ class _HashingReader:
 
 
 def _collect_members(filename: str, stream_source: Any) -> dict[str, bytes]:
+    """The wanted `info/` members, each read up to its cap (an oversized index.json is
+    kept as its first cap+1 bytes so the caller can name the problem)."""
     wanted = set(WANTED)
     members: dict[str, bytes] = {}
     stream = package_streaming.stream_conda_info(filename, stream_source)
@@ -134,13 +150,21 @@ def _collect_members(filename: str, stream_source: Any) -> dict[str, bytes]:
             wanted.discard(name)
             if not member.isfile():
                 continue
+            cap = MEMBER_CAPS.get(name, DEFAULT_MEMBER_CAP)
+            if member.size > cap and name != INDEX_JSON:
+                continue  # dropped: as if absent
             reader = tar.extractfile(member)
             if reader is None:
                 continue
-            members[name] = reader.read()
+            data = reader.read(cap + 1)  # never more, whatever the header says
+            if len(data) > cap and name != INDEX_JSON:
+                continue
+            members[name] = data
             if name == INDEX_JSON:
+                if len(data) > cap:
+                    break  # reported as oversized below
                 try:
-                    if json.loads(members[name]).get("icon") is None:
+                    if strict_json(data).get("icon") is None:
                         wanted.discard(ICON_PNG)
                 except (ValueError, AttributeError):
                     break  # reported as bad index.json below
@@ -153,12 +177,41 @@ def _collect_members(filename: str, stream_source: Any) -> dict[str, bytes]:
     return members
 
 
-def read_package(path: str | Path) -> PackageMetadata:
-    """Read the metadata and checksums of one `.conda` or `.tar.bz2` archive."""
+def open_regular(path: Path) -> IO[bytes]:
+    """Open a package file for reading, refusing anything but a regular file.
+
+    O_NOFOLLOW: a symlink named `x.conda` is never followed (it may point outside the
+    channel). O_NONBLOCK: opening a FIFO named `x.conda` does not wait for a writer.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ArchiveError("not-a-regular-file", "a symlink; symlinks are not followed") from None
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise ArchiveError("permission-denied", f"no permission to read the file ({exc.strerror})") from None
+        if exc.errno == errno.ENXIO:  # a socket
+            raise ArchiveError("not-a-regular-file", "not a regular file (a socket)") from None
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file"
+        raise ArchiveError("not-a-regular-file", f"not a regular file ({kind})")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def read_package(path: str | Path, subdir: str | None = None) -> PackageMetadata:
+    """Read the metadata and checksums of one `.conda` or `.tar.bz2` archive.
+
+    With `subdir`, a package whose index.json names another subdir is refused, and so is
+    one whose filename is not `<name>-<version>-<build>` of its index.json.
+    """
     path = Path(path)
     filename = path.name
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             size = f.seek(0, 2)
             f.seek(0)
             if size == 0:
@@ -176,7 +229,23 @@ def read_package(path: str | Path) -> PackageMetadata:
         raise
     except Exception as exc:  # every failure of a third-party reader becomes a reason
         raise (_sniff(path) or _classify(filename, exc)) from exc
-    return _to_metadata(filename, members, sums)
+    meta = _to_metadata(filename, members, sums)
+    if subdir is not None:
+        _check_placement(meta, subdir)
+    return meta
+
+
+def _check_placement(meta: PackageMetadata, subdir: str) -> None:
+    """Clients key records by filename and solve by name/version/build: the two must agree,
+    and a package built for one platform must not be served from another's folder."""
+    index = meta.index_json
+    stem = meta.filename.removesuffix(".conda").removesuffix(".tar.bz2")
+    expected = f"{index['name']}-{index['version']}-{index['build']}"
+    if stem != expected:
+        raise ArchiveError("filename-mismatch", f"filename does not match index.json ({expected!r})")
+    declared = index.get("subdir")
+    if declared is not None and declared != subdir:
+        raise ArchiveError("subdir-mismatch", f"index.json says subdir {declared!r}, found in {subdir!r}")
 
 
 def _sniff(path: Path) -> ArchiveError | None:
@@ -241,6 +310,8 @@ def _to_metadata(filename: str, members: dict[str, bytes], sums: _Checksums) -> 
     raw_index = members.get(INDEX_JSON)
     if raw_index is None:
         raise ArchiveError("missing-index-json", "archive has no info/index.json")
+    if len(raw_index) > MEMBER_CAPS[INDEX_JSON]:
+        raise ArchiveError("oversized-metadata", f"info/index.json is over {MEMBER_CAPS[INDEX_JSON] >> 20} MiB")
     try:
         index = strict_json(raw_index)
     except ValueError as exc:
@@ -293,7 +364,7 @@ def post_install_json(paths_raw: bytes | None) -> str:
     paths: list = []
     if paths_raw:
         try:
-            parsed = json.loads(paths_raw)
+            parsed = strict_json(paths_raw)
             paths = parsed.get("paths", []) if isinstance(parsed, dict) else []
         except ValueError:
             paths = []
@@ -329,12 +400,14 @@ def recipe_json(raw: bytes) -> str:
         parser = _local.yaml = ruamel.yaml.YAML(typ="safe", pure=True)
     try:
         recipe = parser.load(raw)
-    except Exception:  # ruamel raises many error types on bad YAML
+    except Exception:  # ruamel raises many error types on bad YAML (RecursionError too)
         recipe = {}
     try:
         return json.dumps(recipe, allow_nan=False)
     except (TypeError, ValueError):  # dates, NaN: sqlite's json() would refuse the row
         try:
             return json.dumps(recipe, default=str, allow_nan=False)
-        except ValueError:
+        except (ValueError, RecursionError):
             return "{}"
+    except RecursionError:
+        return "{}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import bz2
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable
@@ -87,10 +88,12 @@ def list_packages(folder: Path) -> list[FileState]:
             log.warning("skipped file with an unusable name", subdir=folder.name, path=repr(entry.name))
             continue
         try:
-            st = entry.stat()
+            st = entry.stat(follow_symlinks=False)
         except FileNotFoundError:
             continue
-        if entry.is_file():
+        # Anything but a folder is listed, without following symlinks: a symlink, FIFO or
+        # socket under a package name is then refused with a reason by the reader.
+        if not stat.S_ISDIR(st.st_mode):
             files.append(FileState(entry.name, st.st_mtime, st.st_size))
     return files
 
@@ -111,11 +114,14 @@ def stat_packages(folder: Path, names: Iterable[str]) -> tuple[list[FileState], 
         if _undecodable(name):
             continue
         try:
-            st = os.stat(folder / name)
+            st = os.lstat(folder / name)
         except FileNotFoundError:
             gone.append(name)
             continue
-        present.append(FileState(name, st.st_mtime, st.st_size))
+        if stat.S_ISDIR(st.st_mode):
+            gone.append(name)
+        else:
+            present.append(FileState(name, st.st_mtime, st.st_size))
     return present, gone
 
 
@@ -124,7 +130,7 @@ def stat_packages(folder: Path, names: Iterable[str]) -> tuple[list[FileState], 
 
 def _read(folder: Path, state: FileState) -> PackageMetadata | ArchiveError:
     try:
-        return read_package(folder / state.path)
+        return read_package(folder / state.path, subdir=folder.name)
     except ArchiveError as exc:
         return exc
 
