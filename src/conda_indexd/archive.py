@@ -50,12 +50,15 @@ FILTERED_KEYS = frozenset(
 
 CHUNK = 1 << 20
 
-# Caps on what is read of one metadata member (memory stays bounded whatever an archive
-# declares or decompresses to). index.json over its cap skips the package; another
-# member over its cap is dropped as if absent. Real index.json files are a few KiB and
-# real paths.json files reach tens of MiB for packages with ~100k files.
-MEMBER_CAPS = {INDEX_JSON: 4 << 20, PATHS_JSON: 128 << 20, ICON_PNG: 1 << 20}
+# Caps on what is read of one metadata member: memory stays bounded whatever an archive
+# declares or decompresses to. A package with a wanted member over its cap is left out
+# ("oversized-metadata"). Real index.json files are a few KiB; real paths.json files
+# reach tens of MiB for packages with ~100k files.
+MEMBER_CAPS = {INDEX_JSON: 4 << 20, PATHS_JSON: 256 << 20, ICON_PNG: 4 << 20}
 DEFAULT_MEMBER_CAP = 16 << 20
+# A .conda's info component holds metadata only (the files are in pkg-*.tar.zst): one
+# that unpacks to more than this is refused before its content is decompressed.
+INFO_COMPONENT_CAP = 512 << 20
 
 
 def _no_constants(name: str) -> Any:
@@ -137,32 +140,33 @@ class _HashingReader:
 
 
 def _collect_members(filename: str, stream_source: Any) -> dict[str, bytes]:
-    """The wanted `info/` members, each read up to its cap (an oversized index.json is
-    kept as its first cap+1 bytes so the caller can name the problem)."""
+    """The wanted `info/` members, each read up to its cap."""
     wanted = set(WANTED)
     members: dict[str, bytes] = {}
+    unpacked, limit = 0, INFO_COMPONENT_CAP if filename.endswith(".conda") else None
     stream = package_streaming.stream_conda_info(filename, stream_source)
     try:
         for tar, member in stream:
+            unpacked += member.size  # tar headers give each size before its content
+            if limit is not None and unpacked > limit:
+                raise ArchiveError("oversized-metadata", f"the info component unpacks to over {limit >> 20} MiB")
             name = member.name.removeprefix("./")
             if name not in wanted:
                 continue
             wanted.discard(name)
             if not member.isfile():
                 continue
-            cap = MEMBER_CAPS.get(name, DEFAULT_MEMBER_CAP)
-            if member.size > cap and name != INDEX_JSON:
-                continue  # dropped: as if absent
+            cap = member_cap(name)
+            if member.size > cap:
+                raise _oversized(name, cap)
             reader = tar.extractfile(member)
             if reader is None:
                 continue
             data = reader.read(cap + 1)  # never more, whatever the header says
-            if len(data) > cap and name != INDEX_JSON:
-                continue
+            if len(data) > cap:
+                raise _oversized(name, cap)
             members[name] = data
             if name == INDEX_JSON:
-                if len(data) > cap:
-                    break  # reported as oversized below
                 try:
                     if strict_json(data).get("icon") is None:
                         wanted.discard(ICON_PNG)
@@ -175,6 +179,14 @@ def _collect_members(filename: str, stream_source: Any) -> dict[str, bytes]:
     finally:
         stream.close()
     return members
+
+
+def member_cap(name: str) -> int:
+    return MEMBER_CAPS.get(name, DEFAULT_MEMBER_CAP)
+
+
+def _oversized(name: str, cap: int) -> ArchiveError:
+    return ArchiveError("oversized-metadata", f"{name} is over {cap >> 20} MiB")
 
 
 def open_regular(path: Path) -> IO[bytes]:
@@ -310,8 +322,6 @@ def _to_metadata(filename: str, members: dict[str, bytes], sums: _Checksums) -> 
     raw_index = members.get(INDEX_JSON)
     if raw_index is None:
         raise ArchiveError("missing-index-json", "archive has no info/index.json")
-    if len(raw_index) > MEMBER_CAPS[INDEX_JSON]:
-        raise ArchiveError("oversized-metadata", f"info/index.json is over {MEMBER_CAPS[INDEX_JSON] >> 20} MiB")
     try:
         index = strict_json(raw_index)
     except ValueError as exc:
