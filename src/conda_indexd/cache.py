@@ -18,12 +18,17 @@ conda-index run on this cache.db does not serve them either.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from .archive import PackageMetadata
+from .logs import get_logger
+
+log = get_logger(__name__)
 
 USER_VERSION = 2
 METADATA_TABLES = ("about", "index_json", "recipe", "recipe_log", "run_exports", "post_install", "icon")
@@ -73,13 +78,59 @@ class Failure:
     message: str
 
 
+# sqlite result codes for a damaged file (sqlite3.h)
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
+
+
+def is_corrupt(exc: BaseException) -> bool:
+    """A cache.db that sqlite cannot read as a database (not disk full, not locked)."""
+    return isinstance(exc, sqlite3.DatabaseError) and (
+        getattr(exc, "sqlite_errorcode", None) in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+        or "malformed" in str(exc)
+        or "not a database" in str(exc)
+    )
+
+
+def quarantine(db_path: Path) -> Path:
+    """Move a damaged cache.db (and its journal) aside, keeping it for inspection; the
+    next open starts an empty cache that is rebuilt from the packages."""
+    target = db_path.with_name(f"{db_path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        src = db_path.with_name(db_path.name + suffix)
+        if src.exists():
+            os.replace(src, target.with_name(target.name + suffix))
+    return target
+
+
 class SubdirCache:
-    """One subdir's cache.db. Used from one thread at a time (the indexer's writer)."""
+    """One subdir's cache.db. Used from one thread at a time (the indexer's writer).
+
+    A damaged file found on open is moved aside (`cache.db.corrupt-<time>`) and a new
+    cache is started: the packages are the source of truth, the cache only saves work.
+    """
 
     def __init__(self, db_path: Path):
         self.db_path = db_path
         try:
-            db_path.parent.mkdir(parents=True, exist_ok=True)
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            if not is_corrupt(exc):
+                raise CacheError(f"{db_path}: {exc}") from exc
+            if getattr(self, "db", None) is not None:
+                self.db.close()
+            moved = quarantine(db_path)
+            log.warning("cache.db is damaged; moved aside and rebuilding from the packages", path=str(db_path), moved_to=moved.name, error=str(exc))
+            try:
+                self._open()
+            except sqlite3.Error as exc2:
+                raise CacheError(f"{db_path}: {exc2}") from exc2
+        except OSError as exc:
+            raise CacheError(f"{db_path.parent}: {exc.strerror or exc}") from exc
+
+    def _open(self) -> None:
+        db_path = self.db_path
+        try:
+            db_path.parent.mkdir(exist_ok=True)
             self.db = sqlite3.connect(str(db_path), isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA foreign_keys = ON")
             # One local writer; rollback journal kept (conda-index uses no WAL, and WAL
@@ -87,10 +138,10 @@ class SubdirCache:
             # for our purpose: a lost transaction only means re-extracting a package.
             self.db.execute("PRAGMA synchronous = NORMAL")
             self._migrate()
+        except sqlite3.DatabaseError:
+            raise
         except sqlite3.Error as exc:
             raise CacheError(f"{db_path}: {exc}") from exc
-        except OSError as exc:
-            raise CacheError(f"{db_path.parent}: {exc.strerror or exc}") from exc
 
     def close(self) -> None:
         self.db.close()

@@ -20,7 +20,7 @@ from .debounce import COMPLETE_KINDS, DebounceQueue, Pending
 from .httpserver import StatusServer, text
 from .cache import FileState
 from .indexer import SubdirResult, index_subdir, list_packages
-from .lock import ChannelLock
+from .lock import ChannelBusy, ChannelLock
 from .logs import get_logger
 from .metrics import CONTENT_TYPE, Metrics
 from .watch import ChannelEventHandler, OverflowHook, make_observer
@@ -57,8 +57,11 @@ class Daemon:
         self.published: dict[str, int] = {}  # records in each subdir's last publish
         self.failures_in_a_row: dict[str, int] = {}
         self.worker = threading.Thread(target=self._work, name="worker", daemon=True)
-        handler = ChannelEventHandler(config.index.channel, self.watched, self._on_file, self._on_subdir)
-        self.observer = make_observer(config.index.channel, handler, config.polling, config.poll_interval)
+        self.handler = ChannelEventHandler(config.index.channel, self.watched, self._on_file, self._on_subdir)
+        self.observer = make_observer(config.index.channel, self.handler, config.polling, config.poll_interval)
+        self.root_id: tuple[int, int] | None = None
+        self.root_missing = False
+        self.exit_code = 0
         self.overflow = OverflowHook(lambda: self.rescan("overflow"))
         self.http = StatusServer(
             config.host,
@@ -90,7 +93,9 @@ class Daemon:
     # --- HTTP routes ------------------------------------------------------------------------
 
     def healthy(self) -> bool:
-        return self.observer.is_alive() and self.worker.is_alive()
+        # while the channel folder is gone its observer may have ended; that is waited
+        # out (and a new observer started when the folder returns), not a failure
+        return self.worker.is_alive() and (self.observer.is_alive() or self.root_missing)
 
     def _metrics(self) -> tuple[int, str, bytes]:
         return 200, CONTENT_TYPE, self.metrics.exposition()
@@ -213,9 +218,48 @@ class Daemon:
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, hup)
 
+    def _root_identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.config.index.channel)
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def _check_root(self, lock: ChannelLock) -> None:
+        """The channel folder removed (or a share unmounted) and later recreated: inotify
+        watches die with the old folder, so watch the new one, take its lock, rescan."""
+        identity = self._root_identity()
+        if identity is None:
+            if not self.root_missing:
+                log.warning("channel folder is gone; waiting for it to come back", channel=str(self.config.index.channel))
+                self.root_missing = True
+            return
+        if identity == self.root_id:
+            self.root_missing = False
+            return
+        log.warning("channel folder was replaced; watching the new one", channel=str(self.config.index.channel))
+        self.root_missing = False
+        self.root_id = identity
+        lock.release()
+        try:
+            lock.acquire()
+        except ChannelBusy as exc:
+            log.error("channel taken over by another indexer; stopping", error=str(exc))
+            self.exit_code = 3
+            self.stopping.set()
+            self.queue.wake()
+            return
+        old = self.observer
+        old.stop()
+        old.join(timeout=5)
+        self.observer = make_observer(self.config.index.channel, self.handler, self.config.polling, self.config.poll_interval)
+        self.observer.start()
+        self.rescan("replaced")
+
     def run(self) -> int:
         channel: Path = self.config.index.channel
-        with ChannelLock(channel):
+        with ChannelLock(channel) as lock:
+            self.root_id = self._root_identity()
             self._install_signals()
             self.http.start()
             host, port = self.http.address
@@ -230,6 +274,7 @@ class Daemon:
             try:
                 while not self.stopping.is_set():
                     now = time.monotonic()
+                    self._check_root(lock)
                     if now >= next_rescan:
                         self.rescan("periodic")
                         next_rescan = now + self.config.rescan_interval
@@ -249,4 +294,4 @@ class Daemon:
                 self.overflow.remove()
                 self.http.stop()
                 log.info("stopped")
-        return 0
+        return self.exit_code

@@ -21,7 +21,7 @@ import zstandard
 
 from . import publish, repodata, shards
 from .archive import ArchiveError, PackageMetadata, read_package
-from .cache import Failure, FileState, SubdirCache
+from .cache import Failure, FileState, SubdirCache, is_corrupt, quarantine
 from .config import IndexConfig, is_package_name
 from .logs import get_logger
 
@@ -222,7 +222,7 @@ def publish_outputs(config: IndexConfig, outdir: Path, outputs: dict[str, bytes]
     A compressed copy is rebuilt when its JSON changed or it does not decompress to the
     JSON (missing, stale, corrupt); identical JSON documents (repodata.json without patches) share one compression.
     """
-    outdir.mkdir(parents=True, exist_ok=True)
+    outdir.mkdir(exist_ok=True)  # never parents: a vanished channel must not be recreated
     written: list[str] = []
     memo: dict[tuple[str, bytes], bytes] = {}
 
@@ -267,10 +267,32 @@ def index_subdir(
     Names in `hold` (uploads still in progress) keep their previous fs row this time.
     A caller that has just listed the folder may pass that `listing` to avoid a second one.
     """
+    try:
+        return _index_subdir(config, subdir, touched, hold, on_progress, cancel, listing)
+    except sqlite3.DatabaseError as exc:
+        if not is_corrupt(exc):
+            raise
+        # damage found mid-run: move the file aside and rebuild it from the packages
+        moved = quarantine(config.cache_db(subdir))
+        log.warning("cache.db is damaged; moved aside and rebuilding from the packages", subdir=subdir, moved_to=moved.name, error=str(exc))
+        return _index_subdir(config, subdir, None, hold, on_progress, cancel, None)
+
+
+def _index_subdir(
+    config: IndexConfig,
+    subdir: str,
+    touched: Iterable[str] | None,
+    hold: Collection[str],
+    on_progress: Callable[[int, int], None] | None,
+    cancel: threading.Event | None,
+    listing: list[FileState] | None,
+) -> SubdirResult:
     started = time.monotonic()
     result = SubdirResult(subdir)
     folder = config.subdir_path(subdir)
-    folder.mkdir(parents=True, exist_ok=True)
+    # The channel folder itself is never created here: if it vanished (an unmounted
+    # share), this fails and the caller retries instead of writing into the mount point.
+    folder.mkdir(exist_ok=True)
     with SubdirCache(config.cache_db(subdir)) as cache:
         before = cache.published_digests()
         if touched is None:
@@ -293,6 +315,7 @@ def index_subdir(
         outputs, after = build_outputs(config, subdir, cache)
         result.skipped = cache.failures()
         outdir = config.output_dir(subdir)
+        outdir.mkdir(exist_ok=True)
         # §8.2: shard files, then the shard index, then repodata.json and the rest.
         store = None
         if config.write_shards:

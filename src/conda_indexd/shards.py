@@ -234,12 +234,12 @@ class ShardStore:
         return json.dumps(state, separators=(",", ":")).encode()
 
     def save(self) -> None:
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        self.state_path.parent.mkdir(exist_ok=True)
         publish.publish(self.state_path, self._state_bytes(), sync_dir=False)
 
     def publish(self, cache: SubdirCache, subdir: str, base_url: str | None, report: ShardsReport) -> None:
         """Steps 1-3: new shard files, then the index (see the module doc)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.mkdir(exist_ok=True)
         publish.clean_stale_temps(self.folder)
         current = fingerprints(cache.shard_keys())
         kept, todo = plan(current, self.remembered, shard_files(self.folder))
