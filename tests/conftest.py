@@ -107,3 +107,17 @@ def cli():
 def index():
     """index(channel, *args, check=True) -> CliResult of `conda-indexd index`."""
     return run_index
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long",
+        action="store_true",
+        default=False,
+        help="reliability suite in long mode: 200 kill -9 rounds and more fuzzing (see docs/reliability.md)",
+    )
+
+
+@pytest.fixture
+def long_mode(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--long")) or os.environ.get("CONDA_INDEXD_LONG") == "1"

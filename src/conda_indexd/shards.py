@@ -240,7 +240,8 @@ class ShardStore:
     def publish(self, cache: SubdirCache, subdir: str, base_url: str | None, report: ShardsReport) -> None:
         """Steps 1-3: new shard files, then the index (see the module doc)."""
         self.folder.mkdir(exist_ok=True)
-        publish.clean_stale_temps(self.folder)
+        publish.clean_stale_temps(self.folder)  # left by a killed run (we hold the channel lock)
+        publish.clean_stale_temps(self.state_path.parent)
         current = fingerprints(cache.shard_keys())
         kept, todo = plan(current, self.remembered, shard_files(self.folder))
         wrote_shard = False
