@@ -5,8 +5,10 @@ byte for byte, what a fresh `conda-indexd index` of a copy of the same files pro
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+from collections import Counter
 import signal
 import tempfile
 from pathlib import Path
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
 from conda_indexd.config import IndexConfig, is_package_name
 from conda_indexd.indexer import index_subdir
@@ -46,8 +48,11 @@ def fresh_index(channel: Path, scratch: Path) -> dict[str, bytes]:
 
 
 class ChannelMachine(RuleBasedStateMachine):
+    stats: Counter[str] = Counter()  # across examples, printed for docs/reliability.md
+
     def __init__(self) -> None:
         super().__init__()
+        self.stats["examples"] += 1
         self.tmp = Path(tempfile.mkdtemp(prefix="conda-indexd-fuzz-"))
         self.channel = self.tmp / "channel"
         for subdir in SUBDIRS:
@@ -65,9 +70,24 @@ class ChannelMachine(RuleBasedStateMachine):
         files = {"lib/payload": f"{self.counter}".encode()}
         return fn, (conda_bytes(fn, idx, files) if ext == ".conda" else tar_bz2_bytes(idx, files))
 
+    @initialize(batch=st.lists(st.tuples(subdirs, names, versions, exts), min_size=2, max_size=8))
+    def populate(self, batch: list[tuple[str, str, str, str]]) -> None:
+        """A first batch of packages, written straight into place."""
+        for subdir, name, version, ext in batch:
+            fn, data = self.package(subdir, name, version, ext)
+            (self.channel / subdir / fn).write_bytes(data)
+            self.stats["upload"] += 1
+
+    @rule(batch=st.lists(st.tuples(subdirs, names, versions, exts), min_size=1, max_size=5))
+    def upload_burst(self, batch: list[tuple[str, str, str, str]]) -> None:
+        """Several uploads at once, as a CI job pushing a build matrix."""
+        for subdir, name, version, ext in batch:
+            self.upload(subdir, name, version, ext, by_rename=True)
+
     @rule(subdir=subdirs, name=names, version=versions, ext=exts, by_rename=st.booleans())
     def upload(self, subdir: str, name: str, version: str, ext: str, by_rename: bool) -> None:
         """A new package or a rebuild over an existing one (same filename, new bytes)."""
+        self.stats["upload"] += 1
         fn, data = self.package(subdir, name, version, ext)
         target = self.channel / subdir / fn
         if by_rename:
@@ -79,6 +99,7 @@ class ChannelMachine(RuleBasedStateMachine):
 
     @rule(subdir=subdirs, data=st.data())
     def delete(self, subdir: str, data: st.DataObject) -> None:
+        self.stats["delete"] += 1
         present = self.files(subdir)
         if present:
             os.unlink(self.channel / subdir / data.draw(st.sampled_from(present)))
@@ -86,6 +107,7 @@ class ChannelMachine(RuleBasedStateMachine):
     @rule(src=subdirs, dst=subdirs, data=st.data())
     def rename(self, src: str, dst: str, data: st.DataObject) -> None:
         """A file renamed within or across subdirs (across: its subdir no longer fits)."""
+        self.stats["rename"] += 1
         present = self.files(src)
         if present:
             fn = data.draw(st.sampled_from(present))
@@ -94,11 +116,14 @@ class ChannelMachine(RuleBasedStateMachine):
 
     @rule(subdir=subdirs, size=st.integers(0, 300))
     def broken(self, subdir: str, size: int) -> None:
+        self.stats["broken"] += 1
         self.counter += 1
         (self.channel / subdir / f"junk{self.counter % 3}-1.0-0.conda").write_bytes(os.urandom(size))
 
     @rule(hard=st.booleans())
     def restart(self, hard: bool) -> None:
+        self.stats["restart"] += 1
+        self.stats["kill -9" if hard else "sigterm"] += 1
         if hard:
             self.daemon.proc.send_signal(signal.SIGKILL)
             self.daemon.proc.wait(10)
@@ -136,4 +161,6 @@ def test_daemon_matches_a_fresh_index(long_mode: bool) -> None:
         database=None,
     )
     ChannelMachine.TestCase.settings = config
+    ChannelMachine.stats.clear()
     ChannelMachine.TestCase().runTest()
+    print("fuzz", json.dumps(dict(ChannelMachine.stats)))
