@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
@@ -131,6 +131,7 @@ class ChannelMachine(RuleBasedStateMachine):
         self.daemon = DaemonProcess(self.channel, debounce=0.05, settle=0.2, log=self.tmp / "daemon.log").start()
 
     def teardown(self) -> None:
+        ok = False
         try:
             want = fresh_index(self.channel, self.tmp / "fresh")
             last: dict[str, bytes] = {}
@@ -144,10 +145,15 @@ class ChannelMachine(RuleBasedStateMachine):
                 wait_for(agrees, 15, interval=0.1, what="daemon output equal to a fresh index")
             except AssertionError:
                 diff = {s: (last.get(s, b"")[:2000], want[s][:2000]) for s in SUBDIRS if last.get(s) != want[s]}
-                raise AssertionError(f"daemon and fresh index differ: {diff}\n{self.daemon.log_text()[-3000:]}") from None
+                raise AssertionError(
+                    f"daemon and fresh index differ (channel and daemon log kept in {self.tmp}): {diff}\n"
+                    f"{self.daemon.log_text()[-3000:]}"
+                ) from None
+            ok = True
         finally:
             self.daemon.stop()
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            if ok:  # a failing sequence keeps its folder for diagnosis
+                shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 @pytest.mark.timeout(1800)
@@ -159,6 +165,9 @@ def test_daemon_matches_a_fresh_index(long_mode: bool) -> None:
         suppress_health_check=list(HealthCheck),
         derandomize=not long_mode,  # the default run is reproducible; --long explores
         database=None,
+        # each shrink step replays a real daemon: report the first failing sequence as found
+        phases=[Phase.explicit, Phase.reuse, Phase.generate],
+        print_blob=True,
     )
     ChannelMachine.TestCase.settings = config
     ChannelMachine.stats.clear()
