@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,3 +82,37 @@ def add_row(cache: SubdirCache, fn: str, rec: dict, mtime: float) -> None:
             (stage, fn, mtime, rec["size"], rec["sha256"], rec["md5"]),
         )
     cache.db.execute("INSERT OR REPLACE INTO index_json (path, index_json) VALUES (?, json(?))", (fn, json.dumps(rec)))
+
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_.+!]+$")
+
+
+def _usable(rec: dict) -> bool:
+    """A record every indexer publishes: plain name/version/build, list-of-str depends."""
+    name, version, build = rec.get("name"), rec.get("version"), rec.get("build")
+    if not all(isinstance(v, str) and v for v in (name, version, build)):
+        return False
+    if not re.match(r"^[a-z0-9_.+-]+$", name) or not _TOKEN.match(version) or not _TOKEN.match(build):
+        return False
+    bn = rec.get("build_number", 0)
+    if not isinstance(bn, int) or isinstance(bn, bool) or bn < 0:
+        return False
+    return all(isinstance(rec.get(k, []), list) and all(isinstance(d, str) for d in rec.get(k, [])) for k in ("depends", "constrains"))
+
+
+def archive_records(n: int, subdir: str, seed: int = 0, skip: int = 0) -> Iterator[tuple[str, dict]]:
+    """n distinct (filename, index.json) pairs for real archives (no md5/sha256/size);
+    `skip` starts further along the same sequence (new packages for a channel)."""
+    seen: set[str] = set()
+    made = 0
+    for fn, rec in records(10 * (n + skip) + 100, subdir, seed):
+        stem = fn.removesuffix(".conda").removesuffix(".tar.bz2")
+        if stem in seen or not _usable(rec):
+            continue
+        seen.add(stem)
+        if len(seen) <= skip:
+            continue
+        yield fn, {k: v for k, v in rec.items() if k not in ("md5", "sha256", "size")}
+        made += 1
+        if made == n:
+            return

@@ -339,11 +339,19 @@ class SubdirCache:
 
 
 class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT; nested uses join the outer transaction, so a caller
+    can group many stores into one commit (one journal sync instead of one per package)."""
+
     def __init__(self, db: sqlite3.Connection):
         self.db = db
 
     def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
+        if not self.db.in_transaction:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.outer = True
+        else:
+            self.outer = False
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
-        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        if self.outer:
+            self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")

@@ -7,6 +7,7 @@ outputs (pure) -> publish (atomic, changed files only).
 from __future__ import annotations
 
 import bz2
+import itertools
 import os
 import sqlite3
 import stat
@@ -32,6 +33,7 @@ REPODATA_FROM_PACKAGES = "repodata_from_packages.json"
 RUN_EXPORTS = "run_exports.json"
 
 Progress = Callable[[str, int, int], None]
+COMMIT_EVERY = 500  # archives stored per cache.db transaction
 
 
 @dataclass
@@ -151,32 +153,51 @@ def extract(
     stored, failures = 0, []
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         results = pool.map(lambda s: _read(folder, s), changed)
-        for done, (state, result) in enumerate(zip(changed, results), 1):
+        done = 0
+        pairs = iter(zip(changed, results))
+        while done < len(changed):
             if cancel is not None and cancel.is_set():
                 pool.shutdown(wait=True, cancel_futures=True)
                 break
-            if isinstance(result, ArchiveError):
-                if result.reason == "vanished":
-                    cache.update_fs_state((), (state.path,))
-                else:
-                    cache.store_failure(state, result.reason, result.message)
-                    failures.append(Failure(state.path, result.reason, result.message))
-            elif result.index_json["size"] != state.size:
-                # the file changed between the listing and the read (an upload in
-                # progress): keep nothing; it is looked at again on the next change.
-                cache.update_fs_state((), (state.path,))
-            else:
-                try:
-                    cache.store(result, state)
-                    stored += 1
-                except sqlite3.OperationalError as exc:
-                    if "malformed JSON" not in str(exc):
-                        raise
-                    message = f"metadata rejected by cache.db ({exc})"
-                    cache.store_failure(state, "bad-metadata", message)
-                    failures.append(Failure(state.path, "bad-metadata", message))
-            if on_progress:
-                on_progress(done, len(changed))
+            # one commit per batch: a commit syncs the journal, which would otherwise
+            # cost more than reading the archive; a crash only loses the batch's work
+            with cache.transaction():
+                for state, result in itertools.islice(pairs, COMMIT_EVERY):
+                    done += 1
+                    failure = _store(cache, state, result)
+                    if failure is None:
+                        stored += 1
+                    elif failure.reason != "vanished":
+                        failures.append(failure)
+                    if on_progress:
+                        on_progress(done, len(changed))
+                    if cancel is not None and cancel.is_set():
+                        break
+    return stored, failures
+
+
+def _store(cache: SubdirCache, state: FileState, result: PackageMetadata | ArchiveError) -> Failure | None:
+    """Record one read in the cache; the failure (if any) for the caller to report."""
+    if isinstance(result, ArchiveError):
+        if result.reason == "vanished":
+            cache.update_fs_state((), (state.path,))
+        else:
+            cache.store_failure(state, result.reason, result.message)
+        return Failure(state.path, result.reason, result.message)
+    if result.index_json["size"] != state.size:
+        # the file changed between the listing and the read (an upload in progress):
+        # keep nothing; it is looked at again on the next change.
+        cache.update_fs_state((), (state.path,))
+        return Failure(state.path, "vanished", "changed while being read")
+    try:
+        cache.store(result, state)
+    except sqlite3.OperationalError as exc:
+        if "malformed JSON" not in str(exc):
+            raise
+        message = f"metadata rejected by cache.db ({exc})"
+        cache.store_failure(state, "bad-metadata", message)
+        return Failure(state.path, "bad-metadata", message)
+    return None
     return stored, failures
 
 
