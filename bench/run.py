@@ -57,12 +57,14 @@ def build_channel(root: Path, layout: dict[str, int]) -> None:
             write_archive(folder, fn, rec)
 
 
-def extra_package(folder: Path, subdir: str, k: int) -> Path:
-    """A package not in the channel yet (further along the same record sequence)."""
-    fn, rec = list(archive_records(1, subdir, seed=99, skip=k))[0]
-    rec = {**rec, "build": rec["build"] + f"_bench{k}"}
-    stem_fn = f"{rec['name']}-{rec['version']}-{rec['build']}" + (".conda" if fn.endswith(".conda") else ".tar.bz2")
-    return write_archive(folder, stem_fn, rec)
+def extra_packages(folder: Path, subdir: str, n: int, tag: str) -> list[Path]:
+    """n packages not in the channel yet (their builds carry `tag`)."""
+    made = []
+    for k, (fn, rec) in enumerate(archive_records(n, subdir, seed=99)):
+        rec = {**rec, "build": f"{rec['build']}_{tag}{k}"}
+        ext = ".conda" if fn.endswith(".conda") else ".tar.bz2"
+        made.append(write_archive(folder, f"{rec['name']}-{rec['version']}-{rec['build']}{ext}", rec))
+    return made
 
 
 def measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, int]:
@@ -153,8 +155,7 @@ def daemon_figures(channel: Path, scratch: Path) -> dict[str, float]:
         staging.mkdir()
         folder = channel / BIG
         latencies = []
-        for k in range(20):
-            pkg = extra_package(staging, BIG, 1000 + k)
+        for pkg in extra_packages(staging, BIG, 20, "event"):
             before = metric(port, "conda_indexd_publish_duration_seconds_count", subdir=BIG)
             t = time.perf_counter()
             os.replace(pkg, folder / pkg.name)
@@ -167,7 +168,7 @@ def daemon_figures(channel: Path, scratch: Path) -> dict[str, float]:
         # a burst of 10,000 files into the big subdir
         burst = scratch / "burst"
         burst.mkdir()
-        names = [extra_package(burst, BIG, 5000 + k).name for k in range(10_000)]
+        names = [p.name for p in extra_packages(burst, BIG, 10_000, "burst")]
         before = metric(port, "conda_indexd_publish_duration_seconds_count", subdir=BIG)
         t = time.perf_counter()
         for name in names:
@@ -206,7 +207,7 @@ def bench(size: int, work: Path) -> dict[str, dict[str, float | str]]:
         row["cold"], row["cold_rss"], rc = run_tool(spec, channel)
         if rc:
             row["note"] = f"cold run exited {rc}"
-        extra_package(channel / BIG, BIG, 0)
+        extra_packages(channel / BIG, BIG, 1, "added")
         row["one_added"], _, _ = run_tool(spec, channel)
         row["noop"], _, _ = run_tool(spec, channel)
         results[name] = row

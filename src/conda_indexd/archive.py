@@ -82,6 +82,9 @@ class ArchiveError(Exception):
         self.reason = reason
         self.message = message
 
+    def __reduce__(self) -> tuple[type[ArchiveError], tuple[str, str]]:  # crosses process pools
+        return (ArchiveError, (self.reason, self.message))
+
 
 @dataclass(frozen=True)
 class PackageMetadata:

@@ -14,7 +14,8 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,10 @@ RUN_EXPORTS = "run_exports.json"
 
 Progress = Callable[[str, int, int], None]
 COMMIT_EVERY = 500  # archives stored per cache.db transaction
+PROCESS_POOL_FROM = 200  # archives to read before a process pool pays for itself
+# fork: the workers inherit the loaded modules (no re-import per worker); they only read
+# files and return results, so forking from a threaded process is safe here.
+_FORK = multiprocessing.get_context("fork")
 
 
 @dataclass
@@ -151,8 +156,14 @@ def extract(
     rest stays "changed" for the next run.
     """
     stored, failures = 0, []
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        results = pool.map(lambda s: _read(folder, s), changed)
+    workers = max(1, threads)
+    # Reading is CPU-bound Python (zip, tar, JSON): a big batch goes to processes, one per
+    # worker, so it uses every core; a few files (the daemon's usual event) stay in
+    # threads, which start at no cost.
+    big = workers > 1 and len(changed) >= PROCESS_POOL_FROM
+    executor: Executor = ProcessPoolExecutor(workers, mp_context=_FORK) if big else ThreadPoolExecutor(workers)
+    with executor as pool:
+        results = pool.map(_read, itertools.repeat(folder), changed, chunksize=32 if big else 1)
         done = 0
         pairs = iter(zip(changed, results))
         while done < len(changed):
