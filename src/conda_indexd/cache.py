@@ -311,6 +311,29 @@ class SubdirCache:
             params = (json.dumps(sorted(names)),)
         return self.db.execute(query + "ORDER BY index_json.name, fs.path", params)
 
+    def published_keys(self) -> Iterator[tuple[str, str | None]]:
+        """(filename, sha256) of every published package, from the stat rows alone (no
+        JSON is read): what tells a caller which records it already holds."""
+        return self.db.execute(
+            """
+            SELECT fs.path, ix.sha256 FROM stat AS fs
+            JOIN stat AS ix ON ix.path = fs.path AND ix.stage = 'indexed'
+                 AND ix.mtime = fs.mtime AND ix.size = fs.size
+            WHERE fs.stage = 'fs'
+            """
+        )
+
+    def records_for(self, paths: Iterable[str]) -> Iterator[tuple[str, str, str, str | None]]:
+        """(filename, index_json text, name, run_exports text) of the given packages."""
+        return self.db.execute(
+            """
+            SELECT index_json.path, index_json.index_json, index_json.name, run_exports.run_exports
+            FROM index_json LEFT JOIN run_exports USING (path)
+            WHERE index_json.path IN (SELECT value FROM json_each(?))
+            """,
+            (json.dumps(list(paths)),),
+        )
+
     def published_digests(self) -> dict[str, str]:
         """{filename: sha256} of what the outputs currently hold, per this cache."""
         return {fn: sha for fn, _, sha in self.indexed_records()}

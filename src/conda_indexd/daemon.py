@@ -19,7 +19,7 @@ from .config import KNOWN_SUBDIRS, IndexConfig, detect_subdirs
 from .debounce import COMPLETE_KINDS, DebounceQueue, Pending
 from .httpserver import StatusServer, text
 from .cache import FileState
-from .indexer import SubdirResult, index_subdir, list_packages
+from .indexer import RecordMemo, SubdirResult, index_subdir, list_packages
 from .lock import ChannelBusy, ChannelLock
 from .logs import get_logger
 from .metrics import CONTENT_TYPE, Metrics
@@ -56,6 +56,7 @@ class Daemon:
         self.watched = frozenset(config.index.subdirs) if config.index.subdirs else KNOWN_SUBDIRS
         self.published: dict[str, int] = {}  # records in each subdir's last publish
         self.failures_in_a_row: dict[str, int] = {}
+        self.memos: dict[str, RecordMemo] = {}  # each subdir's serialised records, kept between runs
         self.worker = threading.Thread(target=self._work, name="worker", daemon=True)
         self.handler = ChannelEventHandler(config.index.channel, self.watched, self._on_file, self._on_subdir)
         self.observer = make_observer(config.index.channel, self.handler, config.polling, config.poll_interval)
@@ -170,10 +171,12 @@ class Daemon:
             log.debug("upload in progress", subdir=subdir, files=sorted(hold))
         touched = None if item.full_scan else item.names.keys()
         try:
+            memo = self.memos.setdefault(subdir, RecordMemo())
             result = index_subdir(
-                self.config.index, subdir, touched=touched, hold=hold.keys(), cancel=self.stopping, listing=listing
+                self.config.index, subdir, touched=touched, hold=hold.keys(), cancel=self.stopping, listing=listing, memo=memo
             )
         except Exception as exc:  # one subdir's trouble never stops the others
+            self.memos.pop(subdir, None)  # start the next try from the cache alone
             count = self.failures_in_a_row[subdir] = self.failures_in_a_row.get(subdir, 0) + 1
             delay = min(MAX_RETRY_DELAY, 2.0**count)
             self.metrics.subdir_errors.labels(subdir, type(exc).__name__).inc()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bz2
 import itertools
+import json
 import os
 import sqlite3
 import stat
@@ -219,21 +220,57 @@ def compress_zst(data: bytes, level: int) -> bytes:
     return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(data)
 
 
-def build_outputs(config: IndexConfig, subdir: str, cache: SubdirCache) -> tuple[dict[str, bytes], dict[str, str]]:
-    """Every output file of a subdir as {filename: bytes} in publish order, and {filename: sha256}."""
-    records = []
-    digests = {}
-    for fn, text, sha in cache.indexed_records():
-        records.append((fn, repodata.serialize_record(text)))
-        digests[fn] = sha
-    from_packages = repodata.build_repodata(subdir, records, base_url=config.base_url)
+class RecordMemo:
+    """The serialised repodata record of every published package of one subdir, kept by
+    the daemon between runs: {filename: (sha256, '"filename":{record}', name)}.
+
+    A record is re-read from cache.db and re-serialised only when its archive sha256
+    changed, so a one-package change costs one record, not the whole subdir. The sha256
+    of a file fixes its metadata, which is what makes the entry safe to reuse.
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[str, str, str]] = {}
+        self.warm = False  # filled by a previous run
+        self.dirty: set[str] | None = None  # names whose files changed in the last refresh (None: all)
+
+    def refresh(self, cache: SubdirCache) -> None:
+        keys = dict(cache.published_keys())
+        dirty: set[str] = set()
+        for fn in self.entries.keys() - keys.keys():
+            dirty.add(self.entries.pop(fn)[2])
+        misses = [fn for fn, sha in keys.items() if not sha or self.entries.get(fn, ("",))[0] != sha]
+        for fn, text, name, _ in cache.records_for(misses):
+            if fn in self.entries:
+                dirty.add(self.entries[fn][2])
+            piece = f"{json.dumps(fn)}:{repodata.serialize_record(text)}"
+            self.entries[fn] = (keys[fn] or "", piece, name)
+            dirty.add(name)
+        self.dirty = dirty if self.warm else None
+        self.warm = True
+
+    def digests(self) -> dict[str, str]:
+        return {fn: entry[0] for fn, entry in self.entries.items()}
+
+    def shard_keys(self) -> list[tuple[str, str, str]]:
+        """(name, filename, sha256) ordered by name then filename, for shards."""
+        return sorted((name, fn, sha) for fn, (sha, _, name) in self.entries.items())
+
+
+def build_outputs(config: IndexConfig, subdir: str, cache: SubdirCache, memo: RecordMemo) -> dict[str, bytes]:
+    """Every output file of a subdir as {filename: bytes}, in publish order."""
+    memo.refresh(cache)
+    pieces = memo.entries
+    from_packages = repodata.build_repodata_from_pieces(
+        subdir, sorted((fn, entry[1]) for fn, entry in pieces.items()), base_url=config.base_url
+    )
     outputs: dict[str, bytes] = {}
     # No patches yet: repodata.json is repodata_from_packages.json.
     for name, data in ((REPODATA_FROM_PACKAGES, from_packages), (REPODATA, from_packages)):
         outputs[name] = data
     if config.run_exports:
         outputs[RUN_EXPORTS] = repodata.build_run_exports(subdir, cache.run_exports())
-    return outputs, digests
+    return outputs
 
 
 def _holds(variant: Path, suffix: str, data: bytes) -> bool:
@@ -291,6 +328,7 @@ def index_subdir(
     on_progress: Callable[[int, int], None] | None = None,
     cancel: threading.Event | None = None,
     listing: list[FileState] | None = None,
+    memo: RecordMemo | None = None,
 ) -> SubdirResult:
     """Bring one subdir's cache and outputs up to date.
 
@@ -298,16 +336,18 @@ def index_subdir(
     otherwise only the fs rows of the named files are updated (the daemon's events).
     Names in `hold` (uploads still in progress) keep their previous fs row this time.
     A caller that has just listed the folder may pass that `listing` to avoid a second one.
+    The daemon passes the subdir's `memo` from its previous run (see RecordMemo).
     """
+    memo = RecordMemo() if memo is None else memo
     try:
-        return _index_subdir(config, subdir, touched, hold, on_progress, cancel, listing)
+        return _index_subdir(config, subdir, touched, hold, on_progress, cancel, listing, memo)
     except sqlite3.DatabaseError as exc:
         if not is_corrupt(exc):
             raise
         # damage found mid-run: move the file aside and rebuild it from the packages
         moved = quarantine(config.cache_db(subdir))
         log.warning("cache.db is damaged; moved aside and rebuilding from the packages", subdir=subdir, moved_to=moved.name, error=str(exc))
-        return _index_subdir(config, subdir, None, hold, on_progress, cancel, None)
+        return _index_subdir(config, subdir, None, hold, on_progress, cancel, None, RecordMemo())
 
 
 def _index_subdir(
@@ -318,6 +358,7 @@ def _index_subdir(
     on_progress: Callable[[int, int], None] | None,
     cancel: threading.Event | None,
     listing: list[FileState] | None,
+    memo: RecordMemo,
 ) -> SubdirResult:
     started = time.monotonic()
     result = SubdirResult(subdir)
@@ -326,7 +367,7 @@ def _index_subdir(
     # share), this fails and the caller retries instead of writing into the mount point.
     folder.mkdir(exist_ok=True)
     with SubdirCache(config.cache_db(subdir)) as cache:
-        before = cache.published_digests()
+        before = memo.digests() if memo.warm else cache.published_digests()
         if touched is None:
             publish.clean_stale_temps(config.output_dir(subdir))
             listing = [f for f in (list_packages(folder) if listing is None else listing) if f.path not in hold]
@@ -344,7 +385,8 @@ def _index_subdir(
         result.extracted, result.new_failures = extract(cache, folder, changed, config.threads, on_progress, cancel)
         for failure in result.new_failures:
             log.warning("skipped archive", subdir=subdir, path=failure.path, reason=failure.reason, detail=failure.message)
-        outputs, after = build_outputs(config, subdir, cache)
+        outputs = build_outputs(config, subdir, cache, memo)
+        after = memo.digests()
         result.skipped = cache.failures()
         outdir = config.output_dir(subdir)
         outdir.mkdir(exist_ok=True)
@@ -352,7 +394,7 @@ def _index_subdir(
         store = None
         if config.write_shards:
             store = shards.ShardStore(outdir, config.shard_state(subdir))
-            store.publish(cache, subdir, config.base_url, result.shards)
+            store.publish(cache, subdir, config.base_url, result.shards, keys=memo.shard_keys(), dirty=memo.dirty)
         elif shards.withdraw(outdir):
             result.shards.written.append(shards.SHARD_INDEX)
     result.packages = len(after)

@@ -74,6 +74,32 @@ def build_repodata(
     return text.encode("ascii")
 
 
+def build_repodata_from_pieces(
+    subdir: str, pieces: Iterable[tuple[str, str]], *, base_url: str | None = None, removed: Iterable[str] = ()
+) -> bytes:
+    """repodata.json bytes from (filename, '"filename":{record}') pairs sorted by filename
+    (the pieces RecordMemo keeps): the same bytes as build_repodata."""
+    tar: list[str] = []
+    conda: list[str] = []
+    for fn, piece in pieces:
+        section = section_of(fn)
+        if section == "packages":
+            tar.append(piece)
+        elif section == "packages.conda":
+            conda.append(piece)
+    version = 2 if base_url else 1
+    text = "".join(
+        (
+            '{"info":', dumps(subdir_info(subdir, base_url)),
+            ',"packages":{', ",".join(tar),
+            '},"packages.conda":{', ",".join(conda),
+            '},"removed":', dumps(sorted(removed)),
+            ',"repodata_version":', str(version), "}",
+        )
+    )  # fmt: skip
+    return text.encode("ascii")
+
+
 def build_run_exports(subdir: str, rows: Iterable[tuple[str, str | None]]) -> bytes:
     """run_exports.json (CEP-12) from (filename, run_exports text or None) pairs."""
     packages: dict[str, Any] = {}

@@ -237,17 +237,36 @@ class ShardStore:
         self.state_path.parent.mkdir(exist_ok=True)
         publish.publish(self.state_path, self._state_bytes(), sync_dir=False)
 
-    def publish(self, cache: SubdirCache, subdir: str, base_url: str | None, report: ShardsReport) -> None:
-        """Steps 1-3: new shard files, then the index (see the module doc)."""
+    def publish(
+        self,
+        cache: SubdirCache,
+        subdir: str,
+        base_url: str | None,
+        report: ShardsReport,
+        keys: Iterable[tuple[str, str, str]] | None = None,
+        dirty: set[str] | None = None,
+    ) -> None:
+        """Steps 1-3: new shard files, then the index (see the module doc). `keys` are
+        the (name, filename, sha256) of the published packages ordered by name, when the
+        caller already has them (the indexer's RecordMemo); else they are queried.
+        `dirty`, when given, names the only packages whose files changed since the state
+        was saved: the others keep their remembered fingerprint without recomputing it."""
         self.folder.mkdir(exist_ok=True)
         publish.clean_stale_temps(self.folder)  # left by a killed run (we hold the channel lock)
         publish.clean_stale_temps(self.state_path.parent)
-        current = fingerprints(cache.shard_keys())
+        keys = list(cache.shard_keys() if keys is None else keys)
+        if dirty is None:
+            current = fingerprints(keys)
+        else:
+            current = fingerprints(k for k in keys if k[0] in dirty or k[0] not in self.remembered)
+            current.update({name: self.remembered[name].fingerprint for name, _, _ in keys if name not in current})
         kept, todo = plan(current, self.remembered, shard_files(self.folder))
         wrote_shard = False
         if todo:
-            for name, rows in itertools.groupby(cache.shard_rows(todo), key=lambda r: r[0]):
-                data, digest = encode_shard((fn, text, rx) for _, fn, text, rx in rows)
+            paths = [fn for name, fn, _ in keys if name in todo]
+            rows = sorted((name, fn, text, rx) for fn, text, name, rx in cache.records_for(paths))
+            for name, group in itertools.groupby(rows, key=lambda r: r[0]):
+                data, digest = encode_shard((fn, text, rx) for _, fn, text, rx in group)
                 filename = f"{digest.hex()}.msgpack.zst"
                 # same_content() inside publish() checks an existing file's bytes
                 if publish.publish(self.folder / filename, data, sync_dir=False):
