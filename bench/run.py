@@ -39,7 +39,8 @@ sys.path.insert(0, str(HERE))
 from archives import write_archive  # noqa: E402
 from synth import archive_records  # noqa: E402
 
-STUB = ROOT.parent / "shared" / "tools" / "conda-stub"
+SHARED = Path(os.environ.get("CONDA_INDEXD_SHARED", ROOT.parent / "shared"))
+STUB = SHARED / "tools" / "conda-stub"
 PEERS = Path(os.environ.get("CONDA_INDEX_PYTHON", "/tmp/peers/bin/python"))
 LAYOUTS = {
     # 10k: 4 subdirs; 100k: like the channel, 95,218 of them in linux-64

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
 import sys
@@ -21,7 +22,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from conda_indexd.cache import SubdirCache  # noqa: E402
 
-CORPUS = ROOT.parent / "shared" / "corpus" / "repodata"
+CORPUS = Path(os.environ.get("CONDA_INDEXD_SHARED", ROOT.parent / "shared")) / "corpus" / "repodata"
 DROP = ("md5", "sha256", "size", "subdir", "arch", "platform")
 
 
