@@ -204,20 +204,19 @@ class SubdirCache:
 
     # --- what to extract ---------------------------------------------------------------
 
-    def changed_packages(self) -> list[FileState]:
-        """fs rows with no matching `indexed` row and no matching `failed` row (§3.5)."""
-        rows = self.db.execute(
-            """
+    def changed_packages(self, paths: Iterable[str] | None = None) -> list[FileState]:
+        """fs rows with no matching `indexed` row and no matching `failed` row (§3.5);
+        `paths` limits the answer to those files (the daemon's touched names)."""
+        query = """
             SELECT fs.path, fs.mtime, fs.size FROM stat AS fs
             LEFT JOIN stat AS ix ON ix.path = fs.path AND ix.stage = 'indexed'
             LEFT JOIN stat AS bad ON bad.path = fs.path AND bad.stage = 'failed'
             WHERE fs.stage = 'fs'
               AND (ix.path IS NULL OR ix.mtime != fs.mtime OR ix.size != fs.size)
               AND (bad.path IS NULL OR bad.mtime != fs.mtime OR bad.size != fs.size)
-            ORDER BY fs.path
-            """
-        )
-        return [FileState(*row) for row in rows]
+        """
+        query, params = _limit(query, "fs.path", paths)
+        return [FileState(*row) for row in self.db.execute(query + " ORDER BY fs.path", params)]
 
     # --- writes after extraction ---------------------------------------------------------
 
@@ -311,17 +310,17 @@ class SubdirCache:
             params = (json.dumps(sorted(names)),)
         return self.db.execute(query + "ORDER BY index_json.name, fs.path", params)
 
-    def published_keys(self) -> Iterator[tuple[str, str | None]]:
-        """(filename, sha256) of every published package, from the stat rows alone (no
-        JSON is read): what tells a caller which records it already holds."""
-        return self.db.execute(
-            """
+    def published_keys(self, paths: Iterable[str] | None = None) -> Iterator[tuple[str, str | None]]:
+        """(filename, sha256) of every published package (or of those among `paths`),
+        from the stat rows alone (no JSON is read): what tells a caller which records it
+        already holds."""
+        query = """
             SELECT fs.path, ix.sha256 FROM stat AS fs
             JOIN stat AS ix ON ix.path = fs.path AND ix.stage = 'indexed'
                  AND ix.mtime = fs.mtime AND ix.size = fs.size
             WHERE fs.stage = 'fs'
-            """
-        )
+        """
+        return self.db.execute(*_limit(query, "fs.path", paths))
 
     def records_for(self, paths: Iterable[str]) -> Iterator[tuple[str, str, str, str | None]]:
         """(filename, index_json text, name, run_exports text) of the given packages."""
@@ -359,6 +358,12 @@ class SubdirCache:
             """
         )
         return [Failure(path, reason or "unreadable", message or "") for path, reason, message in rows]
+
+
+def _limit(query: str, column: str, paths: Iterable[str] | None) -> tuple[str, tuple[str, ...]]:
+    if paths is None:
+        return query, ()
+    return query + f" AND {column} IN (SELECT value FROM json_each(?))", (json.dumps(sorted(paths)),)
 
 
 class _Transaction:

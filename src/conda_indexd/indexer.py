@@ -234,10 +234,17 @@ class RecordMemo:
         self.warm = False  # filled by a previous run
         self.dirty: set[str] | None = None  # names whose files changed in the last refresh (None: all)
 
-    def refresh(self, cache: SubdirCache) -> None:
-        keys = dict(cache.published_keys())
+    def refresh(self, cache: SubdirCache, paths: Collection[str] | None = None) -> None:
+        """Bring the entries in line with the cache. `paths` (with a warm memo): only
+        those files can have changed since the last refresh, so only they are looked at."""
+        if paths is None or not self.warm:
+            keys = dict(cache.published_keys())
+            gone = self.entries.keys() - keys.keys()
+        else:
+            keys = dict(cache.published_keys(paths))
+            gone = {fn for fn in paths if fn in self.entries and fn not in keys}
         dirty: set[str] = set()
-        for fn in self.entries.keys() - keys.keys():
+        for fn in gone:
             dirty.add(self.entries.pop(fn)[2])
         misses = [fn for fn, sha in keys.items() if not sha or self.entries.get(fn, ("",))[0] != sha]
         for fn, text, name, _ in cache.records_for(misses):
@@ -249,6 +256,10 @@ class RecordMemo:
         self.dirty = dirty if self.warm else None
         self.warm = True
 
+    def reset(self) -> None:
+        self.entries.clear()
+        self.warm, self.dirty = False, None
+
     def digests(self) -> dict[str, str]:
         return {fn: entry[0] for fn, entry in self.entries.items()}
 
@@ -257,9 +268,12 @@ class RecordMemo:
         return sorted((name, fn, sha) for fn, (sha, _, name) in self.entries.items())
 
 
-def build_outputs(config: IndexConfig, subdir: str, cache: SubdirCache, memo: RecordMemo) -> dict[str, bytes]:
-    """Every output file of a subdir as {filename: bytes}, in publish order."""
-    memo.refresh(cache)
+def build_outputs(
+    config: IndexConfig, subdir: str, cache: SubdirCache, memo: RecordMemo, scope: Collection[str] | None = None
+) -> dict[str, bytes]:
+    """Every output file of a subdir as {filename: bytes}, in publish order. `scope`: the
+    only files that changed since the memo's last refresh (None: any may have)."""
+    memo.refresh(cache, scope)
     pieces = memo.entries
     from_packages = repodata.build_repodata_from_pieces(
         subdir, sorted((fn, entry[1]) for fn, entry in pieces.items()), base_url=config.base_url
@@ -347,7 +361,8 @@ def index_subdir(
         # damage found mid-run: move the file aside and rebuild it from the packages
         moved = quarantine(config.cache_db(subdir))
         log.warning("cache.db is damaged; moved aside and rebuilding from the packages", subdir=subdir, moved_to=moved.name, error=str(exc))
-        return _index_subdir(config, subdir, None, hold, on_progress, cancel, None, RecordMemo())
+        memo.reset()
+        return _index_subdir(config, subdir, None, hold, on_progress, cancel, None, memo)
 
 
 def _index_subdir(
@@ -379,13 +394,16 @@ def _index_subdir(
             names = {n for n in touched if is_package_name(n) and n not in hold}
             present, gone = stat_packages(folder, names)
             cache.update_fs_state(present, gone)
-        changed = cache.changed_packages()
+        # With touched names and a memo from the previous run, nothing else can have
+        # changed (a failed or cancelled run drops the memo, so the next run is full).
+        scope = names if touched is not None and memo.warm else None
+        changed = cache.changed_packages(scope)
         if changed:
             log.debug("extracting", subdir=subdir, count=len(changed))
         result.extracted, result.new_failures = extract(cache, folder, changed, config.threads, on_progress, cancel)
         for failure in result.new_failures:
             log.warning("skipped archive", subdir=subdir, path=failure.path, reason=failure.reason, detail=failure.message)
-        outputs = build_outputs(config, subdir, cache, memo)
+        outputs = build_outputs(config, subdir, cache, memo, scope)
         after = memo.digests()
         result.skipped = cache.failures()
         outdir = config.output_dir(subdir)

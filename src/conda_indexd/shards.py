@@ -208,6 +208,7 @@ class ShardStore:
         self.state_path = state_path
         self.remembered: dict[str, Remembered] = {}
         self.unreferenced: dict[str, float] = {}
+        self.on_disk: dict[str, int] | None = None  # shard files seen by publish()
         self._load()
 
     def _load(self) -> None:
@@ -260,7 +261,8 @@ class ShardStore:
         else:
             current = fingerprints(k for k in keys if k[0] in dirty or k[0] not in self.remembered)
             current.update({name: self.remembered[name].fingerprint for name, _, _ in keys if name not in current})
-        kept, todo = plan(current, self.remembered, shard_files(self.folder))
+        self.on_disk = shard_files(self.folder)
+        kept, todo = plan(current, self.remembered, self.on_disk)
         wrote_shard = False
         if todo:
             paths = [fn for name, fn, _ in keys if name in todo]
@@ -273,6 +275,7 @@ class ShardStore:
                     report.written.append(f"{SHARDS_DIR}/{filename}")
                     wrote_shard = True
                 kept[name] = Remembered(todo[name], digest.hex(), len(data))
+                self.on_disk[digest.hex()] = len(data)
                 report.encoded += 1
         if wrote_shard:
             publish.fsync_dir(self.folder)  # every shard is durable before the index names it
@@ -289,7 +292,8 @@ class ShardStore:
         now = time.time() if now is None else now
         referenced = {r.digest for r in self.remembered.values()}
         unreferenced = {}
-        for digest in shard_files(self.folder):
+        on_disk = self.on_disk if self.on_disk is not None else shard_files(self.folder)
+        for digest in list(on_disk):
             if digest in referenced:
                 continue
             since = self.unreferenced.get(digest, now)
