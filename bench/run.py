@@ -191,7 +191,7 @@ def daemon_figures(channel: Path, scratch: Path) -> dict[str, float]:
 # --- one size ---------------------------------------------------------------------------------
 
 
-def bench(size: int, work: Path) -> dict[str, dict[str, float | str]]:
+def bench(size: int, work: Path, only: list[str] | None = None) -> dict[str, dict[str, float | str]]:
     layout = LAYOUTS.get(size) or {"linux-64": size}
     base = work / f"channel-{size}"
     t = time.perf_counter()
@@ -199,6 +199,9 @@ def bench(size: int, work: Path) -> dict[str, dict[str, float | str]]:
     print(f"# {size:,} archives built in {time.perf_counter() - t:.0f} s: {layout}", file=sys.stderr)
     results: dict[str, dict[str, float | str]] = {}
     for name, spec in tools().items():
+        if only and name not in only:
+            results[name] = {"note": "not run"}
+            continue
         if spec is None:
             results[name] = {"note": "not installed"}
             continue
@@ -254,6 +257,7 @@ def table(size: int, results: dict[str, dict[str, float | str]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--tools", nargs="+", choices=["conda-indexd", "conda-index", "rattler-index"], help="run only these")
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one, removed)")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="conda-indexd-bench-"))
@@ -261,7 +265,7 @@ def main() -> None:
     print(f"# conda-indexd benchmark, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}", file=sys.stderr)
     try:
         for size in args.sizes:
-            print(table(size, bench(size, work)), flush=True)
+            print(table(size, bench(size, work, args.tools)), flush=True)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
