@@ -178,10 +178,19 @@ class SubdirCache:
     # --- fs stage -------------------------------------------------------------------
 
     def replace_fs_state(self, files: Iterable[FileState]) -> None:
-        """A full listing: the fs stage becomes exactly these files (save_fs_state)."""
+        """A full listing: the fs stage becomes exactly these files (save_fs_state).
+
+        Only the difference is written: on a big subdir where little changed, rewriting
+        every row costs more than the listing itself."""
+        new = {f.path: f for f in files}
+        old = self.fs_state()
+        gone = old.keys() - new.keys()
+        changed = [f for path, f in new.items() if old.get(path) != f]
+        if not gone and not changed:
+            return
         with self.transaction():
-            self.db.execute("DELETE FROM stat WHERE stage = 'fs'")
-            self._upsert_fs(files)
+            self.db.executemany("DELETE FROM stat WHERE stage = 'fs' AND path = ?", ((p,) for p in gone))
+            self._upsert_fs(changed)
 
     def update_fs_state(self, present: Iterable[FileState], gone: Iterable[str]) -> None:
         """Touched paths only: upsert the files still there, drop the ones that went away."""
