@@ -20,6 +20,7 @@ from .config import DEFAULT_SHARD_RETENTION, IndexConfig, default_threads, detec
 from .daemon import DEFAULT_HOST, DEFAULT_PORT, Daemon, WatchConfig
 from .indexer import SubdirResult, index_subdir
 from .lock import ChannelBusy, ChannelLock
+from .patches import PatchError
 
 PROG = "conda-indexd"
 
@@ -61,6 +62,9 @@ def add_index_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bz2", action=argparse.BooleanOptionalAction, default=False, help="write repodata.json.bz2 (default: off)")
     p.add_argument("--run-exports", action=argparse.BooleanOptionalAction, default=False, help="write run_exports.json (CEP-12)")
     p.add_argument("--base-url", metavar="URL", help="packages are served from URL/<subdir>/ (CEP-15, repodata_version 2)")
+    p.add_argument("--patch-generator", metavar="FILE",
+                   help="repodata patches: a .py defining _patch_repodata(repodata, subdir), or a .conda/.tar.bz2 "
+                        "holding <subdir>/patch_instructions.json (default: CHANNEL_DIR/gen_patch.py if present)")
     p.add_argument("--write-shards", action=argparse.BooleanOptionalAction, default=True,
                    help="write CEP-16 sharded repodata: repodata_shards.msgpack.zst and shards/ (default: on)")
     p.add_argument("--shard-retention", type=_duration, default=DEFAULT_SHARD_RETENTION, metavar="AGE",
@@ -144,8 +148,16 @@ def config_from_args(args: argparse.Namespace) -> IndexConfig:
             raise UsageError(f"cannot create output folder {args.output}: {exc.strerror or exc}") from None
         if not os.access(output, os.W_OK):
             raise UsageError(f"output folder is not writable: {args.output}")
+    patch_generator = None
+    if args.patch_generator:
+        patch_generator = Path(args.patch_generator).absolute()
+        if not patch_generator.is_file():
+            raise UsageError(f"patch generator not found: {args.patch_generator}")
+        if not patch_generator.name.endswith((".py", ".conda", ".tar.bz2")):
+            raise UsageError(f"patch generator must be a .py, .conda or .tar.bz2 file: {args.patch_generator}")
     return IndexConfig(
         channel=channel,
+        patch_generator=patch_generator,
         output=output,
         subdirs=tuple(args.subdir or ()),
         channel_name=args.channel_name,
@@ -188,10 +200,17 @@ def run_index(args: argparse.Namespace) -> int:
     started = time.monotonic()
     progress = ProgressLine()
     results: list[SubdirResult] = []
+    failed: list[str] = []
     with ChannelLock(config.channel):
         for subdir in detect_subdirs(config):
             progress.subdir = subdir
-            result = index_subdir(config, subdir, on_progress=progress)
+            try:
+                result = index_subdir(config, subdir, on_progress=progress)
+            except PatchError as exc:  # that subdir keeps its last good repodata
+                progress.clear()
+                log.error("patches failed; subdir left as it was", subdir=subdir, error=str(exc))
+                failed.append(subdir)
+                continue
             progress.clear()
             results.append(result)
             log.info("subdir indexed", **result.log_fields())
@@ -208,8 +227,12 @@ def run_index(args: argparse.Namespace) -> int:
         extracted=sum(r.extracted for r in results),
         skipped=sum(len(r.skipped) for r in results),
         skipped_by_reason=dict(sorted(reasons.items())),
+        failed_subdirs=failed,
         seconds=round(time.monotonic() - started, 3),
     )
+    if failed:
+        print(f"{PROG}: patches failed for {', '.join(failed)} (their previous repodata is kept)", file=sys.stderr)
+        return 1
     return 0
 
 

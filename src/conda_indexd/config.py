@@ -58,6 +58,7 @@ class IndexConfig:
     run_exports: bool = False
     base_url: str | None = None
     threads: int = field(default_factory=default_threads)
+    patch_generator: Path | None = None  # .py generator or a package with patch_instructions.json
     write_shards: bool = True
     shard_retention: float = DEFAULT_SHARD_RETENTION
 

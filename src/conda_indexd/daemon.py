@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import sdnotify
+from . import patches, sdnotify
 from .config import KNOWN_SUBDIRS, IndexConfig, detect_subdirs
 from .debounce import COMPLETE_KINDS, DebounceQueue, Pending
 from .httpserver import StatusServer, text
@@ -63,6 +63,7 @@ class Daemon:
         self.root_id: tuple[int, int] | None = None
         self.root_missing = False
         self.exit_code = 0
+        self.patch_id: tuple[int, int] | None = None
         self.overflow = OverflowHook(lambda: self.rescan("overflow"))
         self.http = StatusServer(
             config.host,
@@ -259,10 +260,23 @@ class Daemon:
         self.observer.start()
         self.rescan("replaced")
 
+    def _patch_identity(self) -> tuple[int, int] | None:
+        index = self.config.index
+        return patches.identity(patches.generator_path(index.channel, index.patch_generator))
+
+    def _check_patches(self) -> None:
+        """A changed patch generator (or gen_patch.py appearing) republishes every subdir."""
+        identity = self._patch_identity()
+        if identity != self.patch_id:
+            self.patch_id = identity
+            log.info("patch generator changed; republishing every subdir")
+            self.rescan("patches")
+
     def run(self) -> int:
         channel: Path = self.config.index.channel
         with ChannelLock(channel) as lock:
             self.root_id = self._root_identity()
+            self.patch_id = self._patch_identity()
             self._install_signals()
             self.http.start()
             host, port = self.http.address
@@ -278,6 +292,7 @@ class Daemon:
                 while not self.stopping.is_set():
                     now = time.monotonic()
                     self._check_root(lock)
+                    self._check_patches()
                     if now >= next_rescan:
                         self.rescan("periodic")
                         next_rescan = now + self.config.rescan_interval

@@ -19,10 +19,11 @@ import multiprocessing
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import zstandard
 
-from . import publish, repodata, shards
+from . import patches, publish, repodata, shards
 from .archive import ArchiveError, PackageMetadata, read_package
 from .cache import Failure, FileState, SubdirCache, is_corrupt, quarantine
 from .config import IndexConfig, is_package_name
@@ -33,6 +34,7 @@ log = get_logger(__name__)
 REPODATA = "repodata.json"
 REPODATA_FROM_PACKAGES = "repodata_from_packages.json"
 RUN_EXPORTS = "run_exports.json"
+COMPRESSED = (REPODATA, REPODATA_FROM_PACKAGES)  # the outputs with .zst/.bz2 copies
 
 Progress = Callable[[str, int, int], None]
 COMMIT_EVERY = 500  # archives stored per cache.db transaction
@@ -270,21 +272,31 @@ class RecordMemo:
 
 def build_outputs(
     config: IndexConfig, subdir: str, cache: SubdirCache, memo: RecordMemo, scope: Collection[str] | None = None
-) -> dict[str, bytes]:
-    """Every output file of a subdir as {filename: bytes}, in publish order. `scope`: the
-    only files that changed since the memo's last refresh (None: any may have)."""
+) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """Every output file of a subdir as {filename: bytes} in publish order, and the patch
+    instructions applied (also to the shards). `scope`: the only files that changed since
+    the memo's last refresh (None: any may have). Raises PatchError before anything is
+    published when the patch source fails."""
     memo.refresh(cache, scope)
     pieces = memo.entries
     from_packages = repodata.build_repodata_from_pieces(
         subdir, sorted((fn, entry[1]) for fn, entry in pieces.items()), base_url=config.base_url
     )
-    outputs: dict[str, bytes] = {}
-    # No patches yet: repodata.json is repodata_from_packages.json.
-    for name, data in ((REPODATA_FROM_PACKAGES, from_packages), (REPODATA, from_packages)):
-        outputs[name] = data
-    if config.run_exports:
+    outputs: dict[str, bytes] = {REPODATA_FROM_PACKAGES: from_packages}
+    patched, instructions = from_packages, {}
+    generator = patches.generator_path(config.channel, config.patch_generator)
+    existing = config.output_dir(subdir) / patches.INSTRUCTIONS
+    if generator is not None or existing.exists():
+        doc = json.loads(from_packages)
+        instructions, fresh = patches.instructions_for(subdir, doc, generator, existing)
+        if fresh:
+            outputs[patches.INSTRUCTIONS] = patches.serialize(instructions)
+        if instructions:
+            patched = repodata.dumps(patches.apply(doc, instructions)).encode("ascii")
+    outputs[REPODATA] = patched
+    if config.run_exports:  # never patched (CEP-12)
         outputs[RUN_EXPORTS] = repodata.build_run_exports(subdir, cache.run_exports())
-    return outputs
+    return outputs, instructions
 
 
 def _holds(variant: Path, suffix: str, data: bytes) -> bool:
@@ -319,7 +331,7 @@ def publish_outputs(config: IndexConfig, outdir: Path, outputs: dict[str, bytes]
         changed = publish.publish(path, data)
         if changed:
             written.append(name)
-        if name == RUN_EXPORTS:
+        if name not in COMPRESSED:
             continue
         for suffix, enabled in ((".zst", config.zst), (".bz2", config.bz2)):
             variant = path.with_name(name + suffix)
@@ -403,7 +415,7 @@ def _index_subdir(
         result.extracted, result.new_failures = extract(cache, folder, changed, config.threads, on_progress, cancel)
         for failure in result.new_failures:
             log.warning("skipped archive", subdir=subdir, path=failure.path, reason=failure.reason, detail=failure.message)
-        outputs = build_outputs(config, subdir, cache, memo, scope)
+        outputs, instructions = build_outputs(config, subdir, cache, memo, scope)
         after = memo.digests()
         result.skipped = cache.failures()
         outdir = config.output_dir(subdir)
@@ -412,7 +424,9 @@ def _index_subdir(
         store = None
         if config.write_shards:
             store = shards.ShardStore(outdir, config.shard_state(subdir))
-            store.publish(cache, subdir, config.base_url, result.shards, keys=memo.shard_keys(), dirty=memo.dirty)
+            store.publish(
+                cache, subdir, config.base_url, result.shards, keys=memo.shard_keys(), dirty=memo.dirty, instructions=instructions
+            )
         elif shards.withdraw(outdir):
             result.shards.written.append(shards.SHARD_INDEX)
     result.packages = len(after)

@@ -59,7 +59,7 @@ class Metrics:
             p + "shards_deleted_total", "Unreferenced shard files deleted after the retention", ["subdir"], registry=r
         )
         self.ready = Gauge(p + "ready", "1 once the start-up reconcile has published every subdir", registry=r)
-        for reason in ("startup", "periodic", "overflow", "signal", "replaced"):
+        for reason in ("startup", "periodic", "overflow", "signal", "replaced", "patches"):
             self.rescans.labels(reason)
         for kind in ("created", "modified", "closed", "moved", "deleted", "subdir"):
             self.events.labels(kind)

@@ -41,7 +41,7 @@ try:  # Python 3.14+
 except ImportError:  # conda-package-streaming depends on the backport
     from backports import zstd  # type: ignore[import-not-found,no-redef]
 
-from . import publish
+from . import patches, publish
 from .cache import SubdirCache
 from .logs import get_logger
 from .repodata import section_of
@@ -77,9 +77,17 @@ def shard_document(rows: Iterable[tuple[str, str, str | None]]) -> dict[str, dic
     return doc
 
 
-def encode_shard(rows: Iterable[tuple[str, str, str | None]]) -> tuple[bytes, bytes]:
-    """(compressed shard bytes, its 32-byte sha256)."""
-    data = zstd.compress(msgpack.packb(shard_document(rows)))
+def encode_shard(
+    rows: Iterable[tuple[str, str, str | None]], instructions: dict[str, Any] | None = None
+) -> tuple[bytes, bytes]:
+    """(compressed shard bytes, its 32-byte sha256); patched when `instructions` are
+    given (a `removed` list only when something was removed, as conda-index)."""
+    doc = shard_document(rows)
+    if instructions:
+        patches.apply(doc, instructions)
+        if not doc["removed"]:
+            del doc["removed"]
+    data = zstd.compress(msgpack.packb(doc))
     return data, hashlib.sha256(data).digest()
 
 
@@ -113,22 +121,23 @@ def decode(data: bytes) -> Any:
     return msgpack.unpackb(zstd.decompress(data))
 
 
-def fingerprint(rows: Iterable[tuple[str, str]]) -> str:
-    """What a name's shard depends on: its (filename, archive sha256) pairs.
+def fingerprint(rows: Iterable[tuple[str, str]], salt: str = "") -> str:
+    """What a name's shard depends on: its (filename, archive sha256) pairs, and `salt`
+    (the digest of the patch instructions applied to every shard).
 
     The archive's sha256 fixes every byte of its metadata, so equal fingerprints mean
     an equal shard (for the same ENCODING), and the shard need not be re-encoded.
     """
-    h = hashlib.sha256(f"encoding {ENCODING}\n".encode())
+    h = hashlib.sha256(f"encoding {ENCODING}\n{salt}\n".encode())
     for fn, sha in sorted(rows):
         h.update(f"{fn}\0{sha}\n".encode())
     return h.hexdigest()[:32]
 
 
-def fingerprints(keys: Iterable[tuple[str, str, str]]) -> dict[str, str]:
+def fingerprints(keys: Iterable[tuple[str, str, str]], salt: str = "") -> dict[str, str]:
     """{name: fingerprint} from (name, filename, sha256) rows ordered by name."""
     return {
-        name: fingerprint((fn, sha) for _, fn, sha in rows)
+        name: fingerprint(((fn, sha) for _, fn, sha in rows), salt)
         for name, rows in itertools.groupby(keys, key=lambda r: r[0])
     }
 
@@ -208,6 +217,7 @@ class ShardStore:
         self.state_path = state_path
         self.remembered: dict[str, Remembered] = {}
         self.unreferenced: dict[str, float] = {}
+        self.salt = ""  # digest of the patch instructions the remembered shards carry
         self.on_disk: dict[str, int] | None = None  # shard files seen by publish()
         self._load()
 
@@ -218,6 +228,7 @@ class ShardStore:
                 return
             self.remembered = {name: Remembered(*entry) for name, entry in state["names"].items()}
             self.unreferenced = {h: float(t) for h, t in state["unreferenced"].items()}
+            self.salt = str(state.get("salt", ""))
         except FileNotFoundError:
             pass
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -231,6 +242,7 @@ class ShardStore:
                 name: [r.fingerprint, r.digest, r.size] for name, r in sorted(self.remembered.items())
             },
             "unreferenced": dict(sorted(self.unreferenced.items())),
+            "salt": self.salt,
         }
         return json.dumps(state, separators=(",", ":")).encode()
 
@@ -246,6 +258,7 @@ class ShardStore:
         report: ShardsReport,
         keys: Iterable[tuple[str, str, str]] | None = None,
         dirty: set[str] | None = None,
+        instructions: dict[str, Any] | None = None,
     ) -> None:
         """Steps 1-3: new shard files, then the index (see the module doc). `keys` are
         the (name, filename, sha256) of the published packages ordered by name, when the
@@ -256,10 +269,14 @@ class ShardStore:
         publish.clean_stale_temps(self.folder)  # left by a killed run (we hold the channel lock)
         publish.clean_stale_temps(self.state_path.parent)
         keys = list(cache.shard_keys() if keys is None else keys)
+        salt = hashlib.sha256(patches.serialize(instructions)).hexdigest()[:16] if instructions else ""
+        if salt != self.salt:
+            dirty = None  # other patches: every shard's content may differ
+        self.salt = salt
         if dirty is None:
-            current = fingerprints(keys)
+            current = fingerprints(keys, salt)
         else:
-            current = fingerprints(k for k in keys if k[0] in dirty or k[0] not in self.remembered)
+            current = fingerprints((k for k in keys if k[0] in dirty or k[0] not in self.remembered), salt)
             current.update({name: self.remembered[name].fingerprint for name, _, _ in keys if name not in current})
         self.on_disk = shard_files(self.folder)
         kept, todo = plan(current, self.remembered, self.on_disk)
@@ -268,7 +285,7 @@ class ShardStore:
             paths = [fn for name, fn, _ in keys if name in todo]
             rows = sorted((name, fn, text, rx) for fn, text, name, rx in cache.records_for(paths))
             for name, group in itertools.groupby(rows, key=lambda r: r[0]):
-                data, digest = encode_shard((fn, text, rx) for _, fn, text, rx in group)
+                data, digest = encode_shard(((fn, text, rx) for _, fn, text, rx in group), instructions)
                 filename = f"{digest.hex()}.msgpack.zst"
                 # same_content() inside publish() checks an existing file's bytes
                 if publish.publish(self.folder / filename, data, sync_dir=False):

@@ -1,0 +1,197 @@
+"""Repodata patches (channel-format.md §6.6), as conda-index 0.13 applies them.
+
+Sources, per subdir:
+- `--patch-generator FILE.py`: `_patch_repodata(repodata, subdir) -> instructions`. It is
+  given a copy of the unpatched repodata (conda-index passes the live dict, so a
+  generator's in-place changes leak into its output; here they do not);
+- `--patch-generator PKG.conda|PKG.tar.bz2`: `<subdir>/patch_instructions.json` from the
+  package's pkg component;
+- neither: `<channel>/gen_patch.py` when it exists (conda-index does the same).
+When the source gives nothing for a subdir, an existing `<subdir>/patch_instructions.json`
+is applied again (conda-index's behaviour: patches persist).
+
+Instructions: `packages` (also re-keyed from .tar.bz2 to .conda), then `packages.conda`,
+each merged into existing records only (nested dicts merged, lists replaced, null
+deletes); `revoke` (revoked: true, depends += package_has_been_revoked); `remove` (the
+record and its twin leave, their names go to `removed`, sorted).
+
+A generator that raises, or instructions of the wrong shape, raise `PatchError`: the
+caller publishes nothing for that subdir, so its last good repodata stays.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from importlib.util import module_from_spec, spec_from_file_location
+from pathlib import Path
+from typing import Any
+
+from conda_package_streaming import package_streaming
+
+from .config import PACKAGE_EXTENSIONS
+
+INSTRUCTIONS = "patch_instructions.json"
+REVOKED_DEP = "package_has_been_revoked"
+
+
+class PatchError(Exception):
+    """The patch source failed for a subdir (one line, for logs and metrics)."""
+
+
+def generator_path(channel: Path, configured: Path | None) -> Path | None:
+    if configured is not None:
+        return configured
+    implicit = channel / "gen_patch.py"
+    return implicit if implicit.is_file() else None
+
+
+def identity(path: Path | None) -> tuple[int, int] | None:
+    """What tells the daemon that a generator changed (mtime, size)."""
+    if path is None:
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+_modules: dict[tuple[str, tuple[int, int] | None], Any] = {}
+
+
+def _module(path: Path) -> Any:
+    key = (str(path), identity(path))
+    if key not in _modules:
+        spec = spec_from_file_location("conda_indexd_patch_generator", path)
+        if spec is None or spec.loader is None:
+            raise PatchError(f"cannot load patch generator {path}")
+        module = module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:  # noqa: BLE001 - user code
+            raise PatchError(f"patch generator {path.name} failed to load: {type(exc).__name__}: {exc}") from exc
+        if not callable(getattr(module, "_patch_repodata", None)):
+            raise PatchError(f"patch generator {path.name} defines no _patch_repodata(repodata, subdir)")
+        _modules.clear()  # one generator at a time; an edited file replaces the old module
+        _modules[key] = module
+    return _modules[key]
+
+
+def from_package(path: Path, subdir: str) -> dict[str, Any]:
+    target = f"{subdir}/{INSTRUCTIONS}"
+    try:
+        for tar, member in package_streaming.stream_conda_component(str(path), component="pkg"):
+            if member.name.removeprefix("./") == target:
+                reader = tar.extractfile(member)
+                if reader is None:
+                    raise PatchError(f"{target} in {path.name} is not a file")
+                return json.loads(reader.read())
+    except PatchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any unreadable package
+        raise PatchError(f"cannot read {target} from {path.name}: {type(exc).__name__}: {exc}") from exc
+    return {}
+
+
+def from_generator(path: Path, repodata: dict[str, Any], subdir: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise PatchError(f"patch generator {path} does not exist")
+    if path.name.endswith(PACKAGE_EXTENSIONS):
+        return from_package(path, subdir)
+    module = _module(path)
+    try:
+        return module._patch_repodata(copy.deepcopy(repodata), subdir)
+    except Exception as exc:  # noqa: BLE001 - user code
+        raise PatchError(f"_patch_repodata failed for {subdir}: {type(exc).__name__}: {exc}") from exc
+
+
+def check(instructions: Any, origin: str) -> dict[str, Any]:
+    """Instructions of the documented shape, or PatchError."""
+    if instructions is None:
+        return {}
+    if not isinstance(instructions, dict):
+        raise PatchError(f"{origin}: instructions are a {type(instructions).__name__}, not an object")
+    version = instructions.get("patch_instructions_version", 0)
+    if not isinstance(version, int) or version > 1:
+        raise PatchError(f"{origin}: patch_instructions_version {version!r} is not supported (at most 1)")
+    for key in ("packages", "packages.conda"):
+        value = instructions.get(key, {})
+        if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+            raise PatchError(f"{origin}: {key!r} must map filenames to objects")
+    for key in ("revoke", "remove"):
+        value = instructions.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise PatchError(f"{origin}: {key!r} must be a list of filenames")
+    return instructions
+
+
+def instructions_for(
+    subdir: str, repodata: dict[str, Any], generator: Path | None, existing: Path
+) -> tuple[dict[str, Any], bool]:
+    """(instructions, fresh): fresh ones came from the generator and are to be written."""
+    if generator is not None:
+        fresh = check(from_generator(generator, repodata, subdir), generator.name)
+        if fresh:
+            return fresh, True
+    try:
+        text = existing.read_text()
+    except FileNotFoundError:
+        return {}, False
+    try:
+        return check(json.loads(text), f"{subdir}/{INSTRUCTIONS}"), False
+    except ValueError as exc:
+        raise PatchError(f"{subdir}/{INSTRUCTIONS} is not valid JSON ({exc})") from exc
+
+
+def serialize(instructions: dict[str, Any]) -> bytes:
+    """patch_instructions.json as conda-index writes it (compact, sorted, final newline)."""
+    return (json.dumps(instructions, sort_keys=True, separators=(",", ":")) + "\n").encode()
+
+
+def _merge(record: dict[str, Any], fix: dict[str, Any]) -> None:
+    """conda-index's merge_or_update_dict at record level (merge=False): nested dicts are
+    merged, lists and scalars replace, null deletes an existing key. As in conda-index,
+    a null for a key the record lacks adds it as null."""
+    for key, value in fix.items():
+        if isinstance(value, dict):
+            if isinstance(record.get(key), dict):
+                _merge(record[key], value)
+            else:
+                record[key] = value
+        elif value is None and key in record:
+            del record[key]
+        else:
+            record[key] = value
+
+
+def _twin(fn: str) -> str:
+    return fn[: -len(".tar.bz2")] + ".conda" if fn.endswith(".tar.bz2") else fn
+
+
+def apply(repodata: dict[str, Any], instructions: dict[str, Any]) -> dict[str, Any]:
+    """Patch `repodata` (or a shard: the same two sections) in place and return it."""
+    removed = repodata.setdefault("removed", [])
+    tar = repodata.get("packages", {})
+    conda = repodata.get("packages.conda", {})
+    fixes = instructions.get("packages", {})
+    for fn, fix in fixes.items():
+        if fn in tar:
+            _merge(tar[fn], copy.deepcopy(fix))
+    for fn, fix in fixes.items():
+        if _twin(fn) in conda and fn.endswith(".tar.bz2"):
+            _merge(conda[_twin(fn)], copy.deepcopy(fix))
+    for fn, fix in instructions.get("packages.conda", {}).items():
+        if fn in conda:
+            _merge(conda[fn], copy.deepcopy(fix))
+    for fn in instructions.get("revoke", ()):
+        for section, name in ((tar, fn), (conda, _twin(fn))):
+            if name in section:
+                section[name]["revoked"] = True
+                section[name].setdefault("depends", []).append(REVOKED_DEP)
+    for fn in instructions.get("remove", ()):
+        for section, name in ((tar, fn), (conda, _twin(fn))):
+            if section.pop(name, None) is not None:
+                removed.append(name)
+    removed.sort()
+    return repodata
