@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import patches, sdnotify
+from . import patches, sdnotify, statuspage
 from .config import KNOWN_SUBDIRS, IndexConfig, detect_subdirs
 from .debounce import COMPLETE_KINDS, DebounceQueue, Pending
 from .httpserver import StatusServer, text
@@ -23,6 +23,7 @@ from .indexer import RecordMemo, SubdirResult, index_subdir, list_packages
 from .lock import ChannelBusy, ChannelLock
 from .logs import get_logger
 from .metrics import CONTENT_TYPE, Metrics
+from .statuspage import SubdirStatus
 from .watch import ChannelEventHandler, OverflowHook, make_observer
 
 log = get_logger("conda_indexd.daemon")
@@ -56,7 +57,8 @@ class Daemon:
         self.watched = frozenset(config.index.subdirs) if config.index.subdirs else KNOWN_SUBDIRS
         self.published: dict[str, int] = {}  # records in each subdir's last publish
         self.failures_in_a_row: dict[str, int] = {}
-        self.memos: dict[str, RecordMemo] = {}  # each subdir's serialised records, kept between runs
+        self.memos: dict[str, RecordMemo] = {}
+        self.status: dict[str, SubdirStatus] = {}  # for the status page  # each subdir's serialised records, kept between runs
         self.worker = threading.Thread(target=self._work, name="worker", daemon=True)
         self.handler = ChannelEventHandler(config.index.channel, self.watched, self._on_file, self._on_subdir)
         self.observer = make_observer(config.index.channel, self.handler, config.polling, config.poll_interval)
@@ -68,7 +70,8 @@ class Daemon:
         self.http = StatusServer(
             config.host,
             config.port,
-            {"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz},
+            {"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz,
+             "/": self._status_html, "/status.json": self._status_json},
         )
 
     # --- event intake (observer thread) ---------------------------------------------------
@@ -104,6 +107,21 @@ class Daemon:
 
     def _healthz(self) -> tuple[int, str, bytes]:
         return text(200, "ok\n") if self.healthy() else text(503, "observer or worker is not running\n")
+
+    def _status_doc(self) -> dict:
+        now = time.monotonic()
+        pending = [
+            {"subdir": p.subdir, "files": len(p.names), "full_scan": p.full_scan, "reason": p.scan_reason,
+             "waiting_seconds": round(now - p.first_event, 1)}
+            for p in sorted(self.queue.pending(), key=lambda p: p.subdir)
+        ]  # fmt: skip
+        return statuspage.document(str(self.config.index.channel), self.ready.is_set(), dict(self.status), pending)
+
+    def _status_html(self) -> tuple[int, str, bytes]:
+        return 200, "text/html; charset=utf-8", statuspage.as_html(self._status_doc())
+
+    def _status_json(self) -> tuple[int, str, bytes]:
+        return 200, "application/json", statuspage.as_json(self._status_doc())
 
     def _readyz(self) -> tuple[int, str, bytes]:
         return text(200, "ready\n") if self.ready.is_set() else text(503, "start-up reconcile in progress\n")
@@ -181,6 +199,7 @@ class Daemon:
             count = self.failures_in_a_row[subdir] = self.failures_in_a_row.get(subdir, 0) + 1
             delay = min(MAX_RETRY_DELAY, 2.0**count)
             self.metrics.subdir_errors.labels(subdir, type(exc).__name__).inc()
+            self.status.setdefault(subdir, SubdirStatus(subdir)).error = f"{type(exc).__name__}: {exc}"
             log.error("subdir failed; will retry", subdir=subdir, retry_in=delay, error=f"{type(exc).__name__}: {exc}")
             self.queue.add_scan(subdir, "retry", delay=delay)
             return
@@ -189,6 +208,11 @@ class Daemon:
 
     def _record(self, item: Pending, result: SubdirResult) -> None:
         m, subdir = self.metrics, result.subdir
+        st = self.status.setdefault(subdir, SubdirStatus(subdir))
+        st.packages, st.last_duration, st.last_run, st.error = result.packages, result.duration, time.time(), None
+        st.skipped = [{"path": f.path, "reason": f.reason, "message": f.message} for f in result.skipped]
+        if result.written:
+            st.last_publish = st.last_run
         self.published[subdir] = result.packages
         m.packages.labels(subdir).set(result.packages)
         m.skipped.labels(subdir).set(len(result.skipped))

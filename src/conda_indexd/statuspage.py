@@ -1,0 +1,100 @@
+"""The daemon's status page: `GET /` (plain HTML and CSS) and `GET /status.json`.
+
+Pure functions: the daemon hands over what it knows, these turn it into bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from html import escape
+from typing import Any
+
+
+@dataclass
+class SubdirStatus:
+    subdir: str
+    packages: int = 0
+    last_publish: float | None = None  # wall clock of the last run that replaced files
+    last_duration: float | None = None  # seconds of the last run
+    last_run: float | None = None
+    skipped: list[dict[str, str]] = field(default_factory=list)  # path, reason, message
+    error: str | None = None  # the last run's failure, until a run succeeds
+
+
+def document(
+    channel: str, ready: bool, subdirs: dict[str, SubdirStatus], pending: list[dict[str, Any]], now: float | None = None
+) -> dict[str, Any]:
+    now = time.time() if now is None else now
+    return {
+        "channel": channel,
+        "ready": ready,
+        "generated_at": _iso(now),
+        "subdirs": [
+            {**asdict(s), "last_publish": _iso(s.last_publish), "last_run": _iso(s.last_run)}
+            for s in sorted(subdirs.values(), key=lambda s: s.subdir)
+        ],
+        "pending": pending,
+    }
+
+
+def _iso(t: float | None) -> str | None:
+    return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def as_json(doc: dict[str, Any]) -> bytes:
+    return (json.dumps(doc, indent=2) + "\n").encode()
+
+
+_CSS = """
+body{font:15px/1.4 system-ui,sans-serif;margin:2em;color:#222;max-width:70em}
+h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.6em}
+table{border-collapse:collapse;width:100%;margin:.5em 0}
+th,td{text-align:left;padding:.3em .6em;border-bottom:1px solid #ddd;vertical-align:top}
+th{background:#f4f4f4}td.n{text-align:right;font-variant-numeric:tabular-nums}
+.ok{color:#17692a}.warn{color:#8a5a00}.bad{color:#a31515}code{font-size:.92em}
+"""
+
+
+def as_html(doc: dict[str, Any]) -> bytes:
+    e = escape
+    state = '<span class="ok">ready</span>' if doc["ready"] else '<span class="warn">start-up index in progress</span>'
+    rows = []
+    for s in doc["subdirs"]:
+        err = f'<br><span class="bad">{e(s["error"])}</span>' if s["error"] else ""
+        duration = "" if s["last_duration"] is None else f"{s['last_duration']:.3f} s"
+        rows.append(
+            f'<tr><td>{e(s["subdir"])}{err}</td>'
+            f'<td class="n">{s["packages"]}</td><td>{e(s["last_publish"] or "never")}</td>'
+            f'<td class="n">{duration}</td><td class="n">{len(s["skipped"])}</td></tr>'
+        )
+    skipped = [
+        f"<tr><td>{e(s['subdir'])}</td><td><code>{e(f['path'])}</code></td><td>{e(f['reason'])}</td><td>{e(f['message'])}</td></tr>"
+        for s in doc["subdirs"]
+        for f in s["skipped"]
+    ]
+    pending = [
+        f"<tr><td>{e(p['subdir'])}</td><td class=\"n\">{p['files']}</td><td>{'yes' if p['full_scan'] else 'no'}</td>"
+        f"<td>{e(p.get('reason') or '')}</td><td class=\"n\">{p['waiting_seconds']:.1f} s</td></tr>"
+        for p in doc["pending"]
+    ]
+    html = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>conda-indexd: {e(doc["channel"])}</title>
+<meta name="viewport" content="width=device-width,initial-scale=1"><style>{_CSS}</style></head>
+<body>
+<h1>conda-indexd</h1>
+<p>Channel <code>{e(doc["channel"])}</code>: {state}. Generated {e(doc["generated_at"])}.
+<a href="/status.json">status.json</a> · <a href="/metrics">metrics</a></p>
+<h2>Subdirs</h2>
+<table><thead><tr><th>subdir</th><th>packages published</th><th>last publish</th><th>last run took</th><th>skipped</th></tr></thead>
+<tbody>{"".join(rows) or '<tr><td colspan="5">none yet</td></tr>'}</tbody></table>
+<h2>Archives left out</h2>
+<table><thead><tr><th>subdir</th><th>file</th><th>reason</th><th>detail</th></tr></thead>
+<tbody>{"".join(skipped) or '<tr><td colspan="4" class="ok">none</td></tr>'}</tbody></table>
+<h2>Pending work</h2>
+<table><thead><tr><th>subdir</th><th>files</th><th>full scan</th><th>why</th><th>waiting</th></tr></thead>
+<tbody>{"".join(pending) or '<tr><td colspan="5" class="ok">nothing pending</td></tr>'}</tbody></table>
+</body></html>
+"""
+    return html.encode()
