@@ -20,6 +20,7 @@ from .config import DEFAULT_SHARD_RETENTION, IndexConfig, default_threads, detec
 from .daemon import DEFAULT_HOST, DEFAULT_PORT, Daemon, WatchConfig
 from .indexer import SubdirResult, index_subdir
 from .lock import ChannelBusy, ChannelLock
+from .current import available as current_available, load_pins
 from .patches import PatchError
 
 PROG = "conda-indexd"
@@ -65,6 +66,10 @@ def add_index_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch-generator", metavar="FILE",
                    help="repodata patches: a .py defining _patch_repodata(repodata, subdir), or a .conda/.tar.bz2 "
                         "holding <subdir>/patch_instructions.json (default: CHANNEL_DIR/gen_patch.py if present)")
+    p.add_argument("--current-repodata", action=argparse.BooleanOptionalAction, default=False,
+                   help="write current_repodata.json for conda's classic solver (needs the current-repodata extra)")
+    p.add_argument("-m", "--current-index-versions-file", metavar="FILE",
+                   help="YAML {name: [version, ...]}: versions current_repodata.json keeps besides the newest")
     p.add_argument("--write-shards", action=argparse.BooleanOptionalAction, default=True,
                    help="write CEP-16 sharded repodata: repodata_shards.msgpack.zst and shards/ (default: on)")
     p.add_argument("--shard-retention", type=_duration, default=DEFAULT_SHARD_RETENTION, metavar="AGE",
@@ -155,9 +160,22 @@ def config_from_args(args: argparse.Namespace) -> IndexConfig:
             raise UsageError(f"patch generator not found: {args.patch_generator}")
         if not patch_generator.name.endswith((".py", ".conda", ".tar.bz2")):
             raise UsageError(f"patch generator must be a .py, .conda or .tar.bz2 file: {args.patch_generator}")
+    pins_file = None
+    if args.current_index_versions_file:
+        pins_file = Path(args.current_index_versions_file).absolute()
+        try:
+            load_pins(pins_file)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--current-index-versions-file: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - YAML errors
+            raise UsageError(f"--current-index-versions-file: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if args.current_repodata and not current_available():
+        raise UsageError("--current-repodata needs py-rattler: pip install 'conda-indexd[current-repodata]'")
     return IndexConfig(
         channel=channel,
         patch_generator=patch_generator,
+        current_repodata=args.current_repodata,
+        current_index_versions=pins_file,
         output=output,
         subdirs=tuple(args.subdir or ()),
         channel_name=args.channel_name,

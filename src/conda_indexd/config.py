@@ -59,6 +59,8 @@ class IndexConfig:
     base_url: str | None = None
     threads: int = field(default_factory=default_threads)
     patch_generator: Path | None = None  # .py generator or a package with patch_instructions.json
+    current_repodata: bool = False
+    current_index_versions: Path | None = None  # -m: YAML {name: [version, ...]} pins
     write_shards: bool = True
     shard_retention: float = DEFAULT_SHARD_RETENTION
 
@@ -77,6 +79,13 @@ class IndexConfig:
     def cache_db(self, subdir: str) -> Path:
         """cache.db always lives under the input channel, even with --output (as conda-index)."""
         return self.channel / subdir / ".cache" / "cache.db"
+
+    def current_pins(self) -> dict[str, list[str]]:
+        if self.current_index_versions is None:
+            return {}
+        from .current import load_pins
+
+        return load_pins(self.current_index_versions)
 
     def shard_state(self, subdir: str) -> Path:
         """What the shard upkeep remembers between runs, next to cache.db."""

@@ -23,7 +23,7 @@ from typing import Any
 
 import zstandard
 
-from . import patches, publish, repodata, shards
+from . import current, patches, publish, repodata, shards
 from .archive import ArchiveError, PackageMetadata, read_package
 from .cache import Failure, FileState, SubdirCache, is_corrupt, quarantine
 from .config import IndexConfig, is_package_name
@@ -34,7 +34,8 @@ log = get_logger(__name__)
 REPODATA = "repodata.json"
 REPODATA_FROM_PACKAGES = "repodata_from_packages.json"
 RUN_EXPORTS = "run_exports.json"
-COMPRESSED = (REPODATA, REPODATA_FROM_PACKAGES)  # the outputs with .zst/.bz2 copies
+CURRENT = "current_repodata.json"
+COMPRESSED = (REPODATA, REPODATA_FROM_PACKAGES, CURRENT)  # the outputs with .zst/.bz2 copies
 
 Progress = Callable[[str, int, int], None]
 COMMIT_EVERY = 500  # archives stored per cache.db transaction
@@ -294,6 +295,9 @@ def build_outputs(
         if instructions:
             patched = repodata.dumps(patches.apply(doc, instructions)).encode("ascii")
     outputs[REPODATA] = patched
+    if config.current_repodata:  # derived files after repodata.json (§8.2)
+        doc = json.loads(patched)
+        outputs[CURRENT] = repodata.dumps(current.build(doc, config.current_pins())).encode("ascii")
     if config.run_exports:  # never patched (CEP-12)
         outputs[RUN_EXPORTS] = repodata.build_run_exports(subdir, cache.run_exports())
     return outputs, instructions
@@ -434,6 +438,10 @@ def _index_subdir(
     result.removed = len(before.keys() - after.keys())
     result.changed = sum(1 for fn in after.keys() & before.keys() if after[fn] != before[fn])
     result.written = result.shards.written + publish_outputs(config, outdir, outputs)
+    if not config.current_repodata:  # a stale subset would mislead conda's classic solver
+        for name in (CURRENT, CURRENT + ".zst", CURRENT + ".bz2"):
+            if publish.remove(outdir / name):
+                result.written.append(name)
     if store is not None:
         store.collect(config.shard_retention, result.shards)
         store.save()
