@@ -12,7 +12,7 @@ import pytest
 from conftest import run_cli, run_index
 from pkgfactory import index_json, make_package
 
-pytest.importorskip("rattler", reason="current_repodata needs py-rattler (the current-repodata extra)")
+pytest.importorskip("rattler", reason="current_repodata needs py-rattler (the outputs extra)")
 
 
 def pkg(folder: Path, name: str, version: str, build: str = "0", ext: str = ".conda", **kw) -> Path:

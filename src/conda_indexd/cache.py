@@ -342,6 +342,20 @@ class SubdirCache:
             (json.dumps(list(paths)),),
         )
 
+    def metadata_texts(self, path: str) -> tuple[str | None, ...]:
+        """(index_json, about, post_install, recipe, run_exports) texts of one package,
+        for channeldata (conda-index's load_all_from_cache)."""
+        row = self.db.execute(
+            """
+            SELECT index_json, about, post_install, recipe, run_exports FROM index_json
+            LEFT JOIN about USING (path) LEFT JOIN post_install USING (path)
+            LEFT JOIN recipe USING (path) LEFT JOIN run_exports USING (path)
+            WHERE index_json.path = ?
+            """,
+            (path,),
+        ).fetchone()
+        return tuple(row) if row else (None, None, None, None, None)
+
     def published_digests(self) -> dict[str, str]:
         """{filename: sha256} of what the outputs currently hold, per this cache."""
         return {fn: sha for fn, _, sha in self.indexed_records()}

@@ -18,7 +18,7 @@ from . import __version__, logs
 from .cache import CacheError
 from .config import DEFAULT_SHARD_RETENTION, IndexConfig, default_threads, detect_subdirs
 from .daemon import DEFAULT_HOST, DEFAULT_PORT, Daemon, WatchConfig
-from .indexer import SubdirResult, index_subdir
+from .indexer import SubdirResult, index_subdir, publish_channel
 from .lock import ChannelBusy, ChannelLock
 from .current import available as current_available, load_pins
 from .patches import PatchError
@@ -68,6 +68,11 @@ def add_index_options(p: argparse.ArgumentParser) -> None:
                         "holding <subdir>/patch_instructions.json (default: CHANNEL_DIR/gen_patch.py if present)")
     p.add_argument("--current-repodata", action=argparse.BooleanOptionalAction, default=False,
                    help="write current_repodata.json for conda's classic solver (needs the current-repodata extra)")
+    p.add_argument("--channeldata", action=argparse.BooleanOptionalAction, default=False,
+                   help="write channeldata.json, rss.xml and index.html pages (needs the outputs extra)")
+    p.add_argument("--rss", action=argparse.BooleanOptionalAction, default=True, help="write rss.xml with --channeldata (default: on)")
+    p.add_argument("--html-dependencies", action=argparse.BooleanOptionalAction, default=False,
+                   help="show each package's depends in the subdir index.html")
     p.add_argument("-m", "--current-index-versions-file", metavar="FILE",
                    help="YAML {name: [version, ...]}: versions current_repodata.json keeps besides the newest")
     p.add_argument("--write-shards", action=argparse.BooleanOptionalAction, default=True,
@@ -169,12 +174,16 @@ def config_from_args(args: argparse.Namespace) -> IndexConfig:
             raise UsageError(f"--current-index-versions-file: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - YAML errors
             raise UsageError(f"--current-index-versions-file: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if args.current_repodata and not current_available():
-        raise UsageError("--current-repodata needs py-rattler: pip install 'conda-indexd[current-repodata]'")
+    for flag, wanted in (("--current-repodata", args.current_repodata), ("--channeldata", args.channeldata)):
+        if wanted and not current_available():
+            raise UsageError(f"{flag} needs py-rattler: pip install 'conda-indexd[outputs]'")
     return IndexConfig(
         channel=channel,
         patch_generator=patch_generator,
         current_repodata=args.current_repodata,
+        channeldata=args.channeldata,
+        rss=args.rss,
+        html_dependencies=args.html_dependencies,
         current_index_versions=pins_file,
         output=output,
         subdirs=tuple(args.subdir or ()),
@@ -232,6 +241,9 @@ def run_index(args: argparse.Namespace) -> int:
             progress.clear()
             results.append(result)
             log.info("subdir indexed", **result.log_fields())
+        channel_files = publish_channel(config, [r.subdir for r in results])
+        if channel_files:
+            log.info("channel files written", written=channel_files)
     reasons = Counter(f.reason for r in results for f in r.skipped)
     for r in results:
         for f in r.skipped:

@@ -60,6 +60,9 @@ class IndexConfig:
     threads: int = field(default_factory=default_threads)
     patch_generator: Path | None = None  # .py generator or a package with patch_instructions.json
     current_repodata: bool = False
+    channeldata: bool = False  # channeldata.json, rss.xml (with rss), index.html pages
+    rss: bool = True
+    html_dependencies: bool = False
     current_index_versions: Path | None = None  # -m: YAML {name: [version, ...]} pins
     write_shards: bool = True
     shard_retention: float = DEFAULT_SHARD_RETENTION

@@ -2,7 +2,7 @@
 
 Version order and match specs come from py-rattler (`Version`, `VersionSpec`,
 `MatchSpec`), which implements conda's rules; it is an optional extra
-(`pip install conda-indexd[current-repodata]`) because only `--current-repodata` needs it.
+(`pip install conda-indexd[outputs]`) because only `--current-repodata` needs it.
 
 From the (patched) repodata:
 1. `.tar.bz2` files with a `.conda` twin are set aside (conda's SubdirData does this).
@@ -33,7 +33,7 @@ def _rattler() -> Any:
         import rattler
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise CurrentRepodataUnavailable(
-            "--current-repodata needs py-rattler: pip install 'conda-indexd[current-repodata]'"
+            "--current-repodata needs py-rattler: pip install 'conda-indexd[outputs]'"
         ) from exc
     return rattler
 

@@ -19,7 +19,7 @@ from .config import KNOWN_SUBDIRS, IndexConfig, detect_subdirs
 from .debounce import COMPLETE_KINDS, DebounceQueue, Pending
 from .httpserver import StatusServer, text
 from .cache import FileState
-from .indexer import RecordMemo, SubdirResult, index_subdir, list_packages
+from .indexer import RecordMemo, SubdirResult, index_subdir, list_packages, publish_channel
 from .lock import ChannelBusy, ChannelLock
 from .logs import get_logger
 from .metrics import CONTENT_TYPE, Metrics
@@ -205,6 +205,12 @@ class Daemon:
             return
         self.failures_in_a_row.pop(subdir, None)
         self._record(item, result)
+        if result.written and self.config.index.channeldata:
+            try:  # channel-level files last (§8.2), from every subdir's published repodata
+                publish_channel(self.config.index, self._subdirs())
+            except Exception as exc:  # noqa: BLE001 - never stops the daemon
+                self.metrics.subdir_errors.labels("channel", type(exc).__name__).inc()
+                log.error("channel files failed", error=f"{type(exc).__name__}: {exc}")
 
     def _record(self, item: Pending, result: SubdirResult) -> None:
         m, subdir = self.metrics, result.subdir

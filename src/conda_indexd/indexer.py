@@ -23,7 +23,7 @@ from typing import Any
 
 import zstandard
 
-from . import current, patches, publish, repodata, shards
+from . import channeldata, current, patches, publish, repodata, shards
 from .archive import ArchiveError, PackageMetadata, read_package
 from .cache import Failure, FileState, SubdirCache, is_corrupt, quarantine
 from .config import IndexConfig, is_package_name
@@ -448,3 +448,53 @@ def _index_subdir(
     result.repodata_bytes = len(outputs[REPODATA])
     result.duration = time.monotonic() - started
     return result
+
+
+# --- channel-level outputs ----------------------------------------------------------------
+
+CHANNELDATA, RSS, INDEX_HTML = "channeldata.json", "rss.xml", "index.html"
+SUBDIR_FILES = (REPODATA, REPODATA + ".zst", REPODATA + ".bz2", REPODATA_FROM_PACKAGES,
+                REPODATA_FROM_PACKAGES + ".zst", REPODATA_FROM_PACKAGES + ".bz2", patches.INSTRUCTIONS,
+                CURRENT, shards.SHARD_INDEX, RUN_EXPORTS)  # fmt: skip
+
+
+def publish_channel(config: IndexConfig, subdirs: Iterable[str]) -> list[str]:
+    """channeldata.json, rss.xml and the index.html pages, from every subdir's published
+    repodata.json and cache (§6.3-6.5), written last (§8.2). Returns the files written."""
+    if not config.channeldata:
+        return []
+    root = config.output_root
+    repodatas: dict[str, dict[str, Any]] = {}
+    for subdir in subdirs:
+        try:
+            repodatas[subdir] = json.loads((config.output_dir(subdir) / REPODATA).read_bytes())
+        except FileNotFoundError:
+            continue
+    caches: dict[str, SubdirCache] = {}
+
+    def load(subdir: str, fn: str) -> dict[str, Any]:
+        if subdir not in caches:
+            caches[subdir] = SubdirCache(config.cache_db(subdir))
+        return channeldata.merged_metadata(*caches[subdir].metadata_texts(fn))
+
+    try:
+        data = channeldata.build(repodatas, load)
+    finally:
+        for cache in caches.values():
+            cache.close()
+    name = config.channel_name or config.channel.name
+    written = []
+    outputs = {CHANNELDATA: channeldata.serialize(data)}
+    if config.rss:
+        outputs[RSS] = channeldata.rss(name, data)
+    outputs[INDEX_HTML] = channeldata.root_html(name, data)
+    for file, content in outputs.items():
+        if publish.publish(root / file, content):
+            written.append(file)
+    for subdir, doc in repodatas.items():
+        outdir = config.output_dir(subdir)
+        present = [f for f in SUBDIR_FILES if (outdir / f).exists()]
+        page = channeldata.subdir_html(name, subdir, present, doc, config.html_dependencies)
+        if publish.publish(outdir / INDEX_HTML, page):
+            written.append(f"{subdir}/{INDEX_HTML}")
+    return written
