@@ -275,19 +275,6 @@ class SubdirCache:
 
     # --- reads for the outputs -------------------------------------------------------------
 
-    def indexed_records(self) -> Iterator[tuple[str, str, str]]:
-        """(filename, index_json text, sha256) of every published package, by filename."""
-        return self.db.execute(
-            """
-            SELECT fs.path, index_json.index_json, index_json.sha256 FROM stat AS fs
-            JOIN stat AS ix ON ix.path = fs.path AND ix.stage = 'indexed'
-                 AND ix.mtime = fs.mtime AND ix.size = fs.size
-            JOIN index_json ON index_json.path = fs.path
-            WHERE fs.stage = 'fs'
-            ORDER BY fs.path
-            """
-        )
-
     _PUBLISHED = """
             FROM stat AS fs
             JOIN stat AS ix ON ix.path = fs.path AND ix.stage = 'indexed'
@@ -304,20 +291,15 @@ class SubdirCache:
             + "WHERE fs.stage = 'fs' ORDER BY index_json.name, fs.path"
         )
 
-    def shard_rows(self, names: Iterable[str] | None = None) -> Iterator[tuple[str, str, str, str | None]]:
-        """(name, filename, index_json text, run_exports text) of published packages,
-        ordered by name then filename: the input of CEP-16 shards. `names` limits the
-        rows to those package names."""
-        query = (
+    def shard_rows(self) -> Iterator[tuple[str, str, str, str | None]]:
+        """(name, filename, index_json text, run_exports text) of every published package,
+        ordered by name then filename: the input of CEP-16 shards."""
+        return self.db.execute(
             "SELECT index_json.name, fs.path, index_json.index_json, run_exports.run_exports"
             + self._PUBLISHED
             + "LEFT JOIN run_exports ON run_exports.path = fs.path WHERE fs.stage = 'fs' "
+            + "ORDER BY index_json.name, fs.path"
         )
-        params: tuple[str, ...] = ()
-        if names is not None:
-            query += "AND index_json.name IN (SELECT value FROM json_each(?)) "
-            params = (json.dumps(sorted(names)),)
-        return self.db.execute(query + "ORDER BY index_json.name, fs.path", params)
 
     def published_keys(self, paths: Iterable[str] | None = None) -> Iterator[tuple[str, str | None]]:
         """(filename, sha256) of every published package (or of those among `paths`),
@@ -356,9 +338,9 @@ class SubdirCache:
         ).fetchone()
         return tuple(row) if row else (None, None, None, None, None)
 
-    def published_digests(self) -> dict[str, str]:
+    def published_digests(self) -> dict[str, str | None]:
         """{filename: sha256} of what the outputs currently hold, per this cache."""
-        return {fn: sha for fn, _, sha in self.indexed_records()}
+        return dict(self.published_keys())
 
     def run_exports(self) -> Iterator[tuple[str, str | None]]:
         """(filename, run_exports text or None) for every fs row, as conda-index does (§6.2)."""

@@ -34,9 +34,9 @@ def seconds(timestamp: Any) -> int:
 
 
 def _version_key() -> Callable[[str], Any]:
-    from .current import _rattler
+    from .current import rattler_module
 
-    version = _rattler().Version
+    version = rattler_module().Version
 
     def key(v: str) -> Any:
         try:

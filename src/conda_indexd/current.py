@@ -19,7 +19,9 @@ From the (patched) repodata:
 
 from __future__ import annotations
 
+import fnmatch
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ class CurrentRepodataUnavailable(Exception):
     pass
 
 
-def _rattler() -> Any:
+def rattler_module() -> Any:
     try:
         import rattler
     except ImportError as exc:  # pragma: no cover - depends on the install
@@ -40,7 +42,7 @@ def _rattler() -> Any:
 
 def available() -> bool:
     try:
-        _rattler()
+        rattler_module()
     except CurrentRepodataUnavailable:
         return False
     return True
@@ -61,7 +63,7 @@ def load_pins(path: Path) -> dict[str, list[str]]:
 
 
 def build(repodata: dict[str, Any], pins: dict[str, list[str]] | None = None) -> dict[str, Any]:
-    r = _rattler()
+    r = rattler_module()
     Version, VersionSpec, MatchSpec = r.Version, r.VersionSpec, r.MatchSpec
 
     tar, conda = repodata.get("packages", {}), repodata.get("packages.conda", {})
@@ -82,12 +84,19 @@ def build(repodata: dict[str, Any], pins: dict[str, list[str]] | None = None) ->
 
     keep: set[str] = set()
 
-    def newest_matching(name: str, matches: Any) -> set[str]:
-        entries = [e for e in by_name.get(name, ()) if matches(e[0], e[1])]
-        if not entries:
-            return set()
-        top = max(e[0] for e in entries)
-        return {fn for v, fn in entries if v == top and matches(v, fn)}
+    Match = Callable[[Any, str], bool]  # (version, filename) -> bool
+
+    def newest_matching(name: str, matches: Match) -> set[str]:
+        entries = [(v, fn) for v, fn in by_name.get(name, ()) if matches(v, fn)]
+        top = max((v for v, _ in entries), default=None)
+        return {fn for v, fn in entries if v == top}
+
+    def spec_matcher(ms: Any) -> Match:
+        spec = VersionSpec(ms.version) if ms.version else None
+        build = str(ms.build) if ms.build else None
+        return lambda v, fn: (spec is None or spec.matches(v)) and (
+            build is None or fnmatch.fnmatchcase(str(candidates[fn].get("build", "")), build)
+        )
 
     for name, entries in by_name.items():
         top = entries[-1][0]
@@ -97,14 +106,6 @@ def build(repodata: dict[str, Any], pins: dict[str, list[str]] | None = None) ->
             spec = VersionSpec(f"{pin}.*") if "*" not in pin else VersionSpec(pin)
             keep |= newest_matching(name, lambda v, fn, spec=spec, pin=pin: spec.matches(v) or str(v) == pin)
 
-    def satisfied(ms: Any, pool: set[str]) -> bool:
-        name = ms.name.normalized
-        spec = VersionSpec(ms.version) if ms.version else None
-        for v, fn in by_name.get(name, ()):
-            if fn in pool and (spec is None or spec.matches(v)) and (not ms.build or _build_ok(ms, candidates[fn])):
-                return True
-        return False
-
     added: set[str] = set()
     for fn in sorted(keep):
         for dep in candidates[fn].get("depends", ()):
@@ -112,13 +113,10 @@ def build(repodata: dict[str, Any], pins: dict[str, list[str]] | None = None) ->
                 ms = MatchSpec(dep)
             except Exception:  # noqa: BLE001 - a spec conda could not parse either
                 continue
-            if satisfied(ms, keep):
-                continue
-            spec = VersionSpec(ms.version) if ms.version else None
-            added |= newest_matching(
-                ms.name.normalized,
-                lambda v, f, spec=spec, ms=ms: (spec is None or spec.matches(v)) and (not ms.build or _build_ok(ms, candidates[f])),
-            )
+            matches = spec_matcher(ms)
+            name = ms.name.normalized
+            if not any(f in keep and matches(v, f) for v, f in by_name.get(name, ())):
+                added |= newest_matching(name, matches)
     keep |= added
 
     for name, entries in by_name.items():
@@ -146,9 +144,3 @@ def build(repodata: dict[str, Any], pins: dict[str, list[str]] | None = None) ->
 
 def _featured(rec: dict[str, Any]) -> bool:
     return bool(rec.get("track_features") or rec.get("features"))
-
-
-def _build_ok(ms: Any, rec: dict[str, Any]) -> bool:
-    import fnmatch
-
-    return fnmatch.fnmatchcase(str(rec.get("build", "")), str(ms.build))

@@ -253,8 +253,7 @@ class RecordMemo:
         for fn, text, name, _ in cache.records_for(misses):
             if fn in self.entries:
                 dirty.add(self.entries[fn][2])
-            piece = f"{json.dumps(fn)}:{repodata.serialize_record(text)}"
-            self.entries[fn] = (keys[fn] or "", piece, name)
+            self.entries[fn] = (keys[fn] or "", repodata.record_piece(fn, text), name)
             dirty.add(name)
         self.dirty = dirty if self.warm else None
         self.warm = True
@@ -280,11 +279,12 @@ def build_outputs(
     published when the patch source fails."""
     memo.refresh(cache, scope)
     pieces = memo.entries
-    from_packages = repodata.build_repodata_from_pieces(
+    from_packages = repodata.build_repodata(
         subdir, sorted((fn, entry[1]) for fn, entry in pieces.items()), base_url=config.base_url
     )
     outputs: dict[str, bytes] = {REPODATA_FROM_PACKAGES: from_packages}
     patched, instructions = from_packages, {}
+    doc: dict[str, Any] | None = None  # the parsed (then patched) document, parsed once
     generator = patches.generator_path(config.channel, config.patch_generator)
     existing = config.output_dir(subdir) / patches.INSTRUCTIONS
     if generator is not None or existing.exists():
@@ -296,7 +296,7 @@ def build_outputs(
             patched = repodata.dumps(patches.apply(doc, instructions)).encode("ascii")
     outputs[REPODATA] = patched
     if config.current_repodata:  # derived files after repodata.json (§8.2)
-        doc = json.loads(patched)
+        doc = json.loads(patched) if doc is None else doc
         outputs[CURRENT] = repodata.dumps(current.build(doc, config.current_pins())).encode("ascii")
     if config.run_exports:  # never patched (CEP-12)
         outputs[RUN_EXPORTS] = repodata.build_run_exports(subdir, cache.run_exports())

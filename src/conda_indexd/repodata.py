@@ -34,51 +34,31 @@ def section_of(filename: str) -> str | None:
     return None
 
 
+def subdir_base_url(base_url: str, subdir: str) -> str:
+    """CEP-15: where a subdir's packages are served from."""
+    return f"{base_url.rstrip('/')}/{subdir}/"
+
+
 def subdir_info(subdir: str, base_url: str | None) -> dict[str, str]:
     info = {"subdir": subdir}
     if base_url:
-        info["base_url"] = f"{base_url.rstrip('/')}/{subdir}/"
+        info["base_url"] = subdir_base_url(base_url, subdir)
     return info
 
 
-def _section(items: Iterable[tuple[str, str]]) -> str:
-    """A JSON object from (filename, serialised record) pairs, keys sorted."""
-    return "{" + ",".join(f"{json.dumps(fn)}:{rec}" for fn, rec in sorted(items)) + "}"
+def record_piece(filename: str, index_json_text: str) -> str:
+    """One `"filename":{record}` member of a repodata.json section."""
+    return f"{json.dumps(filename)}:{serialize_record(index_json_text)}"
 
 
 def build_repodata(
-    subdir: str,
-    records: Iterable[tuple[str, str]],
-    *,
-    base_url: str | None = None,
-    removed: Iterable[str] = (),
-) -> bytes:
-    """repodata.json bytes from (filename, serialised record) pairs."""
-    tar: list[tuple[str, str]] = []
-    conda: list[tuple[str, str]] = []
-    for fn, rec in records:
-        section = section_of(fn)
-        if section == "packages":
-            tar.append((fn, rec))
-        elif section == "packages.conda":
-            conda.append((fn, rec))
-    version = 2 if base_url else 1
-    text = (
-        '{"info":' + dumps(subdir_info(subdir, base_url))
-        + ',"packages":' + _section(tar)
-        + ',"packages.conda":' + _section(conda)
-        + ',"removed":' + dumps(sorted(removed))
-        + ',"repodata_version":' + str(version)
-        + "}"
-    )
-    return text.encode("ascii")
-
-
-def build_repodata_from_pieces(
     subdir: str, pieces: Iterable[tuple[str, str]], *, base_url: str | None = None, removed: Iterable[str] = ()
 ) -> bytes:
-    """repodata.json bytes from (filename, '"filename":{record}') pairs sorted by filename
-    (the pieces RecordMemo keeps): the same bytes as build_repodata."""
+    """repodata.json bytes from (filename, record_piece) pairs sorted by filename.
+
+    The document equals `dumps(repodata)`: `json.dumps` with sorted keys composes, so it
+    can be assembled from records serialised one at a time (and kept between runs).
+    """
     tar: list[str] = []
     conda: list[str] = []
     for fn, piece in pieces:

@@ -44,7 +44,7 @@ except ImportError:  # conda-package-streaming depends on the backport
 from . import patches, publish
 from .cache import SubdirCache
 from .logs import get_logger
-from .repodata import section_of
+from .repodata import section_of, subdir_base_url
 
 log = get_logger(__name__)
 
@@ -104,11 +104,12 @@ def encode_index(
     shards_base_url: str = SHARDS_BASE_URL,
 ) -> bytes:
     """repodata_shards.msgpack.zst: version 1, info, and {name: digest} ordered by name."""
+    info = index_info(subdir, base_url, shards_base_url)
     index = {
         "version": 1,
-        "info": {
-            "base_url": f"{base_url.rstrip('/')}/{subdir}/" if base_url else "",
-            "shards_base_url": shards_base_url,
+        "info": {  # conda-index's key order: created_at before subdir
+            "base_url": info["base_url"],
+            "shards_base_url": info["shards_base_url"],
             "created_at": created or created_at(),
             "subdir": subdir,
         },
@@ -187,10 +188,11 @@ def shard_files(folder: Path) -> dict[str, int]:
     return found
 
 
-def index_info(subdir: str, base_url: str | None) -> dict[str, str]:
+def index_info(subdir: str, base_url: str | None, shards_base_url: str = SHARDS_BASE_URL) -> dict[str, str]:
+    """The shard index's `info`, created_at aside."""
     return {
-        "base_url": f"{base_url.rstrip('/')}/{subdir}/" if base_url else "",
-        "shards_base_url": SHARDS_BASE_URL,
+        "base_url": subdir_base_url(base_url, subdir) if base_url else "",
+        "shards_base_url": shards_base_url,
         "subdir": subdir,
     }
 
