@@ -15,7 +15,7 @@ import time
 import pytest
 
 from conda_indexd import shards
-from conda_indexd.cache import SubdirCache
+from conda_indexd.sqlitecache import SqliteCache
 from conda_indexd.config import IndexConfig
 from conda_indexd.indexer import index_subdir
 from conftest import run_cli, run_index
@@ -24,7 +24,7 @@ from test_corpus import conda_index_python, copy_real, known_subdirs, run_conda_
 
 
 def shard_digests(subdir_path: Path) -> dict[str, tuple[bytes, bytes]]:
-    with SubdirCache(subdir_path / ".cache" / "cache.db") as cache:
+    with SqliteCache(subdir_path / ".cache" / "cache.db") as cache:
         return {
             name: shards.encode_shard([(fn, text, rx) for _, fn, text, rx in rows])
             for name, rows in itertools.groupby(cache.shard_rows(), key=lambda r: r[0])
@@ -171,12 +171,12 @@ def test_lost_state_or_damaged_shard_is_rebuilt_without_churn(channel: Path) -> 
     index_bytes = (noarch / shards.SHARD_INDEX).read_bytes()
     files = shard_files(noarch)
 
-    config.shard_state("noarch").unlink()  # forgotten fingerprints: re-encode, same bytes, no writes
+    (noarch / ".cache" / "shards-state.json").unlink()  # forgotten fingerprints: re-encode, same bytes, no writes
     rerun = index_subdir(config, "noarch")
     assert rerun.shards.encoded == 3 and rerun.written == []
     assert shard_files(noarch) == files
 
-    config.shard_state("noarch").write_text("{not json")
+    (noarch / ".cache" / "shards-state.json").write_text("{not json")
     assert index_subdir(config, "noarch").written == []
 
     _, digest_b = shards.decode(index_bytes)["shards"]["b"], None

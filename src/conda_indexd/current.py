@@ -24,6 +24,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from .names import conda_twin, tar_twin
 
 
 class CurrentRepodataUnavailable(Exception):
@@ -69,7 +70,7 @@ def build(repodata: dict[str, Any], pins: dict[str, list[str]] | None = None) ->
     tar, conda = repodata.get("packages", {}), repodata.get("packages.conda", {})
     candidates: dict[str, dict[str, Any]] = {}  # fn -> record, twins set aside
     for fn, rec in tar.items():
-        if fn[: -len(".tar.bz2")] + ".conda" not in conda:
+        if conda_twin(fn) not in conda:
             candidates[fn] = rec
     candidates.update(conda)
 
@@ -133,7 +134,7 @@ def build(repodata: dict[str, Any], pins: dict[str, list[str]] | None = None) ->
     for fn in sorted(keep):
         if fn in conda:
             rec = dict(conda[fn])
-            twin = tar.get(fn[: -len(".conda")] + ".tar.bz2")
+            twin = tar.get(tar_twin(fn))
             rec["legacy_bz2_md5"] = twin.get("md5") if twin else None
             out_conda[fn] = rec
     doc = {k: v for k, v in repodata.items() if k not in ("packages", "packages.conda")}
