@@ -18,11 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from synth import add_row, fill_cache, records
-
 from conda_indexd.localstore import LocalStore
 from conda_indexd.shardstore import ShardsReport, ShardStore
 from conda_indexd.sqlitecache import SqliteCache
+from synth import add_row, fill_cache, records
 
 SUBDIR = "linux-64"
 

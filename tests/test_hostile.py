@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from conftest import run_cli, run_index
+from conftest import run_index
 from pkgfactory import index_json, make_package, tar_bytes, zip_bytes, zstd_bytes
 
 pytestmark = pytest.mark.timeout(180)

@@ -6,18 +6,17 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from pathlib import Path
-
 import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from conda_indexd import shards
-from conda_indexd.sqlitecache import SqliteCache
 from conda_indexd.config import IndexConfig
 from conda_indexd.indexer import index_subdir
+from conda_indexd.sqlitecache import SqliteCache
 from conftest import run_cli, run_index
 from pkgfactory import index_json, make_package
 from test_corpus import conda_index_python, copy_real, known_subdirs, run_conda_index  # noqa: F401
@@ -179,7 +178,6 @@ def test_lost_state_or_damaged_shard_is_rebuilt_without_churn(channel: Path) -> 
     (noarch / ".cache" / "shards-state.json").write_text("{not json")
     assert index_subdir(config, "noarch").written == []
 
-    _, digest_b = shards.decode(index_bytes)["shards"]["b"], None
     victim = noarch / "shards" / f"{shards.decode(index_bytes)['shards']['b'].hex()}.msgpack.zst"
     victim.write_bytes(victim.read_bytes()[:10])  # truncated by someone
     repaired = index_subdir(config, "noarch")

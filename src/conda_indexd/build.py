@@ -37,7 +37,8 @@ def build_outputs(
     Raises PatchError before anything is published when the patch source fails."""
     from_packages = repodata.build_repodata(subdir, pieces, base_url=config.base_url)
     outputs: dict[str, bytes] = {REPODATA_FROM_PACKAGES: from_packages}
-    patched, instructions = from_packages, {}
+    patched: bytes = from_packages
+    instructions: dict[str, Any] = {}
     doc: dict[str, Any] | None = None  # the parsed (then patched) document, parsed once
     generator = patches.generator_path(config.channel, config.patch_generator)
     if generator is not None or existing_instructions is not None:

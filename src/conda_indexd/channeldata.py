@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from html import escape
 from typing import Any
 from xml.dom import minidom
+
 from .names import compact_json, conda_twin
 
 CHANNELDATA_VERSION = 1
@@ -159,7 +160,9 @@ def rss(channel_name: str, channeldata: dict[str, Any], limit: int = 100) -> byt
             "source": p.get("home"),
         })  # fmt: skip
         channel.appendChild(item)
-    doc.documentElement.appendChild(channel)
+    root = doc.documentElement
+    assert root is not None  # createDocument made it
+    root.appendChild(channel)
     return doc.toprettyxml(indent="  ", encoding="utf-8")
 
 

@@ -22,9 +22,9 @@ def publish_channel(config: IndexConfig, backends: Backends, subdirs: Iterable[s
     out = backends.outputs
     repodatas: dict[str, dict[str, Any]] = {}
     for subdir in subdirs:
-        data = out.read(key(subdir, REPODATA))
-        if data is not None:
-            repodatas[subdir] = json.loads(data)
+        published = out.read(key(subdir, REPODATA))
+        if published is not None:
+            repodatas[subdir] = json.loads(published)
     caches: dict[str, SubdirCache] = {}
 
     def load(subdir: str, fn: str) -> dict[str, Any]:

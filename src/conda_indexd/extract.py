@@ -61,7 +61,7 @@ def extract(
     with executor as pool:
         results = pool.map(read_one, itertools.repeat(store), itertools.repeat(subdir), changed, chunksize=32 if big else 1)
         done = 0
-        pairs = iter(zip(changed, results))
+        pairs = iter(zip(changed, results, strict=True))
         while done < len(changed):
             if cancel is not None and cancel.is_set():
                 pool.shutdown(wait=True, cancel_futures=True)

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import Any
 
 from .backends import Backends, open_backends
 from .build import build_outputs
@@ -97,8 +98,9 @@ class SubdirRun:
         try:
             return self._execute()
         except CacheCorrupt as exc:
-            # damage found mid-run: the cache moved itself aside; rebuild from the packages
-            log.warning("cache is damaged; moved aside and rebuilding from the packages", subdir=self.subdir, moved_to=exc.moved_to, error=str(exc))
+            # damage found mid-run: the cache moved itself aside (and said so); rebuild
+            # it from the packages
+            log.debug("re-running on an empty cache", subdir=self.subdir, moved_to=exc.moved_to)
             self.touched, self.listing, self.memo = None, None, None
             return self._execute()
 
@@ -154,7 +156,7 @@ class SubdirRun:
         return result
 
     def _publish_shards(
-        self, cache: SubdirCache, memo: RecordMemo, dirty: set[str], instructions: dict, result: SubdirResult
+        self, cache: SubdirCache, memo: RecordMemo, dirty: set[str], instructions: dict[str, Any], result: SubdirResult
     ) -> ShardStore | None:
         if not self.config.write_shards:
             if withdraw(self.backends.outputs, self.subdir):

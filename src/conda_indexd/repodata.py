@@ -14,6 +14,7 @@ from typing import Any
 
 from .names import compact_json, section_of
 
+
 def serialize_record(index_json_text: str) -> str:
     """One cached index_json row as it appears inside repodata.json."""
     return compact_json(json.loads(index_json_text))

@@ -152,6 +152,7 @@ class SqliteCache:
             with contextlib.suppress(sqlite3.Error):
                 self.db.close()
             moved = quarantine(self.db_path)
+            log.warning("cache.db is damaged; moved aside and rebuilding from the packages", path=str(self.db_path), moved_to=moved.name, error=str(exc))
             raise CacheCorrupt(f"{self.db_path}: {exc}", moved.name) from exc
 
     def _rows(self, query: str, params: Iterable[Any] = ()) -> Iterator[Any]:
