@@ -51,8 +51,6 @@ from conda_indexd.pkgbuild import (  # noqa: F401
     zstd_bytes,
 )
 
-
-
 # --- broken or unusual archives ------------------------------------------------------------
 
 

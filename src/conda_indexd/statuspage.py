@@ -1,6 +1,7 @@
 """The daemon's status page: `GET /` (plain HTML and CSS) and `GET /status.json`.
 
-Pure functions: the daemon hands over what it knows, these turn it into bytes.
+Pure functions: the daemon hands over what it knows, these turn it into bytes (the one
+exception: `document` lists the channel's ignored folders itself when not handed them).
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from html import escape
+from pathlib import Path
 from typing import Any
+
+from .ignored import ignored_folders
 
 
 @dataclass
@@ -24,9 +28,18 @@ class SubdirStatus:
 
 
 def document(
-    channel: str, ready: bool, subdirs: dict[str, SubdirStatus], pending: list[dict[str, Any]], now: float | None = None
+    channel: str,
+    ready: bool,
+    subdirs: dict[str, SubdirStatus],
+    pending: list[dict[str, Any]],
+    now: float | None = None,
+    ignored: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
+    """`ignored`: [{folder, reason}] of platform-like folders left out; listed from the
+    channel folder when None."""
     now = time.time() if now is None else now
+    if ignored is None:
+        ignored = ignored_folders(Path(channel))
     return {
         "channel": channel,
         "ready": ready,
@@ -36,6 +49,7 @@ def document(
             for s in sorted(subdirs.values(), key=lambda s: s.subdir)
         ],
         "pending": pending,
+        "ignored": ignored,
     }
 
 
@@ -79,6 +93,9 @@ def as_html(doc: dict[str, Any]) -> bytes:
         f"<td>{e(p.get('reason') or '')}</td><td class=\"n\">{p['waiting_seconds']:.1f} s</td></tr>"
         for p in doc["pending"]
     ]
+    ignored = [
+        f"<tr><td><code>{e(i['folder'])}/</code></td><td>{e(i['reason'])}</td></tr>" for i in doc.get("ignored", [])
+    ]
     html = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>conda-indexd: {e(doc["channel"])}</title>
 <meta name="viewport" content="width=device-width,initial-scale=1"><style>{_CSS}</style></head>
@@ -95,6 +112,9 @@ def as_html(doc: dict[str, Any]) -> bytes:
 <h2>Pending work</h2>
 <table><thead><tr><th>subdir</th><th>files</th><th>full scan</th><th>why</th><th>waiting</th></tr></thead>
 <tbody>{"".join(pending) or '<tr><td colspan="5" class="ok">nothing pending</td></tr>'}</tbody></table>
+<h2>Folders ignored</h2>
+<table><thead><tr><th>folder</th><th>why</th></tr></thead>
+<tbody>{"".join(ignored) or '<tr><td colspan="2" class="ok">none</td></tr>'}</tbody></table>
 </body></html>
 """
     return html.encode()
