@@ -31,7 +31,7 @@ def find() -> tuple[str | None, str]:
     stub = stub_dir()
     if stub is None:
         return None, "no shared/tools/conda-stub above the tests folder"
-    proc = subprocess.run([py, "-c", "import conda_index; print(conda_index.__version__)"], capture_output=True,
+    proc = subprocess.run(check=False, args=[py, "-c", "import conda_index; print(conda_index.__version__)"], capture_output=True,
                           text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(stub)})  # fmt: skip
     if proc.returncode != 0 or not proc.stdout.startswith("0.13."):
         return None, f"{py} has no conda-index 0.13 ({(proc.stdout or proc.stderr).strip()[-200:]!r})"
@@ -43,5 +43,5 @@ def conda_index(*args: str | os.PathLike[str], timeout: float = 300) -> subproce
     py, why = find()
     if py is None:
         pytest.skip(why)
-    return subprocess.run([py, "-m", "conda_index", *map(str, args)], capture_output=True, text=True, timeout=timeout,
+    return subprocess.run(check=False, args=[py, "-m", "conda_index", *map(str, args)], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONPATH": str(stub_dir()), "COLUMNS": "200"})  # fmt: skip

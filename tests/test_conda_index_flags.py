@@ -8,11 +8,10 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import peers
 import pytest
-
 from conftest import run_cli, run_index
 from pkgfactory import index_json, make_package
-import peers
 
 Check = Callable[[Path, Path], bool]  # (channel, tmp) -> the flag did what it says
 
