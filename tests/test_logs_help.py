@@ -100,7 +100,11 @@ def test_help_texts_match_the_readme() -> None:
     assert "status page (/ and /status.json)" in listen and "/metrics" in listen
     for flag in ("--clean-conda-index-leftovers", "--db", "--compact"):
         assert flag in index.stdout and flag in readme, flag
-    assert "--add" in demo.stdout and "conda-indexd demo" in readme
+    assert "--add" in demo.stdout and "conda-indexd demo" in readme and "second terminal" in readme
+    for section in ("## Switching from conda-index", "## For conda, mamba and pixi users"):
+        assert section in readme, section
+    for words in ("'**'", "--no-repodata-use-shards", "under a path", "repodata_shards.msgpack.zst", "cache.db"):
+        assert words in readme, words
 
 
 def test_unknown_platform_folders_logged_once_and_on_status_page(channel: Path) -> None:
