@@ -1,6 +1,6 @@
 """Deterministic builders for fixture conda packages (no network, no ../shared).
 
-Valid packages:
+Valid packages (built by `conda_indexd.pkgbuild`, re-exported here):
 
 - `make_tar_bz2(path, index, files, *, about, run_exports, paths_json, recipe_yaml)`
 - `make_conda(path, index, files, *, about, run_exports, paths_json, recipe_yaml)`
@@ -21,298 +21,63 @@ a builder and what the indexer is expected to do with it.
 
 from __future__ import annotations
 
-import bz2
 import gzip
 import hashlib
-import io
-import json
-import tarfile
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import zstandard
-
-ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
-FILE_MODE = 0o644
-IndexArg = dict[str, Any] | bytes | str | None
-
-
-# --- low-level pieces --------------------------------------------------------------------
-
-
-def index_json(
-    name: str,
-    version: str = "1.0",
-    build: str = "0",
-    subdir: str = "noarch",
-    *,
-    build_number: int = 0,
-    depends: list[str] | None = None,
-    **extra: Any,
-) -> dict[str, Any]:
-    """A typical `info/index.json`, including keys conda-index filters out (arch, platform)."""
-    platform, _, arch = subdir.partition("-")
-    doc: dict[str, Any] = {
-        "arch": None if subdir == "noarch" else arch,
-        "build": build,
-        "build_number": build_number,
-        "depends": list(depends or []),
-        "license": "BSD-3-Clause",
-        "name": name,
-        "platform": None if subdir == "noarch" else platform,
-        "subdir": subdir,
-        "timestamp": 1700000000000,
-        "version": version,
-    }
-    doc.update(extra)
-    return doc
-
-
-def _as_bytes(value: Any) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    return json.dumps(value, indent=2).encode("utf-8")
-
-
-def info_members(
-    index: IndexArg,
-    files: dict[str, bytes] | None = None,
-    *,
-    about: Any = None,
-    run_exports: Any = None,
-    paths_json: Any = None,
-    recipe_yaml: str | bytes | None = None,
-) -> list[tuple[str, bytes]]:
-    """The `info/` members in archive order: index.json first, then the rest sorted."""
-    members: dict[str, bytes] = {}
-    if index is not None:
-        members["info/index.json"] = _as_bytes(index)
-    if about is not None:
-        members["info/about.json"] = _as_bytes(about)
-    if run_exports is not None:
-        members["info/run_exports.json"] = _as_bytes(run_exports)
-    if paths_json is not None:
-        members["info/paths.json"] = _as_bytes(paths_json)
-    if recipe_yaml is not None:
-        members["info/recipe/meta.yaml"] = _as_bytes(recipe_yaml)
-    for name, data in (files or {}).items():
-        if name.startswith("info/"):
-            members[name] = data
-    first = [(n, d) for n, d in members.items() if n == "info/index.json"]
-    rest = sorted((n, d) for n, d in members.items() if n != "info/index.json")
-    return first + rest
-
-
-def pkg_members(files: dict[str, bytes] | None) -> list[tuple[str, bytes]]:
-    return sorted((n, d) for n, d in (files or {}).items() if not n.startswith("info/"))
-
-
-def tar_bytes(members: list[tuple[str, bytes]], *, prefix: str = "") -> bytes:
-    """An uncompressed tar of regular files, reproducible."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in members:
-            ti = tarfile.TarInfo(prefix + name)
-            ti.size = len(data)
-            ti.mtime = 0
-            ti.mode = 0o755 if name.startswith("bin/") else FILE_MODE
-            ti.uid = ti.gid = 0
-            ti.uname = ti.gname = ""
-            ti.type = tarfile.REGTYPE
-            tar.addfile(ti, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def zstd_bytes(data: bytes, level: int = 3) -> bytes:
-    return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(data)
-
-
-def zip_bytes(entries: list[tuple[str, bytes]]) -> bytes:
-    """A STORED zip with fixed timestamps and attributes."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        for name, data in entries:
-            zi = zipfile.ZipInfo(name, date_time=ZIP_DATE_TIME)
-            zi.compress_type = zipfile.ZIP_STORED
-            zi.create_system = 3
-            zi.external_attr = (0o100000 | FILE_MODE) << 16
-            zf.writestr(zi, data)
-    return buf.getvalue()
-
-
-def conda_stem(filename: str) -> str:
-    if not filename.endswith(".conda"):
-        raise ValueError(f"not a .conda filename: {filename}")
-    return filename[: -len(".conda")]
-
-
-def _write(path: str | Path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
-
-
-# --- valid packages ----------------------------------------------------------------------
-
-
-def tar_bz2_bytes(
-    index: IndexArg,
-    files: dict[str, bytes] | None = None,
-    *,
-    about: Any = None,
-    run_exports: Any = None,
-    paths_json: Any = None,
-    recipe_yaml: str | bytes | None = None,
-    member_prefix: str = "",
-) -> bytes:
-    members = info_members(
-        index, files, about=about, run_exports=run_exports, paths_json=paths_json, recipe_yaml=recipe_yaml
-    ) + pkg_members(files)
-    return bz2.compress(tar_bytes(members, prefix=member_prefix), 9)
-
-
-def make_tar_bz2(
-    path: str | Path,
-    index: IndexArg,
-    files: dict[str, bytes] | None = None,
-    *,
-    about: Any = None,
-    run_exports: Any = None,
-    paths_json: Any = None,
-    recipe_yaml: str | bytes | None = None,
-    member_prefix: str = "",
-) -> Path:
-    """A `.tar.bz2` package: info/ members first, then the package files."""
-    return _write(
-        path,
-        tar_bz2_bytes(
-            index,
-            files,
-            about=about,
-            run_exports=run_exports,
-            paths_json=paths_json,
-            recipe_yaml=recipe_yaml,
-            member_prefix=member_prefix,
-        ),
-    )
-
-
-def conda_bytes(
-    filename: str,
-    index: IndexArg,
-    files: dict[str, bytes] | None = None,
-    *,
-    about: Any = None,
-    run_exports: Any = None,
-    paths_json: Any = None,
-    recipe_yaml: str | bytes | None = None,
-    member_prefix: str = "",
-    component_stem: str | None = None,
-    folder: str = "",
-    with_info: bool = True,
-    info_component: bytes | None = None,
-) -> bytes:
-    """The bytes of a `.conda` named `filename` (only its stem is used).
-
-    Knobs for broken variants: `component_stem` names the inner components after
-    another stem, `folder` nests them in a zip folder, `with_info=False` leaves the
-    info component out, `info_component` replaces its (zstd) bytes.
-    """
-    stem = component_stem if component_stem is not None else conda_stem(filename)
-    info_tar = tar_bytes(
-        info_members(index, files, about=about, run_exports=run_exports, paths_json=paths_json, recipe_yaml=recipe_yaml),
-        prefix=member_prefix,
-    )
-    pkg_tar = tar_bytes(pkg_members(files), prefix=member_prefix)
-    entries = [("metadata.json", json.dumps({"conda_pkg_format_version": 2}).encode())]
-    entries.append((f"{folder}pkg-{stem}.tar.zst", zstd_bytes(pkg_tar)))
-    if with_info:
-        entries.append((f"{folder}info-{stem}.tar.zst", info_component if info_component is not None else zstd_bytes(info_tar)))
-    return zip_bytes(entries)
-
-
-def make_conda(
-    path: str | Path,
-    index: IndexArg,
-    files: dict[str, bytes] | None = None,
-    *,
-    about: Any = None,
-    run_exports: Any = None,
-    paths_json: Any = None,
-    recipe_yaml: str | bytes | None = None,
-    member_prefix: str = "",
-    component_stem: str | None = None,
-    folder: str = "",
-    with_info: bool = True,
-    info_component: bytes | None = None,
-) -> Path:
-    """A `.conda` package (CEP-35): stored zip of metadata.json, pkg- and info- components."""
-    path = Path(path)
-    return _write(
-        path,
-        conda_bytes(
-            path.name,
-            index,
-            files,
-            about=about,
-            run_exports=run_exports,
-            paths_json=paths_json,
-            recipe_yaml=recipe_yaml,
-            member_prefix=member_prefix,
-            component_stem=component_stem,
-            folder=folder,
-            with_info=with_info,
-            info_component=info_component,
-        ),
-    )
-
-
-def make_package(path: str | Path, index: IndexArg, files: dict[str, bytes] | None = None, **kw: Any) -> Path:
-    """`make_conda` or `make_tar_bz2`, chosen by the filename."""
-    if str(path).endswith(".conda"):
-        return make_conda(path, index, files, **kw)
-    if str(path).endswith(".tar.bz2"):
-        return make_tar_bz2(path, index, files, **kw)
-    raise ValueError(f"not a package filename: {path}")
-
-
-def package_filename(index: dict[str, Any], ext: str) -> str:
-    return f"{index['name']}-{index['version']}-{index['build']}{ext}"
-
+# The valid-package builders live in the package (the demo uses them); re-exported here
+# so the tests keep one import.
+from conda_indexd.pkgbuild import (  # noqa: F401
+    FILE_MODE,
+    ZIP_DATE_TIME,
+    IndexArg,
+    as_bytes,
+    conda_bytes,
+    conda_stem,
+    index_json,
+    info_members,
+    make_conda,
+    make_package,
+    make_tar_bz2,
+    package_filename,
+    pkg_members,
+    tar_bytes,
+    tar_bz2_bytes,
+    write_file,
+    zip_bytes,
+    zstd_bytes,
+)
 
 # --- broken or unusual archives ------------------------------------------------------------
 
 
 def make_empty(path: str | Path) -> Path:
     """A zero-byte file under a package name."""
-    return _write(path, b"")
+    return write_file(path, b"")
 
 
 def make_text(path: str | Path, text: str = "This is not a conda package.\nJust some text.\n") -> Path:
     """A text file under a package name."""
-    return _write(path, text.encode())
+    return write_file(path, text.encode())
 
 
 def make_lfs_pointer(path: str | Path, content: bytes = b"the real package") -> Path:
     """A git-lfs pointer (what a checkout without `git lfs pull` holds)."""
     oid = hashlib.sha256(content).hexdigest()
-    return _write(path, f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {len(content)}\n".encode())
+    return write_file(path, f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {len(content)}\n".encode())
 
 
 def make_plain_tar(path: str | Path, index: IndexArg, files: dict[str, bytes] | None = None) -> Path:
     """An uncompressed tar named `.tar.bz2`."""
-    return _write(path, tar_bytes(info_members(index, files) + pkg_members(files)))
+    return write_file(path, tar_bytes(info_members(index, files) + pkg_members(files)))
 
 
 def make_gzip_tar(path: str | Path, index: IndexArg, files: dict[str, bytes] | None = None) -> Path:
     """A gzip-compressed tar named `.tar.bz2`."""
-    return _write(path, gzip.compress(tar_bytes(info_members(index, files) + pkg_members(files)), mtime=0))
+    return write_file(path, gzip.compress(tar_bytes(info_members(index, files) + pkg_members(files)), mtime=0))
 
 
 def make_conda_missing_info(path: str | Path, index: IndexArg, files: dict[str, bytes] | None = None) -> Path:
@@ -345,14 +110,14 @@ def _bulky_files(seed: str, n: int = 4096) -> dict[str, bytes]:
 def make_truncated_tar_bz2(path: str | Path, index: IndexArg, keep: float = 0.5) -> Path:
     """A `.tar.bz2` cut short (an interrupted copy)."""
     data = tar_bz2_bytes(index, _bulky_files(Path(path).name))
-    return _write(path, data[: int(len(data) * keep)])
+    return write_file(path, data[: int(len(data) * keep)])
 
 
 def make_truncated_conda(path: str | Path, index: IndexArg, keep: float = 0.5) -> Path:
     """A `.conda` cut short: the zip central directory is gone."""
     path = Path(path)
     data = conda_bytes(path.name, index, _bulky_files(Path(path).name))
-    return _write(path, data[: int(len(data) * keep)])
+    return write_file(path, data[: int(len(data) * keep)])
 
 
 def make_no_index_json(path: str | Path, files: dict[str, bytes] | None = None) -> Path:

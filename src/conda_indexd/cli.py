@@ -1,4 +1,4 @@
-"""Command line: `conda-indexd index|watch CHANNEL_DIR [options]`.
+"""Command line: `conda-indexd index|watch CHANNEL_DIR [options]`, `conda-indexd demo [DIR]`.
 
 Bad flags and bad paths give one line on stderr and a non-zero exit, never a traceback.
 """
@@ -10,11 +10,11 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from . import __version__, logs
+from . import __version__, compat, demo, ignored, leftovers, logs
 from .backends import open_backends
 from .cache import CacheError
 from .channelfiles import publish_channel
@@ -24,7 +24,9 @@ from .current import load_pins
 from .daemon import DEFAULT_HOST, DEFAULT_PORT, Daemon, WatchConfig
 from .indexer import SubdirResult, index_subdir
 from .lock import ChannelBusy, ChannelLock
+from .onready import after_ready
 from .patches import PatchError
+from .progress import ProgressLine
 
 PROG = "conda-indexd"
 
@@ -70,7 +72,7 @@ def add_index_options(p: argparse.ArgumentParser) -> None:
                    help="repodata patches: a .py defining _patch_repodata(repodata, subdir), or a .conda/.tar.bz2 "
                         "holding <subdir>/patch_instructions.json (default: CHANNEL_DIR/gen_patch.py if present)")
     p.add_argument("--current-repodata", action=argparse.BooleanOptionalAction, default=False,
-                   help="write current_repodata.json for conda's classic solver (needs the current-repodata extra)")
+                   help="write current_repodata.json for conda's classic solver (needs the outputs extra)")
     p.add_argument("--channeldata", action=argparse.BooleanOptionalAction, default=False,
                    help="write channeldata.json, rss.xml and index.html pages (needs the outputs extra)")
     p.add_argument("--rss", action=argparse.BooleanOptionalAction, default=True, help="write rss.xml with --channeldata (default: on)")
@@ -85,6 +87,10 @@ def add_index_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_positive_int, default=default_threads(), metavar="N", help="archive reader threads")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     p.add_argument("--log-format", choices=("json", "console"), help="default: console on a terminal, JSON lines otherwise")
+    p.add_argument("--clean-conda-index-leftovers", action="store_true",
+                   help="remove conda-index's files that conda-indexd supersedes (root-level shards, "
+                        "repodata_shards_from_packages.msgpack.zst, its index.html), once conda-indexd's shards are in shards/")
+    compat.add_flags(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,15 +102,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_index_options(index)
     watch = sub.add_parser("watch", help="keep a channel indexed: watch for changes and publish them")
     add_index_options(watch)
-    watch.add_argument("--listen", type=_listen, default=None, metavar="HOST:PORT",
-                       help=f"HTTP for /metrics, /healthz, /readyz (default: $CONDA_INDEXD_LISTEN, else {DEFAULT_HOST}:{DEFAULT_PORT})")
+    watch.add_argument("--listen", type=_listen, default=None, metavar="HOST:PORT", help=LISTEN_HELP)
     watch.add_argument("--debounce", type=_seconds, default=1.0, metavar="S", help="quiet time before a subdir is indexed (default 1)")
     watch.add_argument("--max-delay", type=_seconds, default=10.0, metavar="S", help="longest wait after a subdir's first event (default 10)")
     watch.add_argument("--settle", type=_seconds, default=1.0, metavar="S", help="a file changed this recently is an upload in progress (default 1)")
     watch.add_argument("--rescan-interval", type=_positive_seconds, default=600.0, metavar="S", help="full rescan backstop (default 600)")
     watch.add_argument("--polling", action="store_true", help="poll the folder instead of inotify (NFS/CIFS shares)")
     watch.add_argument("--poll-interval", type=_positive_seconds, default=1.0, metavar="S", help="polling interval (default 1)")
+    show = sub.add_parser("demo", help="make a small channel of generated packages and run the daemon on it")
+    show.add_argument("dir", nargs="?", default=demo.DEFAULT_DIR, metavar="DIR",
+                      help=f"the demo channel folder, created if missing (default: {demo.DEFAULT_DIR})")
+    show.add_argument("--add", action="store_true", help="add one more package to the demo channel DIR and exit")
+    show.add_argument("--listen", type=_listen, default=None, metavar="HOST:PORT", help=LISTEN_HELP)
+    show.add_argument("--verbose", action="store_true", help="debug logging")
+    show.add_argument("--log-format", choices=("json", "console"), help="default: console on a terminal, JSON lines otherwise")
     return parser
+
+
+LISTEN_HELP = (
+    "HTTP for the status page (/ and /status.json), /metrics, /healthz and /readyz "
+    f"(default: $CONDA_INDEXD_LISTEN, else {DEFAULT_HOST}:{DEFAULT_PORT})"
+)
 
 
 def _seconds(text: str) -> float:
@@ -146,6 +164,9 @@ def _listen(text: str) -> tuple[str, int]:
 
 
 def config_from_args(args: argparse.Namespace) -> IndexConfig:
+    refused = compat.refusal(args)
+    if refused is not None:
+        raise UsageError(refused)
     channel = Path(args.channel).absolute()
     if not channel.exists():
         raise UsageError(f"channel folder does not exist: {args.channel}")
@@ -202,28 +223,6 @@ def config_from_args(args: argparse.Namespace) -> IndexConfig:
     )
 
 
-class ProgressLine:
-    """A single rewritten status line on stderr, only when stderr is a terminal."""
-
-    def __init__(self) -> None:
-        self.enabled = sys.stderr.isatty()
-        self.last = 0.0
-        self.subdir = ""
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if not self.enabled or (done < total and now - self.last < 0.2):
-            return
-        self.last = now
-        sys.stderr.write(f"\r{self.subdir}: read {done}/{total} archives\x1b[K")
-        sys.stderr.flush()
-
-    def clear(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
-
-
 def run_index(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     log = logs.get_logger("conda_indexd")
@@ -233,6 +232,8 @@ def run_index(args: argparse.Namespace) -> int:
     failed: list[str] = []
     backends = open_backends(config)
     with ChannelLock(config.channel):
+        if not config.subdirs:
+            ignored.log_ignored(config.channel)
         for subdir in detect_subdirs(config, backends.packages.subdirs()):
             progress.subdir = subdir
             try:
@@ -245,9 +246,11 @@ def run_index(args: argparse.Namespace) -> int:
             progress.clear()
             results.append(result)
             log.info("subdir indexed", **result.log_fields())
+        progress.close()
         channel_files = publish_channel(config, backends, [r.subdir for r in results])
         if channel_files:
             log.info("channel files written", written=channel_files)
+        leftovers.report(config, args.clean_conda_index_leftovers, [r.subdir for r in results])
     reasons = Counter(f.reason for r in results for f in r.skipped)
     for r in results:
         for f in r.skipped:
@@ -297,11 +300,38 @@ def run_watch(args: argparse.Namespace) -> int:
         polling=args.polling,
         poll_interval=args.poll_interval,
     )
+    return _run_daemon(config, lambda: leftovers.report(index, args.clean_conda_index_leftovers))
+
+
+def _run_daemon(config: WatchConfig, *on_ready: Callable[[], object]) -> int:
+    """The daemon, with `on_ready` steps run once its start-up reconcile has published."""
     try:
         daemon = Daemon(config)
     except OSError as exc:
-        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
+    if not config.index.subdirs:
+        ignored.log_ignored(config.index.channel)
+    after_ready(daemon.ready, daemon.stopping, *on_ready)
     return daemon.run()
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    channel = Path(args.dir).absolute()
+    try:
+        if args.add:
+            path = demo.add(channel)
+            print(f"added {path.relative_to(channel.parent)}: watch for it on the status page and in noarch/repodata.json")
+            return 0
+        demo.prepare(channel)
+    except demo.DemoError as exc:
+        raise UsageError(str(exc)) from None
+    host, port = args.listen or _listen_from_env()
+    config = WatchConfig(index=IndexConfig(channel=channel), host=host, port=port)
+
+    def show() -> None:
+        print(demo.banner(channel, host, port), flush=True)
+
+    return _run_daemon(config, show)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -312,6 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_index(args)
         if args.command == "watch":
             return run_watch(args)
+        if args.command == "demo":
+            return run_demo(args)
         raise UsageError(f"unknown command {args.command}")  # pragma: no cover
     except UsageError as exc:
         print(f"{PROG}: error: {exc} (see {PROG} --help)", file=sys.stderr)

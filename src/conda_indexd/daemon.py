@@ -21,6 +21,7 @@ from .backends import open_backends
 from .config import KNOWN_SUBDIRS, IndexConfig
 from .debounce import DebounceQueue, EventKind, ScanReason
 from .httpserver import StatusServer, text
+from .ignored import ignored_folders
 from .lock import ChannelBusy, ChannelLock
 from .logs import get_logger
 from .metrics import CONTENT_TYPE, Metrics
@@ -115,7 +116,8 @@ class Daemon:
             for p in sorted(self.queue.pending(), key=lambda p: p.subdir)
         ]  # fmt: skip
         seen = {s: st.status for s, st in list(self.worker.states.items()) if st.status.last_run or st.status.error}
-        return statuspage.document(str(self.config.index.channel), self.ready.is_set(), seen, pending)
+        ignored = ignored_folders(self.config.index.channel)  # a folder made later shows too
+        return statuspage.document(str(self.config.index.channel), self.ready.is_set(), seen, pending, ignored=ignored)
 
     def _status_html(self) -> tuple[int, str, bytes]:
         return 200, "text/html; charset=utf-8", statuspage.as_html(self._status_doc())

@@ -8,11 +8,28 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from typing import Literal
 
 import structlog
 
 LogFormat = Literal["json", "console"]
+
+# Called before each log line is written: the terminal progress line ends itself there,
+# so a log line never lands on the same terminal line as the progress text.
+_before_output: list[Callable[[], None]] = []
+
+
+def before_output(callback: Callable[[], None] | None) -> None:
+    """Register the one callback run before every log line (None: none)."""
+    _before_output[:] = [] if callback is None else [callback]
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    def emit(self, record: logging.LogRecord) -> None:
+        for callback in _before_output:
+            callback()
+        super().emit(record)
 
 
 def default_format() -> LogFormat:
@@ -38,7 +55,7 @@ def configure(fmt: LogFormat | None = None, verbose: bool = False) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(level),
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _Handler(sys.stdout)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],

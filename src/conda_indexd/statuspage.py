@@ -26,8 +26,14 @@ class SubdirStatus:
 
 
 def document(
-    channel: str, ready: bool, subdirs: dict[str, SubdirStatus], pending: list[dict[str, Any]], now: float | None = None
+    channel: str,
+    ready: bool,
+    subdirs: dict[str, SubdirStatus],
+    pending: list[dict[str, Any]],
+    now: float | None = None,
+    ignored: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
+    """`ignored`: [{folder, reason}] of platform-like folders left out."""
     now = time.time() if now is None else now
     return {
         "channel": channel,
@@ -38,6 +44,7 @@ def document(
             for s in sorted(subdirs.values(), key=lambda s: s.subdir)
         ],
         "pending": pending,
+        "ignored": ignored or [],
     }
 
 
@@ -81,6 +88,9 @@ def as_html(doc: dict[str, Any]) -> bytes:
         f"<td>{e(p.get('reason') or '')}</td><td class=\"n\">{p['waiting_seconds']:.1f} s</td></tr>"
         for p in doc["pending"]
     ]
+    ignored = [
+        f"<tr><td><code>{e(i['folder'])}/</code></td><td>{e(i['reason'])}</td></tr>" for i in doc.get("ignored", [])
+    ]
     html = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>conda-indexd: {e(doc["channel"])}</title>
 <meta name="viewport" content="width=device-width,initial-scale=1"><style>{_CSS}</style></head>
@@ -97,6 +107,9 @@ def as_html(doc: dict[str, Any]) -> bytes:
 <h2>Pending work</h2>
 <table><thead><tr><th>subdir</th><th>files</th><th>full scan</th><th>why</th><th>waiting</th></tr></thead>
 <tbody>{"".join(pending) or '<tr><td colspan="5" class="ok">nothing pending</td></tr>'}</tbody></table>
+<h2>Folders ignored</h2>
+<table><thead><tr><th>folder</th><th>why</th></tr></thead>
+<tbody>{"".join(ignored) or '<tr><td colspan="2" class="ok">none</td></tr>'}</tbody></table>
 </body></html>
 """
     return html.encode()

@@ -1,0 +1,61 @@
+"""conda-index 0.13 flags that conda-indexd has no option of its own for.
+
+Every `python -m conda_index` 0.13 flag is accepted by `conda-indexd index` and `watch`:
+either with the same meaning (the flags below that name what conda-indexd always does)
+or refused with exit 2 and one line saying what to use instead or why not. The flags
+conda-indexd implements itself (--output, --subdir, --bz2, ...) are in cli.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+# (flag, value that is refused) -> the one line
+REFUSED: dict[tuple[str, object], str] = {
+    ("compact", False): "--no-compact is not supported: conda-indexd writes compact JSON only "
+    "(conda-index's default, byte for byte); pretty-print a copy with `python -m json.tool repodata.json`",
+    ("update_cache", False): "--no-update-cache is not supported: conda-indexd always lists the subdir "
+    "(repodata from cache.db alone, for packages not on disk, is not offered)",
+    ("update_only", True): "--update-only is not supported: conda-indexd publishes exactly the packages on disk "
+    "(keep every package in the channel folder; --output publishes the repodata elsewhere)",
+    ("write_monolithic", False): "--no-write-monolithic is not supported: conda-indexd always writes repodata.json "
+    "next to the shards, for clients without shard support",
+    ("repodata_next", True): "--repodata-next is not supported: the experimental v3 layout (CEP-48 draft) empties "
+    "packages/packages.conda, which every current client then reads as an empty channel",
+}
+
+
+def add_flags(p: argparse.ArgumentParser) -> None:
+    """conda-index's flags for what conda-indexd always does (defaults as conda-index's)."""
+    p.add_argument("--compact", action=argparse.BooleanOptionalAction, default=True,
+                   help="compact JSON (always; --no-compact is refused)")
+    p.add_argument("--update-cache", action=argparse.BooleanOptionalAction, default=True,
+                   help="list the subdir to refresh the cache (always; --no-update-cache is refused)")
+    p.add_argument("--update-only", action=argparse.BooleanOptionalAction, default=False,
+                   help="keep records of files missing on disk (never; --update-only is refused)")
+    p.add_argument("--upstream-stage", default="fs", metavar="STAGE",
+                   help="cache stage to index from: only 'fs', the files on disk")
+    p.add_argument("--write-monolithic", action=argparse.BooleanOptionalAction, default=True,
+                   help="write repodata.json (always; --no-write-monolithic is refused)")
+    p.add_argument("--repodata-next", action=argparse.BooleanOptionalAction, default=False,
+                   help="experimental v3 repodata (not supported; --repodata-next is refused)")
+    p.add_argument("--db", default="sqlite3", metavar="{sqlite3,postgresql}",
+                   help="cache backend: sqlite3 (cache.db, the default); postgresql is not supported yet")
+    p.add_argument("--db-url", metavar="URL", help="for --db postgresql, which is not supported yet")
+
+
+def refusal(args: argparse.Namespace) -> str | None:
+    """The one line refusing a conda-index flag conda-indexd does not do, or None."""
+    for (dest, refused_value), line in REFUSED.items():
+        if getattr(args, dest) is refused_value:
+            return line
+    if args.upstream_stage != "fs":
+        return (f"--upstream-stage {args.upstream_stage}: only 'fs' (the files on disk) is supported; "
+                "'clone' reads conda-forge's test database, which conda-indexd does not")  # fmt: skip
+    if args.db == "postgresql":
+        return "--db postgresql is not supported yet: the cache is sqlite3 (<subdir>/.cache/cache.db)"
+    if args.db != "sqlite3":
+        return f"--db {args.db}: choose sqlite3 (the default; postgresql is not supported yet)"
+    if args.db_url is not None:
+        return "--db-url is only for --db postgresql, which is not supported yet"
+    return None
