@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli, run_index
-from daemonproc import DaemonProcess
+from daemonproc import DaemonProcess, wait_for
 from pkgfactory import index_json, make_package, make_text
 
 _COLOUR = re.compile(r"\x1b\[[0-9;]*m")
@@ -137,3 +137,34 @@ def test_platform_like_names(name: str, tmp_path: Path) -> None:
     (tmp_path / "linux-64").mkdir()
     (tmp_path / "shards").mkdir()
     assert [i["folder"] for i in ignored_folders(tmp_path)] == [name]
+
+
+def test_publish_line_names_the_files(tmp_path: Path) -> None:
+    """Each publish log line names the added, removed and changed files (first 20, then
+    a count); the counts stay as they were."""
+    channel = tmp_path / "channel"
+    noarch = channel / "noarch"
+    make_package(noarch / "keep-1.0-0.conda", index_json("keep", "1.0", "0"))
+    make_package(noarch / "old-1.0-0.conda", index_json("old", "1.0", "0"))
+    with DaemonProcess(channel, debounce=0.2, settle=0).start() as d:
+        staging = tmp_path / "staging"
+        for i in range(23):
+            fn = f"new{i:02d}-1.0-0.conda"
+            make_package(staging / fn, index_json(f"new{i:02d}", "1.0", "0"))
+        for p in sorted(staging.iterdir()):
+            p.rename(noarch / p.name)
+        (noarch / "old-1.0-0.conda").unlink()
+
+        def line() -> dict | None:
+            for r in d.log_records():
+                if r.get("event") == "published" and r.get("added") == 23:
+                    return r
+            return None
+
+        wait_for(lambda: line() is not None, 15, what="one publish of the 23 new files")
+        record = line()
+        assert record is not None
+        assert record["added_files"][:20] == [f"new{i:02d}-1.0-0.conda" for i in range(20)]
+        assert record["added_files"][20:] == ["... and 3 more"]
+        assert record["removed"] == 1 and record["removed_files"] == ["old-1.0-0.conda"]
+        assert "changed_files" not in record
