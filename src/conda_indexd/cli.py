@@ -1,4 +1,4 @@
-"""Command line: `conda-indexd index|watch CHANNEL_DIR [options]`.
+"""Command line: `conda-indexd index|watch CHANNEL_DIR [options]`, `conda-indexd wait` (wait.py).
 
 Bad flags and bad paths give one line on stderr and a non-zero exit, never a traceback.
 """
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from . import __version__, logs
+from . import __version__, logs, wait
 from .cache import CacheError
 from .config import DEFAULT_SHARD_RETENTION, IndexConfig, default_threads, detect_subdirs
 from .daemon import DEFAULT_HOST, DEFAULT_PORT, Daemon, WatchConfig
@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--rescan-interval", type=_positive_seconds, default=600.0, metavar="S", help="full rescan backstop (default 600)")
     watch.add_argument("--polling", action="store_true", help="poll the folder instead of inotify (NFS/CIFS shares)")
     watch.add_argument("--poll-interval", type=_positive_seconds, default=1.0, metavar="S", help="polling interval (default 1)")
+    wait.add_parser(sub)
     return parser
 
 
@@ -308,6 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_index(args)
         if args.command == "watch":
             return run_watch(args)
+        if args.command == "wait":
+            return wait.run(args)
         raise UsageError(f"unknown command {args.command}")  # pragma: no cover
     except UsageError as exc:
         print(f"{PROG}: error: {exc} (see {PROG} --help)", file=sys.stderr)
