@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli, run_index
 from daemonproc import DaemonProcess, all_records, free_port, repodata, wait_for
 from nginxproc import Nginx, nginx_binary
@@ -114,7 +113,7 @@ def test_package_arriving_3s_later_exits_0_within_a_second_of_publish(
             line.startswith("GET /noarch/repodata_shards.msgpack.zst 304")
             for line in log
         ), log[-10:]
-        assert any(f"GET /noarch/shards/" in line and " 200 " in line for line in log)
+        assert any("GET /noarch/shards/" in line and " 200 " in line for line in log)
 
 
 def test_any_sha256_when_none_given(live: Channel) -> None:
@@ -154,7 +153,7 @@ def test_broken_upload_exits_1_naming_the_reason(
 
 def _skipped(live: Channel, filename: str) -> str:
     """The daemon's reason for leaving filename out ("" while it has none)."""
-    status, body = live.daemon.get("/status.json")
+    _status, body = live.daemon.get("/status.json")
     for subdir in json.loads(body)["subdirs"]:
         for f in subdir["skipped"]:
             if f["path"] == filename:
@@ -278,7 +277,7 @@ def test_daemon_whose_folder_is_not_visible_is_a_usage_error(
 ) -> None:
     """An http TARGET answering conda-indexd's /status.json is the daemon; it needs its channel
     folder. Simulated with nginx serving a copy of the daemon's status document."""
-    status, body = live.daemon.get("/status.json")
+    _status, body = live.daemon.get("/status.json")
     doc = json.loads(body)
     doc["channel"] = str(tmp_path / "elsewhere")
     root = tmp_path / "root"
