@@ -23,7 +23,7 @@ nginx_image=$(sed -n 's/^ *image: *\(nginx[^ ]*\)/\1/p' "$REPO/deploy/docker-com
 python_pkgs="python3,python3-venv,python3-pip,python-is-python3,ca-certificates"
 nginx_pkgs="nginx-light,ca-certificates"
 
-key() { printf '%s %s %s' "$1" "$2" "v1" | sha256sum | cut -c1-16; }
+key() { printf '%s %s %s' "$1" "$2" "v2" | sha256sum | cut -c1-16; }
 
 build() {  # build IMAGE PACKAGES SETUP-FUNCTION
     local image=$1 pkgs=$2 setup=$3 tarball
@@ -45,6 +45,15 @@ build() {  # build IMAGE PACKAGES SETUP-FUNCTION
         cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
         chroot "$root" update-ca-certificates >/dev/null
     fi
+    # as Debian's official images (debian:bookworm-slim, which python:*-slim and nginx
+    # build on): apt keeps no package caches in image layers, and no translations
+    cat >"$root/etc/apt/apt.conf.d/docker-clean" <<'APT'
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+APT
+    echo 'Acquire::Languages "none";' >"$root/etc/apt/apt.conf.d/docker-no-languages"
     "$setup" "$root"
     chroot "$root" apt-get clean
     rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin
