@@ -103,6 +103,10 @@ def test_package_arriving_3s_later_exits_0_within_a_second_of_publish(
             proc.kill()
             proc.wait()
     assert rc == 0, out + err
+    print(
+        f"\nwait against the {kind}: exit {exited - seen:.2f} s after publish",
+        file=sys.stderr,
+    )
     assert exited - seen < 1.0, f"exited {exited - seen:.2f} s after publish"
     assert f"noarch/{filename} is published (sha256 {digest})" in out
     assert f"waiting for noarch/{filename}:" in err  # it said what it was waiting for
@@ -326,3 +330,18 @@ def test_bad_arguments_exit_2_with_one_line(
     assert result.rc == 2, result
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
     assert result.stdout == ""
+
+
+def test_url_answering_errors_for_status_json_is_a_channel_url(tmp_path: Path) -> None:
+    """A server answering 403 (not 404) for /status.json is still a channel, not the daemon."""
+    nginx_binary()
+    channel = tmp_path / "channel"
+    make_package(channel / "noarch" / "p-1.0-0.conda", index_json("p", "1.0", "0"))
+    run_index(channel)
+    (
+        channel / "status.json"
+    ).mkdir()  # nginx: 301 to status.json/, a folder without index: 403
+    with Nginx(channel, tmp_path / "nginx") as nginx:
+        assert nginx.request("GET", "/status.json/")[0] == 403
+        result = run_cli("wait", nginx.url, "noarch/p-1.0-0.conda", "--timeout", "5")
+    assert result.rc == 0, result

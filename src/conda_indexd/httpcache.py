@@ -17,7 +17,11 @@ USER_AGENT = f"conda-indexd-wait/{__version__}"
 
 
 class FetchError(Exception):
-    """The server could not be reached, or answered with an error other than 404."""
+    """The server could not be reached (status None), or answered with an error status."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -37,7 +41,10 @@ class HttpCache:
         self.requests = 0
         self.not_modified = 0
 
-    def get(self, url: str, immutable: bool = False) -> bytes | None:
+    def get(
+        self, url: str, immutable: bool = False, missing: tuple[int, ...] = (404, 410)
+    ) -> bytes | None:
+        """The body (the cached one after a 304); None when the answer is one of `missing`."""
         cached = self._entries.get(url)
         if cached is not None and immutable:
             return cached.body
@@ -62,10 +69,10 @@ class HttpCache:
             if err.code == 304 and cached is not None:
                 self.not_modified += 1
                 return cached.body
-            if err.code in (404, 410):
+            if err.code in missing:
                 self._entries.pop(url, None)
                 return None
-            raise FetchError(f"{url}: HTTP {err.code} {err.reason}") from None
+            raise FetchError(f"{url}: HTTP {err.code} {err.reason}", err.code) from None
         except (urllib.error.URLError, OSError) as err:
             reason = getattr(err, "reason", err)
             raise FetchError(f"{url}: {reason}") from None

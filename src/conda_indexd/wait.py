@@ -121,7 +121,12 @@ def _resolve(target: str, http: HttpCache) -> Source:
     answer (retried until the deadline) and TargetError when it cannot be used."""
     if not re.match(r"^https?://", target, re.IGNORECASE):
         return FolderSource(Path(target))
-    body = http.get(target.rstrip("/") + "/status.json")
+    try:
+        body = http.get(target.rstrip("/") + "/status.json")
+    except FetchError as exc:
+        if exc.status is None:
+            raise  # not answering (yet): try again at the next look
+        body = None  # answering, with an error for that path: not the daemon
     doc = None
     if body is not None:
         try:

@@ -175,7 +175,8 @@ class UrlSource:
             self.base, f"{subdir}/repodata_shards.msgpack.zst"
         )
         try:
-            index = self.http.get(index_url)
+            # an optional file: S3-style servers answer 403 for a key that is not there
+            index = self.http.get(index_url, missing=(403, 404, 410))
             if index is not None:
                 return self._from_shards(index_url, index, subdir, filename)
             return self._from_repodata(subdir, filename)
