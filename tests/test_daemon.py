@@ -197,7 +197,7 @@ def test_kill_9_mid_publish_then_restart(channel: Path) -> None:
                 (folder / fn).write_bytes(pkg_bytes(fn, payload=os.urandom(2000)))
                 expected.add(fn)
             # kill while it is busy extracting / publishing the new files
-            wait_for(lambda: d.metric("conda_indexd_packages_indexed_total", subdir="noarch") > 0, 30, interval=0.01)
+            wait_for(lambda d=d: d.metric("conda_indexd_packages_indexed_total", subdir="noarch") > 0, 30, interval=0.01)
             d.proc.kill()
             d.proc.wait()
             d.stop()

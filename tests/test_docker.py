@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Self
 
 import pytest
+from watchdog.events import FileSystemEvent
+from watchdog.observers.inotify import InotifyObserver
+
 from daemonproc import free_port, wait_for
 from dockerengine import Engine, stand_ins
 from pkgfactory import index_json, make_package
-from watchdog.events import FileSystemEvent
-from watchdog.observers.inotify import InotifyObserver
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "deploy" / "docker-compose.yml"

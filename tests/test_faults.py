@@ -9,12 +9,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, run_index
+from conftest import run_index
 from daemonproc import DaemonProcess, all_records, repodata, wait_for
 from pkgfactory import index_json, make_package
 

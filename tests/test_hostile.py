@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from conftest import run_cli, run_index
+from conftest import run_index
 from pkgfactory import index_json, make_package, tar_bytes, zip_bytes, zstd_bytes
 
 pytestmark = pytest.mark.timeout(180)
@@ -176,9 +176,9 @@ def test_unreadable_file_is_skipped_for_a_non_root_indexer(tmp_path: Path) -> No
     try:
         make_package(channel / "noarch" / "good-1.0-0.conda", index_json("good", "1.0", "0"))
         locked = make_package(channel / "noarch" / "locked-1.0-0.conda", index_json("locked", "1.0", "0"))
-        from conda_indexd.archive import read_package
+        from conda_indexd.archive import read_file
 
-        read_package(locked)  # warm lazy imports (codecs, ruamel): the stdlib is under /root here
+        read_file(locked)  # warm lazy imports (codecs, ruamel): the stdlib is under /root here
         for p in [base, *base.rglob("*")]:
             os.chown(p, nobody.pw_uid, nobody.pw_gid)
         locked.chmod(0o000)

@@ -28,7 +28,7 @@ def _build_both(folder: Path) -> tuple[Path, Path]:
 def test_builders_are_reproducible(tmp_path: Path) -> None:
     a = _build_both(tmp_path / "a")
     b = _build_both(tmp_path / "b")
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert x.read_bytes() == y.read_bytes(), x.name
     for kind in f.BROKEN_KINDS:
         fa = kind.build(tmp_path / "a", "noarch")

@@ -6,25 +6,24 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from pathlib import Path
-
 import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from conda_indexd import shards
-from conda_indexd.cache import SubdirCache
 from conda_indexd.config import IndexConfig
 from conda_indexd.indexer import index_subdir
+from conda_indexd.sqlitecache import SqliteCache
 from conftest import run_cli, run_index
 from pkgfactory import index_json, make_package
 from test_corpus import conda_index_python, copy_real, known_subdirs, run_conda_index  # noqa: F401
 
 
 def shard_digests(subdir_path: Path) -> dict[str, tuple[bytes, bytes]]:
-    with SubdirCache(subdir_path / ".cache" / "cache.db") as cache:
+    with SqliteCache(subdir_path / ".cache" / "cache.db") as cache:
         return {
             name: shards.encode_shard([(fn, text, rx) for _, fn, text, rx in rows])
             for name, rows in itertools.groupby(cache.shard_rows(), key=lambda r: r[0])
@@ -171,15 +170,14 @@ def test_lost_state_or_damaged_shard_is_rebuilt_without_churn(channel: Path) -> 
     index_bytes = (noarch / shards.SHARD_INDEX).read_bytes()
     files = shard_files(noarch)
 
-    config.shard_state("noarch").unlink()  # forgotten fingerprints: re-encode, same bytes, no writes
+    (noarch / ".cache" / "shards-state.json").unlink()  # forgotten fingerprints: re-encode, same bytes, no writes
     rerun = index_subdir(config, "noarch")
     assert rerun.shards.encoded == 3 and rerun.written == []
     assert shard_files(noarch) == files
 
-    config.shard_state("noarch").write_text("{not json")
+    (noarch / ".cache" / "shards-state.json").write_text("{not json")
     assert index_subdir(config, "noarch").written == []
 
-    _, digest_b = shards.decode(index_bytes)["shards"]["b"], None
     victim = noarch / "shards" / f"{shards.decode(index_bytes)['shards']['b'].hex()}.msgpack.zst"
     victim.write_bytes(victim.read_bytes()[:10])  # truncated by someone
     repaired = index_subdir(config, "noarch")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from conftest import run_cli, run_index
 from daemonproc import DaemonProcess, all_records, free_port, repodata, wait_for
 from nginxproc import Nginx, nginx_binary

@@ -1,6 +1,6 @@
 """Read one package archive: its metadata members and its checksums, in one pass.
 
-`read_package(path)` returns a `PackageMetadata` or raises `ArchiveError` with a short
+`read_package(stream, filename)` returns a `PackageMetadata` or raises `ArchiveError` with a short
 machine-readable `reason` (used as a metrics label) and a one-line human message.
 Only the `info/` members conda-index caches are read; the stream is closed as soon as
 every wanted member has been seen. md5 and sha256 are computed together while the file
@@ -9,12 +9,9 @@ is read once from start to end.
 
 from __future__ import annotations
 
-import errno
 import fnmatch
 import hashlib
 import json
-import os
-import stat
 import tarfile
 import threading
 import zipfile
@@ -23,6 +20,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from conda_package_streaming import package_streaming
+
+from .names import stem
 
 INDEX_JSON = "info/index.json"
 ABOUT_JSON = "info/about.json"
@@ -192,87 +191,67 @@ def _oversized(name: str, cap: int) -> ArchiveError:
     return ArchiveError("oversized-metadata", f"{name} is over {cap >> 20} MiB")
 
 
-def open_regular(path: Path) -> IO[bytes]:
-    """Open a package file for reading, refusing anything but a regular file.
-
-    O_NOFOLLOW: a symlink named `x.conda` is never followed (it may point outside the
-    channel). O_NONBLOCK: opening a FIFO named `x.conda` does not wait for a writer.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise ArchiveError("not-a-regular-file", "a symlink; symlinks are not followed") from None
-        if exc.errno in (errno.EACCES, errno.EPERM):
-            raise ArchiveError("permission-denied", f"no permission to read the file ({exc.strerror})") from None
-        if exc.errno == errno.ENXIO:  # a socket
-            raise ArchiveError("not-a-regular-file", "not a regular file (a socket)") from None
-        raise
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file"
-        raise ArchiveError("not-a-regular-file", f"not a regular file ({kind})")
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb")
-
-
-def read_package(path: str | Path, subdir: str | None = None) -> PackageMetadata:
-    """Read the metadata and checksums of one `.conda` or `.tar.bz2` archive.
+def read_package(stream: IO[bytes], filename: str, subdir: str | None = None) -> PackageMetadata:
+    """Read the metadata and checksums of one `.conda` or `.tar.bz2` archive from a
+    seekable binary stream (the store opens it; see ChannelStore.open_package).
 
     With `subdir`, a package whose index.json names another subdir is refused, and so is
     one whose filename is not `<name>-<version>-<build>` of its index.json.
     """
-    path = Path(path)
-    filename = path.name
     try:
-        with open_regular(path) as f:
-            size = f.seek(0, 2)
-            f.seek(0)
-            if size == 0:
-                raise ArchiveError("empty", "empty file")
-            sums = _Checksums()
-            if filename.endswith(".conda"):
-                members = _collect_members(filename, f)
-                f.seek(0)
-                sums.drain(f)
-            else:
-                reader = _HashingReader(f, sums)
-                members = _collect_members(filename, reader)
-                sums.drain(f)
+        size = stream.seek(0, 2)
+        stream.seek(0)
+        if size == 0:
+            raise ArchiveError("empty", "empty file")
+        sums = _Checksums()
+        if filename.endswith(".conda"):
+            members = _collect_members(filename, stream)
+            stream.seek(0)
+            sums.drain(stream)
+        else:
+            reader = _HashingReader(stream, sums)
+            members = _collect_members(filename, reader)
+            sums.drain(stream)
     except ArchiveError:
         raise
     except Exception as exc:  # every failure of a third-party reader becomes a reason
-        raise (_sniff(path) or _classify(filename, exc)) from exc
+        raise (_sniff(stream, filename) or classify(filename, exc)) from exc
     meta = _to_metadata(filename, members, sums)
     if subdir is not None:
         _check_placement(meta, subdir)
     return meta
 
 
+def read_file(path: str | Path, subdir: str | None = None) -> PackageMetadata:
+    """`read_package` of a file on disk (for tools and tests; the indexer reads through
+    its store)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        return read_package(f, path.name, subdir)
+
+
 def _check_placement(meta: PackageMetadata, subdir: str) -> None:
     """Clients key records by filename and solve by name/version/build: the two must agree,
     and a package built for one platform must not be served from another's folder."""
     index = meta.index_json
-    stem = meta.filename.removesuffix(".conda").removesuffix(".tar.bz2")
     expected = f"{index['name']}-{index['version']}-{index['build']}"
-    if stem != expected:
+    if stem(meta.filename) != expected:
         raise ArchiveError("filename-mismatch", f"filename does not match index.json ({expected!r})")
     declared = index.get("subdir")
     if declared is not None and declared != subdir:
         raise ArchiveError("subdir-mismatch", f"index.json says subdir {declared!r}, found in {subdir!r}")
 
 
-def _sniff(path: Path) -> ArchiveError | None:
+def _sniff(stream: IO[bytes], filename: str) -> ArchiveError | None:
     """Name the common impostors: git-lfs pointers, gzip or plain tar under a package name."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(512)
-    except OSError:
+        stream.seek(0)
+        head = stream.read(512)
+    except (OSError, ValueError):
         return None
     if head.startswith(b"version https://git-lfs"):
         return ArchiveError("git-lfs-pointer", "a git-lfs pointer file, not the package (fetch it with git lfs pull)")
-    if path.name.endswith(".tar.bz2"):
+    if filename.endswith(".tar.bz2"):
         if head.startswith(b"\x1f\x8b"):
             return ArchiveError("not-bzip2", "gzip data under a .tar.bz2 name")
         if head[257:262] == b"ustar":
@@ -280,7 +259,7 @@ def _sniff(path: Path) -> ArchiveError | None:
     return None
 
 
-def _classify(filename: str, exc: BaseException) -> ArchiveError:
+def classify(filename: str, exc: BaseException) -> ArchiveError:
     detail = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
     if isinstance(exc, FileNotFoundError):
         return ArchiveError("vanished", f"file disappeared while reading ({detail})")

@@ -1,390 +1,142 @@
-"""The per-subdir `cache.db`, in conda-index 0.13's exact schema (channel-format.md §3.4).
+"""The cache seam: what was extracted from each package, and the fs stage, per subdir.
 
-Stages in the `stat` table:
-- `fs`: what is on disk (path, mtime, size), written from a listing or per touched path.
-- `indexed`: written with the metadata tables after a successful extraction.
+conda-index's `stat` table stages (channel-format.md §3.4):
+- `fs`: what the store lists (path, mtime, size), from a listing or per touched path;
+- `indexed`: written with the metadata tables after a successful extraction;
 - `failed` (ours): an archive that could not be indexed, with the mtime and size it had
-  then; the short reason label is kept in the row's `etag` column and the one-line
-  message in `last_modified` (both unused by conda-index). conda-index only queries the
-  stages it knows, so it ignores these rows; a failed file is not read again until its
-  mtime or size changes.
+  then, so it is not read again until it changes.
+A package is published when its `indexed` row matches its current `fs` row.
 
-Unlike conda-index, the output only contains files whose `indexed` row matches the
-current `fs` row: a package replaced by a broken file drops out instead of being served
-with stale metadata, and a failed file's stale metadata rows are removed, so a
-conda-index run on this cache.db does not serve them either.
+`Caches` opens one `SubdirCache` per subdir. `SqliteCaches` (sqlitecache.py) is
+conda-index 0.13's `<subdir>/.cache/cache.db`. Implementations raise `CacheCorrupt` (after
+moving the damaged cache aside themselves) when they find damage mid-run, and
+`MetadataRejected` for a package whose metadata the cache cannot hold. The shared
+contract is tests/test_contract_cache.py.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import sqlite3
-import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-from .archive import PackageMetadata
-from .logs import get_logger
+from .store import FileState
 
-log = get_logger(__name__)
+if TYPE_CHECKING:
+    from .archive import PackageMetadata
 
-USER_VERSION = 2
-METADATA_TABLES = ("about", "index_json", "recipe", "recipe_log", "run_exports", "post_install", "icon")
-
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS about (path TEXT PRIMARY KEY, about BLOB)",
-    """CREATE TABLE IF NOT EXISTS index_json (
-            path TEXT PRIMARY KEY, index_json BLOB,
-            name AS (json_extract(index_json, '$.name')),
-            sha256 AS (json_extract(index_json, '$.sha256'))
-        )""",
-    "CREATE TABLE IF NOT EXISTS recipe (path TEXT PRIMARY KEY, recipe BLOB)",
-    "CREATE TABLE IF NOT EXISTS recipe_log (path TEXT PRIMARY KEY, recipe_log BLOB)",
-    "CREATE TABLE IF NOT EXISTS run_exports (path TEXT PRIMARY KEY, run_exports BLOB)",
-    "CREATE TABLE IF NOT EXISTS post_install (path TEXT PRIMARY KEY, post_install BLOB)",
-    "CREATE TABLE IF NOT EXISTS icon (path TEXT PRIMARY KEY, icon_png BLOB)",
-    """CREATE TABLE IF NOT EXISTS stat (
-                stage TEXT NOT NULL DEFAULT 'indexed',
-                path TEXT NOT NULL,
-                mtime NUMBER,
-                size INTEGER,
-                sha256 TEXT,
-                md5 TEXT,
-                last_modified TEXT,
-                etag TEXT
-            )""",
-    "CREATE UNIQUE INDEX IF NOT EXISTS idx_stat ON stat (path, stage)",
-    "CREATE INDEX IF NOT EXISTS idx_stat_stage ON stat (stage, path)",
-)
+__all__ = ["FileState", "Failure", "PublishedKey", "RecordRow", "ShardKey", "SubdirCache", "Caches"]
 
 
 class CacheError(Exception):
-    """cache.db cannot be used (too new, corrupt, unwritable)."""
+    """The cache cannot be used at all (too new, unwritable, unreachable): one line."""
 
 
-@dataclass(frozen=True)
-class FileState:
-    path: str
-    mtime: float
-    size: int
+class CacheCorrupt(CacheError):
+    """Damage found mid-run; the damaged cache was already moved aside (`moved_to`), so
+    the next open starts empty and is rebuilt from the packages."""
+
+    def __init__(self, message: str, moved_to: str):
+        super().__init__(message)
+        self.moved_to = moved_to
 
 
-@dataclass(frozen=True)
-class Failure:
+class MetadataRejected(Exception):
+    """The cache refuses one package's metadata (e.g. JSON its engine cannot store)."""
+
+
+class Failure(NamedTuple):
     path: str
     reason: str
     message: str
 
 
-# sqlite result codes for a damaged file (sqlite3.h)
-_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
+class PublishedKey(NamedTuple):
+    path: str
+    sha256: str | None
 
 
-def is_corrupt(exc: BaseException) -> bool:
-    """A cache.db that sqlite cannot read as a database (not disk full, not locked)."""
-    return isinstance(exc, sqlite3.DatabaseError) and (
-        getattr(exc, "sqlite_errorcode", None) in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
-        or "malformed" in str(exc)
-        or "not a database" in str(exc)
-    )
+class RecordRow(NamedTuple):
+    path: str
+    index_json: str  # the cached index.json text (filtered, + md5, sha256, size)
+    name: str
+    run_exports: str | None
 
 
-def quarantine(db_path: Path) -> Path:
-    """Move a damaged cache.db (and its journal) aside, keeping it for inspection; the
-    next open starts an empty cache that is rebuilt from the packages."""
-    target = db_path.with_name(f"{db_path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
-    for suffix in ("", "-journal", "-wal", "-shm"):
-        src = db_path.with_name(db_path.name + suffix)
-        if src.exists():
-            os.replace(src, target.with_name(target.name + suffix))
-    return target
+class ShardKey(NamedTuple):
+    """What a name's shard depends on, one row per published package."""
+
+    name: str
+    path: str
+    sha256: str
 
 
-class SubdirCache:
-    """One subdir's cache.db. Used from one thread at a time (the indexer's writer).
+class SubdirCache(Protocol):
+    """One subdir's cache, used from one thread at a time (the indexer's writer)."""
 
-    A damaged file found on open is moved aside (`cache.db.corrupt-<time>`) and a new
-    cache is started: the packages are the source of truth, the cache only saves work.
-    """
+    def close(self) -> None: ...
+    def __enter__(self) -> SubdirCache: ...
+    def __exit__(self, *exc: object) -> None: ...
 
-    def __init__(self, db_path: Path):
-        self.db_path = db_path
-        try:
-            self._open()
-        except sqlite3.DatabaseError as exc:
-            if not is_corrupt(exc):
-                raise CacheError(f"{db_path}: {exc}") from exc
-            if getattr(self, "db", None) is not None:
-                self.db.close()
-            moved = quarantine(db_path)
-            log.warning("cache.db is damaged; moved aside and rebuilding from the packages", path=str(db_path), moved_to=moved.name, error=str(exc))
-            try:
-                self._open()
-            except sqlite3.Error as exc2:
-                raise CacheError(f"{db_path}: {exc2}") from exc2
-        except OSError as exc:
-            raise CacheError(f"{db_path.parent}: {exc.strerror or exc}") from exc
+    def transaction(self) -> AbstractContextManager[None]:
+        """Group writes into one commit; nested uses join the outer one."""
+        ...
 
-    def _open(self) -> None:
-        db_path = self.db_path
-        try:
-            db_path.parent.mkdir(exist_ok=True)
-            self.db = sqlite3.connect(str(db_path), isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA foreign_keys = ON")
-            # One local writer; rollback journal kept (conda-index uses no WAL, and WAL
-            # breaks on network file systems). synchronous=NORMAL is safe in that mode
-            # for our purpose: a lost transaction only means re-extracting a package.
-            self.db.execute("PRAGMA synchronous = NORMAL")
-            self._migrate()
-        except sqlite3.DatabaseError:
-            raise
-        except sqlite3.Error as exc:
-            raise CacheError(f"{db_path}: {exc}") from exc
-
-    def close(self) -> None:
-        self.db.close()
-
-    def __enter__(self) -> SubdirCache:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _migrate(self) -> None:
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        if version > USER_VERSION:
-            raise CacheError(f"{self.db_path}: cache version {version} is newer than {USER_VERSION}")
-        with self.transaction():
-            for statement in _SCHEMA:
-                self.db.execute(statement)
-            if version < 1:  # conda-index migration 1: bare filenames as paths
-                self.db.create_function("basename", 1, lambda p: p.rsplit("/", 1)[-1] if isinstance(p, str) else p)
-                for table in (*METADATA_TABLES, "stat"):
-                    self.db.execute(f"UPDATE OR IGNORE {table} SET path = basename(path) WHERE instr(path, '/')")
-            if version < 2:  # migration 2: generated columns (present in our CREATE)
-                columns = {row[1] for row in self.db.execute("PRAGMA table_xinfo(index_json)")}
-                if "name" not in columns:
-                    self.db.execute("ALTER TABLE index_json ADD COLUMN name AS (json_extract(index_json, '$.name'))")
-                if "sha256" not in columns:
-                    self.db.execute("ALTER TABLE index_json ADD COLUMN sha256 AS (json_extract(index_json, '$.sha256'))")
-            if version < USER_VERSION:
-                self.db.execute(f"PRAGMA user_version = {USER_VERSION}")
-
-    def transaction(self) -> _Transaction:
-        return _Transaction(self.db)
-
-    # --- fs stage -------------------------------------------------------------------
-
+    # fs stage
     def replace_fs_state(self, files: Iterable[FileState]) -> None:
-        """A full listing: the fs stage becomes exactly these files (save_fs_state).
-
-        Only the difference is written: on a big subdir where little changed, rewriting
-        every row costs more than the listing itself."""
-        new = {f.path: f for f in files}
-        old = self.fs_state()
-        gone = old.keys() - new.keys()
-        changed = [f for path, f in new.items() if old.get(path) != f]
-        if not gone and not changed:
-            return
-        with self.transaction():
-            self.db.executemany("DELETE FROM stat WHERE stage = 'fs' AND path = ?", ((p,) for p in gone))
-            self._upsert_fs(changed)
+        """A full listing: the fs stage becomes exactly these files."""
+        ...
 
     def update_fs_state(self, present: Iterable[FileState], gone: Iterable[str]) -> None:
-        """Touched paths only: upsert the files still there, drop the ones that went away."""
-        with self.transaction():
-            self._upsert_fs(present)
-            self.db.executemany("DELETE FROM stat WHERE stage = 'fs' AND path = ?", ((p,) for p in gone))
+        """Touched paths only: upsert the present, drop the gone."""
+        ...
 
-    def _upsert_fs(self, files: Iterable[FileState]) -> None:
-        self.db.executemany(
-            "INSERT INTO stat (stage, path, mtime, size) VALUES ('fs', ?, ?, ?) "
-            "ON CONFLICT (path, stage) DO UPDATE SET mtime = excluded.mtime, size = excluded.size",
-            ((f.path, f.mtime, f.size) for f in files),
-        )
-
-    def fs_state(self) -> dict[str, FileState]:
-        return {
-            path: FileState(path, mtime, size)
-            for path, mtime, size in self.db.execute("SELECT path, mtime, size FROM stat WHERE stage = 'fs'")
-        }
-
-    # --- what to extract ---------------------------------------------------------------
+    def fs_state(self) -> dict[str, FileState]: ...
 
     def changed_packages(self, paths: Iterable[str] | None = None) -> list[FileState]:
-        """fs rows with no matching `indexed` row and no matching `failed` row (§3.5);
-        `paths` limits the answer to those files (the daemon's touched names)."""
-        query = """
-            SELECT fs.path, fs.mtime, fs.size FROM stat AS fs
-            LEFT JOIN stat AS ix ON ix.path = fs.path AND ix.stage = 'indexed'
-            LEFT JOIN stat AS bad ON bad.path = fs.path AND bad.stage = 'failed'
-            WHERE fs.stage = 'fs'
-              AND (ix.path IS NULL OR ix.mtime != fs.mtime OR ix.size != fs.size)
-              AND (bad.path IS NULL OR bad.mtime != fs.mtime OR bad.size != fs.size)
-        """
-        query, params = _limit(query, "fs.path", paths)
-        return [FileState(*row) for row in self.db.execute(query + " ORDER BY fs.path", params)]
+        """fs rows with neither a matching `indexed` nor a matching `failed` row, by path."""
+        ...
 
-    # --- writes after extraction ---------------------------------------------------------
-
+    # after extraction
     def store(self, meta: PackageMetadata, state: FileState) -> None:
-        """All tables and the `indexed` stat row of one package, in one transaction."""
-        path = state.path
-        index = meta.index_json
-        with self.transaction():
-            for table, value in (
-                ("about", meta.about),
-                ("recipe", meta.recipe),
-                ("run_exports", meta.run_exports),
-                ("post_install", meta.post_install),
-            ):
-                if value is None:
-                    self.db.execute(f"DELETE FROM {table} WHERE path = ?", (path,))
-                else:
-                    self.db.execute(
-                        f"INSERT OR REPLACE INTO {table} (path, {table}) VALUES (?, json(?))", (path, value)
-                    )
-            if meta.icon is None:
-                self.db.execute("DELETE FROM icon WHERE path = ?", (path,))
-            else:
-                self.db.execute("INSERT OR REPLACE INTO icon (path, icon_png) VALUES (?, ?)", (path, meta.icon))
-            self.db.execute(
-                "INSERT OR REPLACE INTO index_json (path, index_json) VALUES (?, json(?))",
-                (path, json.dumps(index)),
-            )
-            self.db.execute(
-                "INSERT OR REPLACE INTO stat (stage, path, mtime, size, sha256, md5) VALUES ('indexed', ?, ?, ?, ?, ?)",
-                (path, state.mtime, state.size, index["sha256"], index["md5"]),
-            )
-            self.db.execute("DELETE FROM stat WHERE stage = 'failed' AND path = ?", (path,))
+        """All metadata and the `indexed` row of one package. May raise MetadataRejected."""
+        ...
 
     def store_failure(self, state: FileState, reason: str, message: str) -> None:
-        """Remember a failed archive; drop any stale metadata it had (see module doc)."""
-        path = state.path
-        with self.transaction():
-            for table in METADATA_TABLES:
-                self.db.execute(f"DELETE FROM {table} WHERE path = ?", (path,))
-            self.db.execute("DELETE FROM stat WHERE stage = 'indexed' AND path = ?", (path,))
-            self.db.execute(
-                "INSERT OR REPLACE INTO stat (stage, path, mtime, size, etag, last_modified) "
-                "VALUES ('failed', ?, ?, ?, ?, ?)",
-                (path, state.mtime, state.size, reason, message),
-            )
+        """Remember a failed archive and drop any stale metadata it had."""
+        ...
 
-    # --- reads for the outputs -------------------------------------------------------------
-
-    _PUBLISHED = """
-            FROM stat AS fs
-            JOIN stat AS ix ON ix.path = fs.path AND ix.stage = 'indexed'
-                 AND ix.mtime = fs.mtime AND ix.size = fs.size
-            JOIN index_json ON index_json.path = fs.path
-    """
-
-    def shard_keys(self) -> Iterator[tuple[str, str, str]]:
-        """(name, filename, sha256) of every published package, by name then filename:
-        what each name's shard depends on (see shards.fingerprint)."""
-        return self.db.execute(
-            "SELECT index_json.name, fs.path, index_json.sha256"
-            + self._PUBLISHED
-            + "WHERE fs.stage = 'fs' ORDER BY index_json.name, fs.path"
-        )
-
+    # reads for the outputs
+    def published_keys(self, paths: Iterable[str] | None = None) -> Iterator[PublishedKey]: ...
+    def published_digests(self) -> dict[str, str | None]: ...
+    def records_for(self, paths: Iterable[str]) -> Iterator[RecordRow]: ...
+    def shard_keys(self) -> Iterator[ShardKey]: ...
     def shard_rows(self) -> Iterator[tuple[str, str, str, str | None]]:
-        """(name, filename, index_json text, run_exports text) of every published package,
-        ordered by name then filename: the input of CEP-16 shards."""
-        return self.db.execute(
-            "SELECT index_json.name, fs.path, index_json.index_json, run_exports.run_exports"
-            + self._PUBLISHED
-            + "LEFT JOIN run_exports ON run_exports.path = fs.path WHERE fs.stage = 'fs' "
-            + "ORDER BY index_json.name, fs.path"
-        )
-
-    def published_keys(self, paths: Iterable[str] | None = None) -> Iterator[tuple[str, str | None]]:
-        """(filename, sha256) of every published package (or of those among `paths`),
-        from the stat rows alone (no JSON is read): what tells a caller which records it
-        already holds."""
-        query = """
-            SELECT fs.path, ix.sha256 FROM stat AS fs
-            JOIN stat AS ix ON ix.path = fs.path AND ix.stage = 'indexed'
-                 AND ix.mtime = fs.mtime AND ix.size = fs.size
-            WHERE fs.stage = 'fs'
-        """
-        return self.db.execute(*_limit(query, "fs.path", paths))
-
-    def records_for(self, paths: Iterable[str]) -> Iterator[tuple[str, str, str, str | None]]:
-        """(filename, index_json text, name, run_exports text) of the given packages."""
-        return self.db.execute(
-            """
-            SELECT index_json.path, index_json.index_json, index_json.name, run_exports.run_exports
-            FROM index_json LEFT JOIN run_exports USING (path)
-            WHERE index_json.path IN (SELECT value FROM json_each(?))
-            """,
-            (json.dumps(list(paths)),),
-        )
+        """(name, filename, index_json text, run_exports text) of every published package."""
+        ...
 
     def metadata_texts(self, path: str) -> tuple[str | None, ...]:
-        """(index_json, about, post_install, recipe, run_exports) texts of one package,
-        for channeldata (conda-index's load_all_from_cache)."""
-        row = self.db.execute(
-            """
-            SELECT index_json, about, post_install, recipe, run_exports FROM index_json
-            LEFT JOIN about USING (path) LEFT JOIN post_install USING (path)
-            LEFT JOIN recipe USING (path) LEFT JOIN run_exports USING (path)
-            WHERE index_json.path = ?
-            """,
-            (path,),
-        ).fetchone()
-        return tuple(row) if row else (None, None, None, None, None)
-
-    def published_digests(self) -> dict[str, str | None]:
-        """{filename: sha256} of what the outputs currently hold, per this cache."""
-        return dict(self.published_keys())
+        """(index_json, about, post_install, recipe, run_exports) texts of one package."""
+        ...
 
     def run_exports(self) -> Iterator[tuple[str, str | None]]:
-        """(filename, run_exports text or None) for every fs row, as conda-index does (§6.2)."""
-        return self.db.execute(
-            """
-            SELECT stat.path, run_exports.run_exports FROM stat
-            LEFT JOIN run_exports USING (path)
-            WHERE stat.stage = 'fs' ORDER BY stat.path
-            """
-        )
+        """(filename, run_exports text or None) for every fs row, by filename."""
+        ...
 
     def failures(self) -> list[Failure]:
-        """Archives currently skipped: a `failed` row matching the current fs row."""
-        rows = self.db.execute(
-            """
-            SELECT fs.path, bad.etag, bad.last_modified FROM stat AS fs
-            JOIN stat AS bad ON bad.path = fs.path AND bad.stage = 'failed'
-                 AND bad.mtime = fs.mtime AND bad.size = fs.size
-            WHERE fs.stage = 'fs' ORDER BY fs.path
-            """
-        )
-        return [Failure(path, reason or "unreadable", message or "") for path, reason, message in rows]
+        """Archives currently skipped (a `failed` row matching the fs row), by path."""
+        ...
+
+    # what later runs remember beside the cache rows (the shard upkeep's state)
+    def load_state(self, name: str) -> bytes | None: ...
+    def save_state(self, name: str, data: bytes) -> None: ...
 
 
-def _limit(query: str, column: str, paths: Iterable[str] | None) -> tuple[str, tuple[str, ...]]:
-    if paths is None:
-        return query, ()
-    return query + f" AND {column} IN (SELECT value FROM json_each(?))", (json.dumps(sorted(paths)),)
+class Caches(Protocol):
+    """Where the caches of a channel live."""
 
+    location: str
 
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT; nested uses join the outer transaction, so a caller
-    can group many stores into one commit (one journal sync instead of one per package)."""
-
-    def __init__(self, db: sqlite3.Connection):
-        self.db = db
-
-    def __enter__(self) -> None:
-        if not self.db.in_transaction:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.outer = True
-        else:
-            self.outer = False
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        if self.outer:
-            self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+    def open(self, subdir: str) -> SubdirCache:
+        """Raises CacheError when the cache cannot be used."""
+        ...

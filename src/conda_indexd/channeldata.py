@@ -17,6 +17,8 @@ from html import escape
 from typing import Any
 from xml.dom import minidom
 
+from .names import compact_json, conda_twin
+
 CHANNELDATA_VERSION = 1
 NEWER_WINS = (
     "description", "dev_url", "doc_url", "doc_source_url", "home", "license", "source_url",
@@ -56,7 +58,7 @@ def build(subdirs: dict[str, dict[str, Any]], load: Loader) -> dict[str, Any]:
         conda = repodata.get("packages.conda", {})
         records = dict(conda)
         for fn, rec in repodata.get("packages", {}).items():
-            if fn[: -len(".tar.bz2")] + ".conda" not in conda:
+            if conda_twin(fn) not in conda:
                 records[fn] = rec  # .conda preferred
         newest: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
         for fn in sorted(records):
@@ -91,7 +93,7 @@ def build(subdirs: dict[str, dict[str, Any]], load: Loader) -> dict[str, Any]:
 
 def serialize(channeldata: dict[str, Any]) -> bytes:
     """As conda-index writes it: compact, sorted keys, a final newline."""
-    return (json.dumps(channeldata, sort_keys=True, separators=(",", ":")) + "\n").encode()
+    return (compact_json(channeldata) + "\n").encode()
 
 
 def merged_metadata(index_json: str | None, about: str | None, post_install: str | None,
@@ -158,7 +160,9 @@ def rss(channel_name: str, channeldata: dict[str, Any], limit: int = 100) -> byt
             "source": p.get("home"),
         })  # fmt: skip
         channel.appendChild(item)
-    doc.documentElement.appendChild(channel)
+    root = doc.documentElement
+    assert root is not None  # createDocument made it
+    root.appendChild(channel)
     return doc.toprettyxml(indent="  ", encoding="utf-8")
 
 

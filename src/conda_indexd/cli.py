@@ -15,12 +15,15 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import __version__, logs, wait
+from .backends import open_backends
 from .cache import CacheError
+from .channelfiles import publish_channel
 from .config import DEFAULT_SHARD_RETENTION, IndexConfig, default_threads, detect_subdirs
+from .current import available as current_available
+from .current import load_pins
 from .daemon import DEFAULT_HOST, DEFAULT_PORT, Daemon, WatchConfig
-from .indexer import SubdirResult, index_subdir, publish_channel
+from .indexer import SubdirResult, index_subdir
 from .lock import ChannelBusy, ChannelLock
-from .current import available as current_available, load_pins
 from .patches import PatchError
 
 PROG = "conda-indexd"
@@ -229,11 +232,12 @@ def run_index(args: argparse.Namespace) -> int:
     progress = ProgressLine()
     results: list[SubdirResult] = []
     failed: list[str] = []
+    backends = open_backends(config)
     with ChannelLock(config.channel):
-        for subdir in detect_subdirs(config):
+        for subdir in detect_subdirs(config, backends.packages.subdirs()):
             progress.subdir = subdir
             try:
-                result = index_subdir(config, subdir, on_progress=progress)
+                result = index_subdir(config, subdir, on_progress=progress, backends=backends)
             except PatchError as exc:  # that subdir keeps its last good repodata
                 progress.clear()
                 log.error("patches failed; subdir left as it was", subdir=subdir, error=str(exc))
@@ -242,7 +246,7 @@ def run_index(args: argparse.Namespace) -> int:
             progress.clear()
             results.append(result)
             log.info("subdir indexed", **result.log_fields())
-        channel_files = publish_channel(config, [r.subdir for r in results])
+        channel_files = publish_channel(config, backends, [r.subdir for r in results])
         if channel_files:
             log.info("channel files written", written=channel_files)
     reasons = Counter(f.reason for r in results for f in r.skipped)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,15 +32,8 @@ KNOWN_SUBDIRS = frozenset(
     }
 )
 
-PACKAGE_EXTENSIONS = (".conda", ".tar.bz2")
-
 # CEP-16: keep unreferenced shards about a week (clients cache the shard index).
 DEFAULT_SHARD_RETENTION = 7 * 24 * 3600.0
-
-
-def is_package_name(name: str) -> bool:
-    """A file name that counts as a package: `*.conda` or `*.tar.bz2`, not a dotfile."""
-    return name.endswith(PACKAGE_EXTENSIONS) and not name.startswith(".")
 
 
 def default_threads() -> int:
@@ -71,37 +65,10 @@ class IndexConfig:
     def output_root(self) -> Path:
         return self.output or self.channel
 
-    def subdir_path(self, subdir: str) -> Path:
-        """Where the packages and the cache of a subdir live."""
-        return self.channel / subdir
 
-    def output_dir(self, subdir: str) -> Path:
-        """Where the repodata of a subdir is published."""
-        return self.output_root / subdir
-
-    def cache_db(self, subdir: str) -> Path:
-        """cache.db always lives under the input channel, even with --output (as conda-index)."""
-        return self.channel / subdir / ".cache" / "cache.db"
-
-    def current_pins(self) -> dict[str, list[str]]:
-        if self.current_index_versions is None:
-            return {}
-        from .current import load_pins
-
-        return load_pins(self.current_index_versions)
-
-    def shard_state(self, subdir: str) -> Path:
-        """What the shard upkeep remembers between runs, next to cache.db."""
-        return self.cache_db(subdir).with_name("shards-state.json")
-
-
-def detect_subdirs(config: IndexConfig) -> list[str]:
-    """The subdirs to index: the ones asked for, or noarch plus every known platform folder."""
+def detect_subdirs(config: IndexConfig, present: Iterable[str]) -> list[str]:
+    """The subdirs to index: the ones asked for, or noarch plus every known platform
+    among the channel's `present` folders."""
     if config.subdirs:
         return sorted(set(config.subdirs))
-    found = {
-        entry.name
-        for entry in os.scandir(config.channel)
-        if entry.name in KNOWN_SUBDIRS and entry.is_dir()
-    }
-    return sorted(found | {"noarch"})
+    return sorted({name for name in present if name in KNOWN_SUBDIRS} | {"noarch"})

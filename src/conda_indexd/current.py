@@ -25,6 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .names import conda_twin, tar_twin
+
+Match = Callable[[Any, str], bool]  # (version, filename) -> bool
+
 
 class CurrentRepodataUnavailable(Exception):
     pass
@@ -69,7 +73,7 @@ def build(repodata: dict[str, Any], pins: dict[str, list[str]] | None = None) ->
     tar, conda = repodata.get("packages", {}), repodata.get("packages.conda", {})
     candidates: dict[str, dict[str, Any]] = {}  # fn -> record, twins set aside
     for fn, rec in tar.items():
-        if fn[: -len(".tar.bz2")] + ".conda" not in conda:
+        if conda_twin(fn) not in conda:
             candidates[fn] = rec
     candidates.update(conda)
 
@@ -84,7 +88,6 @@ def build(repodata: dict[str, Any], pins: dict[str, list[str]] | None = None) ->
 
     keep: set[str] = set()
 
-    Match = Callable[[Any, str], bool]  # (version, filename) -> bool
 
     def newest_matching(name: str, matches: Match) -> set[str]:
         entries = [(v, fn) for v, fn in by_name.get(name, ()) if matches(v, fn)]
@@ -98,13 +101,13 @@ def build(repodata: dict[str, Any], pins: dict[str, list[str]] | None = None) ->
             build is None or fnmatch.fnmatchcase(str(candidates[fn].get("build", "")), build)
         )
 
-    for name, entries in by_name.items():
+    for entries in by_name.values():
         top = entries[-1][0]
         keep |= {fn for v, fn in entries if v == top}
     for name, versions in (pins or {}).items():
         for pin in versions:
             spec = VersionSpec(f"{pin}.*") if "*" not in pin else VersionSpec(pin)
-            keep |= newest_matching(name, lambda v, fn, spec=spec, pin=pin: spec.matches(v) or str(v) == pin)
+            keep |= newest_matching(name, _pin_matcher(spec, pin))
 
     added: set[str] = set()
     for fn in sorted(keep):
@@ -119,7 +122,7 @@ def build(repodata: dict[str, Any], pins: dict[str, list[str]] | None = None) ->
                 added |= newest_matching(name, matches)
     keep |= added
 
-    for name, entries in by_name.items():
+    for entries in by_name.values():
         kept = [(v, fn) for v, fn in entries if fn in keep]
         if not any(_featured(candidates[fn]) for _, fn in kept):
             continue
@@ -133,7 +136,7 @@ def build(repodata: dict[str, Any], pins: dict[str, list[str]] | None = None) ->
     for fn in sorted(keep):
         if fn in conda:
             rec = dict(conda[fn])
-            twin = tar.get(fn[: -len(".conda")] + ".tar.bz2")
+            twin = tar.get(tar_twin(fn))
             rec["legacy_bz2_md5"] = twin.get("md5") if twin else None
             out_conda[fn] = rec
     doc = {k: v for k, v in repodata.items() if k not in ("packages", "packages.conda")}
@@ -144,3 +147,8 @@ def build(repodata: dict[str, Any], pins: dict[str, list[str]] | None = None) ->
 
 def _featured(rec: dict[str, Any]) -> bool:
     return bool(rec.get("track_features") or rec.get("features"))
+
+
+def _pin_matcher(spec: Any, pin: str) -> Match:
+    """A pin keeps the versions its spec matches, and the version spelled as the pin."""
+    return lambda version, _fn: bool(spec.matches(version) or str(version) == pin)

@@ -12,9 +12,35 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class EventKind(StrEnum):
+    """What happened to a package file (watchdog's event types we act on)."""
+
+    CREATED = "created"
+    MODIFIED = "modified"
+    CLOSED = "closed"
+    MOVED = "moved"
+    DELETED = "deleted"
+
+
+class ScanReason(StrEnum):
+    """Why a subdir is listed whole (the `reason` label of conda_indexd_rescans_total)."""
+
+    STARTUP = "startup"
+    NEW_SUBDIR = "new-subdir"
+    OVERFLOW = "overflow"
+    PERIODIC = "periodic"
+    SIGNAL = "signal"
+    REPLACED = "replaced"
+    PATCHES = "patches"
+    RETRY = "retry"
+    EMPTY_CHECK = "empty-check"
+
 
 # event kinds after which a file is known to be complete
-COMPLETE_KINDS = frozenset({"closed", "moved"})
+COMPLETE_KINDS = frozenset({EventKind.CLOSED, EventKind.MOVED})
 
 
 @dataclass
@@ -24,11 +50,11 @@ class Pending:
     last_event: float
     not_before: float = 0.0  # a retry that must wait (settle, empty-listing check)
     full_scan: bool = False
-    scan_reason: str | None = None
-    names: dict[str, str] = field(default_factory=dict)  # name -> kind of its last event
+    scan_reason: ScanReason | None = None
+    names: dict[str, EventKind] = field(default_factory=dict)  # name -> kind of its last event
     confirm_empty: bool = False
 
-    def merge_names(self, names: Iterable[tuple[str, str]]) -> None:
+    def merge_names(self, names: Iterable[tuple[str, EventKind]]) -> None:
         for name, kind in names:
             self.names[name] = kind
 
@@ -47,7 +73,7 @@ class DebounceQueue:
             entry = self._pending[subdir] = Pending(subdir, first_event=now, last_event=now)
         return entry
 
-    def add(self, subdir: str, name: str, kind: str) -> None:
+    def add(self, subdir: str, name: str, kind: EventKind) -> None:
         """A file event in a subdir."""
         with self._cond:
             now = self.clock()
@@ -56,7 +82,7 @@ class DebounceQueue:
             entry.names[name] = kind
             self._cond.notify_all()
 
-    def add_scan(self, subdir: str, reason: str, *, delay: float = 0.0, confirm_empty: bool = False) -> None:
+    def add_scan(self, subdir: str, reason: ScanReason, *, delay: float = 0.0, confirm_empty: bool = False) -> None:
         """A full listing of the subdir (start-up, rescans, a new subdir folder)."""
         with self._cond:
             now = self.clock()
@@ -68,7 +94,7 @@ class DebounceQueue:
                 entry.not_before = max(entry.not_before, now + delay)
             self._cond.notify_all()
 
-    def retry(self, subdir: str, names: dict[str, str], delay: float) -> None:
+    def retry(self, subdir: str, names: dict[str, EventKind], delay: float) -> None:
         """Put names back to be looked at again after `delay` (uploads still in progress)."""
         with self._cond:
             now = self.clock()

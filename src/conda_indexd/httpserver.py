@@ -6,8 +6,6 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from .metrics import CONTENT_TYPE
-
 Route = Callable[[], tuple[int, str, bytes]]  # -> status, content type, body
 
 

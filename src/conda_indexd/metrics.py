@@ -8,8 +8,8 @@ from prometheus_client import (
     Gauge,
     Histogram,
     PlatformCollector,
-    disable_created_metrics,
     ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST

@@ -29,9 +29,9 @@ from typing import Any
 
 from conda_package_streaming import package_streaming
 
-from .config import PACKAGE_EXTENSIONS
+from .names import PACKAGE_EXTENSIONS, PATCH_INSTRUCTIONS, compact_json, conda_twin
 
-INSTRUCTIONS = "patch_instructions.json"
+INSTRUCTIONS = PATCH_INSTRUCTIONS
 REVOKED_DEP = "package_has_been_revoked"
 
 
@@ -127,26 +127,25 @@ def check(instructions: Any, origin: str) -> dict[str, Any]:
 
 
 def instructions_for(
-    subdir: str, repodata: dict[str, Any], generator: Path | None, existing: Path
+    subdir: str, repodata: dict[str, Any], generator: Path | None, existing: bytes | None
 ) -> tuple[dict[str, Any], bool]:
-    """(instructions, fresh): fresh ones came from the generator and are to be written."""
+    """(instructions, fresh): fresh ones came from the generator and are to be written;
+    else the `existing` patch_instructions.json (its bytes, None when absent) applies."""
     if generator is not None:
         fresh = check(from_generator(generator, repodata, subdir), generator.name)
         if fresh:
             return fresh, True
-    try:
-        text = existing.read_text()
-    except FileNotFoundError:
+    if existing is None:
         return {}, False
     try:
-        return check(json.loads(text), f"{subdir}/{INSTRUCTIONS}"), False
+        return check(json.loads(existing), f"{subdir}/{INSTRUCTIONS}"), False
     except ValueError as exc:
         raise PatchError(f"{subdir}/{INSTRUCTIONS} is not valid JSON ({exc})") from exc
 
 
 def serialize(instructions: dict[str, Any]) -> bytes:
     """patch_instructions.json as conda-index writes it (compact, sorted, final newline)."""
-    return (json.dumps(instructions, sort_keys=True, separators=(",", ":")) + "\n").encode()
+    return (compact_json(instructions) + "\n").encode()
 
 
 def _merge(record: dict[str, Any], fix: dict[str, Any]) -> None:
@@ -165,10 +164,6 @@ def _merge(record: dict[str, Any], fix: dict[str, Any]) -> None:
             record[key] = value
 
 
-def _twin(fn: str) -> str:
-    return fn[: -len(".tar.bz2")] + ".conda" if fn.endswith(".tar.bz2") else fn
-
-
 def apply(repodata: dict[str, Any], instructions: dict[str, Any]) -> dict[str, Any]:
     """Patch `repodata` (or a shard: the same two sections) in place and return it."""
     removed = repodata.setdefault("removed", [])
@@ -179,18 +174,18 @@ def apply(repodata: dict[str, Any], instructions: dict[str, Any]) -> dict[str, A
         if fn in tar:
             _merge(tar[fn], copy.deepcopy(fix))
     for fn, fix in fixes.items():
-        if _twin(fn) in conda and fn.endswith(".tar.bz2"):
-            _merge(conda[_twin(fn)], copy.deepcopy(fix))
+        if conda_twin(fn) in conda and fn.endswith(".tar.bz2"):
+            _merge(conda[conda_twin(fn)], copy.deepcopy(fix))
     for fn, fix in instructions.get("packages.conda", {}).items():
         if fn in conda:
             _merge(conda[fn], copy.deepcopy(fix))
     for fn in instructions.get("revoke", ()):
-        for section, name in ((tar, fn), (conda, _twin(fn))):
+        for section, name in ((tar, fn), (conda, conda_twin(fn))):
             if name in section:
                 section[name]["revoked"] = True
                 section[name].setdefault("depends", []).append(REVOKED_DEP)
     for fn in instructions.get("remove", ()):
-        for section, name in ((tar, fn), (conda, _twin(fn))):
+        for section, name in ((tar, fn), (conda, conda_twin(fn))):
             if section.pop(name, None) is not None:
                 removed.append(name)
     removed.sort()

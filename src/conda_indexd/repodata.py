@@ -12,26 +12,12 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-TAR_BZ2 = ".tar.bz2"
-CONDA = ".conda"
-
-
-def dumps(obj: Any) -> str:
-    """conda-index's compact serialisation: sorted keys, no spaces, ensure_ascii."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+from .names import compact_json, section_of
 
 
 def serialize_record(index_json_text: str) -> str:
     """One cached index_json row as it appears inside repodata.json."""
-    return dumps(json.loads(index_json_text))
-
-
-def section_of(filename: str) -> str | None:
-    if filename.endswith(CONDA):
-        return "packages.conda"
-    if filename.endswith(TAR_BZ2):
-        return "packages"
-    return None
+    return compact_json(json.loads(index_json_text))
 
 
 def subdir_base_url(base_url: str, subdir: str) -> str:
@@ -56,7 +42,7 @@ def build_repodata(
 ) -> bytes:
     """repodata.json bytes from (filename, record_piece) pairs sorted by filename.
 
-    The document equals `dumps(repodata)`: `json.dumps` with sorted keys composes, so it
+    The document equals `compact_json(repodata)`: `json.dumps` with sorted keys composes, so it
     can be assembled from records serialised one at a time (and kept between runs).
     """
     tar: list[str] = []
@@ -70,10 +56,10 @@ def build_repodata(
     version = 2 if base_url else 1
     text = "".join(
         (
-            '{"info":', dumps(subdir_info(subdir, base_url)),
+            '{"info":', compact_json(subdir_info(subdir, base_url)),
             ',"packages":{', ",".join(tar),
             '},"packages.conda":{', ",".join(conda),
-            '},"removed":', dumps(sorted(removed)),
+            '},"removed":', compact_json(sorted(removed)),
             ',"repodata_version":', str(version), "}",
         )
     )  # fmt: skip
@@ -92,4 +78,4 @@ def build_run_exports(subdir: str, rows: Iterable[tuple[str, str | None]]) -> by
         elif section == "packages.conda":
             packages_conda[fn] = entry
     doc = {"info": {"subdir": subdir, "version": 1}, "packages": packages, "packages.conda": packages_conda}
-    return dumps(doc).encode("ascii")
+    return compact_json(doc).encode("ascii")

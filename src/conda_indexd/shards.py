@@ -1,4 +1,4 @@
-"""CEP-16 sharded repodata (channel-format.md §5, §8.2): encoding and incremental upkeep.
+"""CEP-16 sharded repodata (channel-format.md §5, §8.2): encoding and planning, both pure.
 
 Encoding is pure, from cache rows to bytes. A shard is
 `zstd(msgpack({"packages": {...}, "packages.conda": {...}}))` at zstd's default level 3,
@@ -6,7 +6,7 @@ named by the sha256 of those compressed bytes. Records keep the cached index_jso
 order (filtered index.json, then md5, sha256, size), get `run_exports` appended (`{}`
 when none), and carry md5/sha256 as raw bytes, as conda-index 0.13 does.
 
-Upkeep (`ShardStore`), per subdir:
+Upkeep, per subdir (planned here, written by shardstore.ShardStore):
 1. Each package name gets a fingerprint of its (filename, archive sha256) pairs. A name
    whose fingerprint equals the one remembered in `.cache/shards-state.json`, and whose
    shard file is still on disk with the remembered size, keeps its shard: the archive
@@ -22,16 +22,12 @@ Upkeep (`ShardStore`), per subdir:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import json
-import os
 import re
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -41,17 +37,16 @@ try:  # Python 3.14+
 except ImportError:  # conda-package-streaming depends on the backport
     from backports import zstd  # type: ignore[import-not-found,no-redef]
 
-from . import patches, publish
-from .cache import SubdirCache
+from . import patches
+from .cache import RecordRow, ShardKey
 from .logs import get_logger
-from .repodata import section_of, subdir_base_url
+from .names import SHARD_INDEX as SHARD_INDEX  # re-exported: tests and tools decode it
+from .names import compact_json, section_of, utc_timestamp
+from .repodata import subdir_base_url
 
 log = get_logger(__name__)
 
 SHARDS_BASE_URL = "./shards/"
-SHARDS_DIR = "shards"
-SHARD_INDEX = "repodata_shards.msgpack.zst"
-STATE_FILE = "shards-state.json"
 # Bump when the same rows would encode to different shard bytes: it is part of every
 # fingerprint, so all shards are rebuilt once after an upgrade that changes encoding.
 ENCODING = 1
@@ -91,10 +86,6 @@ def encode_shard(
     return data, hashlib.sha256(data).digest()
 
 
-def created_at(now: float | None = None) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
-
-
 def encode_index(
     subdir: str,
     shards: dict[str, bytes],
@@ -110,7 +101,7 @@ def encode_index(
         "info": {  # conda-index's key order: created_at before subdir
             "base_url": info["base_url"],
             "shards_base_url": info["shards_base_url"],
-            "created_at": created or created_at(),
+            "created_at": created or utc_timestamp(),
             "subdir": subdir,
         },
         "shards": {name: shards[name] for name in sorted(shards)},
@@ -143,7 +134,7 @@ def fingerprints(keys: Iterable[tuple[str, str, str]], salt: str = "") -> dict[s
     }
 
 
-# --- upkeep on disk -------------------------------------------------------------------
+# --- planning (pure): which names to encode, and their new shards ----------------------
 
 
 @dataclass
@@ -155,12 +146,77 @@ class Remembered:
     size: int
 
 
+
+
 @dataclass
-class ShardsReport:
-    names: int = 0
-    encoded: int = 0  # shards built this run
-    written: list[str] = field(default_factory=list)  # files replaced, relative to the subdir
-    deleted: list[str] = field(default_factory=list)  # unreferenced shards past retention
+class ShardState:
+    """What the upkeep remembers between runs (kept with the cache, see shardstore)."""
+
+    remembered: dict[str, Remembered] = field(default_factory=dict)
+    unreferenced: dict[str, float] = field(default_factory=dict)  # digest -> since
+    salt: str = ""  # digest of the patch instructions the remembered shards carry
+
+    @classmethod
+    def from_bytes(cls, data: bytes | None) -> ShardState:
+        """The saved state; an empty one when there is none or it is unreadable
+        (then every shard is checked again, and nothing is rewritten needlessly)."""
+        if data is None:
+            return cls()
+        try:
+            state = json.loads(data)
+            if state.get("version") != 1:
+                return cls()
+            return cls(
+                {name: Remembered(*entry) for name, entry in state["names"].items()},
+                {h: float(t) for h, t in state["unreferenced"].items()},
+                str(state.get("salt", "")),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("ignoring unreadable shard state; shards are checked again", error=str(exc))
+            return cls()
+
+    def to_bytes(self) -> bytes:
+        state = {
+            "names": {name: [r.fingerprint, r.digest, r.size] for name, r in self.remembered.items()},
+            "salt": self.salt,
+            "unreferenced": self.unreferenced,
+            "version": 1,
+        }
+        return compact_json(state).encode()
+
+
+@dataclass
+class ShardPlan:
+    salt: str
+    kept: dict[str, Remembered]  # names whose shard stays as it is
+    todo: dict[str, str]  # names to encode -> their new fingerprint
+
+
+def salt_of(instructions: dict[str, Any] | None) -> str:
+    return hashlib.sha256(patches.serialize(instructions)).hexdigest()[:16] if instructions else ""
+
+
+def plan_shards(
+    state: ShardState,
+    keys: list[ShardKey],
+    changed: set[str] | None,
+    instructions: dict[str, Any] | None,
+    on_disk: dict[str, int],
+) -> ShardPlan:
+    """Which names keep their shard. `keys`: (name, filename, sha256) of every published
+    package ordered by name; `changed`: the only names whose files changed since the
+    state was saved (None: any), the others keep their remembered fingerprint."""
+    salt = salt_of(instructions)
+    if salt != state.salt:
+        changed = None  # other patches: every shard's content may differ
+    if changed is None:
+        current = fingerprints(keys, salt)
+    else:
+        remembered = state.remembered
+        current = fingerprints((k for k in keys if k.name in changed or k.name not in remembered), salt)
+        current.update({k.name: remembered[k.name].fingerprint for k in keys if k.name not in current})
+    kept, todo = plan(current, state.remembered, on_disk)
+    return ShardPlan(salt, kept, todo)
 
 
 def plan(
@@ -177,15 +233,25 @@ def plan(
     return kept, todo
 
 
-def shard_files(folder: Path) -> dict[str, int]:
-    """{hex digest: size} of the shard files in `folder`."""
-    found = {}
-    with contextlib.suppress(FileNotFoundError):
-        for entry in os.scandir(folder):
-            match = _SHARD_FILE.match(entry.name)
-            if match and entry.is_file(follow_symlinks=False):
-                found[match.group(1)] = entry.stat().st_size
-    return found
+def encode_shards(
+    todo: dict[str, str], rows: Iterable[RecordRow], instructions: dict[str, Any] | None
+) -> dict[str, tuple[bytes, Remembered]]:
+    """{name: (shard bytes, what to remember)} for the names to encode, from their rows."""
+    encoded = {}
+    ordered = sorted((row for row in rows if row.name in todo), key=lambda r: (r.name, r.path))
+    for name, group in itertools.groupby(ordered, key=lambda r: r.name):
+        data, digest = encode_shard(((r.path, r.index_json, r.run_exports) for r in group), instructions)
+        encoded[name] = (data, Remembered(todo[name], digest.hex(), len(data)))
+    return encoded
+
+
+def shard_file(digest_hex: str) -> str:
+    return f"{digest_hex}.msgpack.zst"
+
+
+def shard_digests(files: dict[str, int]) -> dict[str, int]:
+    """{hex digest: size} of the shard files among a folder's {name: size}."""
+    return {m.group(1): size for name, size in files.items() if (m := _SHARD_FILE.match(name))}
 
 
 def index_info(subdir: str, base_url: str | None, shards_base_url: str = SHARDS_BASE_URL) -> dict[str, str]:
@@ -197,134 +263,14 @@ def index_info(subdir: str, base_url: str | None, shards_base_url: str = SHARDS_
     }
 
 
-def index_is_current(path: Path, subdir: str, shards: dict[str, bytes], base_url: str | None) -> bool:
+def index_is_current(data: bytes | None, subdir: str, shards: dict[str, bytes], base_url: str | None) -> bool:
     """Whether the published index already says exactly this (created_at aside)."""
+    if data is None:
+        return False
     try:
-        index = decode(path.read_bytes())
+        index = decode(data)
         info = dict(index["info"])
         info.pop("created_at")
-        return index["version"] == 1 and info == index_info(subdir, base_url) and index["shards"] == shards
-    except FileNotFoundError:
-        return False
+        return bool(index["version"] == 1 and info == index_info(subdir, base_url) and index["shards"] == shards)
     except Exception:  # unreadable or foreign: replace it
         return False
-
-
-class ShardStore:
-    """The shards of one subdir's output folder and what was remembered about them."""
-
-    def __init__(self, outdir: Path, state_path: Path):
-        self.outdir = outdir
-        self.folder = outdir / SHARDS_DIR
-        self.state_path = state_path
-        self.remembered: dict[str, Remembered] = {}
-        self.unreferenced: dict[str, float] = {}
-        self.salt = ""  # digest of the patch instructions the remembered shards carry
-        self.on_disk: dict[str, int] | None = None  # shard files seen by publish()
-        self._load()
-
-    def _load(self) -> None:
-        try:
-            state = json.loads(self.state_path.read_text())
-            if state.get("version") != 1:
-                return
-            self.remembered = {name: Remembered(*entry) for name, entry in state["names"].items()}
-            self.unreferenced = {h: float(t) for h, t in state["unreferenced"].items()}
-            self.salt = str(state.get("salt", ""))
-        except FileNotFoundError:
-            pass
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("ignoring unreadable shard state; shards are checked again", path=str(self.state_path), error=str(exc))
-            self.remembered, self.unreferenced = {}, {}
-
-    def _state_bytes(self) -> bytes:
-        state = {
-            "version": 1,
-            "names": {
-                name: [r.fingerprint, r.digest, r.size] for name, r in sorted(self.remembered.items())
-            },
-            "unreferenced": dict(sorted(self.unreferenced.items())),
-            "salt": self.salt,
-        }
-        return json.dumps(state, separators=(",", ":")).encode()
-
-    def save(self) -> None:
-        self.state_path.parent.mkdir(exist_ok=True)
-        publish.publish(self.state_path, self._state_bytes(), sync_dir=False)
-
-    def publish(
-        self,
-        cache: SubdirCache,
-        subdir: str,
-        base_url: str | None,
-        report: ShardsReport,
-        keys: Iterable[tuple[str, str, str]] | None = None,
-        dirty: set[str] | None = None,
-        instructions: dict[str, Any] | None = None,
-    ) -> None:
-        """Steps 1-3: new shard files, then the index (see the module doc). `keys` are
-        the (name, filename, sha256) of the published packages ordered by name, when the
-        caller already has them (the indexer's RecordMemo); else they are queried.
-        `dirty`, when given, names the only packages whose files changed since the state
-        was saved: the others keep their remembered fingerprint without recomputing it."""
-        self.folder.mkdir(exist_ok=True)
-        publish.clean_stale_temps(self.folder)  # left by a killed run (we hold the channel lock)
-        publish.clean_stale_temps(self.state_path.parent)
-        keys = list(cache.shard_keys() if keys is None else keys)
-        salt = hashlib.sha256(patches.serialize(instructions)).hexdigest()[:16] if instructions else ""
-        if salt != self.salt:
-            dirty = None  # other patches: every shard's content may differ
-        self.salt = salt
-        if dirty is None:
-            current = fingerprints(keys, salt)
-        else:
-            current = fingerprints((k for k in keys if k[0] in dirty or k[0] not in self.remembered), salt)
-            current.update({name: self.remembered[name].fingerprint for name, _, _ in keys if name not in current})
-        self.on_disk = shard_files(self.folder)
-        kept, todo = plan(current, self.remembered, self.on_disk)
-        wrote_shard = False
-        if todo:
-            paths = [fn for name, fn, _ in keys if name in todo]
-            rows = sorted((name, fn, text, rx) for fn, text, name, rx in cache.records_for(paths))
-            for name, group in itertools.groupby(rows, key=lambda r: r[0]):
-                data, digest = encode_shard(((fn, text, rx) for _, fn, text, rx in group), instructions)
-                filename = f"{digest.hex()}.msgpack.zst"
-                # same_content() inside publish() checks an existing file's bytes
-                if publish.publish(self.folder / filename, data, sync_dir=False):
-                    report.written.append(f"{SHARDS_DIR}/{filename}")
-                    wrote_shard = True
-                kept[name] = Remembered(todo[name], digest.hex(), len(data))
-                self.on_disk[digest.hex()] = len(data)
-                report.encoded += 1
-        if wrote_shard:
-            publish.fsync_dir(self.folder)  # every shard is durable before the index names it
-        self.remembered = kept
-        report.names = len(kept)
-        shards = {name: bytes.fromhex(r.digest) for name, r in kept.items()}
-        index_path = self.outdir / SHARD_INDEX
-        if not index_is_current(index_path, subdir, shards, base_url):
-            publish.publish(index_path, encode_index(subdir, shards, base_url=base_url))
-            report.written.append(SHARD_INDEX)
-
-    def collect(self, retention: float, report: ShardsReport, now: float | None = None) -> None:
-        """Step 4: delete shard files unreferenced for longer than `retention` seconds."""
-        now = time.time() if now is None else now
-        referenced = {r.digest for r in self.remembered.values()}
-        unreferenced = {}
-        on_disk = self.on_disk if self.on_disk is not None else shard_files(self.folder)
-        for digest in list(on_disk):
-            if digest in referenced:
-                continue
-            since = self.unreferenced.get(digest, now)
-            if now - since >= retention:
-                if publish.remove(self.folder / f"{digest}.msgpack.zst"):
-                    report.deleted.append(f"{SHARDS_DIR}/{digest}.msgpack.zst")
-            else:
-                unreferenced[digest] = since
-        self.unreferenced = unreferenced
-
-
-def withdraw(outdir: Path) -> bool:
-    """--no-write-shards: remove the index so clients stop preferring stale shards.
-    The shard files stay (clients that cached the index may still ask for them)."""
-    return publish.remove(outdir / SHARD_INDEX)

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 from html import escape
 from typing import Any
 
+from .names import utc_timestamp
+
 
 @dataclass
 class SubdirStatus:
@@ -40,7 +42,7 @@ def document(
 
 
 def _iso(t: float | None) -> str | None:
-    return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+    return None if t is None else utc_timestamp(t)
 
 
 def as_json(doc: dict[str, Any]) -> bytes:

@@ -19,11 +19,13 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from .config import KNOWN_SUBDIRS, is_package_name
+from .debounce import EventKind
+from .names import is_package_name
 
+_KINDS = frozenset(EventKind)
 TEMP_SUFFIXES = (".part", ".tmp", "~", ".partial", ".crdownload")
 
-OnFile = Callable[[str, str, str], None]  # subdir, filename, kind
+OnFile = Callable[[str, str, EventKind], None]  # subdir, filename, kind
 OnSubdir = Callable[[str], None]
 
 
@@ -51,25 +53,25 @@ class ChannelEventHandler(FileSystemEventHandler):
         self.on_file = on_file
         self.on_subdir = on_subdir
 
-    def _file(self, path: str | bytes, kind: str) -> None:
+    def _file(self, path: str | bytes, kind: EventKind) -> None:
         hit = relevant(self.channel, os.fsdecode(path), self.subdirs)
         if hit:
             self.on_file(hit[0], hit[1], kind)
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        kind = event.event_type
-        if kind not in ("created", "modified", "closed", "moved", "deleted"):
+        if event.event_type not in _KINDS:
             return  # opened, closed_no_write, attrib
+        kind = EventKind(event.event_type)
         if event.is_directory:
             # a subdir folder appearing (mkdir or moved in); "modified" on a folder only
             # means its entries changed, which the file events already say
             path = getattr(event, "dest_path", "") if kind == "moved" else event.src_path
-            if kind in ("created", "moved") and (sub := subdir_folder(self.channel, os.fsdecode(path), self.subdirs)):
+            if kind in (EventKind.CREATED, EventKind.MOVED) and (sub := subdir_folder(self.channel, os.fsdecode(path), self.subdirs)):
                 self.on_subdir(sub)
             return
-        if kind == "moved":
-            self._file(event.src_path, "deleted")
-            self._file(event.dest_path, "moved")
+        if kind == EventKind.MOVED:
+            self._file(event.src_path, EventKind.DELETED)
+            self._file(event.dest_path, EventKind.MOVED)
         else:
             self._file(event.src_path, kind)
 

@@ -1,0 +1,38 @@
+"""Stage 1: the cache's `fs` stage from what the channel store lists now."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from .cache import FileState, SubdirCache
+from .names import is_package_name
+from .store import ChannelStore
+
+
+def update_fs_stage(
+    cache: SubdirCache,
+    store: ChannelStore,
+    subdir: str,
+    *,
+    touched: Collection[str] | None,
+    hold: Collection[str] = (),
+    listing: list[FileState] | None = None,
+) -> set[str] | None:
+    """Bring the fs rows in line with the store; returns the names looked at (None: the
+    whole subdir was listed).
+
+    touched=None lists the whole subdir (or takes the caller's fresh `listing`);
+    otherwise only the named files are stat'ed. Names in `hold` (uploads in progress)
+    keep their previous fs row.
+    """
+    if touched is None:
+        files = [f for f in (store.list_packages(subdir) if listing is None else listing) if f.path not in hold]
+        if hold:
+            old = cache.fs_state()
+            files += [old[name] for name in hold if name in old]
+        cache.replace_fs_state(files)
+        return None
+    names = {n for n in touched if is_package_name(n) and n not in hold}
+    present, gone = store.stat_packages(subdir, names)
+    cache.update_fs_state(present, gone)
+    return names

@@ -1,0 +1,264 @@
+"""`LocalStore`: a channel in a folder on a POSIX file system (the `ChannelStore` seam).
+
+Writes (channel-format.md §2.3, §8.2; ops-notes nginx): a file is only replaced when its
+bytes differ. The new bytes go to `.<name>.<8 hex>.tmp` in the same folder, are fsynced,
+get an mtime at least one whole second newer than the file they replace (nginx's ETag is
+mtime-seconds + size), are renamed over the old name, and the folder is fsynced. A
+reader never sees a partial file. `prepare(recover=True)` removes temporaries a killed
+writer left (call it only while holding the channel lock, with no write running).
+
+Reads of packages never follow a symlink or block on a FIFO under a package name, and
+only regular files are listed as readable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import math
+import os
+import re
+import secrets
+import stat
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO
+
+from .logs import get_logger
+from .names import is_package_name
+from .store import FileState, Unreadable
+
+log = get_logger(__name__)
+
+CHUNK = 1 << 20
+_TEMP = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
+
+
+class LocalStore:
+    """A channel folder. Keys are paths relative to `root` with `/` separators."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.location = str(root)
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    # --- listing -----------------------------------------------------------------------
+
+    def subdirs(self) -> list[str]:
+        return sorted(entry.name for entry in os.scandir(self.root) if entry.is_dir())
+
+    def list_packages(self, subdir: str) -> list[FileState]:
+        files = []
+        try:
+            entries = list(os.scandir(self.root / subdir))
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            if not is_package_name(entry.name):
+                continue
+            if not entry.name.isprintable() or _undecodable(entry.name):
+                log.warning("skipped file with an unusable name", subdir=subdir, path=repr(entry.name))
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            # Anything but a folder is listed, without following symlinks: a symlink, FIFO
+            # or socket under a package name is then refused with a reason by the reader.
+            if not stat.S_ISDIR(st.st_mode):
+                files.append(_state(entry.name, st))
+        return files
+
+    def stat_packages(self, subdir: str, names: Iterable[str]) -> tuple[list[FileState], list[str]]:
+        present, gone = [], []
+        folder = self.root / subdir
+        for name in names:
+            if _undecodable(name):
+                continue
+            try:
+                st = os.lstat(folder / name)
+            except FileNotFoundError:
+                gone.append(name)
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                gone.append(name)
+            else:
+                present.append(_state(name, st))
+        return present, gone
+
+    def list_files(self, folder: str) -> dict[str, int]:
+        found = {}
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            for entry in os.scandir(self.root / folder):
+                if entry.is_file(follow_symlinks=False):
+                    with contextlib.suppress(FileNotFoundError):
+                        found[entry.name] = entry.stat(follow_symlinks=False).st_size
+        return found
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def open_package(self, subdir: str, name: str) -> IO[bytes]:
+        return open_regular(self.root / subdir / name)
+
+    def read(self, key: str) -> bytes | None:
+        try:
+            return (self.root / key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+
+    def exists(self, key: str) -> bool:
+        return (self.root / key).is_file()
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def write(self, key: str, data: bytes, *, sync: bool = True) -> bool:
+        path = self.root / key
+        if same_content(path, data):
+            return False
+        try:
+            write_atomic(path, data)
+        except FileNotFoundError:
+            # the file's own folder (shards/, .cache/) is made on first use; never the
+            # folders above it: a vanished channel must not be recreated
+            if path.parent == self.root or not path.parent.parent.is_dir():
+                raise
+            path.parent.mkdir(exist_ok=True)
+            write_atomic(path, data)
+        if sync:
+            fsync_dir(path.parent)
+        return True
+
+    def remove(self, key: str) -> bool:
+        try:
+            os.unlink(self.root / key)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def sync(self, folder: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            fsync_dir(self.root / folder)
+
+    def prepare(self, subdir: str, *, recover: bool) -> None:
+        folder = self.root / subdir
+        folder.mkdir(exist_ok=True)  # never parents: see write()
+        if recover:
+            clean_stale_temps(folder)
+            clean_stale_temps(folder / "shards")
+
+
+def _state(name: str, st: os.stat_result) -> FileState:
+    return FileState(name, st.st_mtime, st.st_size, f"{st.st_ino}:{st.st_ctime_ns}")
+
+
+def _undecodable(name: str) -> bool:
+    """A name that is not valid UTF-8 on disk (surrogate escapes): it cannot go in JSON."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def open_regular(path: Path) -> IO[bytes]:
+    """Open a package file for reading, refusing anything but a regular file.
+
+    O_NOFOLLOW: a symlink named `x.conda` is never followed (it may point outside the
+    channel). O_NONBLOCK: opening a FIFO named `x.conda` does not wait for a writer.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise Unreadable("not-a-regular-file", "a symlink; symlinks are not followed") from None
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise Unreadable("permission-denied", f"no permission to read the file ({exc.strerror})") from None
+        if exc.errno == errno.ENXIO:  # a socket
+            raise Unreadable("not-a-regular-file", "not a regular file (a socket)") from None
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file"
+        raise Unreadable("not-a-regular-file", f"not a regular file ({kind})")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+# --- atomic replacement ----------------------------------------------------------------------
+
+
+def same_content(path: Path, data: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size != len(data):
+                return False
+            view = memoryview(data)
+            offset = 0
+            while chunk := f.read(CHUNK):
+                if view[offset : offset + len(chunk)] != chunk:
+                    return False
+                offset += len(chunk)
+            return offset == len(data)
+    except (FileNotFoundError, IsADirectoryError):
+        return False
+
+
+def temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+
+
+def next_mtime(old_mtime: float | None, now: float) -> float:
+    """An mtime whose whole seconds are past the old file's."""
+    if old_mtime is None:
+        return now
+    return max(now, math.floor(old_mtime) + 1.0)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """temp name, fsync, mtime bump, rename (the folder's fsync is the caller's)."""
+    try:
+        old_mtime: float | None = path.stat().st_mtime
+    except FileNotFoundError:
+        old_mtime = None
+    tmp = temp_name(path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        mtime = next_mtime(old_mtime, time.time())
+        os.utime(tmp, (mtime, mtime))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def clean_stale_temps(folder: Path) -> int:
+    """Remove temporary files a killed writer left behind (`.<name>.<8 hex>.tmp`)."""
+    removed = 0
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(folder):
+            if _TEMP.match(entry.name) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed

@@ -1,0 +1,69 @@
+"""One home for the names and small encodings every stage shares.
+
+File names of the outputs, the package-name rules, the `.tar.bz2` <-> `.conda` twin,
+conda-index's compact JSON, and UTC timestamps. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+CONDA, TAR_BZ2 = ".conda", ".tar.bz2"
+PACKAGE_EXTENSIONS = (CONDA, TAR_BZ2)
+
+REPODATA = "repodata.json"
+REPODATA_FROM_PACKAGES = "repodata_from_packages.json"
+RUN_EXPORTS = "run_exports.json"
+CURRENT = "current_repodata.json"
+PATCH_INSTRUCTIONS = "patch_instructions.json"
+COMPRESSED = (REPODATA, REPODATA_FROM_PACKAGES, CURRENT)  # the outputs with .zst/.bz2 copies
+COMPRESSED_SUFFIXES = (".zst", ".bz2")
+SHARD_INDEX = "repodata_shards.msgpack.zst"
+SHARDS_DIR = "shards"
+SHARD_STATE = "shards-state.json"  # what the shard upkeep remembers, kept with the cache
+CHANNELDATA, RSS, INDEX_HTML = "channeldata.json", "rss.xml", "index.html"
+# what a subdir's index.html lists when present
+SUBDIR_FILES = (REPODATA, REPODATA + ".zst", REPODATA + ".bz2", REPODATA_FROM_PACKAGES,
+                REPODATA_FROM_PACKAGES + ".zst", REPODATA_FROM_PACKAGES + ".bz2", PATCH_INSTRUCTIONS,
+                CURRENT, SHARD_INDEX, RUN_EXPORTS)  # fmt: skip
+
+
+def is_package_name(name: str) -> bool:
+    """A file name that counts as a package: `*.conda` or `*.tar.bz2`, not a dotfile."""
+    return name.endswith(PACKAGE_EXTENSIONS) and not name.startswith(".")
+
+
+def stem(filename: str) -> str:
+    """`name-version-build` of a package file name."""
+    return filename.removesuffix(CONDA).removesuffix(TAR_BZ2)
+
+
+def conda_twin(filename: str) -> str:
+    """The `.conda` name of a `.tar.bz2` (other names unchanged), as patches key them."""
+    return filename[: -len(TAR_BZ2)] + CONDA if filename.endswith(TAR_BZ2) else filename
+
+
+def tar_twin(filename: str) -> str:
+    """The `.tar.bz2` name of a `.conda` (other names unchanged)."""
+    return filename[: -len(CONDA)] + TAR_BZ2 if filename.endswith(CONDA) else filename
+
+
+def section_of(filename: str) -> str | None:
+    """The repodata section a package file belongs in."""
+    if filename.endswith(CONDA):
+        return "packages.conda"
+    if filename.endswith(TAR_BZ2):
+        return "packages"
+    return None
+
+
+def compact_json(obj: Any) -> str:
+    """conda-index's serialisation: sorted keys, no spaces, ensure_ascii."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def utc_timestamp(seconds: float | None = None) -> str:
+    """ISO 8601 UTC to the second (`2026-12-01T23:05:35Z`)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))

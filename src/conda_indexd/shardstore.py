@@ -1,0 +1,96 @@
+"""Stage 4b: write a subdir's shards and shard index through the channel store, and
+collect shards nobody names any more (the steps are in shards.py's module doc).
+
+The pure part (which names to encode, the new bytes) is shards.plan_shards and
+shards.encode_shards; this class only reads and writes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import shards
+from .cache import ShardKey, SubdirCache
+from .names import SHARD_INDEX, SHARD_STATE, SHARDS_DIR
+from .store import ChannelStore, key
+
+
+@dataclass
+class ShardsReport:
+    names: int = 0
+    encoded: int = 0  # shards built this run
+    written: list[str] = field(default_factory=list)  # files replaced, relative to the subdir
+    deleted: list[str] = field(default_factory=list)  # unreferenced shards past retention
+
+
+class ShardStore:
+    """The shards of one subdir's outputs and what was remembered about them."""
+
+    def __init__(self, store: ChannelStore, cache: SubdirCache, subdir: str):
+        self.store = store
+        self.cache = cache
+        self.subdir = subdir
+        self.folder = key(subdir, SHARDS_DIR)
+        self.state = shards.ShardState.from_bytes(cache.load_state(SHARD_STATE))
+        self.on_disk: dict[str, int] = {}  # {digest: size} seen by publish()
+
+    def publish(
+        self,
+        keys: list[ShardKey],
+        changed: set[str] | None,
+        instructions: dict[str, Any] | None,
+        base_url: str | None,
+        report: ShardsReport,
+    ) -> None:
+        """Steps 1-3: new shard files, one durability barrier, then the index."""
+        self.on_disk = shards.shard_digests(self.store.list_files(self.folder))
+        plan = shards.plan_shards(self.state, keys, changed, instructions, self.on_disk)
+        kept = plan.kept
+        if plan.todo:
+            paths = [k.path for k in keys if k.name in plan.todo]
+            encoded = shards.encode_shards(plan.todo, self.cache.records_for(paths), instructions)
+            wrote = False
+            for name, (data, remembered) in encoded.items():
+                filename = shards.shard_file(remembered.digest)
+                if self.store.write(key(self.folder, filename), data, sync=False):  # same bytes: kept
+                    report.written.append(f"{SHARDS_DIR}/{filename}")
+                    wrote = True
+                kept[name] = remembered
+                self.on_disk[remembered.digest] = remembered.size
+                report.encoded += 1
+            if wrote:
+                self.store.sync(self.folder)  # every shard is durable before the index names it
+        self.state.remembered, self.state.salt = kept, plan.salt
+        report.names = len(kept)
+        digests = {name: bytes.fromhex(r.digest) for name, r in kept.items()}
+        index_key = key(self.subdir, SHARD_INDEX)
+        if not shards.index_is_current(self.store.read(index_key), self.subdir, digests, base_url):
+            self.store.write(index_key, shards.encode_index(self.subdir, digests, base_url=base_url))
+            report.written.append(SHARD_INDEX)
+
+    def collect(self, retention: float, report: ShardsReport, now: float | None = None) -> None:
+        """Step 4: delete shard files unreferenced for longer than `retention` seconds."""
+        now = time.time() if now is None else now
+        referenced = {r.digest for r in self.state.remembered.values()}
+        unreferenced = {}
+        for digest in sorted(self.on_disk):
+            if digest in referenced:
+                continue
+            since = self.state.unreferenced.get(digest, now)
+            if now - since >= retention:
+                if self.store.remove(key(self.folder, shards.shard_file(digest))):
+                    report.deleted.append(f"{SHARDS_DIR}/{shards.shard_file(digest)}")
+            else:
+                unreferenced[digest] = since
+        self.state.unreferenced = unreferenced
+
+    def save(self) -> None:
+        self.cache.save_state(SHARD_STATE, self.state.to_bytes())
+
+
+def withdraw(store: ChannelStore, subdir: str) -> bool:
+    """--no-write-shards: remove the index so clients stop preferring stale shards.
+    The shard files stay (clients that cached the index may still ask for them)."""
+    return store.remove(key(subdir, SHARD_INDEX))

@@ -1,0 +1,97 @@
+"""The channel store seam: where packages live and where outputs are published.
+
+A store holds files under keys `subdir/name` (and `subdir/shards/name`, and channel-level
+files at the top). The indexer only talks to a `ChannelStore`; `LocalStore`
+(localstore.py) is a folder on disk. The interface is shaped for object storage too:
+- a listing may be paged and is only a snapshot; `FileState.identity` is whatever tells
+  one version of a file from the next (inode+ctime locally, the ETag remotely);
+- `write` is all-or-nothing for readers (a rename locally, one PUT remotely) and is
+  skipped when the key already holds exactly those bytes;
+- `sync` is the barrier between "these files exist" and "publish what names them"
+  (a folder fsync locally, nothing remotely, where a PUT is durable when it returns).
+The shared contract every store must pass is tests/test_contract_store.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
+from typing import IO, NamedTuple, Protocol
+
+
+class FileState(NamedTuple):
+    """One package file as the store lists it. The cache's `fs` rows keep path, mtime
+    (LastModified remotely) and size; `identity` is the store's change identity."""
+
+    path: str
+    mtime: float
+    size: int
+    identity: str = ""
+
+
+class Unreadable(Exception):
+    """A package file the store will not open (not a regular file, no permission).
+    `reason` is a short label for metrics, `message` one line for people."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class ChannelStore(Protocol):
+    """Where a channel's packages and outputs live."""
+
+    location: str  # for logs and the status page
+
+    def subdirs(self) -> list[str]:
+        """Names of the folders at the top of the channel."""
+        ...
+
+    def list_packages(self, subdir: str) -> list[FileState]:
+        """Every package file directly in `subdir` (none when it does not exist)."""
+        ...
+
+    def stat_packages(self, subdir: str, names: Iterable[str]) -> tuple[list[FileState], list[str]]:
+        """The named files split into (present with their state, gone)."""
+        ...
+
+    def open_package(self, subdir: str, name: str) -> AbstractContextManager[IO[bytes]]:
+        """A seekable binary stream of one package. Raises `Unreadable`, or
+        FileNotFoundError when it is gone."""
+        ...
+
+    def read(self, key: str) -> bytes | None:
+        """A published file's bytes, None when absent."""
+        ...
+
+    def exists(self, key: str) -> bool:
+        """Whether a published file is there."""
+        ...
+
+    def write(self, key: str, data: bytes, *, sync: bool = True) -> bool:
+        """Publish `data` at `key` atomically, only when it differs. True if written.
+        sync=False leaves the durability barrier to a later `sync` of its folder."""
+        ...
+
+    def remove(self, key: str) -> bool:
+        """Delete a published file. True if it was there."""
+        ...
+
+    def sync(self, folder: str) -> None:
+        """Make every write under `folder` durable before anything names those files."""
+        ...
+
+    def list_files(self, folder: str) -> dict[str, int]:
+        """{name: size} of the plain files directly in `folder` (empty when absent)."""
+        ...
+
+    def prepare(self, subdir: str, *, recover: bool) -> None:
+        """Make `subdir` writable (never the channel itself: a vanished channel raises);
+        with `recover`, also remove what a killed writer left behind."""
+        ...
+
+
+def key(*parts: str) -> str:
+    """A store key from its parts (`key("noarch", "shards", name)`)."""
+    return "/".join(p for p in parts if p)

@@ -1,0 +1,199 @@
+"""The daemon's worker: takes ready subdirs from the debounced queue and runs the one
+indexing path on them, keeping one `SubdirState` per subdir. No socket, no signals, no
+observer: a test can build a Worker over a channel and drive `process()` directly.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import sdnotify
+from .backends import Backends
+from .cache import FileState
+from .channelfiles import publish_channel
+from .config import IndexConfig, detect_subdirs
+from .debounce import COMPLETE_KINDS, DebounceQueue, EventKind, Pending, ScanReason
+from .indexer import SubdirResult, index_subdir
+from .logs import get_logger
+from .memo import RecordMemo
+from .metrics import Metrics
+from .statuspage import SubdirStatus
+
+log = get_logger("conda_indexd.daemon")
+
+EMPTY_CONFIRM_DELAY = 1.5  # seconds before a second listing may confirm an emptied subdir
+MAX_RETRY_DELAY = 60.0
+
+
+@dataclass
+class SubdirState:
+    """What the worker keeps about one subdir between runs.
+
+    The memo rule lives here and only here: a successful run hands over the memo of the
+    records it published; a failed run drops it, so the next run starts from the cache
+    alone (it may have stopped between the cache and the outputs).
+    """
+
+    subdir: str
+    memo: RecordMemo | None = None
+    failures_in_a_row: int = 0
+    published: int = 0  # records in the last publish
+    status: SubdirStatus = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.status = SubdirStatus(self.subdir)
+
+    def succeeded(self, result: SubdirResult) -> None:
+        self.memo = result.memo
+        self.failures_in_a_row = 0
+        self.published = result.packages
+        st = self.status
+        st.packages, st.last_duration, st.last_run, st.error = result.packages, result.duration, time.time(), None
+        st.skipped = [{"path": f.path, "reason": f.reason, "message": f.message} for f in result.skipped]
+        if result.written:
+            st.last_publish = st.last_run
+
+    def failed(self, exc: BaseException) -> float:
+        """Record a failed run; returns the delay before the retry (exponential backoff)."""
+        self.memo = None
+        self.failures_in_a_row += 1
+        self.status.error = f"{type(exc).__name__}: {exc}"
+        return min(MAX_RETRY_DELAY, 2.0**self.failures_in_a_row)
+
+
+class Worker:
+    def __init__(
+        self,
+        index: IndexConfig,
+        backends: Backends,
+        queue: DebounceQueue,
+        metrics: Metrics,
+        *,
+        settle: float = 1.0,
+        stopping: threading.Event | None = None,
+    ):
+        self.index = index
+        self.backends = backends
+        self.queue = queue
+        self.metrics = metrics
+        self.settle = settle
+        self.stopping = stopping or threading.Event()
+        self.ready = threading.Event()
+        self.states: dict[str, SubdirState] = {}
+        self.on_ready: Callable[[], None] = lambda: None
+
+    def subdirs(self) -> list[str]:
+        return detect_subdirs(self.index, self.backends.packages.subdirs())
+
+    def state(self, subdir: str) -> SubdirState:
+        if subdir not in self.states:
+            self.states[subdir] = SubdirState(subdir)
+        return self.states[subdir]
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Reconcile every subdir, become ready, then take work until stopped."""
+        for subdir in self.subdirs():
+            if self.stopping.is_set():
+                return
+            now = time.monotonic()
+            self.process(Pending(subdir, now, now, full_scan=True, scan_reason=ScanReason.STARTUP))
+        if self.stopping.is_set():
+            return
+        self.ready.set()
+        self.metrics.ready.set(1)
+        sdnotify.notify("READY=1\nSTATUS=watching " + self.backends.packages.location)
+        log.info("ready", subdirs=sorted(s for s, st in self.states.items() if st.status.last_run is not None))
+        self.on_ready()
+        while not self.stopping.is_set():
+            item = self.queue.take(timeout=0.5)
+            self.metrics.queue_pending.set(self.queue.pending_count())
+            if item is not None:
+                self.process(item)
+
+    def process(self, item: Pending) -> None:
+        subdir = item.subdir
+        listing = self.backends.packages.list_packages(subdir) if item.full_scan else None
+        if self._looks_unmounted(item, listing):
+            log.warning("subdir lists empty; waiting for a second listing", subdir=subdir)
+            self.queue.add_scan(subdir, ScanReason.EMPTY_CHECK, delay=EMPTY_CONFIRM_DELAY, confirm_empty=True)
+            return
+        hold = self._hold(item, listing)
+        if hold:
+            self.queue.retry(subdir, hold, self.settle)
+            log.debug("upload in progress", subdir=subdir, files=sorted(hold))
+        state = self.state(subdir)
+        try:
+            result = index_subdir(
+                self.index,
+                subdir,
+                touched=None if item.full_scan else item.names.keys(),
+                hold=hold.keys(),
+                cancel=self.stopping,
+                listing=listing,
+                memo=state.memo,
+                backends=self.backends,
+            )
+        except Exception as exc:  # one subdir's trouble never stops the others
+            delay = state.failed(exc)
+            self.metrics.subdir_errors.labels(subdir, type(exc).__name__).inc()
+            log.error("subdir failed; will retry", subdir=subdir, retry_in=delay, error=f"{type(exc).__name__}: {exc}")
+            self.queue.add_scan(subdir, ScanReason.RETRY, delay=delay)
+            return
+        state.succeeded(result)
+        self._count(item, result)
+        if result.written and self.index.channeldata:
+            try:  # channel-level files last (§8.2), from every subdir's published repodata
+                publish_channel(self.index, self.backends, self.subdirs())
+            except Exception as exc:  # noqa: BLE001 - never stops the daemon
+                self.metrics.subdir_errors.labels("channel", type(exc).__name__).inc()
+                log.error("channel files failed", error=f"{type(exc).__name__}: {exc}")
+
+    # --- rules before a run -------------------------------------------------------------------
+
+    def _hold(self, item: Pending, listing: list[FileState] | None) -> dict[str, EventKind]:
+        """Files still being written: changed within --settle seconds, no close/rename seen."""
+        if self.settle <= 0:
+            return {}
+        now = time.time()
+        candidates = dict(item.names)
+        if listing is not None:
+            for f in listing:
+                if now - f.mtime < self.settle and candidates.get(f.path) not in COMPLETE_KINDS:
+                    candidates.setdefault(f.path, EventKind.MODIFIED)
+        unfinished = [name for name, kind in candidates.items() if kind not in COMPLETE_KINDS]
+        present, _ = self.backends.packages.stat_packages(item.subdir, unfinished)
+        return {f.path: candidates[f.path] for f in present if now - f.mtime < self.settle}
+
+    def _looks_unmounted(self, item: Pending, listing: list[FileState] | None) -> bool:
+        """A subdir that had packages and now lists empty waits for a second listing."""
+        if item.confirm_empty or not self.state(item.subdir).published:
+            return False
+        if listing is None and not any(k == EventKind.DELETED for k in item.names.values()):
+            return False
+        return not (listing if listing is not None else self.backends.packages.list_packages(item.subdir))
+
+    # --- metrics ------------------------------------------------------------------------------
+
+    def _count(self, item: Pending, result: SubdirResult) -> None:
+        m, subdir = self.metrics, result.subdir
+        m.packages.labels(subdir).set(result.packages)
+        m.skipped.labels(subdir).set(len(result.skipped))
+        m.repodata_bytes.labels(subdir).set(result.repodata_bytes)
+        m.publish_duration.labels(subdir).observe(result.duration)
+        m.packages_indexed.labels(subdir).inc(result.extracted)
+        for failure in result.new_failures:
+            m.package_errors.labels(subdir, failure.reason).inc()
+        m.shards_written.labels(subdir).inc(result.shards_written)
+        m.shards_deleted.labels(subdir).inc(len(result.shards.deleted))
+        if result.written:
+            m.last_publish.labels(subdir).set(time.time())
+            if item.scan_reason != ScanReason.STARTUP:
+                m.event_to_publish.observe(time.monotonic() - item.first_event)
+            log.info("published", **result.log_fields())
+
+

@@ -1,0 +1,114 @@
+"""The cache contract (src/conda_indexd/cache.py), run against every cache.
+
+A new cache (PostgreSQL, ...) joins by adding a fixture case to `caches`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conda_indexd.archive import PackageMetadata
+from conda_indexd.cache import Caches, FileState, MetadataRejected, SubdirCache
+from conda_indexd.sqlitecache import SqliteCaches
+
+
+@pytest.fixture(params=["sqlite"])
+def caches(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Caches]:
+    if request.param == "sqlite":
+        (tmp_path / "noarch").mkdir()
+        yield SqliteCaches(tmp_path)
+
+
+@pytest.fixture
+def cache(caches: Caches) -> Iterator[SubdirCache]:
+    with caches.open("noarch") as c:
+        yield c
+
+
+def meta(fn: str, name: str, sha: str, *, about: str | None = '{"license": "MIT"}', run_exports: str | None = None) -> PackageMetadata:
+    index = {"name": name, "version": "1", "build": "0", "build_number": 0, "depends": [], "md5": "0" * 32, "sha256": sha, "size": 10}
+    return PackageMetadata(fn, index, about, None, run_exports, '{"paths": []}', None)
+
+
+def test_a_new_cache_is_empty(cache: SubdirCache) -> None:
+    assert cache.fs_state() == {} and cache.changed_packages() == [] and cache.failures() == []
+    assert list(cache.published_keys()) == [] and cache.published_digests() == {}
+
+
+def test_listing_then_store_publishes(cache: SubdirCache) -> None:
+    a, b = FileState("a-1-0.conda", 1.0, 10), FileState("b-1-0.conda", 2.0, 10)
+    cache.replace_fs_state([a, b])
+    assert [f.path for f in cache.changed_packages()] == ["a-1-0.conda", "b-1-0.conda"]
+    assert [f.path for f in cache.changed_packages(["b-1-0.conda"])] == ["b-1-0.conda"]
+    with cache.transaction():
+        cache.store(meta(a.path, "a", "1" * 64, run_exports='{"weak": ["a"]}'), a)
+    assert [f.path for f in cache.changed_packages()] == ["b-1-0.conda"]
+    assert cache.published_digests() == {"a-1-0.conda": "1" * 64}
+    (row,) = cache.records_for(["a-1-0.conda"])
+    assert row.path == "a-1-0.conda" and row.name == "a" and row.run_exports is not None
+    assert '"sha256"' in row.index_json
+    assert [tuple(k) for k in cache.shard_keys()] == [("a", "a-1-0.conda", "1" * 64)]
+    texts = cache.metadata_texts("a-1-0.conda")
+    assert texts[0] is not None and texts[1] is not None and "MIT" in texts[1]
+    assert dict(cache.run_exports()).keys() == {"a-1-0.conda", "b-1-0.conda"}
+
+
+def test_a_changed_file_is_changed_again_and_unpublished(cache: SubdirCache) -> None:
+    a = FileState("a-1-0.conda", 1.0, 10)
+    cache.replace_fs_state([a])
+    cache.store(meta(a.path, "a", "1" * 64), a)
+    cache.update_fs_state([FileState(a.path, 5.0, 10)], [])
+    assert [f.path for f in cache.changed_packages()] == [a.path]
+    assert cache.published_digests() == {}  # stale metadata is never published
+    cache.update_fs_state([], [a.path])
+    assert cache.fs_state() == {} and cache.changed_packages() == []
+
+
+def test_failures_are_remembered_until_the_file_changes(cache: SubdirCache) -> None:
+    a = FileState("a-1-0.conda", 1.0, 10)
+    cache.replace_fs_state([a])
+    cache.store(meta(a.path, "a", "1" * 64), a)
+    broken = FileState(a.path, 2.0, 10)
+    cache.update_fs_state([broken], [])
+    cache.store_failure(broken, "truncated", "archive ends early")
+    assert [(f.path, f.reason, f.message) for f in cache.failures()] == [(a.path, "truncated", "archive ends early")]
+    assert cache.changed_packages() == [] and cache.published_digests() == {}
+    assert cache.metadata_texts(a.path)[0] is None  # stale metadata dropped
+    cache.update_fs_state([FileState(a.path, 3.0, 10)], [])
+    assert [f.path for f in cache.changed_packages()] == [a.path] and cache.failures() == []
+
+
+def test_metadata_the_cache_cannot_hold_is_rejected(cache: SubdirCache) -> None:
+    a = FileState("a-1-0.conda", 1.0, 10)
+    cache.replace_fs_state([a])
+    with pytest.raises(MetadataRejected):
+        cache.store(meta(a.path, "a", "1" * 64, about="{not json"), a)
+
+
+def test_full_listing_replaces_and_ignores_identity(cache: SubdirCache) -> None:
+    cache.replace_fs_state([FileState("a-1-0.conda", 1.0, 10, "x"), FileState("b-1-0.conda", 1.0, 10)])
+    cache.replace_fs_state([FileState("a-1-0.conda", 1.0, 10, "y")])
+    assert {p: tuple(f)[:3] for p, f in cache.fs_state().items()} == {"a-1-0.conda": ("a-1-0.conda", 1.0, 10)}
+
+
+def test_rows_and_state_persist_across_opens(caches: Caches) -> None:
+    a = FileState("a-1-0.conda", 1.0, 10)
+    with caches.open("noarch") as c:
+        c.replace_fs_state([a])
+        c.store(meta(a.path, "a", "1" * 64), a)
+        assert c.load_state("shards-state.json") is None
+        c.save_state("shards-state.json", b'{"version":1}')
+    with caches.open("noarch") as c:
+        assert c.published_digests() == {"a-1-0.conda": "1" * 64}
+        assert c.load_state("shards-state.json") == b'{"version":1}'
+
+
+def test_a_rolled_back_transaction_keeps_nothing(cache: SubdirCache) -> None:
+    a = FileState("a-1-0.conda", 1.0, 10)
+    with pytest.raises(RuntimeError), cache.transaction():
+        cache.replace_fs_state([a])
+        raise RuntimeError("boom")
+    assert cache.fs_state() == {}

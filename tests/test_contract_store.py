@@ -1,0 +1,100 @@
+"""The ChannelStore contract (src/conda_indexd/store.py), run against every store.
+
+A new store (S3, ...) joins by adding a fixture case to `store`: the same tests must
+pass. Package files are put in place with `write`, the store's own atomic put.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conda_indexd.localstore import LocalStore
+from conda_indexd.store import ChannelStore, FileState
+
+
+@pytest.fixture(params=["local"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ChannelStore]:
+    if request.param == "local":
+        root = tmp_path / "channel"
+        root.mkdir()
+        yield LocalStore(root)
+
+
+def test_missing_subdir_lists_nothing(store: ChannelStore) -> None:
+    assert store.list_packages("linux-64") == []
+    assert store.list_files("linux-64") == {}
+    assert store.stat_packages("linux-64", ["a-1-0.conda"]) == ([], ["a-1-0.conda"])
+
+
+def test_write_read_exists_remove(store: ChannelStore) -> None:
+    store.prepare("noarch", recover=False)
+    assert store.read("noarch/repodata.json") is None and not store.exists("noarch/repodata.json")
+    assert store.write("noarch/repodata.json", b"{}") is True
+    assert store.read("noarch/repodata.json") == b"{}" and store.exists("noarch/repodata.json")
+    assert store.write("noarch/repodata.json", b"{}") is False  # same bytes: nothing written
+    assert store.write("noarch/repodata.json", b'{"a":1}') is True
+    assert store.read("noarch/repodata.json") == b'{"a":1}'
+    assert store.remove("noarch/repodata.json") is True
+    assert store.remove("noarch/repodata.json") is False
+    assert store.read("noarch/repodata.json") is None
+
+
+def test_folders_below_a_subdir_are_made_on_write(store: ChannelStore) -> None:
+    store.prepare("noarch", recover=False)
+    assert store.write("noarch/shards/ab.msgpack.zst", b"x" * 10, sync=False)
+    store.sync("noarch/shards")
+    assert store.list_files("noarch/shards") == {"ab.msgpack.zst": 10}
+    assert "shards" not in store.list_files("noarch")  # folders are not files
+
+
+def test_listing_holds_packages_only_with_their_state(store: ChannelStore) -> None:
+    store.prepare("noarch", recover=False)
+    store.write("noarch/a-1-0.conda", b"a" * 5)
+    store.write("noarch/b-1-0.tar.bz2", b"b" * 7)
+    store.write("noarch/repodata.json", b"{}")
+    store.write("noarch/.hidden-1-0.conda", b"h")
+    listed = {f.path: f for f in store.list_packages("noarch")}
+    assert sorted(listed) == ["a-1-0.conda", "b-1-0.tar.bz2"]
+    assert listed["a-1-0.conda"].size == 5 and listed["b-1-0.tar.bz2"].size == 7
+    assert all(isinstance(f, FileState) and f.mtime > 0 and f.identity for f in listed.values())
+    assert store.subdirs() == ["noarch"]
+
+
+def test_identity_changes_when_the_file_is_replaced(store: ChannelStore) -> None:
+    store.prepare("noarch", recover=False)
+    store.write("noarch/a-1-0.conda", b"first")
+    (before,) = store.list_packages("noarch")
+    time.sleep(0.01)
+    store.write("noarch/a-1-0.conda", b"other")  # same size
+    (after,) = store.list_packages("noarch")
+    assert after.size == before.size and after.identity != before.identity
+
+
+def test_stat_splits_present_and_gone(store: ChannelStore) -> None:
+    store.prepare("noarch", recover=False)
+    store.write("noarch/a-1-0.conda", b"aaa")
+    present, gone = store.stat_packages("noarch", ["a-1-0.conda", "z-1-0.conda"])
+    assert [f.path for f in present] == ["a-1-0.conda"] and present[0].size == 3
+    assert gone == ["z-1-0.conda"]
+    assert present[0][:3] == next(f for f in store.list_packages("noarch"))[:3]
+
+
+def test_open_package_is_a_seekable_stream(store: ChannelStore) -> None:
+    store.prepare("noarch", recover=False)
+    store.write("noarch/a-1-0.conda", b"0123456789")
+    with store.open_package("noarch", "a-1-0.conda") as f:
+        assert f.read(3) == b"012"
+        f.seek(0)
+        assert f.read() == b"0123456789"
+        assert f.seek(0, 2) == 10
+    with pytest.raises(FileNotFoundError):
+        store.open_package("noarch", "gone-1-0.conda").__enter__()
+
+
+def test_channel_level_files(store: ChannelStore) -> None:
+    assert store.write("channeldata.json", b"{}")
+    assert store.read("channeldata.json") == b"{}"
