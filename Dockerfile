@@ -1,30 +1,37 @@
 # conda-indexd as a sidecar: watches the channel volume, publishes repodata and shards.
 # Build: docker build -t conda-indexd .   Run: see deploy/docker-compose.yml and README.
 
-# --- build: wheels for the package and its dependencies ---
+# --- build: the package and its dependencies in a venv, copied whole into the runtime ---
+# (No wheels are copied into the runtime stage and deleted there: a file removed in a later
+# layer still weighs in the image. Both stages use the same base image, so the venv's
+# interpreter link, /opt/conda-indexd/bin/python -> the base's python3, stays valid.)
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN python -m venv /opt/conda-indexd \
+    && /opt/conda-indexd/bin/pip install --no-cache-dir . \
+    && /opt/conda-indexd/bin/pip uninstall --yes --quiet pip setuptools
 
 # --- runtime ---
 FROM python:3.11-slim-bookworm
+# tini's upstream version is pinned, its Debian revision is not: bookworm rebuilds
+# (0.19.0-1+b3 -> +b4) and security uploads change only the revision, and apt refuses a
+# revision that is no longer in the archive.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends tini=0.19.0-1+b3 \
+    && apt-get install -y --no-install-recommends 'tini=0.19.0*' \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 conda-indexd \
     && useradd --system --uid 10001 --gid conda-indexd --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin conda-indexd \
     && mkdir -p /channel/noarch \
     && chown -R conda-indexd:conda-indexd /channel
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links=/wheels /wheels/conda_indexd-*.whl \
-    && rm -rf /wheels
+COPY --from=build /opt/conda-indexd /opt/conda-indexd
 
 # Inside the container the HTTP listener (metrics, /healthz, /readyz) must be reachable
 # from other containers; outside a container the default stays 127.0.0.1.
 ENV CONDA_INDEXD_LISTEN=0.0.0.0:8650 \
+    PATH=/opt/conda-indexd/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 VOLUME ["/channel"]

@@ -19,6 +19,7 @@ from pkgfactory import index_json, make_package
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "systemd" / "conda-indexd.service"
+TEMPLATE = REPO / "systemd" / "conda-indexd@.service"
 SYSTEMD = Path("/lib/systemd/systemd")
 pytestmark = pytest.mark.timeout(300)
 
@@ -30,10 +31,13 @@ def need(tool: str) -> str:
     return path
 
 
-def test_unit_security_rating_offline(tmp_path: Path) -> None:
+@pytest.mark.parametrize("unit", [UNIT, TEMPLATE], ids=["single", "template"])
+def test_unit_security_rating_offline(tmp_path: Path, unit: Path) -> None:
     need("systemd-analyze")
+    if unit == TEMPLATE:  # rated as an instance, as it runs
+        unit = Path(shutil.copy(unit, tmp_path / "conda-indexd@main.service"))
     out = subprocess.run(
-        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(UNIT)], capture_output=True, text=True
+        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(unit)], capture_output=True, text=True
     )
     overall = [line for line in out.stdout.splitlines() if "Overall exposure level" in line]
     assert overall, out.stdout + out.stderr
@@ -99,8 +103,8 @@ class Machine:
     def path(self, inside: str) -> Path:
         return Path(f"/proc/{self.pid}/root{inside}")
 
-    def http(self, path: str) -> str:
-        code = f"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8650{path}', timeout=5).read().decode())"
+    def http(self, path: str, port: int = 8650) -> str:
+        code = f"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{port}{path}', timeout=5).read().decode())"
         return self.run("/usr/bin/python3", "-c", code).stdout
 
     def shutdown(self) -> None:
@@ -175,3 +179,69 @@ def test_unit_lifecycle_under_systemd(machine: Machine) -> None:
     machine.run("systemctl", "stop", "conda-indexd")
     state = machine.show("conda-indexd")
     assert state["ActiveState"] == "inactive" and state["Result"] == "success" and state["ExecMainStatus"] == "0", state
+
+
+def test_template_unit_verifies(machine: Machine) -> None:
+    for instance in ("main", "dev"):
+        out = machine.run("systemd-analyze", "verify", f"conda-indexd@{instance}.service", check=False)
+        assert out.returncode == 0 and out.stdout + out.stderr == "", out.stdout + out.stderr
+
+
+def test_template_two_channels_at_once_each_publishing_on_its_own(machine: Machine) -> None:
+    """conda-indexd@main and conda-indexd@dev: own folder, env file, port, lock and restarts."""
+    ports = {"main": 8651, "dev": 8652}  # from /etc/conda-indexd/<channel>.env (systemd_boot.sh)
+    units = [f"conda-indexd@{ch}" for ch in ports]
+    machine.run("systemctl", "start", *units)  # Type=notify: returns once both sent READY=1
+    pids = set()
+    for channel, port in ports.items():
+        state = machine.show(f"conda-indexd@{channel}")
+        assert state["ActiveState"] == "active" and state["SubState"] == "running", state
+        assert state["StatusText"] == f"watching /srv/conda/{channel}"
+        machine.http("/readyz", port)  # raises unless 200
+        assert "conda_indexd_ready 1.0" in machine.http("/metrics", port)
+        pids.add(state["MainPID"])
+        assert machine.path(f"/srv/conda/{channel}/.conda-indexd.lock").exists()
+    assert len(pids) == 2
+
+    def published(channel: str) -> set[str]:
+        return set(json.loads(machine.path(f"/srv/conda/{channel}/noarch/repodata.json").read_text())["packages.conda"])
+
+    assert published("main") == published("dev") == set()
+    make_package(machine.path("/srv/conda/main/noarch/only-main-1.0-0.conda"), index_json("only-main", "1.0", "0"))
+    make_package(machine.path("/srv/conda/dev/noarch/only-dev-2.0-0.conda"), index_json("only-dev", "2.0", "0"))
+    wait_for(lambda: published("main") == {"only-main-1.0-0.conda"} and published("dev") == {"only-dev-2.0-0.conda"},
+             15, what="each channel publishing its own package")  # fmt: skip
+    assert 'conda_indexd_packages{subdir="noarch"} 1.0' in machine.http("/metrics", 8651)
+    assert 'conda_indexd_packages{subdir="noarch"} 1.0' in machine.http("/metrics", 8652)
+    owner = machine.path("/srv/conda/dev/noarch/repodata.json").stat()
+    assert owner.st_uid != 0 and oct(owner.st_mode & 0o777) == "0o644"
+
+    # one instance stopping leaves the other running and publishing
+    machine.run("systemctl", "stop", "conda-indexd@main")
+    make_package(machine.path("/srv/conda/dev/noarch/later-1.0-0.conda"), index_json("later", "1.0", "0"))
+    wait_for(lambda: "later-1.0-0.conda" in published("dev"), 15, what="dev publishing with main stopped")
+    assert machine.show("conda-indexd@dev")["ActiveState"] == "active"
+    assert "later-1.0-0.conda" not in published("main")
+
+    journal = machine.run("journalctl", "--no-pager", "-o", "cat", "-u", "conda-indexd@dev").stdout
+    assert "/srv/conda/dev" in journal and "/srv/conda/main" not in journal, journal[-2000:]
+
+    machine.run("systemctl", "stop", "conda-indexd@dev")
+    for unit in units:
+        state = machine.show(unit)
+        assert state["ActiveState"] == "inactive" and state["Result"] == "success" and state["ExecMainStatus"] == "0", state
+
+
+def test_template_instance_without_env_file_does_not_start(machine: Machine) -> None:
+    """No /etc/conda-indexd/<channel>.env, no port of its own: the instance refuses to start
+    instead of fighting another one for 8650."""
+    machine.run("mkdir", "-p", "/srv/conda/nofile/noarch")
+    out = machine.run("systemctl", "start", "conda-indexd@nofile", check=False)
+    assert out.returncode != 0
+    state = machine.show("conda-indexd@nofile")
+    # Restart=on-failure tries again every 2 s until the start limit; it never runs
+    assert state["ActiveState"] in ("failed", "activating") and state["Result"] == "resources", state
+    assert state["MainPID"] == "0"
+    journal = machine.run("journalctl", "--no-pager", "-u", "conda-indexd@nofile").stdout
+    assert "Failed to load environment files" in journal, journal[-2000:]
+    machine.run("systemctl", "stop", "conda-indexd@nofile", check=False)

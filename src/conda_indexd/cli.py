@@ -1,4 +1,5 @@
-"""Command line: `conda-indexd index|watch CHANNEL_DIR [options]`, `conda-indexd demo [DIR]`.
+"""Command line: `conda-indexd index|watch CHANNEL_DIR [options]`, `conda-indexd demo [DIR]`,
+`conda-indexd wait` (wait.py).
 
 Bad flags and bad paths give one line on stderr and a non-zero exit, never a traceback.
 """
@@ -14,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from . import __version__, compat, demo, ignored, leftovers, logs
+from . import __version__, compat, demo, ignored, leftovers, logs, wait
 from .backends import open_backends
 from .cache import CacheError
 from .channelfiles import publish_channel
@@ -116,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--listen", type=_listen, default=None, metavar="HOST:PORT", help=LISTEN_HELP)
     show.add_argument("--verbose", action="store_true", help="debug logging")
     show.add_argument("--log-format", choices=("json", "console"), help="default: console on a terminal, JSON lines otherwise")
+    wait.add_parser(sub)
     return parser
 
 
@@ -344,6 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_watch(args)
         if args.command == "demo":
             return run_demo(args)
+        if args.command == "wait":
+            return wait.run(args)
         raise UsageError(f"unknown command {args.command}")  # pragma: no cover
     except UsageError as exc:
         print(f"{PROG}: error: {exc} (see {PROG} --help)", file=sys.stderr)
