@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from . import __version__, compat, demo, ignored, leftovers, logs, wait
+from . import __version__, compat, ignored, leftovers, logs, wait
 from .backends import open_backends
 from .cache import CacheError
 from .channelfiles import publish_channel
@@ -30,6 +30,7 @@ from .patches import PatchError
 from .progress import ProgressLine
 
 PROG = "conda-indexd"
+DEMO_DIR = "demo-channel"  # demo.py's default folder
 
 
 class UsageError(Exception):
@@ -111,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--polling", action="store_true", help="poll the folder instead of inotify (NFS/CIFS shares)")
     watch.add_argument("--poll-interval", type=_positive_seconds, default=1.0, metavar="S", help="polling interval (default 1)")
     show = sub.add_parser("demo", help="make a small channel of generated packages and run the daemon on it")
-    show.add_argument("dir", nargs="?", default=demo.DEFAULT_DIR, metavar="DIR",
-                      help=f"the demo channel folder, created if missing (default: {demo.DEFAULT_DIR})")
+    show.add_argument("dir", nargs="?", default=DEMO_DIR, metavar="DIR",
+                      help=f"the demo channel folder, created if missing (default: {DEMO_DIR})")
     show.add_argument("--add", action="store_true", help="add one more package to the demo channel DIR and exit")
     show.add_argument("--listen", type=_listen, default=None, metavar="HOST:PORT", help=LISTEN_HELP)
     show.add_argument("--verbose", action="store_true", help="debug logging")
@@ -318,6 +319,8 @@ def _run_daemon(config: WatchConfig, *on_ready: Callable[[], object]) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from . import demo  # the package builder: only loaded for this command
+
     channel = Path(args.dir).absolute()
     try:
         if args.add:

@@ -19,7 +19,6 @@ from typing import Any
 from .pkgbuild import conda_bytes, index_json, package_filename, tar_bz2_bytes
 
 MARKER = ".conda-indexd-demo"  # a dotfile: ignored by the indexer, says the folder is a demo
-DEFAULT_DIR = "demo-channel"
 PLUGIN = "demo-plugin"
 SETTLED = 5.0  # seconds the generated packages are back-dated
 

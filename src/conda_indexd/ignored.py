@@ -7,7 +7,6 @@ They are logged once at start and listed on the status page.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from pathlib import Path
@@ -42,6 +41,8 @@ def ignored_folders(channel: Path) -> list[dict[str, str]]:
                 continue
         except OSError:
             continue
+        import difflib  # only for a folder that is ignored (a slow import)
+
         close = difflib.get_close_matches(name.lower(), sorted(KNOWN_SUBDIRS), n=1, cutoff=0.6)
         hint = f" (did you mean {close[0]}?)" if close else ""
         out.append({"folder": name, "reason": f"not a platform conda knows{hint}"})

@@ -102,9 +102,11 @@ def find_in(folder: Path, write_html: bool) -> list[str]:
     except (FileNotFoundError, NotADirectoryError):
         return []
     for entry in entries:
+        name = entry.name  # names first: a big subdir has many entries, few candidates
+        if not (_ROOT_SHARD.match(name) or name in (UNPATCHED_SHARD_INDEX, INDEX_HTML, PATCH_INSTRUCTIONS)):
+            continue
         if not entry.is_file(follow_symlinks=False):
             continue
-        name = entry.name
         path = folder / name
         if (
             _ROOT_SHARD.match(name)
