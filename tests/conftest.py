@@ -15,6 +15,8 @@ TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:  # pkgfactory and spec are plain modules next to the tests
     sys.path.insert(0, str(TESTS))
 
+from s3fixtures import bucket, rgw, s3  # noqa: E402, F401 - the session's Ceph RGW and a bucket per test
+
 
 @dataclass
 class CliResult:

@@ -16,12 +16,16 @@ from conda_indexd.localstore import LocalStore
 from conda_indexd.store import ChannelStore, FileState
 
 
-@pytest.fixture(params=["local"])
+@pytest.fixture(params=["local", "s3"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ChannelStore]:
     if request.param == "local":
         root = tmp_path / "channel"
         root.mkdir()
         yield LocalStore(root)
+    else:  # a prefix in a fresh bucket on the session's Ceph RGW (skips without it)
+        from conda_indexd.s3store import S3Store
+
+        yield S3Store(f"s3://{request.getfixturevalue('bucket')}/some/channel")
 
 
 def test_missing_subdir_lists_nothing(store: ChannelStore) -> None:

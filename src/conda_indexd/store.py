@@ -39,6 +39,12 @@ class Unreadable(Exception):
         self.message = message
 
 
+class StoreError(Exception):
+    """The store cannot be used right now (unreachable, no such bucket, access denied):
+    one line for people. Not an OSError on purpose: a transport fault fails the run and
+    is retried; it never marks a package unreadable."""
+
+
 class ChannelStore(Protocol):
     """Where a channel's packages and outputs live."""
 

@@ -1,0 +1,329 @@
+"""`S3Store`: a channel under `s3://BUCKET/PREFIX` in S3-compatible object storage (the
+`ChannelStore` seam; needs the `s3` extra, boto3).
+
+- Connection settings come from the standard AWS chain (AWS_ENDPOINT_URL, AWS_PROFILE,
+  AWS_ACCESS_KEY_ID, ~/.aws/config, ...). Path-style addressing is used for any endpoint
+  that is not AWS's own unless the profile sets `s3.addressing_style` (Ceph RGW, MinIO).
+- A listing is a paged ListObjectsV2 with `/` as delimiter; `FileState.identity` is the
+  ETag, `mtime` LastModified in whole seconds (a listing has milliseconds, a HEAD only
+  seconds: both must give the same row), `size` the object's size.
+- `open_package` is one GET into a spooled temporary file: the archive reader's md5,
+  sha256 and metadata all come from those bytes.
+- `write` is one PUT, skipped when the object already holds the bytes (a HEAD: our own
+  sha256 in the object's metadata, else the ETag as the MD5 of a single-part object).
+  Content-addressed shards are PUT with `If-None-Match: *` (412: already there, same
+  bytes by construction). Content-Type and Cache-Control follow
+  deploy/nginx/conda-channel.conf (repodata and index: revalidate; shards and packages:
+  immutable). A PUT is durable and atomic when it returns, so `sync` does nothing.
+- Transport and permission errors raise `StoreError` (one line), never OSError: a
+  network fault must fail the run (and be retried), not mark a package unreadable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO, Any, Protocol
+from urllib.parse import urlsplit
+
+from .names import is_package_name
+from .store import FileState, StoreError
+
+SPOOL_IN_MEMORY = 32 << 20  # packages up to this size are read into memory, bigger ones to a temp file
+CHUNK = 1 << 20
+STAT_THREADS = 8
+SHA256_META = "sha256"  # x-amz-meta-sha256: what `write` compares before a PUT
+
+
+
+class S3Stats(Protocol):
+    """Where a store counts its requests (the daemon's Prometheus metrics)."""
+
+    def request(self, operation: str, status: str) -> None:
+        """One request: its operation (get_object, ...) and HTTP status ("error": none came back)."""
+        ...
+
+    def transferred(self, direction: str, count: int) -> None:
+        """Bytes of object bodies, direction "read" or "written"."""
+        ...
+
+_SHARD = re.compile(r"(^|/)[0-9a-f]{64}\.msgpack\.zst$")
+_REVALIDATE = re.compile(r"(^|/)(repodata[a-z_]*|current_repodata|run_exports|channeldata|patch_instructions)\.(json|json\.zst|json\.bz2|msgpack\.zst)$")
+_TYPES = {".json": "application/json", ".zst": "application/zstd", ".bz2": "application/x-bzip2",
+          ".conda": "application/octet-stream", ".html": "text/html", ".xml": "application/rss+xml",
+          ".png": "image/png", ".txt": "text/plain"}  # fmt: skip
+IMMUTABLE = "public, max-age=31536000, immutable"
+REVALIDATE = "public, max-age=0, must-revalidate"
+SHORT = "public, max-age=60"
+
+
+def object_headers(key: str) -> tuple[str, str]:
+    """(Content-Type, Cache-Control) of a published object, as the nginx config serves it."""
+    ctype = _TYPES.get(os.path.splitext(key)[1], "application/octet-stream")
+    if _SHARD.search(key) or key.endswith((".conda", ".tar.bz2")):
+        return ctype, IMMUTABLE
+    if _REVALIDATE.search(key):
+        return ctype, REVALIDATE
+    return ctype, SHORT
+
+
+def is_s3_url(text: str | os.PathLike[str]) -> bool:
+    return isinstance(text, str) and text.startswith("s3://")
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """`s3://BUCKET/PREFIX` -> (bucket, prefix without slashes at either end)."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise ValueError(f"expected s3://BUCKET/PREFIX, got {url!r}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"an s3:// address has no query or fragment: {url!r}")
+    bucket = parts.netloc
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.\-_]{1,254}", bucket):
+        raise ValueError(f"not a valid bucket name: {bucket!r}")
+    prefix = parts.path.strip("/")
+    if any(p in ("", ".", "..") for p in prefix.split("/")) and prefix:
+        raise ValueError(f"the prefix has an empty, '.' or '..' part: {url!r}")
+    return bucket, prefix
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _etag(value: str | None) -> str:
+    return (value or "").strip('"')
+
+
+class S3Store:
+    """One channel prefix in a bucket. Thread-safe (one boto3 client per process, shared
+    by threads); picklable for the extract stage's process pool (the client is made anew
+    in the child)."""
+
+    def __init__(self, url: str, *, stats: S3Stats | None = None):
+        self.url = url.rstrip("/")
+        self.bucket, self.prefix = parse_s3_url(url)
+        self.location = self.url
+        self.stats = stats
+        self._lock = threading.Lock()
+        self._client: Any = None
+        self._pid = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"url": self.url}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["url"])  # type: ignore[misc]
+
+    # --- the client -----------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        if self._client is None or self._pid != os.getpid():
+            with self._lock:
+                if self._client is None or self._pid != os.getpid():
+                    self._client, self._pid = make_client(), os.getpid()
+        return self._client
+
+    def _full(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _call(self, operation: str, *, missing_ok: bool = False, written: int = 0, **params: Any) -> Any:
+        """One request; counts it; maps errors to StoreError (None for a 404 with missing_ok,
+        and for a 412 on PutObject)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            response = getattr(self.client, operation)(Bucket=self.bucket, **params)
+        except ClientError as exc:
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            self._count(operation, str(status or "error"))
+            if missing_ok and status == 404 and code not in ("NoSuchBucket",):
+                return None
+            if operation == "put_object" and status == 412:
+                return None
+            raise StoreError(self._explain(operation, status, code, exc)) from None
+        except BotoCoreError as exc:
+            self._count(operation, "error")
+            raise StoreError(f"{self.url}: {operation}: {_one_line(exc)}") from None
+        status = str(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 200))
+        self._count(operation, status)
+        if written:
+            self._bytes("written", written)
+        return response
+
+    def _explain(self, operation: str, status: int, code: str, exc: BaseException) -> str:
+        if code == "NoSuchBucket" or (operation == "head_bucket" and status == 404):
+            return f"{self.url}: bucket {self.bucket!r} does not exist"
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch") or status in (401, 403):
+            return f"{self.url}: access denied ({code or status}): check the credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE)"
+        return f"{self.url}: {operation}: {code or status}: {_one_line(exc)}"
+
+    def _count(self, operation: str, status: str) -> None:
+        if self.stats is not None:
+            self.stats.request(operation, status)
+
+    def _bytes(self, direction: str, count: int) -> None:
+        if self.stats is not None and count:
+            self.stats.transferred(direction, count)
+
+    def check(self) -> None:
+        """Raise StoreError unless the bucket is there and these credentials may use it."""
+        self._call("head_bucket")
+
+    # --- listing --------------------------------------------------------------------------------
+
+    def _list(self, folder: str, *, folders: bool = False) -> Iterator[dict[str, Any]]:
+        """Every object (or with `folders`, every common prefix) directly under `folder`."""
+        base = self._full(folder) + "/" if folder else (self.prefix + "/" if self.prefix else "")
+        token: str | None = None
+        while True:
+            params: dict[str, Any] = {"Prefix": base, "Delimiter": "/", "MaxKeys": 1000}
+            if token:
+                params["ContinuationToken"] = token
+            page = self._call("list_objects_v2", **params)
+            if folders:
+                for cp in page.get("CommonPrefixes", ()):
+                    yield {"Key": cp["Prefix"][len(base) :].rstrip("/")}
+            else:
+                for obj in page.get("Contents", ()):
+                    yield {**obj, "Key": obj["Key"][len(base) :]}
+            if not page.get("IsTruncated"):
+                return
+            token = page.get("NextContinuationToken")
+
+    def subdirs(self) -> list[str]:
+        return sorted(entry["Key"] for entry in self._list("", folders=True) if entry["Key"])
+
+    def list_packages(self, subdir: str) -> list[FileState]:
+        return [
+            FileState(obj["Key"], float(int(obj["LastModified"].timestamp())), int(obj["Size"]), _etag(obj.get("ETag")))
+            for obj in self._list(subdir)
+            if _usable(obj["Key"])
+        ]
+
+    def stat_packages(self, subdir: str, names: Iterable[str]) -> tuple[list[FileState], list[str]]:
+        wanted = sorted(n for n in names if _usable(n))
+        if not wanted:
+            return [], []
+        if len(wanted) == 1:
+            heads = [self._head(f"{subdir}/{wanted[0]}")]
+        else:
+            with ThreadPoolExecutor(min(STAT_THREADS, len(wanted))) as pool:
+                heads = list(pool.map(self._head, (f"{subdir}/{n}" for n in wanted)))
+        present, gone = [], []
+        for name, head in zip(wanted, heads, strict=True):
+            if head is None:
+                gone.append(name)
+            else:
+                mtime = float(int(head["LastModified"].timestamp()))
+                present.append(FileState(name, mtime, int(head["ContentLength"]), _etag(head.get("ETag"))))
+        return present, gone
+
+    def _head(self, key: str) -> dict[str, Any] | None:
+        return self._call("head_object", missing_ok=True, Key=self._full(key))  # type: ignore[no-any-return]
+
+    def list_files(self, folder: str) -> dict[str, int]:
+        return {obj["Key"]: int(obj["Size"]) for obj in self._list(folder) if obj["Key"]}
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def open_package(self, subdir: str, name: str) -> IO[bytes]:
+        response = self._call("get_object", missing_ok=True, Key=self._full(f"{subdir}/{name}"))
+        if response is None:
+            raise FileNotFoundError(f"{self.url}/{subdir}/{name}")
+        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 - returned to the caller
+        body = response["Body"]
+        total = 0
+        try:
+            while chunk := body.read(CHUNK):
+                spool.write(chunk)
+                total += len(chunk)
+        except Exception as exc:  # noqa: BLE001 - a connection dropped mid-body
+            spool.close()
+            self._bytes("read", total)
+            raise StoreError(f"{self.url}/{subdir}/{name}: read interrupted: {_one_line(exc)}") from None
+        finally:
+            body.close()
+        self._bytes("read", total)
+        spool.seek(0)
+        return spool  # type: ignore[return-value]
+
+    def read(self, key: str) -> bytes | None:
+        response = self._call("get_object", missing_ok=True, Key=self._full(key))
+        if response is None:
+            return None
+        try:
+            data: bytes = response["Body"].read()
+        except Exception as exc:  # noqa: BLE001
+            raise StoreError(f"{self.url}/{key}: read interrupted: {_one_line(exc)}") from None
+        self._bytes("read", len(data))
+        return data
+
+    def exists(self, key: str) -> bool:
+        return self._head(key) is not None
+
+    # --- writing --------------------------------------------------------------------------------
+
+    def write(self, key: str, data: bytes, *, sync: bool = True) -> bool:
+        ctype, cache_control = object_headers(key)
+        digest = hashlib.sha256(data).hexdigest()
+        params: dict[str, Any] = {"Key": self._full(key), "Body": data, "ContentType": ctype, "CacheControl": cache_control,
+                                  "Metadata": {SHA256_META: digest}}  # fmt: skip
+        if _SHARD.search(key):
+            # content-addressed: a shard already there holds these bytes
+            params["IfNoneMatch"] = "*"
+        else:
+            head = self._head(key)
+            if head is not None and _holds(head, data, digest):
+                return False
+        return self._call("put_object", written=len(data), **params) is not None
+
+    def remove(self, key: str) -> bool:
+        if self._head(key) is None:
+            return False
+        self._call("delete_object", Key=self._full(key))
+        return True
+
+    def sync(self, folder: str) -> None:
+        """A PUT is durable when it returns: nothing to wait for."""
+
+    def prepare(self, subdir: str, *, recover: bool) -> None:
+        """Folders do not exist in a bucket, and no write leaves temporaries behind."""
+
+
+def _usable(name: str) -> bool:
+    return "/" not in name and is_package_name(name) and name.isprintable()
+
+
+def _holds(head: dict[str, Any], data: bytes, digest: str) -> bool:
+    if int(head.get("ContentLength", -1)) != len(data):
+        return False
+    remembered = head.get("Metadata", {}).get(SHA256_META)
+    if remembered:
+        return bool(remembered == digest)
+    etag = _etag(head.get("ETag"))
+    return "-" not in etag and etag == hashlib.md5(data).hexdigest()  # noqa: S324 - S3's ETag
+
+
+def make_client() -> Any:
+    """A boto3 S3 client from the standard AWS chain, path-style for non-AWS endpoints."""
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError:
+        raise StoreError("s3:// channels need boto3: pip install 'conda-indexd[s3]'") from None
+    session = boto3.session.Session()
+    s3_settings = session._session.get_scoped_config().get("s3", {})  # the profile's [s3] section
+    style = s3_settings.get("addressing_style") if isinstance(s3_settings, dict) else None
+    base = {"connect_timeout": 5, "read_timeout": 60, "retries": {"mode": "standard"}, "max_pool_connections": 16}
+    client = session.client("s3", config=Config(**base, s3={"addressing_style": style or "auto"}))
+    if style is None and "amazonaws.com" not in (client.meta.endpoint_url or ""):
+        client = session.client("s3", config=Config(**base, s3={"addressing_style": "path"}))
+    return client
