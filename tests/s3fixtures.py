@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from rgwserver import RgwCluster, RgwError, missing_tools
 
 _bucket_numbers = itertools.count(1)

@@ -5,12 +5,17 @@ the same index). Every stage below takes a `Backends`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .cache import Caches
 from .config import IndexConfig
 from .localstore import LocalStore
+from .lock import ChannelLock, WriterLock
 from .sqlitecache import SqliteCaches
 from .store import ChannelStore
+
+if TYPE_CHECKING:
+    from .s3store import S3Stats
 
 
 @dataclass(frozen=True)
@@ -20,5 +25,33 @@ class Backends:
     caches: Caches
 
 
-def open_backends(config: IndexConfig) -> Backends:
-    return Backends(LocalStore(config.channel), LocalStore(config.output_root), SqliteCaches(config.channel))
+def open_backends(config: IndexConfig, stats: S3Stats | None = None) -> Backends:
+    """`stats` counts an S3 store's requests (the daemon's metrics)."""
+    if not config.remote and config.output_url is None:
+        return Backends(LocalStore(config.channel), LocalStore(config.output_root), SqliteCaches(config.channel))
+    from .s3store import S3Store  # boto3: only loaded for s3:// channels
+
+    packages: ChannelStore = S3Store(config.channel_url, stats=stats) if config.channel_url else LocalStore(config.channel)
+    if config.output_url:
+        outputs: ChannelStore = S3Store(config.output_url, stats=stats)
+    elif config.output is not None:
+        outputs = LocalStore(config.output)
+    else:
+        outputs = packages
+    # a remote channel's caches live in the local state folder (`channel`), with ETags
+    caches = SqliteCaches(config.channel, folder="", etags=True) if config.remote else SqliteCaches(config.channel)
+    return Backends(packages, outputs, caches)
+
+
+def open_lock(config: IndexConfig, backends: Backends) -> WriterLock:
+    """The one-writer lock of the outputs: a flock in a local channel, a lease object
+    beside the outputs in a bucket."""
+    if config.output_url or config.remote:
+        from .s3store import S3Store
+
+        out = backends.outputs
+        if isinstance(out, S3Store):
+            from .s3lease import S3Lease
+
+            return S3Lease(out)
+    return ChannelLock(config.channel)

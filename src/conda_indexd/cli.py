@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import __version__, compat, ignored, leftovers, logs, wait
-from .backends import open_backends
+from .backends import open_backends, open_lock
 from .cache import CacheError
 from .channelfiles import publish_channel
 from .config import DEFAULT_SHARD_RETENTION, IndexConfig, default_threads, detect_subdirs
@@ -24,10 +24,12 @@ from .current import available as current_available
 from .current import load_pins
 from .daemon import DEFAULT_HOST, DEFAULT_PORT, Daemon, WatchConfig
 from .indexer import SubdirResult, index_subdir
-from .lock import ChannelBusy, ChannelLock
+from .lock import ChannelBusy
 from .onready import after_ready
 from .patches import PatchError
 from .progress import ProgressLine
+from .s3config import remote_settings
+from .store import StoreError
 
 PROG = "conda-indexd"
 DEMO_DIR = "demo-channel"  # demo.py's default folder
@@ -61,8 +63,10 @@ def _zst_level(text: str) -> int:
 
 def add_index_options(p: argparse.ArgumentParser) -> None:
     """The options shared by `index` and (later) `watch`, with conda-index's names."""
-    p.add_argument("channel", metavar="CHANNEL_DIR", help="channel folder holding platform subdirs")
-    p.add_argument("--output", metavar="DIR", help="write repodata under DIR instead of the channel (cache.db stays in the channel)")
+    p.add_argument("channel", metavar="CHANNEL_DIR", help="channel folder holding platform subdirs, or s3://BUCKET/PREFIX")
+    p.add_argument("--output", metavar="DIR", help="write repodata under DIR (or s3://BUCKET/PREFIX) instead of the channel (cache.db stays in the channel)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="s3:// channels: the local folder for cache.db (default $XDG_STATE_HOME/conda-indexd/BUCKET/PREFIX)")
     p.add_argument("--subdir", action="append", metavar="S", help="index only this subdir (repeatable)")
     p.add_argument("-n", "--channel-name", help="channel name (used by later outputs such as index.html)")
     p.add_argument("--zst", action=argparse.BooleanOptionalAction, default=True, help="write repodata.json.zst (default: on)")
@@ -166,18 +170,30 @@ def _listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or DEFAULT_HOST, int(port)
 
 
+def _check_channel_folder(channel: Path, given: str) -> None:
+    if not channel.exists():
+        raise UsageError(f"channel folder does not exist: {given}")
+    if not channel.is_dir():
+        raise UsageError(f"channel path is not a folder: {given}")
+    if not os.access(channel, os.W_OK):
+        raise UsageError(f"channel folder is not writable (cache.db lives there): {given}")
+
+
 def config_from_args(args: argparse.Namespace) -> IndexConfig:
     refused = compat.refusal(args)
     if refused is not None:
         raise UsageError(refused)
-    channel = Path(args.channel).absolute()
-    if not channel.exists():
-        raise UsageError(f"channel folder does not exist: {args.channel}")
-    if not channel.is_dir():
-        raise UsageError(f"channel path is not a folder: {args.channel}")
-    if not os.access(channel, os.W_OK):
-        raise UsageError(f"channel folder is not writable (cache.db lives there): {args.channel}")
-    output = Path(args.output).absolute() if args.output else None
+    try:
+        remote = remote_settings(args.channel, args.output, args.cache_dir)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if remote is not None:
+        channel, channel_url, output_url = remote
+    else:
+        channel, channel_url, output_url = Path(args.channel).absolute(), None, None
+    if channel_url is None:  # (a bucket's state folder was made and checked by remote_settings)
+        _check_channel_folder(channel, args.channel)
+    output = Path(args.output).absolute() if args.output and output_url is None else None
     if output is not None:
         try:
             output.mkdir(parents=True, exist_ok=True)
@@ -223,6 +239,8 @@ def config_from_args(args: argparse.Namespace) -> IndexConfig:
         threads=args.threads,
         write_shards=args.write_shards,
         shard_retention=args.shard_retention,
+        channel_url=channel_url,
+        output_url=output_url,
     )
 
 
@@ -234,8 +252,12 @@ def run_index(args: argparse.Namespace) -> int:
     results: list[SubdirResult] = []
     failed: list[str] = []
     backends = open_backends(config)
-    with ChannelLock(config.channel):
-        if not config.subdirs:
+    for store in {id(s): s for s in (backends.packages, backends.outputs)}.values():
+        check = getattr(store, "check", None)  # a bucket: there, and these credentials may use it
+        if check is not None:
+            check()
+    with open_lock(config, backends):
+        if not config.subdirs and not config.remote:
             ignored.log_ignored(config.channel)
         for subdir in detect_subdirs(config, backends.packages.subdirs()):
             progress.subdir = subdir
@@ -253,7 +275,8 @@ def run_index(args: argparse.Namespace) -> int:
         channel_files = publish_channel(config, backends, [r.subdir for r in results])
         if channel_files:
             log.info("channel files written", written=channel_files)
-        leftovers.report(config, args.clean_conda_index_leftovers, [r.subdir for r in results])
+        if not config.remote and config.output_url is None:
+            leftovers.report(config, args.clean_conda_index_leftovers, [r.subdir for r in results])
     reasons = Counter(f.reason for r in results for f in r.skipped)
     for r in results:
         for f in r.skipped:
@@ -261,7 +284,7 @@ def run_index(args: argparse.Namespace) -> int:
                 log.info("still skipped", subdir=r.subdir, path=f.path, reason=f.reason, detail=f.message)
     log.info(
         "channel indexed",
-        channel=str(config.channel),
+        channel=config.location,
         subdirs=len(results),
         packages=sum(r.packages for r in results),
         extracted=sum(r.extracted for r in results),
@@ -358,6 +381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ChannelBusy as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 3
+    except StoreError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
     except CacheError as exc:
         print(f"{PROG}: error: cache.db: {exc}", file=sys.stderr)
         return 1

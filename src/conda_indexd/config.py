@@ -60,6 +60,19 @@ class IndexConfig:
     current_index_versions: Path | None = None  # -m: YAML {name: [version, ...]} pins
     write_shards: bool = True
     shard_retention: float = DEFAULT_SHARD_RETENTION
+    # s3://BUCKET/PREFIX: the packages live there and `channel` is the local state
+    # folder holding the caches (--cache-dir); `output_url`: publish to an s3:// prefix
+    channel_url: str | None = None
+    output_url: str | None = None
+
+    @property
+    def remote(self) -> bool:
+        return self.channel_url is not None
+
+    @property
+    def location(self) -> str:
+        """The channel as logs and the status page name it."""
+        return self.channel_url or str(self.channel)
 
     @property
     def output_root(self) -> Path:

@@ -1,10 +1,17 @@
-"""One writer per channel: an exclusive, non-blocking flock on `<channel>/.conda-indexd.lock`."""
+"""One writer per channel: an exclusive, non-blocking flock on `<channel>/.conda-indexd.lock`.
+
+`WriterLock` is what the CLI and the daemon hold while they index; a channel in object
+storage has a lease object instead (s3lease.py), and a shared database can give another
+(backends.open_lock picks one). `lost` is set when the lock was taken away while held.
+"""
 
 from __future__ import annotations
 
 import fcntl
 import os
+import threading
 from pathlib import Path
+from typing import Protocol
 
 LOCK_NAME = ".conda-indexd.lock"
 
@@ -13,10 +20,23 @@ class ChannelBusy(Exception):
     pass
 
 
+class WriterLock(Protocol):
+    lost: threading.Event  # set when another writer took the channel over
+
+    def acquire(self) -> WriterLock:
+        """Raises ChannelBusy (one line) when another live writer holds it."""
+        ...
+
+    def release(self) -> None: ...
+    def __enter__(self) -> WriterLock: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+
 class ChannelLock:
     def __init__(self, channel: Path):
         self.path = channel / LOCK_NAME
         self.fd: int | None = None
+        self.lost = threading.Event()  # a flock is never taken away
 
     def acquire(self) -> ChannelLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -152,8 +152,7 @@ class S3Store:
         except BotoCoreError as exc:
             self._count(operation, "error")
             raise StoreError(f"{self.url}: {operation}: {_one_line(exc)}") from None
-        status = str(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 200))
-        self._count(operation, status)
+        self._count(operation, str(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 200)))
         if written:
             self._bytes("written", written)
         return response
@@ -284,6 +283,28 @@ class S3Store:
             if head is not None and _holds(head, data, digest):
                 return False
         return self._call("put_object", written=len(data), **params) is not None
+
+    # --- conditional requests (the lease object) ------------------------------------------------
+
+    def get_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """(bytes, ETag) of an object, None when absent."""
+        response = self._call("get_object", missing_ok=True, Key=self._full(key))
+        if response is None:
+            return None
+        data: bytes = response["Body"].read()
+        self._bytes("read", len(data))
+        return data, _etag(response.get("ETag"))
+
+    def put_if(self, key: str, data: bytes, *, etag: str | None) -> str | None:
+        """PUT only if the object is absent (etag=None) or still has `etag`; the new ETag,
+        None when the condition failed (412). RGW wants If-Match unquoted."""
+        condition: dict[str, Any] = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+        response = self._call("put_object", written=len(data), Key=self._full(key), Body=data,
+                              ContentType="application/json", CacheControl="no-store", **condition)  # fmt: skip
+        return None if response is None else _etag(response.get("ETag"))
+
+    def delete(self, key: str) -> None:
+        self._call("delete_object", Key=self._full(key))
 
     def remove(self, key: str) -> bool:
         if self._head(key) is None:

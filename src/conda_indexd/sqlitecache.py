@@ -4,6 +4,11 @@
 one-line message in `last_modified` (both unused by conda-index for local files).
 conda-index only queries the stages it knows, so it ignores these rows.
 
+For a remote store (`etags=True`: S3) the `fs` and `indexed` rows also keep the
+object's ETag in `etag` (mtime is LastModified), and a row only matches when the ETags
+agree too, so a same-size re-upload within the same second is re-read. A `failed` row
+keeps that ETag in its (otherwise unused) `md5` column.
+
 Unlike conda-index, the output only contains files whose `indexed` row matches the
 current `fs` row: a package replaced by a broken file drops out instead of being served
 with stale metadata, and a failed file's stale metadata rows are removed, so a
@@ -107,8 +112,12 @@ def _guarded(method: _F) -> _F:
 class SqliteCache:
     """One subdir's cache.db (the `SubdirCache` protocol). Used from one thread at a time."""
 
-    def __init__(self, db_path: Path):
+    def __init__(self, db_path: Path, *, etags: bool = False):
         self.db_path = db_path
+        self.etags = etags
+        # the extra condition for an `indexed` (ix) or `failed` (bad) row to match its fs row
+        self.ix_etag = " AND ix.etag IS fs.etag" if etags else ""
+        self.bad_etag = " AND bad.md5 IS fs.etag" if etags else ""
         try:
             self._open()
         except sqlite3.DatabaseError as exc:
@@ -205,7 +214,8 @@ class SqliteCache:
         new = {f.path: f for f in files}
         old = self.fs_state()
         gone = old.keys() - new.keys()
-        changed = [f for path, f in new.items() if path not in old or old[path][1:3] != f[1:3]]
+        width = 4 if self.etags else 3  # mtime, size (and the ETag)
+        changed = [f for path, f in new.items() if path not in old or old[path][1:width] != f[1:width]]
         if not gone and not changed:
             return
         with self.transaction():
@@ -220,29 +230,29 @@ class SqliteCache:
 
     def _upsert_fs(self, files: Iterable[FileState]) -> None:
         self.db.executemany(
-            "INSERT INTO stat (stage, path, mtime, size) VALUES ('fs', ?, ?, ?) "
-            "ON CONFLICT (path, stage) DO UPDATE SET mtime = excluded.mtime, size = excluded.size",
-            ((f.path, f.mtime, f.size) for f in files),
+            "INSERT INTO stat (stage, path, mtime, size, etag) VALUES ('fs', ?, ?, ?, ?) "
+            "ON CONFLICT (path, stage) DO UPDATE SET mtime = excluded.mtime, size = excluded.size, etag = excluded.etag",
+            ((f.path, f.mtime, f.size, f.identity if self.etags else None) for f in files),
         )
 
     @_guarded
     def fs_state(self) -> dict[str, FileState]:
         return {
-            path: FileState(path, mtime, size)
-            for path, mtime, size in self.db.execute("SELECT path, mtime, size FROM stat WHERE stage = 'fs'")
+            path: FileState(path, mtime, size, etag or "")
+            for path, mtime, size, etag in self.db.execute("SELECT path, mtime, size, etag FROM stat WHERE stage = 'fs'")
         }
 
     # --- what to extract ---------------------------------------------------------------
 
     @_guarded
     def changed_packages(self, paths: Iterable[str] | None = None) -> list[FileState]:
-        query = """
-            SELECT fs.path, fs.mtime, fs.size FROM stat AS fs
+        query = f"""
+            SELECT fs.path, fs.mtime, fs.size, coalesce(fs.etag, '') FROM stat AS fs
             LEFT JOIN stat AS ix ON ix.path = fs.path AND ix.stage = 'indexed'
             LEFT JOIN stat AS bad ON bad.path = fs.path AND bad.stage = 'failed'
             WHERE fs.stage = 'fs'
-              AND (ix.path IS NULL OR ix.mtime != fs.mtime OR ix.size != fs.size)
-              AND (bad.path IS NULL OR bad.mtime != fs.mtime OR bad.size != fs.size)
+              AND NOT (ix.path IS NOT NULL AND ix.mtime = fs.mtime AND ix.size = fs.size{self.ix_etag})
+              AND NOT (bad.path IS NOT NULL AND bad.mtime = fs.mtime AND bad.size = fs.size{self.bad_etag})
         """
         query, params = _limit(query, "fs.path", paths)
         return [FileState(*row) for row in self.db.execute(query + " ORDER BY fs.path", params)]
@@ -276,8 +286,8 @@ class SqliteCache:
                     (path, json.dumps(index)),
                 )
                 self.db.execute(
-                    "INSERT OR REPLACE INTO stat (stage, path, mtime, size, sha256, md5) VALUES ('indexed', ?, ?, ?, ?, ?)",
-                    (path, state.mtime, state.size, index["sha256"], index["md5"]),
+                    "INSERT OR REPLACE INTO stat (stage, path, mtime, size, sha256, md5, etag) VALUES ('indexed', ?, ?, ?, ?, ?, ?)",
+                    (path, state.mtime, state.size, index["sha256"], index["md5"], state.identity if self.etags else None),
                 )
                 self.db.execute("DELETE FROM stat WHERE stage = 'failed' AND path = ?", (path,))
         except sqlite3.OperationalError as exc:
@@ -293,17 +303,19 @@ class SqliteCache:
                 self.db.execute(f"DELETE FROM {table} WHERE path = ?", (path,))
             self.db.execute("DELETE FROM stat WHERE stage = 'indexed' AND path = ?", (path,))
             self.db.execute(
-                "INSERT OR REPLACE INTO stat (stage, path, mtime, size, etag, last_modified) "
-                "VALUES ('failed', ?, ?, ?, ?, ?)",
-                (path, state.mtime, state.size, reason, message),
+                "INSERT OR REPLACE INTO stat (stage, path, mtime, size, etag, last_modified, md5) "
+                "VALUES ('failed', ?, ?, ?, ?, ?, ?)",
+                (path, state.mtime, state.size, reason, message, state.identity if self.etags else None),
             )
 
     # --- reads for the outputs -------------------------------------------------------------
 
-    _PUBLISHED = """
+    @property
+    def _PUBLISHED(self) -> str:  # noqa: N802
+        return f"""
             FROM stat AS fs
             JOIN stat AS ix ON ix.path = fs.path AND ix.stage = 'indexed'
-                 AND ix.mtime = fs.mtime AND ix.size = fs.size
+                 AND ix.mtime = fs.mtime AND ix.size = fs.size{self.ix_etag}
             JOIN index_json ON index_json.path = fs.path
     """
 
@@ -325,10 +337,10 @@ class SqliteCache:
 
     def published_keys(self, paths: Iterable[str] | None = None) -> Iterator[PublishedKey]:
         """From the stat rows alone (no JSON is read)."""
-        query = """
+        query = f"""
             SELECT fs.path, ix.sha256 FROM stat AS fs
             JOIN stat AS ix ON ix.path = fs.path AND ix.stage = 'indexed'
-                 AND ix.mtime = fs.mtime AND ix.size = fs.size
+                 AND ix.mtime = fs.mtime AND ix.size = fs.size{self.ix_etag}
             WHERE fs.stage = 'fs'
         """
         return (PublishedKey(*row) for row in self._rows(*_limit(query, "fs.path", paths)))
@@ -372,10 +384,10 @@ class SqliteCache:
     @_guarded
     def failures(self) -> list[Failure]:
         rows = self.db.execute(
-            """
+            f"""
             SELECT fs.path, bad.etag, bad.last_modified FROM stat AS fs
             JOIN stat AS bad ON bad.path = fs.path AND bad.stage = 'failed'
-                 AND bad.mtime = fs.mtime AND bad.size = fs.size
+                 AND bad.mtime = fs.mtime AND bad.size = fs.size{self.bad_etag}
             WHERE fs.stage = 'fs' ORDER BY fs.path
             """
         )
@@ -396,17 +408,22 @@ class SqliteCache:
 
 
 class SqliteCaches:
-    """`<channel>/<subdir>/.cache/cache.db`, as conda-index keeps them (the `Caches` seam)."""
+    """`<channel>/<subdir>/.cache/cache.db`, as conda-index keeps them (the `Caches` seam).
 
-    def __init__(self, channel: Path):
+    For a remote store the caches live in a local state folder instead: `folder=""`
+    gives `<root>/<subdir>/cache.db`, and `etags=True` keeps and compares ETags."""
+
+    def __init__(self, channel: Path, *, folder: str = ".cache", etags: bool = False):
         self.channel = channel
+        self.folder = folder
+        self.etags = etags
         self.location = str(channel)
 
     def db_path(self, subdir: str) -> Path:
-        return self.channel / subdir / ".cache" / "cache.db"
+        return self.channel / subdir / self.folder / "cache.db" if self.folder else self.channel / subdir / "cache.db"
 
     def open(self, subdir: str) -> SqliteCache:
-        return SqliteCache(self.db_path(subdir))
+        return SqliteCache(self.db_path(subdir), etags=self.etags)
 
 
 def _limit(query: str, column: str, paths: Iterable[str] | None) -> tuple[str, tuple[str, ...]]:
