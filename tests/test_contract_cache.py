@@ -22,7 +22,7 @@ def caches(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Caches]:
         yield SqliteCaches(tmp_path)
     elif request.param == "sqlite-etags":  # an S3 channel's caches, in a local state folder
         (tmp_path / "noarch").mkdir()
-        yield SqliteCaches(tmp_path, folder="", etags=True)
+        yield SqliteCaches(tmp_path, folder="")
 
 
 @pytest.fixture
@@ -117,21 +117,19 @@ def test_a_rolled_back_transaction_keeps_nothing(cache: SubdirCache) -> None:
     assert cache.fs_state() == {}
 
 
-def test_an_etag_change_alone_is_a_change_for_remote_caches(caches: Caches) -> None:
-    """Same size, same LastModified second, new ETag (a re-upload): read again when the
-    cache keeps ETags; a local cache (mtime + size, as conda-index) does not look."""
-    with caches.open("noarch") as cache:
-        a = FileState("a-1-0.conda", 5.0, 10, "etag-1")
-        cache.replace_fs_state([a])
-        cache.store(meta(a.path, "a", "1" * 64), a)
-        assert cache.changed_packages() == []
-        b = a._replace(identity="etag-2")
-        cache.replace_fs_state([b])
-        remote = getattr(caches, "etags", False)
-        assert [f.path for f in cache.changed_packages()] == (["a-1-0.conda"] if remote else [])
-        if remote:
-            assert cache.published_digests() == {}  # the old record is not served for the new bytes
-            cache.store_failure(b, "bad-zip", "broken")
-            assert [f.path for f in cache.failures()] == ["a-1-0.conda"] and cache.changed_packages() == []
-            cache.update_fs_state([b._replace(identity="etag-3")], [])
-            assert [f.path for f in cache.changed_packages()] == ["a-1-0.conda"]
+
+def test_an_identity_change_alone_is_a_change(cache: SubdirCache) -> None:
+    """Same size, same LastModified second, new ETag (an S3 re-upload): read again, and
+    the old record is not served for the new bytes."""
+    a = FileState("a-1-0.conda", 5.0, 10, "etag-1")
+    cache.replace_fs_state([a])
+    cache.store(meta(a.path, "a", "1" * 64), a)
+    assert cache.changed_packages() == []
+    b = a._replace(identity="etag-2")
+    cache.replace_fs_state([b])
+    assert [f.path for f in cache.changed_packages()] == ["a-1-0.conda"]
+    assert cache.published_digests() == {}
+    cache.store_failure(b, "not-a-zip", "broken")
+    assert [f.path for f in cache.failures()] == ["a-1-0.conda"] and cache.changed_packages() == []
+    cache.update_fs_state([b._replace(identity="etag-3")], [])
+    assert [f.path for f in cache.changed_packages()] == ["a-1-0.conda"]

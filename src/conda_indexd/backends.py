@@ -38,8 +38,8 @@ def open_backends(config: IndexConfig, stats: S3Stats | None = None) -> Backends
         outputs = LocalStore(config.output)
     else:
         outputs = packages
-    # a remote channel's caches live in the local state folder (`channel`), with ETags
-    caches = SqliteCaches(config.channel, folder="", etags=True) if config.remote else SqliteCaches(config.channel)
+    # a remote channel's caches live in the local state folder (`channel`)
+    caches = SqliteCaches(config.channel, folder="") if config.remote else SqliteCaches(config.channel)
     return Backends(packages, outputs, caches)
 
 

@@ -42,6 +42,7 @@ class WatchConfig:
     debounce: float = 1.0
     max_delay: float = 10.0
     settle: float = 1.0
+    upload_timeout: float = 600.0  # an upload never closed is read after this long unchanged
     rescan_interval: float = 600.0
     polling: bool = False
     poll_interval: float = 1.0
@@ -54,7 +55,14 @@ class Daemon:
         self.queue = DebounceQueue(config.debounce, config.max_delay)
         self.stopping = threading.Event()
         self.worker = Worker(
-            config.index, open_backends(config.index), self.queue, self.metrics, settle=config.settle, stopping=self.stopping
+            config.index,
+            open_backends(config.index),
+            self.queue,
+            self.metrics,
+            settle=config.settle,
+            upload_timeout=config.upload_timeout,
+            close_events=not config.polling,
+            stopping=self.stopping,
         )
         self.worker_thread = threading.Thread(target=self.worker.run, name="worker", daemon=True)
         self.watched = frozenset(config.index.subdirs) if config.index.subdirs else KNOWN_SUBDIRS

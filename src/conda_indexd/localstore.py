@@ -151,7 +151,7 @@ class LocalStore:
 
 
 def _state(name: str, st: os.stat_result) -> FileState:
-    return FileState(name, st.st_mtime, st.st_size, f"{st.st_ino}:{st.st_ctime_ns}")
+    return FileState(name, st.st_mtime, st.st_size, f"{st.st_ino}:{st.st_ctime_ns}", st.st_ctime)
 
 
 def _undecodable(name: str) -> bool:

@@ -201,11 +201,12 @@ class S3Store:
         return sorted(entry["Key"] for entry in self._list("", folders=True) if entry["Key"])
 
     def list_packages(self, subdir: str) -> list[FileState]:
-        return [
-            FileState(obj["Key"], float(int(obj["LastModified"].timestamp())), int(obj["Size"]), _etag(obj.get("ETag")))
-            for obj in self._list(subdir)
-            if _usable(obj["Key"])
-        ]
+        files = []
+        for obj in self._list(subdir):
+            if _usable(obj["Key"]):
+                mtime = float(int(obj["LastModified"].timestamp()))
+                files.append(FileState(obj["Key"], mtime, int(obj["Size"]), _etag(obj.get("ETag")), mtime))
+        return files
 
     def stat_packages(self, subdir: str, names: Iterable[str]) -> tuple[list[FileState], list[str]]:
         wanted = sorted(n for n in names if _usable(n))
@@ -222,7 +223,7 @@ class S3Store:
                 gone.append(name)
             else:
                 mtime = float(int(head["LastModified"].timestamp()))
-                present.append(FileState(name, mtime, int(head["ContentLength"]), _etag(head.get("ETag"))))
+                present.append(FileState(name, mtime, int(head["ContentLength"]), _etag(head.get("ETag")), mtime))
         return present, gone
 
     def _head(self, key: str) -> dict[str, Any] | None:

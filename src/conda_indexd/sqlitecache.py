@@ -1,13 +1,13 @@
 """conda-index 0.13's per-subdir `cache.db` (channel-format.md §3.4): the sqlite `Caches`.
 
-`failed` rows (ours) keep the short reason label in the row's `etag` column and the
-one-line message in `last_modified` (both unused by conda-index for local files).
-conda-index only queries the stages it knows, so it ignores these rows.
-
-For a remote store (`etags=True`: S3) the `fs` and `indexed` rows also keep the
-object's ETag in `etag` (mtime is LastModified), and a row only matches when the ETags
-agree too, so a same-size re-upload within the same second is re-read. A `failed` row
-keeps that ETag in its (otherwise unused) `md5` column.
+Change identity (the store's `FileState.identity`, inode+ctime locally): `fs` and
+`indexed` rows keep it in the `etag` column, which conda-index leaves empty for local
+files, so a file rewritten with the same size and mtime (rsync --times, cp -p) is read
+again. A row without one (written by conda-index) is trusted once and then given the
+current identity. `failed` rows (ours) keep the short reason label in `etag`, the
+one-line message in `last_modified` and the identity in `md5` (meaningless for a file
+that could not be read). conda-index only queries the stages it knows and compares
+mtime and size, so it ignores all of this.
 
 Unlike conda-index, the output only contains files whose `indexed` row matches the
 current `fs` row: a package replaced by a broken file drops out instead of being served
@@ -112,12 +112,8 @@ def _guarded(method: _F) -> _F:
 class SqliteCache:
     """One subdir's cache.db (the `SubdirCache` protocol). Used from one thread at a time."""
 
-    def __init__(self, db_path: Path, *, etags: bool = False):
+    def __init__(self, db_path: Path):
         self.db_path = db_path
-        self.etags = etags
-        # the extra condition for an `indexed` (ix) or `failed` (bad) row to match its fs row
-        self.ix_etag = " AND ix.etag IS fs.etag" if etags else ""
-        self.bad_etag = " AND bad.md5 IS fs.etag" if etags else ""
         try:
             self._open()
         except sqlite3.DatabaseError as exc:
@@ -214,8 +210,7 @@ class SqliteCache:
         new = {f.path: f for f in files}
         old = self.fs_state()
         gone = old.keys() - new.keys()
-        width = 4 if self.etags else 3  # mtime, size (and the ETag)
-        changed = [f for path, f in new.items() if path not in old or old[path][1:width] != f[1:width]]
+        changed = [f for path, f in new.items() if path not in old or old[path][1:4] != f[1:4]]
         if not gone and not changed:
             return
         with self.transaction():
@@ -229,10 +224,16 @@ class SqliteCache:
             self.db.executemany("DELETE FROM stat WHERE stage = 'fs' AND path = ?", ((p,) for p in gone))
 
     def _upsert_fs(self, files: Iterable[FileState]) -> None:
+        files = list(files)
         self.db.executemany(
             "INSERT INTO stat (stage, path, mtime, size, etag) VALUES ('fs', ?, ?, ?, ?) "
             "ON CONFLICT (path, stage) DO UPDATE SET mtime = excluded.mtime, size = excluded.size, etag = excluded.etag",
-            ((f.path, f.mtime, f.size, f.identity if self.etags else None) for f in files),
+            ((f.path, f.mtime, f.size, f.identity or None) for f in files),
+        )
+        # rows conda-index wrote have no identity: trusted once (same mtime and size), then given one
+        self.db.executemany(
+            "UPDATE stat SET etag = ? WHERE stage = 'indexed' AND path = ? AND etag IS NULL AND mtime = ? AND size = ?",
+            ((f.identity, f.path, f.mtime, f.size) for f in files if f.identity),
         )
 
     @_guarded
@@ -246,13 +247,13 @@ class SqliteCache:
 
     @_guarded
     def changed_packages(self, paths: Iterable[str] | None = None) -> list[FileState]:
-        query = f"""
+        query = """
             SELECT fs.path, fs.mtime, fs.size, coalesce(fs.etag, '') FROM stat AS fs
             LEFT JOIN stat AS ix ON ix.path = fs.path AND ix.stage = 'indexed'
             LEFT JOIN stat AS bad ON bad.path = fs.path AND bad.stage = 'failed'
             WHERE fs.stage = 'fs'
-              AND NOT (ix.path IS NOT NULL AND ix.mtime = fs.mtime AND ix.size = fs.size{self.ix_etag})
-              AND NOT (bad.path IS NOT NULL AND bad.mtime = fs.mtime AND bad.size = fs.size{self.bad_etag})
+              AND (ix.path IS NULL OR ix.mtime != fs.mtime OR ix.size != fs.size OR ix.etag IS NOT fs.etag)
+              AND (bad.path IS NULL OR bad.mtime != fs.mtime OR bad.size != fs.size OR bad.md5 IS NOT fs.etag)
         """
         query, params = _limit(query, "fs.path", paths)
         return [FileState(*row) for row in self.db.execute(query + " ORDER BY fs.path", params)]
@@ -287,7 +288,7 @@ class SqliteCache:
                 )
                 self.db.execute(
                     "INSERT OR REPLACE INTO stat (stage, path, mtime, size, sha256, md5, etag) VALUES ('indexed', ?, ?, ?, ?, ?, ?)",
-                    (path, state.mtime, state.size, index["sha256"], index["md5"], state.identity if self.etags else None),
+                    (path, state.mtime, state.size, index["sha256"], index["md5"], state.identity or None),
                 )
                 self.db.execute("DELETE FROM stat WHERE stage = 'failed' AND path = ?", (path,))
         except sqlite3.OperationalError as exc:
@@ -305,17 +306,15 @@ class SqliteCache:
             self.db.execute(
                 "INSERT OR REPLACE INTO stat (stage, path, mtime, size, etag, last_modified, md5) "
                 "VALUES ('failed', ?, ?, ?, ?, ?, ?)",
-                (path, state.mtime, state.size, reason, message, state.identity if self.etags else None),
+                (path, state.mtime, state.size, reason, message, state.identity or None),
             )
 
     # --- reads for the outputs -------------------------------------------------------------
 
-    @property
-    def _PUBLISHED(self) -> str:  # noqa: N802
-        return f"""
+    _PUBLISHED = """
             FROM stat AS fs
             JOIN stat AS ix ON ix.path = fs.path AND ix.stage = 'indexed'
-                 AND ix.mtime = fs.mtime AND ix.size = fs.size{self.ix_etag}
+                 AND ix.mtime = fs.mtime AND ix.size = fs.size AND ix.etag IS fs.etag
             JOIN index_json ON index_json.path = fs.path
     """
 
@@ -337,10 +336,10 @@ class SqliteCache:
 
     def published_keys(self, paths: Iterable[str] | None = None) -> Iterator[PublishedKey]:
         """From the stat rows alone (no JSON is read)."""
-        query = f"""
+        query = """
             SELECT fs.path, ix.sha256 FROM stat AS fs
             JOIN stat AS ix ON ix.path = fs.path AND ix.stage = 'indexed'
-                 AND ix.mtime = fs.mtime AND ix.size = fs.size{self.ix_etag}
+                 AND ix.mtime = fs.mtime AND ix.size = fs.size AND ix.etag IS fs.etag
             WHERE fs.stage = 'fs'
         """
         return (PublishedKey(*row) for row in self._rows(*_limit(query, "fs.path", paths)))
@@ -384,10 +383,10 @@ class SqliteCache:
     @_guarded
     def failures(self) -> list[Failure]:
         rows = self.db.execute(
-            f"""
+            """
             SELECT fs.path, bad.etag, bad.last_modified FROM stat AS fs
             JOIN stat AS bad ON bad.path = fs.path AND bad.stage = 'failed'
-                 AND bad.mtime = fs.mtime AND bad.size = fs.size{self.bad_etag}
+                 AND bad.mtime = fs.mtime AND bad.size = fs.size AND bad.md5 IS fs.etag
             WHERE fs.stage = 'fs' ORDER BY fs.path
             """
         )
@@ -410,20 +409,19 @@ class SqliteCache:
 class SqliteCaches:
     """`<channel>/<subdir>/.cache/cache.db`, as conda-index keeps them (the `Caches` seam).
 
-    For a remote store the caches live in a local state folder instead: `folder=""`
-    gives `<root>/<subdir>/cache.db`, and `etags=True` keeps and compares ETags."""
+    A channel in object storage keeps its caches in a local state folder instead:
+    `folder=""` gives `<root>/<subdir>/cache.db` (the ETag is the row's identity)."""
 
-    def __init__(self, channel: Path, *, folder: str = ".cache", etags: bool = False):
+    def __init__(self, channel: Path, *, folder: str = ".cache"):
         self.channel = channel
         self.folder = folder
-        self.etags = etags
         self.location = str(channel)
 
     def db_path(self, subdir: str) -> Path:
         return self.channel / subdir / self.folder / "cache.db" if self.folder else self.channel / subdir / "cache.db"
 
     def open(self, subdir: str) -> SqliteCache:
-        return SqliteCache(self.db_path(subdir), etags=self.etags)
+        return SqliteCache(self.db_path(subdir))
 
 
 def _limit(query: str, column: str, paths: Iterable[str] | None) -> tuple[str, tuple[str, ...]]:

@@ -13,11 +13,12 @@ import logging
 import os
 from collections.abc import Callable, Collection
 from pathlib import Path
+from typing import NamedTuple
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
-from watchdog.observers.polling import PollingObserver
+from watchdog.observers.polling import PollingObserverVFS
 
 from .debounce import EventKind
 from .names import is_package_name
@@ -77,9 +78,28 @@ class ChannelEventHandler(FileSystemEventHandler):
 
 
 def make_observer(channel: Path, handler: ChannelEventHandler, polling: bool, poll_interval: float) -> BaseObserver:
-    observer: BaseObserver = PollingObserver(timeout=poll_interval) if polling else Observer()
+    observer: BaseObserver = (
+        PollingObserverVFS(_poll_stat, os.scandir, polling_interval=poll_interval) if polling else Observer()  # type: ignore[arg-type]
+    )
     observer.schedule(handler, str(channel), recursive=True)
     return observer
+
+
+class _PollStat(NamedTuple):
+    """What watchdog's polling snapshot compares, with ctime folded into "mtime": a file
+    rewritten with the same size and a restored mtime (rsync --times, cp -p) still
+    changes its ctime, so polling reports it as modified, as inotify would."""
+
+    st_mode: int
+    st_ino: int
+    st_dev: int
+    st_size: int
+    st_mtime: tuple[int, int]
+
+
+def _poll_stat(path: str) -> _PollStat:
+    st = os.stat(path)
+    return _PollStat(st.st_mode, st.st_ino, st.st_dev, st.st_size, (st.st_mtime_ns, st.st_ctime_ns))
 
 
 class OverflowHook(logging.Handler):

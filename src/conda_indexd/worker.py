@@ -21,6 +21,7 @@ from .logs import get_logger
 from .memo import RecordMemo
 from .metrics import Metrics
 from .statuspage import SubdirStatus
+from .uploads import UploadTracker
 
 log = get_logger("conda_indexd.daemon")
 
@@ -73,6 +74,8 @@ class Worker:
         metrics: Metrics,
         *,
         settle: float = 1.0,
+        upload_timeout: float = 600.0,
+        close_events: bool = True,
         stopping: threading.Event | None = None,
     ):
         self.index = index
@@ -80,6 +83,7 @@ class Worker:
         self.queue = queue
         self.metrics = metrics
         self.settle = settle
+        self.uploads = UploadTracker(settle, upload_timeout, close_events)
         self.stopping = stopping or threading.Event()
         self.ready = threading.Event()
         self.states: dict[str, SubdirState] = {}
@@ -102,6 +106,7 @@ class Worker:
                 return
             now = time.monotonic()
             self.process(Pending(subdir, now, now, full_scan=True, scan_reason=ScanReason.STARTUP))
+        self._settle_startup()
         if self.stopping.is_set():
             return
         self.ready.set()
@@ -115,6 +120,16 @@ class Worker:
             if item is not None:
                 self.process(item)
 
+    def _settle_startup(self) -> None:
+        """Files found changing at start-up get their second look before READY, so ready
+        means every settled file is published; an upload held open does not delay it."""
+        deadline = time.monotonic() + 3 * self.settle + 1
+        while not self.stopping.is_set() and (left := deadline - time.monotonic()) > 0:
+            item = self.queue.take(timeout=min(left, self.settle + 0.2))
+            if item is None:
+                return
+            self.process(item)
+
     def process(self, item: Pending) -> None:
         subdir = item.subdir
         listing = self.backends.packages.list_packages(subdir) if item.full_scan else None
@@ -122,9 +137,9 @@ class Worker:
             log.warning("subdir lists empty; waiting for a second listing", subdir=subdir)
             self.queue.add_scan(subdir, ScanReason.EMPTY_CHECK, delay=EMPTY_CONFIRM_DELAY, confirm_empty=True)
             return
-        hold = self._hold(item, listing)
+        hold, recheck = self._hold(item, listing)
         if hold:
-            self.queue.retry(subdir, hold, self.settle)
+            self.queue.retry(subdir, hold, recheck)
             log.debug("upload in progress", subdir=subdir, files=sorted(hold))
         state = self.state(subdir)
         try:
@@ -155,19 +170,25 @@ class Worker:
 
     # --- rules before a run -------------------------------------------------------------------
 
-    def _hold(self, item: Pending, listing: list[FileState] | None) -> dict[str, EventKind]:
-        """Files still being written: changed within --settle seconds, no close/rename seen."""
+    def _hold(self, item: Pending, listing: list[FileState] | None) -> tuple[dict[str, EventKind], float]:
+        """Uploads still in progress (see uploads.py): {name: kind to put back}, and when
+        to look again."""
         if self.settle <= 0:
-            return {}
+            return {}, 0.0
+        kinds: dict[str, EventKind] = dict(item.names)
+        present: dict[str, FileState] = {}
         now = time.time()
-        candidates = dict(item.names)
         if listing is not None:
+            tracked = self.uploads.tracked(item.subdir)
             for f in listing:
-                if now - f.mtime < self.settle and candidates.get(f.path) not in COMPLETE_KINDS:
-                    candidates.setdefault(f.path, EventKind.MODIFIED)
-        unfinished = [name for name, kind in candidates.items() if kind not in COMPLETE_KINDS]
-        present, _ = self.backends.packages.stat_packages(item.subdir, unfinished)
-        return {f.path: candidates[f.path] for f in present if now - f.mtime < self.settle}
+                if f.path in kinds or f.path in tracked or 0 <= now - f.changed_at < self.settle:
+                    kinds.setdefault(f.path, EventKind.LISTED)
+                    present[f.path] = f
+        unlooked = [name for name, kind in kinds.items() if name not in present and kind not in COMPLETE_KINDS]
+        present.update((f.path, f) for f in self.backends.packages.stat_packages(item.subdir, unlooked)[0])
+        held = self.uploads.hold(item.subdir, kinds, present, now, time.monotonic())
+        self.metrics.uploads_in_progress.labels(item.subdir).set(len(held))
+        return {name: kinds[name] for name in held}, min(held.values(), default=0.0)
 
     def _looks_unmounted(self, item: Pending, listing: list[FileState] | None) -> bool:
         """A subdir that had packages and now lists empty waits for a second listing."""

@@ -1,0 +1,177 @@
+"""Uploads as they really happen (issue: replaced files always re-hashed, stalled uploads
+never errors, future mtimes, symlinked subdirs), each against a real daemon."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from daemonproc import DaemonProcess, all_records, repodata, wait_for
+from pkgfactory import conda_bytes, index_json
+
+FN = "pkg-1.0-0.conda"
+
+
+def twin_bytes(fn: str = FN, subdir: str = "noarch") -> tuple[bytes, bytes]:
+    """Two valid, different packages of the same name and the same size."""
+    stem = fn.removesuffix(".conda")
+    name, version, build = stem.rsplit("-", 2)
+    idx = index_json(name, version, build, subdir)
+    for _ in range(20):
+        a = conda_bytes(fn, idx, {"lib/data.bin": os.urandom(4096)})
+        b = conda_bytes(fn, idx, {"lib/data.bin": os.urandom(4096)})
+        if len(a) == len(b) and a != b:
+            return a, b
+    raise AssertionError("could not make two packages of the same size")
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def published_sha(channel: Path, fn: str = FN, subdir: str = "noarch") -> str | None:
+    try:
+        record = all_records(repodata(channel, subdir)).get(fn)
+    except (FileNotFoundError, ValueError):
+        return None
+    return None if record is None else record["sha256"]
+
+
+def same_times(path: Path, like: os.stat_result) -> None:
+    os.utime(path, ns=(like.st_atime_ns, like.st_mtime_ns))
+
+
+@pytest.mark.parametrize("how", ["rename", "in-place"])
+def test_same_size_same_mtime_replacement_is_rehashed(tmp_path: Path, how: str) -> None:
+    channel = tmp_path / "channel"
+    noarch = channel / "noarch"
+    noarch.mkdir(parents=True)
+    first, second = twin_bytes()
+    (noarch / FN).write_bytes(first)
+    old = (noarch / FN).stat()
+    os.utime(noarch / FN, ns=(old.st_atime_ns, old.st_mtime_ns - 10**10))  # settled
+    old = (noarch / FN).stat()
+    with DaemonProcess(channel, debounce=0.2, settle=0.3) as d:
+        assert published_sha(channel) == sha(first)
+        if how == "rename":  # rsync --times: a temp name, the old mtime, renamed over
+            tmp = noarch / ".pkg.tmp"
+            tmp.write_bytes(second)
+            same_times(tmp, old)
+            os.replace(tmp, noarch / FN)
+        else:  # cp -p over the file: rewritten in place, then the old mtime restored
+            with open(noarch / FN, "r+b") as f:
+                f.write(second)
+            same_times(noarch / FN, old)
+        new = (noarch / FN).stat()
+        assert (new.st_size, new.st_mtime_ns) == (old.st_size, old.st_mtime_ns)
+        wait_for(lambda: published_sha(channel) == sha(second), d.debounce + 2, what="the new sha256 published")
+
+
+def test_replacement_while_stopped_is_rehashed_at_start(tmp_path: Path) -> None:
+    channel = tmp_path / "channel"
+    noarch = channel / "noarch"
+    noarch.mkdir(parents=True)
+    first, second = twin_bytes()
+    (noarch / FN).write_bytes(first)
+    old = (noarch / FN).stat()
+    os.utime(noarch / FN, ns=(old.st_atime_ns, old.st_mtime_ns - 10**10))
+    old = (noarch / FN).stat()
+    with DaemonProcess(channel, debounce=0.2, settle=0.3):
+        assert published_sha(channel) == sha(first)
+    with open(noarch / FN, "r+b") as f:
+        f.write(second)
+    same_times(noarch / FN, old)
+    time.sleep(0.4)  # past --settle: not an upload in progress any more
+    with DaemonProcess(channel, debounce=0.2, settle=0.3):  # ready = start-up reconcile done
+        assert published_sha(channel) == sha(second)
+
+
+def test_polling_sees_a_same_size_same_mtime_rewrite(tmp_path: Path) -> None:
+    channel = tmp_path / "channel"
+    noarch = channel / "noarch"
+    noarch.mkdir(parents=True)
+    first, second = twin_bytes()
+    (noarch / FN).write_bytes(first)
+    old = (noarch / FN).stat()
+    os.utime(noarch / FN, ns=(old.st_atime_ns, old.st_mtime_ns - 10**10))
+    old = (noarch / FN).stat()
+    with DaemonProcess(channel, "--polling", "--poll-interval", "0.3", debounce=0.2, settle=0.3) as d:
+        assert published_sha(channel) == sha(first)
+        with open(noarch / FN, "r+b") as f:
+            f.write(second)
+        same_times(noarch / FN, old)
+        wait_for(lambda: published_sha(channel) == sha(second), d.debounce + 0.3 + 2, what="the new sha256 published")
+
+
+def errors(d: DaemonProcess) -> float:
+    return sum(v for (name, _), v in d.metrics().items() if name == "conda_indexd_package_errors_total")
+
+
+def test_a_stalled_upload_is_held_until_closed(tmp_path: Path) -> None:
+    channel = tmp_path / "channel"
+    noarch = channel / "noarch"
+    noarch.mkdir(parents=True)
+    data, _ = twin_bytes()
+    settle = 0.3
+    with DaemonProcess(channel, debounce=0.1, settle=settle) as d:
+        with open(noarch / FN, "wb") as f:
+            f.write(data[: len(data) // 2])
+            f.flush()
+            deadline = time.monotonic() + 3 * settle + 1.0
+            while time.monotonic() < deadline:  # the writer stalls, file open
+                assert published_sha(channel) is None
+                time.sleep(0.05)
+            assert d.metric("conda_indexd_uploads_in_progress", subdir="noarch") == 1
+            f.write(data[len(data) // 2 :])
+        closed = time.monotonic()
+        wait_for(lambda: published_sha(channel) == sha(data), 2, what="published within 2 s of close")
+        assert time.monotonic() - closed < 2
+        assert errors(d) == 0
+        assert not [r for r in d.log_records() if r.get("level") == "warning"], "no warning for an upload in progress"
+        wait_for(lambda: d.metric("conda_indexd_uploads_in_progress", subdir="noarch") == 0, 2, what="gauge back to 0")
+
+
+def test_an_upload_never_closed_is_reported_after_the_cap(tmp_path: Path) -> None:
+    channel = tmp_path / "channel"
+    noarch = channel / "noarch"
+    noarch.mkdir(parents=True)
+    data, _ = twin_bytes()
+    with DaemonProcess(channel, "--upload-timeout", "2", debounce=0.1, settle=0.3) as d:
+        with open(noarch / FN, "wb") as f:  # a hung writer: open, half written, never closed
+            f.write(data[: len(data) // 2])
+            f.flush()
+            time.sleep(1.0)
+            assert errors(d) == 0
+            wait_for(lambda: errors(d) >= 1, 4, what="reported as broken once the cap has passed")
+            assert published_sha(channel) is None
+            skipped = d.get("/status.json")[1].decode()
+            assert FN in skipped
+        # the writer comes back and finishes: published
+        with open(noarch / FN, "r+b") as f:
+            f.seek(len(data) // 2)
+            f.write(data[len(data) // 2 :])
+        wait_for(lambda: published_sha(channel) == sha(data), 3, what="published once complete")
+
+
+@pytest.mark.parametrize("when", ["moved-in", "at-start"])
+def test_a_future_mtime_is_no_reason_to_wait(tmp_path: Path, when: str) -> None:
+    channel = tmp_path / "channel"
+    noarch = channel / "noarch"
+    noarch.mkdir(parents=True)
+    data, _ = twin_bytes()
+    staged = tmp_path / FN
+    staged.write_bytes(data)
+    ahead = time.time() + 2 * 3600
+    os.utime(staged, (ahead, ahead))  # rsync --times from a host whose clock is ahead
+    if when == "at-start":
+        os.replace(staged, noarch / FN)
+        with DaemonProcess(channel, debounce=0.2, settle=0.3) as d:
+            wait_for(lambda: published_sha(channel) == sha(data), d.debounce + 2, what="published")
+    else:
+        with DaemonProcess(channel, debounce=0.2, settle=0.3) as d:
+            os.replace(staged, noarch / FN)
+            wait_for(lambda: published_sha(channel) == sha(data), d.debounce + 2, what="published")
