@@ -4,6 +4,7 @@ the same index). Every stage below takes a `Backends`."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -43,9 +44,10 @@ def open_backends(config: IndexConfig, stats: S3Stats | None = None) -> Backends
     return Backends(packages, outputs, caches)
 
 
-def open_lock(config: IndexConfig, backends: Backends) -> WriterLock:
+def open_lock(config: IndexConfig, backends: Backends, retry_until: threading.Event | None = None) -> WriterLock:
     """The one-writer lock of the outputs: a flock in a local channel, a lease object
-    beside the outputs in a bucket."""
+    beside the outputs in a bucket (taken again and again while the store is unreachable,
+    until `retry_until` is set: the daemon)."""
     if config.output_url or config.remote:
         from .s3store import S3Store
 
@@ -53,5 +55,5 @@ def open_lock(config: IndexConfig, backends: Backends) -> WriterLock:
         if isinstance(out, S3Store):
             from .s3lease import S3Lease
 
-            return S3Lease(out)
+            return S3Lease(out, retry_until=retry_until)
     return ChannelLock(config.channel)

@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--rescan-interval", type=_positive_seconds, default=600.0, metavar="S", help="full rescan backstop (default 600)")
     watch.add_argument("--polling", action="store_true", help="poll the folder instead of inotify (NFS/CIFS shares)")
     watch.add_argument("--poll-interval", type=_positive_seconds, default=1.0, metavar="S", help="polling interval (default 1)")
+    watch.add_argument("--events-token-file", metavar="FILE",
+                       help="s3:// channels: the shared secret POST /s3-events requires (default: $CONDA_INDEXD_EVENTS_TOKEN)")
     show = sub.add_parser("demo", help="make a small channel of generated packages and run the daemon on it")
     show.add_argument("dir", nargs="?", default=DEMO_DIR, metavar="DIR",
                       help=f"the demo channel folder, created if missing (default: {DEMO_DIR})")
@@ -319,6 +321,7 @@ def run_watch(args: argparse.Namespace) -> int:
         raise UsageError("--max-delay must not be shorter than --debounce")
     host, port = args.listen or _listen_from_env()
     config = WatchConfig(
+        events_token=_events_token(args, index),
         index=index,
         host=host,
         port=port,
@@ -330,7 +333,23 @@ def run_watch(args: argparse.Namespace) -> int:
         polling=args.polling,
         poll_interval=args.poll_interval,
     )
+    if index.remote or index.output_url:
+        return _run_daemon(config)
     return _run_daemon(config, lambda: leftovers.report(index, args.clean_conda_index_leftovers))
+
+
+def _events_token(args: argparse.Namespace, index: IndexConfig) -> str | None:
+    if args.events_token_file and not index.remote:
+        raise UsageError("--events-token-file is only for s3:// channels")
+    if args.events_token_file:
+        try:
+            token = Path(args.events_token_file).read_text().strip()
+        except OSError as exc:
+            raise UsageError(f"--events-token-file: {exc.strerror or exc}: {args.events_token_file}") from None
+        if not token:
+            raise UsageError(f"--events-token-file is empty: {args.events_token_file}")
+        return token
+    return os.environ.get("CONDA_INDEXD_EVENTS_TOKEN", "").strip() or None
 
 
 def _run_daemon(config: WatchConfig, *on_ready: Callable[[], object]) -> int:
@@ -339,7 +358,7 @@ def _run_daemon(config: WatchConfig, *on_ready: Callable[[], object]) -> int:
         daemon = Daemon(config)
     except OSError as exc:
         raise UsageError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
-    if not config.index.subdirs:
+    if not config.index.subdirs and not config.index.remote:
         ignored.log_ignored(config.index.channel)
     after_ready(daemon.ready, daemon.stopping, *on_ready)
     return daemon.run()

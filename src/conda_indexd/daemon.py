@@ -13,18 +13,22 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from watchdog.observers.api import BaseObserver
+
 from . import patches, sdnotify, statuspage
-from .backends import open_backends
+from .backends import open_backends, open_lock
 from .config import KNOWN_SUBDIRS, IndexConfig
 from .debounce import DebounceQueue, EventKind, ScanReason
-from .httpserver import StatusServer, text
+from .httpserver import PostRoute, StatusServer, text
 from .ignored import ignored_folders
-from .lock import ChannelBusy, ChannelLock
+from .lock import ChannelBusy, WriterLock
 from .logs import get_logger
 from .metrics import CONTENT_TYPE, Metrics
+from .s3store import parse_s3_url
+from .s3watch import S3EventsEndpoint, S3Poller
+from .store import StoreError
 from .watch import ChannelEventHandler, OverflowHook, make_observer
 from .worker import Worker
 
@@ -46,6 +50,7 @@ class WatchConfig:
     rescan_interval: float = 600.0
     polling: bool = False
     poll_interval: float = 1.0
+    events_token: str | None = None  # POST /s3-events needs it (s3:// channels)
 
 
 class Daemon:
@@ -54,12 +59,14 @@ class Daemon:
         self.metrics = Metrics()
         self.queue = DebounceQueue(config.debounce, config.max_delay)
         self.stopping = threading.Event()
+        self.remote = config.index.remote  # a bucket: no file system events, no uploads in progress
+        self.backends = open_backends(config.index, stats=self.metrics)
         self.worker = Worker(
             config.index,
-            open_backends(config.index),
+            self.backends,
             self.queue,
             self.metrics,
-            settle=config.settle,
+            settle=0.0 if self.remote else config.settle,
             upload_timeout=config.upload_timeout,
             close_events=not config.polling,
             stopping=self.stopping,
@@ -67,7 +74,16 @@ class Daemon:
         self.worker_thread = threading.Thread(target=self.worker.run, name="worker", daemon=True)
         self.watched = frozenset(config.index.subdirs) if config.index.subdirs else KNOWN_SUBDIRS
         self.handler = ChannelEventHandler(config.index.channel, self.watched, self._on_file, self._on_subdir)
-        self.observer = make_observer(config.index.channel, self.handler, config.polling, config.poll_interval)
+        self.observer: BaseObserver | S3Poller
+        post_routes: dict[str, PostRoute] = {}
+        if self.remote:
+            interval = config.poll_interval if config.polling else None
+            self.observer = S3Poller(self.backends.packages, self.worker.subdirs, self._on_file, self._on_subdir, interval, self.stopping)
+            bucket, prefix = parse_s3_url(config.index.location)
+            events = S3EventsEndpoint(config.events_token, bucket, prefix, self.watched, self._on_file, self.metrics.s3_event)
+            post_routes["/s3-events"] = events.handle
+        else:
+            self.observer = make_observer(config.index.channel, self.handler, config.polling, config.poll_interval)
         self.root_id: tuple[int, int] | None = None
         self.root_missing = False
         self.exit_code = 0
@@ -79,6 +95,7 @@ class Daemon:
             config.port,
             {"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz,
              "/": self._status_html, "/status.json": self._status_json},
+            post_routes,
         )  # fmt: skip
 
     # --- event intake (observer thread) ---------------------------------------------------
@@ -96,7 +113,12 @@ class Daemon:
         """Queue a full listing of every subdir (overflow, periodic, SIGHUP)."""
         self.metrics.rescans.labels(reason).inc()
         log.info("rescan", reason=reason)
-        for subdir in self.worker.subdirs():
+        try:
+            subdirs = self.worker.subdirs()
+        except StoreError as exc:  # the next rescan (or the worker's retries) will do
+            log.warning("rescan skipped: the channel store cannot be listed", error=str(exc))
+            return
+        for subdir in subdirs:
             self.queue.add_scan(subdir, reason)
 
     # --- HTTP routes ------------------------------------------------------------------------
@@ -124,8 +146,8 @@ class Daemon:
             for p in sorted(self.queue.pending(), key=lambda p: p.subdir)
         ]  # fmt: skip
         seen = {s: st.status for s, st in list(self.worker.states.items()) if st.status.last_run or st.status.error}
-        ignored = ignored_folders(self.config.index.channel)  # a folder made later shows too
-        return statuspage.document(str(self.config.index.channel), self.ready.is_set(), seen, pending, ignored=ignored)
+        ignored = [] if self.remote else ignored_folders(self.config.index.channel)  # a folder made later shows too
+        return statuspage.document(self.config.index.location, self.ready.is_set(), seen, pending, ignored=ignored)
 
     def _status_html(self) -> tuple[int, str, bytes]:
         return 200, "text/html; charset=utf-8", statuspage.as_html(self._status_doc())
@@ -160,9 +182,17 @@ class Daemon:
             return None
         return st.st_dev, st.st_ino
 
-    def _check_root(self, lock: ChannelLock) -> None:
+    def _check_root(self, lock: WriterLock) -> None:
         """The channel folder removed (or a share unmounted) and later recreated: inotify
-        watches die with the old folder, so watch the new one, take its lock, rescan."""
+        watches die with the old folder, so watch the new one, take its lock, rescan.
+        A bucket: the writer lease taken over by another indexer stops this one."""
+        if self.remote:
+            if lock.lost.is_set() and not self.stopping.is_set():
+                log.error("writer lease lost to another indexer; stopping", channel=self.config.index.location)
+                self.exit_code = 3
+                self.stopping.set()
+                self.queue.wake()
+            return
         identity = self._root_identity()
         if identity is None:
             if not self.root_missing:
@@ -204,14 +234,16 @@ class Daemon:
             self.rescan(ScanReason.PATCHES)
 
     def run(self) -> int:
-        channel: Path = self.config.index.channel
-        with ChannelLock(channel) as lock:
+        self._install_signals()  # before the lock: a bucket's lease may wait for its endpoint
+        if self.remote:
+            self.http.start()  # /readyz says 503 while the endpoint is waited for
+        with open_lock(self.config.index, self.backends, self.stopping) as lock:
             self.root_id = self._root_identity()
             self.patch_id = self._patch_identity()
-            self._install_signals()
-            self.http.start()
+            if not self.remote:
+                self.http.start()
             host, port = self.http.address
-            log.info("listening", host=host, port=port, channel=str(channel))
+            log.info("listening", host=host, port=port, channel=self.config.index.location)
             self.overflow.install()
             self.observer.start()
             self.metrics.rescans.labels(ScanReason.STARTUP).inc()

@@ -67,5 +67,24 @@ class Metrics:
         for kind in ("created", "modified", "closed", "moved", "deleted", "subdir"):
             self.events.labels(kind)
 
+        # a channel in a bucket (s3store.S3Stats, s3watch's endpoint)
+        self.s3_requests = Counter(p + "s3_requests_total", "Requests to the object store, by operation and HTTP status", ["operation", "status"], registry=r)
+        self.s3_bytes = Counter(p + "s3_bytes_total", "Object bytes read or written", ["direction"], registry=r)
+        self.s3_events = Counter(
+            p + "s3_events_total",
+            "Bucket notification records received, queued or ignored, and POSTs rejected (no token, not event JSON)",
+            ["outcome"],
+            registry=r,
+        )
+
+    def request(self, operation: str, status: str) -> None:
+        self.s3_requests.labels(operation, status).inc()
+
+    def transferred(self, direction: str, count: int) -> None:
+        self.s3_bytes.labels(direction).inc(count)
+
+    def s3_event(self, outcome: str, count: int) -> None:
+        self.s3_events.labels(outcome).inc(count)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -37,9 +37,12 @@ DEFAULT_TTL = 60.0
 
 
 class S3Lease:
-    def __init__(self, store: S3Store, ttl: float = DEFAULT_TTL):
+    def __init__(self, store: S3Store, ttl: float = DEFAULT_TTL, retry_until: threading.Event | None = None):
+        """`retry_until` (the daemon's stop event): while the store is unreachable,
+        acquiring waits and tries again (with backoff) until it works or that is set."""
         self.store = store
         self.ttl = ttl
+        self.retry_until = retry_until
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.etag: str | None = None
         self.lost = threading.Event()
@@ -62,6 +65,19 @@ class S3Lease:
         return (doc if isinstance(doc, dict) else {}), etag
 
     def acquire(self) -> S3Lease:
+        delay = 1.0
+        while True:
+            try:
+                return self._acquire()
+            except StoreError as exc:
+                if self.retry_until is None:
+                    raise
+                log.error("channel store unavailable; will retry", retry_in=delay, error=str(exc))
+                if self.retry_until.wait(delay):
+                    return self  # stopping: nothing was taken
+                delay = min(60.0, delay * 2)
+
+    def _acquire(self) -> S3Lease:
         for _ in range(5):
             current = self._current()
             if current is None:

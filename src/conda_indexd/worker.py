@@ -21,6 +21,7 @@ from .logs import get_logger
 from .memo import RecordMemo
 from .metrics import Metrics
 from .statuspage import SubdirStatus
+from .store import StoreError
 from .uploads import UploadTracker
 
 log = get_logger("conda_indexd.daemon")
@@ -101,7 +102,7 @@ class Worker:
 
     def run(self) -> None:
         """Reconcile every subdir, become ready, then take work until stopped."""
-        for subdir in self.subdirs():
+        for subdir in self._startup_subdirs():
             if self.stopping.is_set():
                 return
             now = time.monotonic()
@@ -120,6 +121,20 @@ class Worker:
             if item is not None:
                 self.process(item)
 
+    def _startup_subdirs(self) -> list[str]:
+        """The subdirs to reconcile; while the store cannot be listed (an endpoint down,
+        a bucket not there yet) the daemon stays up, not ready, and tries again."""
+        delay = 1.0
+        while not self.stopping.is_set():
+            try:
+                return self.subdirs()
+            except StoreError as exc:
+                self.metrics.subdir_errors.labels("channel", type(exc).__name__).inc()
+                log.error("channel store unavailable; will retry", retry_in=delay, error=str(exc))
+                self.stopping.wait(delay)
+                delay = min(MAX_RETRY_DELAY, delay * 2)
+        return []
+
     def _settle_startup(self) -> None:
         """Files found changing at start-up get their second look before READY, so ready
         means every settled file is published; an upload held open does not delay it."""
@@ -132,12 +147,16 @@ class Worker:
 
     def process(self, item: Pending) -> None:
         subdir = item.subdir
-        listing = self.backends.packages.list_packages(subdir) if item.full_scan else None
-        if self._looks_unmounted(item, listing):
-            log.warning("subdir lists empty; waiting for a second listing", subdir=subdir)
-            self.queue.add_scan(subdir, ScanReason.EMPTY_CHECK, delay=EMPTY_CONFIRM_DELAY, confirm_empty=True)
+        try:
+            listing = self.backends.packages.list_packages(subdir) if item.full_scan else None
+            if self._looks_unmounted(item, listing):
+                log.warning("subdir lists empty; waiting for a second listing", subdir=subdir)
+                self.queue.add_scan(subdir, ScanReason.EMPTY_CHECK, delay=EMPTY_CONFIRM_DELAY, confirm_empty=True)
+                return
+            hold, recheck = self._hold(item, listing)
+        except StoreError as exc:  # the store unreachable: this subdir is retried like a failed run
+            self._failed(subdir, exc)
             return
-        hold, recheck = self._hold(item, listing)
         if hold:
             self.queue.retry(subdir, hold, recheck)
             log.debug("upload in progress", subdir=subdir, files=sorted(hold))
@@ -154,10 +173,7 @@ class Worker:
                 backends=self.backends,
             )
         except Exception as exc:  # one subdir's trouble never stops the others
-            delay = state.failed(exc)
-            self.metrics.subdir_errors.labels(subdir, type(exc).__name__).inc()
-            log.error("subdir failed; will retry", subdir=subdir, retry_in=delay, error=f"{type(exc).__name__}: {exc}")
-            self.queue.add_scan(subdir, ScanReason.RETRY, delay=delay)
+            self._failed(subdir, exc)
             return
         state.succeeded(result)
         self._count(item, result)
@@ -167,6 +183,12 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - never stops the daemon
                 self.metrics.subdir_errors.labels("channel", type(exc).__name__).inc()
                 log.error("channel files failed", error=f"{type(exc).__name__}: {exc}")
+
+    def _failed(self, subdir: str, exc: Exception) -> None:
+        delay = self.state(subdir).failed(exc)
+        self.metrics.subdir_errors.labels(subdir, type(exc).__name__).inc()
+        log.error("subdir failed; will retry", subdir=subdir, retry_in=delay, error=f"{type(exc).__name__}: {exc}")
+        self.queue.add_scan(subdir, ScanReason.RETRY, delay=delay)
 
     # --- rules before a run -------------------------------------------------------------------
 
