@@ -72,15 +72,22 @@ def s3(rgw: RgwCluster) -> Any:
 
 @pytest.fixture
 def bucket(rgw: RgwCluster, s3: Any) -> Iterator[str]:
-    """A new, empty bucket; emptied and deleted after the test."""
+    """A new, empty bucket; emptied and deleted after the test (one DELETE at a time when
+    it notifies: Ceph 16's radosgw aborts when a batch delete sends notifications)."""
+    if not rgw.endpoint_up():  # a test stopped it, or it died: the next one gets it back
+        rgw.stop_rgw()
+        rgw.start_rgw()
     name = f"t{os.getpid()}-{next(_bucket_numbers)}"
     s3.create_bucket(Bucket=name)
     try:
         yield name
     finally:
         if rgw.endpoint_up():
+            notifies = bool(s3.get_bucket_notification_configuration(Bucket=name).get("TopicConfigurations"))
             for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
                 keys = [{"Key": o["Key"]} for o in page.get("Contents", ())]
-                if keys:
+                if keys and not notifies:
                     s3.delete_objects(Bucket=name, Delete={"Objects": keys})
+                for key in keys if notifies else ():
+                    s3.delete_object(Bucket=name, Key=key["Key"])
             s3.delete_bucket(Bucket=name)

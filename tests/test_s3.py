@@ -1,0 +1,344 @@
+"""Channels in a bucket, against a real Ceph RGW (tests/rgwserver.py; skips without it):
+`index s3://` parity with a local index, one-line errors, the writer lease; the daemon
+publishing through real RGW bucket notifications to POST /s3-events, polling without
+them, the safe publish order seen by a reader, and an endpoint stopped and restarted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import zstandard
+
+from conda_indexd.s3lease import LEASE_KEY
+from conda_indexd.s3store import IMMUTABLE, REVALIDATE
+from daemonproc import DaemonProcess, free_port, wait_for
+from pkgfactory import index_json, make_conda
+from rgwserver import RgwCluster
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "real"
+if not CORPUS.is_dir():
+    CORPUS = Path("/work/shared/corpus/real")
+TOKEN = "test-token-0123456789"
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def upload_tree(s3: Any, bucket: str, prefix: str, folder: Path) -> list[str]:
+    keys = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name.endswith((".conda", ".tar.bz2")):
+            key = f"{prefix}/{path.relative_to(folder).as_posix()}"
+            s3.upload_file(str(path), bucket, key)
+            keys.append(key)
+    return keys
+
+
+def get(s3: Any, bucket: str, key: str) -> bytes | None:
+    try:
+        return bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    except s3.exceptions.NoSuchKey:
+        return None
+
+
+def records(s3: Any, bucket: str, key: str) -> dict[str, Any]:
+    data = get(s3, bucket, key)
+    if data is None:
+        return {}
+    doc = json.loads(data)
+    return {**doc.get("packages", {}), **doc.get("packages.conda", {})}
+
+
+def shard_index(blob: bytes | None) -> dict[str, Any]:
+    """A shard index without its created_at (the time of the run)."""
+    assert blob is not None
+    doc = msgpack.unpackb(zstandard.ZstdDecompressor().decompress(blob))
+    doc["info"].pop("created_at")
+    return dict(doc)
+
+
+def generated_channel(folder: Path, count: int = 6) -> Path:
+    for i in range(count):
+        subdir = "noarch" if i % 2 else "linux-64"
+        make_conda(folder / subdir / f"pkg{i}-1.0-0.conda", index_json(f"pkg{i}", subdir=subdir, depends=["python"]),
+                   {f"lib/f{i}.txt": b"x" * (100 + i)})  # fmt: skip
+    return folder
+
+
+def package(folder: Path, name: str, payload: bytes = b"hello", version: str = "1.0") -> Path:
+    return make_conda(folder / f"{name}-{version}-0.conda", index_json(name, version), {"share/data.bin": payload})
+
+
+def subscribe(rgw: RgwCluster, s3: Any, bucket: str, port: int) -> None:
+    """An RGW topic pushing to the daemon's /s3-events (token in the URL: RGW's push
+    endpoint can carry nothing else), synchronous (not persistent)."""
+    from s3fixtures import admin_client
+
+    sns = admin_client(rgw, "sns")
+    topic = sns.create_topic(Name=f"{bucket}-events", Attributes={
+        "push-endpoint": f"http://127.0.0.1:{port}/s3-events?token={TOKEN}", "persistent": "false"})  # fmt: skip
+    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={"TopicConfigurations": [
+        {"Id": "conda-indexd", "TopicArn": topic["TopicArn"], "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}]})  # fmt: skip
+
+
+def s3_daemon(tmp_path: Path, bucket: str, *extra: str, port: int | None = None) -> DaemonProcess:
+    """`watch s3://BUCKET/chan`, taking events with TOKEN when a port is given (the one
+    the bucket's topic pushes to)."""
+    d = DaemonProcess(tmp_path, debounce=0.2, log=tmp_path / "daemon.log")
+    d.args[d.args.index(str(tmp_path))] = f"s3://{bucket}/chan"
+    d.args += ["--cache-dir", str(tmp_path / "state"), *extra]
+    if port is not None:
+        d.port = port
+        d.args[d.args.index("--listen") + 1] = f"127.0.0.1:{port}"
+        (tmp_path / "token").write_text(TOKEN + "\n")
+        d.args += ["--events-token-file", str(tmp_path / "token")]
+    return d
+
+
+def post_events(port: int, body: bytes, query: str = "", headers: dict[str, str] | None = None) -> int:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/s3-events{query}", data=body, method="POST", headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
+
+
+# --- index s3:// ---------------------------------------------------------------------------------
+
+
+def test_index_s3_gives_the_local_index_bytes(tmp_path: Path, s3: Any, bucket: str, index: Any) -> None:
+    source = CORPUS if CORPUS.is_dir() else generated_channel(tmp_path / "generated")
+    upload_tree(s3, bucket, "chan", source)
+    local = tmp_path / "local"
+    shutil.copytree(source, local, ignore=shutil.ignore_patterns("*.tsv", "*.md"))
+    index(local)
+    state = tmp_path / "state"
+    first = index(f"s3://{bucket}/chan", "--cache-dir", state)  # type: ignore[arg-type]
+    assert first.summary["channel"] == f"s3://{bucket}/chan"
+    subdirs = [r["subdir"] for r in first.events("subdir indexed")]
+    assert subdirs and all((local / s / "repodata.json").is_file() for s in subdirs)
+    for subdir in subdirs:
+        for name in ("repodata.json", "repodata_from_packages.json"):
+            assert get(s3, bucket, f"chan/{subdir}/{name}") == (local / subdir / name).read_bytes(), (subdir, name)
+        remote_index = shard_index(get(s3, bucket, f"chan/{subdir}/repodata_shards.msgpack.zst"))
+        assert remote_index == shard_index((local / subdir / "repodata_shards.msgpack.zst").read_bytes())
+        published = {o["Key"].removeprefix(f"chan/{subdir}/") for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"chan/{subdir}/shards/")["Contents"]}
+        assert published == {f"shards/{p.name}" for p in (local / subdir / "shards").iterdir()}
+        # the caches live in the state folder, with the ETag as the change identity
+        with sqlite3.connect(state / subdir / "cache.db") as db:
+            rows = db.execute("SELECT path, etag, mtime FROM stat WHERE stage = 'indexed'").fetchall()
+        assert rows and all(len(etag) == 32 and mtime > 1e9 for _, etag, mtime in rows)
+    assert not list(local.glob("*/cache.db")) and not (tmp_path / "chan").exists()
+    # headers as the nginx config serves them
+    repodata = s3.head_object(Bucket=bucket, Key=f"chan/{subdirs[0]}/repodata.json")
+    assert (repodata["ContentType"], repodata["CacheControl"]) == ("application/json", REVALIDATE)
+    shard = next(iter((local / subdirs[0] / "shards").iterdir())).name
+    head = s3.head_object(Bucket=bucket, Key=f"chan/{subdirs[0]}/shards/{shard}")
+    assert (head["ContentType"], head["CacheControl"]) == ("application/zstd", IMMUTABLE)
+    # a second run reads nothing and writes nothing
+    again = index(f"s3://{bucket}/chan", "--cache-dir", state)  # type: ignore[arg-type]
+    assert again.summary["extracted"] == 0
+    assert all(r["written"] == [] and r["shards_written"] == 0 for r in again.events("subdir indexed"))
+
+
+def test_same_size_reupload_is_rehashed(tmp_path: Path, s3: Any, bucket: str, index: Any) -> None:
+    a = package(tmp_path / "a", "same", b"A" * 4000)
+    b = package(tmp_path / "b", "same", b"B" * 4000)
+    assert a.stat().st_size == b.stat().st_size and a.read_bytes() != b.read_bytes()
+    key = f"chan/noarch/{a.name}"
+    s3.upload_file(str(a), bucket, key)
+    args = (f"s3://{bucket}/chan", "--cache-dir", tmp_path / "state")
+    index(*args)
+    first = records(s3, bucket, "chan/noarch/repodata.json")[a.name]["sha256"]
+    s3.upload_file(str(b), bucket, key)  # same key, same size, within the same second or not
+    result = index(*args)
+    second = records(s3, bucket, "chan/noarch/repodata.json")[a.name]["sha256"]
+    assert result.summary["extracted"] == 1
+    assert (first, second) == (hashlib.sha256(a.read_bytes()).hexdigest(), hashlib.sha256(b.read_bytes()).hexdigest())
+
+
+@pytest.mark.parametrize("case", ["no-bucket", "credentials", "endpoint", "address"])
+def test_index_errors_are_one_line_exit_2(tmp_path: Path, rgw: RgwCluster, bucket: str, cli: Any, case: str) -> None:
+    url, env = f"s3://{bucket}/chan", {}
+    if case == "no-bucket":
+        url = "s3://no-such-bucket-here/chan"
+    elif case == "credentials":
+        env = {"AWS_SECRET_ACCESS_KEY": "wrong-secret"}
+    elif case == "endpoint":
+        env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
+    else:
+        url = "s3://Bad_Bucket/x"
+    started = time.monotonic()
+    result = cli("index", url, "--cache-dir", tmp_path / "state", env=env, timeout=60)
+    assert result.rc == 2, str(result)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, str(result)
+    expected = {"no-bucket": "does not exist", "credentials": "access denied", "endpoint": "127.0.0.1", "address": "bucket name"}[case]
+    assert expected in lines[0], lines[0]
+    assert time.monotonic() - started < 30
+
+
+def test_writer_lease(tmp_path: Path, s3: Any, bucket: str, index: Any, cli: Any) -> None:
+    package(tmp_path / "p", "leased")
+    s3.upload_file(str(tmp_path / "p" / "leased-1.0-0.conda"), bucket, "chan/noarch/leased-1.0-0.conda")
+    other = {"owner": "elsewhere:1:abcd", "host": "elsewhere", "pid": 1, "expires": time.time() + 300}
+    s3.put_object(Bucket=bucket, Key=f"chan/{LEASE_KEY}", Body=json.dumps(other).encode())
+    refused = cli("index", f"s3://{bucket}/chan", "--cache-dir", tmp_path / "state")
+    assert refused.rc == 3 and "elsewhere:1:abcd" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, str(refused)
+    assert get(s3, bucket, "chan/noarch/repodata.json") is None  # nothing published
+    other["expires"] = time.time() - 1  # a lease that ran out is taken over
+    s3.put_object(Bucket=bucket, Key=f"chan/{LEASE_KEY}", Body=json.dumps(other).encode())
+    index(f"s3://{bucket}/chan", "--cache-dir", tmp_path / "state")
+    assert "leased-1.0-0.conda" in records(s3, bucket, "chan/noarch/repodata.json")
+    assert get(s3, bucket, f"chan/{LEASE_KEY}") is None  # released at the end
+
+
+# --- the daemon ----------------------------------------------------------------------------------
+
+
+def test_events_publish_through_rgw_notifications(tmp_path: Path, rgw: RgwCluster, s3: Any, bucket: str) -> None:
+    port = free_port()
+    subscribe(rgw, s3, bucket, port)
+    daemon = s3_daemon(tmp_path, bucket, port=port).start()
+    try:
+        # a PUT is published within 2 s
+        p = package(tmp_path / "p", "evented")
+        started = time.monotonic()
+        s3.upload_file(str(p), bucket, f"chan/noarch/{p.name}")
+        wait_for(lambda: p.name in records(s3, bucket, "chan/noarch/repodata.json"), 2.0, what="published within 2 s")
+        latency = time.monotonic() - started
+        # a multipart upload of a big package (12 MiB of incompressible data)
+        from boto3.s3.transfer import TransferConfig
+
+        big = package(tmp_path / "big", "bigpkg", os.urandom(12 << 20))
+        s3.upload_file(str(big), bucket, f"chan/noarch/{big.name}", Config=TransferConfig(multipart_threshold=5 << 20, multipart_chunksize=5 << 20))
+        assert "-" in s3.head_object(Bucket=bucket, Key=f"chan/noarch/{big.name}")["ETag"]  # really multipart
+        wait_for(lambda: big.name in records(s3, bucket, "chan/noarch/repodata.json"), 5.0, what="multipart package published")
+        assert records(s3, bucket, "chan/noarch/repodata.json")[big.name]["size"] == big.stat().st_size
+        # a same-size re-upload under the same key gets the new sha256
+        a = package(tmp_path / "a", "resized", b"A" * 3000)
+        b = package(tmp_path / "b", "resized", b"B" * 3000)
+        assert a.stat().st_size == b.stat().st_size
+        s3.upload_file(str(a), bucket, f"chan/noarch/{a.name}")
+        wait_for(lambda: a.name in records(s3, bucket, "chan/noarch/repodata.json"), 2.0, what="first upload")
+        s3.upload_file(str(b), bucket, f"chan/noarch/{b.name}")
+        new = hashlib.sha256(b.read_bytes()).hexdigest()
+        wait_for(lambda: records(s3, bucket, "chan/noarch/repodata.json")[b.name]["sha256"] == new, 2.0, what="new sha256")
+        # a DELETE removes it
+        s3.delete_object(Bucket=bucket, Key=f"chan/noarch/{p.name}")
+        wait_for(lambda: p.name not in records(s3, bucket, "chan/noarch/repodata.json"), 2.0, what="deleted package gone")
+        # a forged event without the token: 401, nothing queued
+        forged = json.dumps({"Records": [{"eventName": "ObjectRemoved:Delete", "s3": {"bucket": {"name": bucket},
+                            "object": {"key": f"chan/noarch/{a.name}"}}}]}).encode()  # fmt: skip
+        queued = daemon.metric("conda_indexd_s3_events_total", outcome="queued")
+        assert post_events(port, forged) == 401
+        assert post_events(port, forged, "?token=wrong") == 401
+        assert post_events(port, forged, headers={"Authorization": "Bearer nope"}) == 401
+        assert post_events(port, b"not json", f"?token={TOKEN}") == 400
+        assert daemon.metric("conda_indexd_s3_events_total", outcome="queued") == queued
+        assert daemon.metric("conda_indexd_s3_events_total", outcome="rejected") == 4
+        assert daemon.metric("conda_indexd_queue_pending") == 0
+        # the token in a header works too (a forged but authorised event only re-checks)
+        assert post_events(port, forged, headers={"X-Conda-Indexd-Token": TOKEN}) == 200
+        time.sleep(1.0)
+        assert a.name in records(s3, bucket, "chan/noarch/repodata.json")  # still there: it exists
+        m = daemon.metrics()
+        assert m["conda_indexd_s3_events_total", (("outcome", "received"),)] >= 5
+        assert m["conda_indexd_s3_requests_total", (("operation", "put_object"), ("status", "200"))] > 0
+        assert m["conda_indexd_s3_bytes_total", (("direction", "read"),)] >= big.stat().st_size
+        status = json.loads(daemon.get("/status.json")[1])
+        assert json.dumps(status).count(f"s3://{bucket}/chan") >= 1
+        print(f"PUT -> published: {latency:.2f} s")
+    finally:
+        daemon.stop()
+
+
+def test_polling_without_notifications(tmp_path: Path, s3: Any, bucket: str) -> None:
+    daemon = s3_daemon(tmp_path, bucket, "--polling", "--poll-interval", "1").start()
+    try:
+        p = package(tmp_path / "p", "polled")
+        s3.upload_file(str(p), bucket, f"chan/noarch/{p.name}")
+        started = time.monotonic()
+        wait_for(lambda: p.name in records(s3, bucket, "chan/noarch/repodata.json"), 4.0, what="published by polling")
+        assert time.monotonic() - started < 1 + 0.2 + 2  # the interval, the debounce, the run
+        s3.delete_object(Bucket=bucket, Key=f"chan/noarch/{p.name}")
+        wait_for(lambda: p.name not in records(s3, bucket, "chan/noarch/repodata.json"), 4.0, what="removed by polling")
+        assert daemon.metric("conda_indexd_s3_events_total", outcome="received") == 0
+    finally:
+        daemon.stop()
+
+
+def test_reader_never_sees_a_broken_index_during_30_publishes(tmp_path: Path, rgw: RgwCluster, s3: Any, bucket: str) -> None:
+    port = free_port()
+    subscribe(rgw, s3, bucket, port)
+    daemon = s3_daemon(tmp_path, bucket, port=port).start()
+    problems: list[str] = []
+    versions: set[bytes] = set()
+    done = threading.Event()
+
+    def reader() -> None:
+        from s3fixtures import admin_client
+
+        client = admin_client(rgw)
+        while not done.is_set():
+            raw = get(client, bucket, "chan/noarch/repodata.json")
+            index_blob = get(client, bucket, "chan/noarch/repodata_shards.msgpack.zst")
+            if raw is None or index_blob is None:
+                continue
+            try:
+                json.loads(raw)
+                shard_index = msgpack.unpackb(zstandard.ZstdDecompressor().decompress(index_blob))
+            except ValueError as exc:
+                problems.append(f"unparsable: {exc}")
+                continue
+            versions.add(raw)
+            for name, digest in shard_index["shards"].items():
+                if get(client, bucket, f"chan/noarch/shards/{digest.hex()}.msgpack.zst") is None:
+                    problems.append(f"index names a missing shard for {name}")
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for i in range(30):
+            p = package(tmp_path / "many", f"many{i}")
+            s3.upload_file(str(p), bucket, f"chan/noarch/{p.name}")
+            wait_for(lambda p=p: p.name in records(s3, bucket, "chan/noarch/repodata.json"), 5.0, what=f"publish {i}")
+    finally:
+        done.set()
+        thread.join(30)
+        daemon.stop()
+    assert problems == []
+    assert len(versions) >= 10  # the reader really saw the publishes go by
+
+
+def test_endpoint_stopped_and_restarted(tmp_path: Path, rgw: RgwCluster, s3: Any, bucket: str) -> None:
+    """Last in this file: it stops the session's radosgw (and starts it again)."""
+    daemon = s3_daemon(tmp_path, bucket, "--polling", "--poll-interval", "0.5").start()
+    try:
+        rgw.stop_rgw()
+        try:
+            time.sleep(2.0)  # polls fail meanwhile
+            assert daemon.get("/healthz")[0] == 200  # alive through the outage
+        finally:
+            rgw.start_rgw()
+        p = package(tmp_path / "p", "afterwards")
+        s3.upload_file(str(p), bucket, f"chan/noarch/{p.name}")
+        wait_for(lambda: p.name in records(s3, bucket, "chan/noarch/repodata.json"), 10.0, what="published after the restart")
+        logs = daemon.log_text()
+        assert "listing the bucket failed" in logs and "listing the bucket works again" in logs
+        assert "Traceback" not in logs
+    finally:
+        daemon.stop()
