@@ -168,7 +168,7 @@ osd class default list = *
 [client.rgw.a]
 keyring = {b}/rgw.a/keyring
 rgw data = {b}/rgw.a
-rgw frontends = beast endpoint=127.0.0.1:{self.rgw_port}
+rgw frontends = beast endpoint=127.0.0.1:{self.rgw_port} tcp_nodelay=1
 rgw dns name = 127.0.0.1
 rgw enable apis = s3, admin, sts, notifications
 rgw thread pool size = 64

@@ -6,6 +6,7 @@ them, the safe publish order seen by a reader, and an endpoint stopped and resta
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -204,6 +205,32 @@ def test_writer_lease(tmp_path: Path, s3: Any, bucket: str, index: Any, cli: Any
     index(f"s3://{bucket}/chan", "--cache-dir", tmp_path / "state")
     assert "leased-1.0-0.conda" in records(s3, bucket, "chan/noarch/repodata.json")
     assert get(s3, bucket, f"chan/{LEASE_KEY}") is None  # released at the end
+
+
+def test_rattler_solves_and_installs_from_a_public_read_bucket_with_shards(tmp_path: Path, rgw: RgwCluster, s3: Any, bucket: str, index: Any) -> None:
+    """The bucket as a CDN origin: anonymous HTTP GETs, sharded repodata only (the
+    monolithic repodata.json is removed after indexing, so a solve can only use shards)."""
+    rattler = pytest.importorskip("rattler", reason="py-rattler is a test dependency: pip install -e '.[test]'")
+    from test_nginx import _solve, installable
+
+    installable(tmp_path / "pkgs" / "noarch", "lib", "1.0")
+    installable(tmp_path / "pkgs" / "noarch", "app", "1.0", ["lib >=1.0"])
+    upload_tree(s3, bucket, "chan", tmp_path / "pkgs")
+    index(f"s3://{bucket}/chan", "--cache-dir", tmp_path / "state")
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject"], "Resource": [f"arn:aws:s3:::{bucket}/*"]},
+        # without ListBucket a missing key is a 403, and rattler stops at an absent subdir
+        {"Effect": "Allow", "Principal": "*", "Action": ["s3:ListBucket"], "Resource": [f"arn:aws:s3:::{bucket}"]}]}))  # fmt: skip
+    for name in ("repodata.json", "repodata.json.zst"):
+        s3.delete_object(Bucket=bucket, Key=f"chan/noarch/{name}")
+    url = f"{rgw.endpoint}/{bucket}/chan/"
+    with urllib.request.urlopen(url + "noarch/repodata_shards.msgpack.zst", timeout=5) as resp:  # anonymous
+        assert resp.status == 200 and resp.headers["Cache-Control"] == REVALIDATE
+    records = _solve([url], ["app"], tmp_path / "rattler-cache")
+    assert sorted((r.name.normalized, str(r.version)) for r in records) == [("app", "1.0"), ("lib", "1.0")]
+    prefix = tmp_path / "env"
+    asyncio.run(rattler.install(records, prefix, cache_dir=tmp_path / "rattler-pkgs", show_progress=False))
+    assert (prefix / "share" / "app" / "version.txt").read_text() == "app 1.0\n"
 
 
 # --- the daemon ----------------------------------------------------------------------------------
