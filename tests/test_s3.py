@@ -352,9 +352,20 @@ def test_reader_never_sees_a_broken_index_during_30_publishes(tmp_path: Path, rg
 
 
 def test_endpoint_stopped_and_restarted(tmp_path: Path, rgw: RgwCluster, s3: Any, bucket: str) -> None:
-    """Last in this file: it stops the session's radosgw (and starts it again)."""
-    daemon = s3_daemon(tmp_path, bucket, "--polling", "--poll-interval", "0.5").start()
+    """Last in this file: it stops the session's radosgw (and starts it again), first
+    before the daemon starts (alive, not ready, retrying), then mid-run."""
+    daemon = s3_daemon(tmp_path, bucket, "--polling", "--poll-interval", "0.5")
     try:
+        rgw.stop_rgw()
+        try:
+            daemon.start(wait_ready=False)
+            wait_for(lambda: daemon.get("/healthz")[0] == 200, 10, what="listener up")
+            time.sleep(2.0)
+            assert daemon.get("/readyz")[0] == 503 and daemon.get("/healthz")[0] == 200
+            assert "channel store unavailable; will retry" in daemon.log_text()
+        finally:
+            rgw.start_rgw()
+        wait_for(lambda: daemon.get("/readyz")[0] == 200, 20, what="ready once the endpoint is back")
         rgw.stop_rgw()
         try:
             time.sleep(2.0)  # polls fail meanwhile

@@ -333,6 +333,11 @@ def run_watch(args: argparse.Namespace) -> int:
         polling=args.polling,
         poll_interval=args.poll_interval,
     )
+    if index.remote and not config.polling and not config.events_token:
+        logs.get_logger("conda_indexd").warning(
+            "no bucket notifications (no events token) and no --polling: changes are only seen by the rescan",
+            rescan_interval=config.rescan_interval,
+        )
     if index.remote or index.output_url:
         return _run_daemon(config)
     return _run_daemon(config, lambda: leftovers.report(index, args.clean_conda_index_leftovers))

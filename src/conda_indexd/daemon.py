@@ -126,7 +126,9 @@ class Daemon:
     def healthy(self) -> bool:
         # while the channel folder is gone its observer may have ended; that is waited
         # out (and a new observer started when the folder returns), not a failure
-        return self.worker_thread.is_alive() and (self.observer.is_alive() or self.root_missing)
+        # a bucket's daemon waiting for its endpoint before the worker starts is alive too
+        waiting = self.remote and self.worker_thread.ident is None and not self.stopping.is_set()
+        return waiting or (self.worker_thread.is_alive() and (self.observer.is_alive() or self.root_missing))
 
     @property
     def ready(self) -> threading.Event:
