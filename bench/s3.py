@@ -1,0 +1,193 @@
+"""S3 benchmark on a real Ceph RGW: conda-indexd's event-to-publish next to rattler-index's
+`index_s3` re-runs on the same bucket contents.
+
+    python bench/s3.py                  # 10k archives over 4 subdirs
+    python bench/s3.py --sizes 10000 100000
+
+For each size it starts a throwaway RGW (tests/rgwserver.py, beast with tcp_nodelay),
+builds a synthetic channel of real archives (bench/synth.py), uploads it under two
+prefixes of one bucket (one per tool), then measures:
+- conda-indexd: cold `index s3://`, a no-op re-run, and the daemon's PUT -> published
+  time through a real RGW bucket notification (median of 10 single-package PUTs);
+- rattler-index (py-rattler `rattler.index.index_s3`, zst + shards): cold, and a re-run
+  after one package was added (what a batch indexer costs per upload).
+Needs radosgw, ceph-mon, ceph-osd, boto3 and py-rattler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from archives import write_archive  # noqa: E402
+from rgwserver import RgwCluster, missing_tools  # noqa: E402
+from run import LAYOUTS, build_channel  # noqa: E402
+from synth import archive_records  # noqa: E402
+
+TOKEN = "bench-token"
+
+
+def client(cluster: RgwCluster, service: str = "s3") -> Any:
+    import boto3
+    from botocore.config import Config
+
+    env = cluster.env()
+    return boto3.client(service, endpoint_url=cluster.endpoint, aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name=env["AWS_DEFAULT_REGION"],
+                        config=Config(s3={"addressing_style": "path"}, max_pool_connections=32))  # fmt: skip
+
+
+def upload(s3: Any, bucket: str, prefix: str, folder: Path) -> int:
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda p: s3.upload_file(str(p), bucket, f"{prefix}/{p.relative_to(folder).as_posix()}"), files))
+    return len(files)
+
+
+def timed(argv: list[str], env: dict[str, str]) -> float:
+    started = time.monotonic()
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{argv[:4]} failed: {proc.stderr[-2000:]}")
+    return time.monotonic() - started
+
+
+def records_of(s3: Any, bucket: str, key: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    except s3.exceptions.NoSuchKey:
+        return {}
+    return {**doc.get("packages", {}), **doc.get("packages.conda", {})}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def bench_size(n: int, work: Path) -> dict[str, float]:
+    layout = LAYOUTS.get(n) or {"linux-64": n // 2, "noarch": n - n // 2}
+    big = max(layout, key=lambda k: layout[k])
+    channel = work / "channel"
+    t = time.monotonic()
+    build_channel(channel, layout)
+    print(f"built {n} archives in {time.monotonic() - t:.0f} s", flush=True)
+    cluster = RgwCluster(work / "rgw").start()
+    out: dict[str, float] = {}
+    try:
+        env = {**os.environ, **cluster.env()}
+        s3 = client(cluster)
+        s3.create_bucket(Bucket="bench")
+        t = time.monotonic()
+        upload(s3, "bench", "ours", channel)
+        upload(s3, "bench", "rattler", channel)
+        print(f"uploaded 2 x {n} in {time.monotonic() - t:.0f} s", flush=True)
+        cli = [sys.executable, "-m", "conda_indexd", "index", "s3://bench/ours", "--cache-dir", str(work / "state"), "--log-format", "json"]
+        out["conda-indexd cold index s3://"] = timed(cli, env)
+        out["conda-indexd no-op re-run"] = timed(cli, env)
+        out.update(event_to_publish(cluster, s3, env, work, big))
+        out.update(rattler_runs(cluster, s3, work, big))
+    finally:
+        cluster.stop()
+    return out
+
+
+def event_to_publish(cluster: RgwCluster, s3: Any, env: dict[str, str], work: Path, subdir: str) -> dict[str, float]:
+    port = free_port()
+    sns = client(cluster, "sns")
+    topic = sns.create_topic(Name="bench", Attributes={"push-endpoint": f"http://127.0.0.1:{port}/s3-events?token={TOKEN}", "persistent": "false"})
+    s3.put_bucket_notification_configuration(Bucket="bench", NotificationConfiguration={"TopicConfigurations": [
+        {"Id": "bench", "TopicArn": topic["TopicArn"], "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}]})  # fmt: skip
+    daemon = subprocess.Popen([sys.executable, "-m", "conda_indexd", "watch", "s3://bench/ours", "--cache-dir", str(work / "state"),
+                               "--listen", f"127.0.0.1:{port}", "--debounce", "0.2", "--log-format", "json"],
+                              env={**env, "CONDA_INDEXD_EVENTS_TOKEN": TOKEN}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        extra = work / "extra"
+        times = []
+        for i, (fn, rec) in enumerate(archive_records(10, subdir, seed=99, skip=0)):
+            folder = extra / str(i)
+            folder.mkdir(parents=True)
+            write_archive(folder, fn, rec)
+            if fn in records_of(s3, "bench", f"ours/{subdir}/repodata.json"):
+                continue
+            started = time.monotonic()
+            s3.upload_file(str(folder / fn), "bench", f"ours/{subdir}/{fn}")
+            while fn not in records_of(s3, "bench", f"ours/{subdir}/repodata.json"):
+                time.sleep(0.02)
+            times.append(time.monotonic() - started)
+        return {"conda-indexd PUT -> published (median of 10, notification)": statistics.median(times)}
+    finally:
+        daemon.terminate()
+        daemon.wait(30)
+
+
+def rattler_runs(cluster: RgwCluster, s3: Any, work: Path, subdir: str) -> dict[str, float]:
+    try:
+        from rattler.index import S3Credentials, index_s3
+    except ImportError:
+        return {"rattler-index": float("nan")}
+    env = cluster.env()
+    creds = S3Credentials(endpoint_url=cluster.endpoint, region=env["AWS_DEFAULT_REGION"], access_key_id=env["AWS_ACCESS_KEY_ID"],
+                          secret_access_key=env["AWS_SECRET_ACCESS_KEY"], addressing_style="path")  # fmt: skip
+
+    def run() -> float:
+        started = time.monotonic()
+        asyncio.run(index_s3("s3://bench/rattler", credentials=creds, write_zst=True, write_shards=True))
+        return time.monotonic() - started
+
+    out = {"rattler-index cold index_s3": run()}
+    fn, rec = next(iter(archive_records(1, subdir, seed=98)))
+    folder = work / "rattler-extra"
+    folder.mkdir()
+    write_archive(folder, fn, rec)
+    s3.upload_file(str(folder / fn), "bench", f"rattler/{subdir}/{fn}")
+    out["rattler-index re-run after one PUT"] = run()
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000])
+    args = parser.parse_args()
+    missing = missing_tools()
+    if missing:
+        print(f"needs Ceph RGW: missing {', '.join(missing)}")
+        return 2
+    for n in args.sizes:
+        with tempfile.TemporaryDirectory(prefix="conda-indexd-s3bench-") as tmp:
+            results = bench_size(n, Path(tmp))
+        print(f"\n{n} archives")
+        for what, seconds in results.items():
+            print(f"  {what:<62} {seconds:8.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
