@@ -171,6 +171,20 @@ def test_same_size_reupload_is_rehashed(tmp_path: Path, s3: Any, bucket: str, in
     assert (first, second) == (hashlib.sha256(a.read_bytes()).hexdigest(), hashlib.sha256(b.read_bytes()).hexdigest())
 
 
+def test_state_folder_default_and_output_to_a_bucket(tmp_path: Path, s3: Any, bucket: str, index: Any, cli: Any, channel: Path) -> None:
+    p = package(tmp_path / "p", "placed")
+    s3.upload_file(str(p), bucket, f"chan/noarch/{p.name}")
+    index(f"s3://{bucket}/chan", env={"XDG_STATE_HOME": str(tmp_path / "xdg")})
+    assert (tmp_path / "xdg" / "conda-indexd" / bucket / "chan" / "noarch" / "cache.db").is_file()
+    # a local channel published into a bucket: cache.db stays in the channel
+    package(channel / "noarch", "local")
+    index(channel, "--output", f"s3://{bucket}/out")
+    assert "local-1.0-0.conda" in records(s3, bucket, "out/noarch/repodata.json")
+    assert (channel / "noarch" / ".cache" / "cache.db").is_file() and not (channel / "noarch" / "repodata.json").exists()
+    refused = cli("index", channel, "--cache-dir", tmp_path / "elsewhere")
+    assert refused.rc == 2 and "only for s3://" in refused.stderr
+
+
 @pytest.mark.parametrize("case", ["no-bucket", "credentials", "endpoint", "address"])
 def test_index_errors_are_one_line_exit_2(tmp_path: Path, rgw: RgwCluster, bucket: str, cli: Any, case: str) -> None:
     url, env = f"s3://{bucket}/chan", {}
