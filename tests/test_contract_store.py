@@ -55,6 +55,16 @@ def test_folders_below_a_subdir_are_made_on_write(store: ChannelStore) -> None:
     assert "shards" not in store.list_files("noarch")  # folders are not files
 
 
+def test_sync_is_the_barrier_for_unsynced_writes(store: ChannelStore) -> None:
+    store.prepare("noarch", recover=False)
+    for i in range(20):
+        store.write(f"noarch/shards/{i:064x}.msgpack.zst", bytes([i]) * 50, sync=False)
+    store.sync("noarch/shards")
+    files = store.list_files("noarch/shards")
+    assert len(files) == 20 and set(files.values()) == {50}
+    assert store.read(f"noarch/shards/{7:064x}.msgpack.zst") == bytes([7]) * 50
+
+
 def test_listing_holds_packages_only_with_their_state(store: ChannelStore) -> None:
     store.prepare("noarch", recover=False)
     store.write("noarch/a-1-0.conda", b"a" * 5)

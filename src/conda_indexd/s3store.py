@@ -15,6 +15,9 @@
   bytes by construction). Content-Type and Cache-Control follow
   deploy/nginx/conda-channel.conf (repodata and index: revalidate; shards and packages:
   immutable). A PUT is durable and atomic when it returns, so `sync` does nothing.
+- `write(..., sync=False)` (the shards) only queues the PUT on a small thread pool;
+  `sync(folder)` waits for every queued PUT under it and raises the first failure, so
+  the shard index is never written before its shards are in the bucket.
 - Transport and permission errors raise `StoreError` (one line), never OSError: a
   network fault must fail the run (and be retried), not mark a package unreadable.
 """
@@ -27,7 +30,7 @@ import re
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Any, Protocol
 from urllib.parse import urlsplit
 
@@ -37,6 +40,7 @@ from .store import FileState, StoreError
 SPOOL_IN_MEMORY = 32 << 20  # packages up to this size are read into memory, bigger ones to a temp file
 CHUNK = 1 << 20
 STAT_THREADS = 8
+WRITE_THREADS = 8  # PUTs in flight for writes queued with sync=False
 SHA256_META = "sha256"  # x-amz-meta-sha256: what `write` compares before a PUT
 
 
@@ -113,6 +117,8 @@ class S3Store:
         self._lock = threading.Lock()
         self._client: Any = None
         self._pid = 0
+        self._writer: ThreadPoolExecutor | None = None
+        self._queued: dict[str, list[Future[bool]]] = {}  # folder -> PUTs queued by write(sync=False)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"url": self.url}
@@ -272,6 +278,17 @@ class S3Store:
     # --- writing --------------------------------------------------------------------------------
 
     def write(self, key: str, data: bytes, *, sync: bool = True) -> bool:
+        if sync:
+            return self._write(key, data)
+        # queued: True means "will be written"; sync(folder) waits and raises any failure
+        with self._lock:
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="s3-put")
+            future = self._writer.submit(self._write, key, data)
+            self._queued.setdefault(key.rsplit("/", 1)[0] if "/" in key else "", []).append(future)
+        return True
+
+    def _write(self, key: str, data: bytes) -> bool:
         ctype, cache_control = object_headers(key)
         digest = hashlib.sha256(data).hexdigest()
         params: dict[str, Any] = {"Key": self._full(key), "Body": data, "ContentType": ctype, "CacheControl": cache_control,
@@ -314,7 +331,15 @@ class S3Store:
         return True
 
     def sync(self, folder: str) -> None:
-        """A PUT is durable when it returns: nothing to wait for."""
+        """A PUT is durable when it returns: wait for the ones queued under `folder`."""
+        with self._lock:
+            futures = self._queued.pop(folder.rstrip("/"), [])
+        failure: BaseException | None = None
+        for future in futures:
+            exc = future.exception()
+            failure = failure or exc
+        if failure is not None:
+            raise failure
 
     def prepare(self, subdir: str, *, recover: bool) -> None:
         """Folders do not exist in a bucket, and no write leaves temporaries behind."""
