@@ -87,8 +87,10 @@ def info_members(
     run_exports: Any = None,
     paths_json: Any = None,
     recipe_yaml: str | bytes | None = None,
+    extra_info: list[tuple[str, bytes]] | None = None,
 ) -> list[tuple[str, bytes]]:
-    """The `info/` members in archive order: index.json first, then the rest sorted."""
+    """The `info/` members in archive order: index.json first, then the rest sorted, then
+    `extra_info` verbatim (any name at all: `/abs`, `../x`, ``; unsafe-path cases)."""
     members: dict[str, bytes] = {}
     if index is not None:
         members["info/index.json"] = _as_bytes(index)
@@ -105,7 +107,7 @@ def info_members(
             members[name] = data
     first = [(n, d) for n, d in members.items() if n == "info/index.json"]
     rest = sorted((n, d) for n, d in members.items() if n != "info/index.json")
-    return first + rest
+    return first + rest + list(extra_info or [])
 
 
 def pkg_members(files: dict[str, bytes] | None) -> list[tuple[str, bytes]]:
@@ -170,10 +172,12 @@ def tar_bz2_bytes(
     paths_json: Any = None,
     recipe_yaml: str | bytes | None = None,
     member_prefix: str = "",
+    extra_info: list[tuple[str, bytes]] | None = None,
 ) -> bytes:
     members = info_members(
-        index, files, about=about, run_exports=run_exports, paths_json=paths_json, recipe_yaml=recipe_yaml
-    ) + pkg_members(files)
+        index, files, about=about, run_exports=run_exports, paths_json=paths_json, recipe_yaml=recipe_yaml,
+        extra_info=extra_info,
+    ) + pkg_members(files)  # fmt: skip
     return bz2.compress(tar_bytes(members, prefix=member_prefix), 9)
 
 
@@ -187,6 +191,7 @@ def make_tar_bz2(
     paths_json: Any = None,
     recipe_yaml: str | bytes | None = None,
     member_prefix: str = "",
+    extra_info: list[tuple[str, bytes]] | None = None,
 ) -> Path:
     """A `.tar.bz2` package: info/ members first, then the package files."""
     return _write(
@@ -199,6 +204,7 @@ def make_tar_bz2(
             paths_json=paths_json,
             recipe_yaml=recipe_yaml,
             member_prefix=member_prefix,
+            extra_info=extra_info,
         ),
     )
 
@@ -217,24 +223,30 @@ def conda_bytes(
     folder: str = "",
     with_info: bool = True,
     info_component: bytes | None = None,
+    extra_info: list[tuple[str, bytes]] | None = None,
+    extra_zip: list[tuple[str, bytes]] | None = None,
 ) -> bytes:
     """The bytes of a `.conda` named `filename` (only its stem is used).
 
     Knobs for broken variants: `component_stem` names the inner components after
     another stem, `folder` nests them in a zip folder, `with_info=False` leaves the
-    info component out, `info_component` replaces its (zstd) bytes.
+    info component out, `info_component` replaces its (zstd) bytes, `extra_info` adds
+    members to the info component and `extra_zip` entries to the zip, names verbatim.
     """
     stem = component_stem if component_stem is not None else conda_stem(filename)
     info_tar = tar_bytes(
-        info_members(index, files, about=about, run_exports=run_exports, paths_json=paths_json, recipe_yaml=recipe_yaml),
+        info_members(
+            index, files, about=about, run_exports=run_exports, paths_json=paths_json, recipe_yaml=recipe_yaml,
+            extra_info=extra_info,
+        ),
         prefix=member_prefix,
-    )
+    )  # fmt: skip
     pkg_tar = tar_bytes(pkg_members(files), prefix=member_prefix)
     entries = [("metadata.json", json.dumps({"conda_pkg_format_version": 2}).encode())]
     entries.append((f"{folder}pkg-{stem}.tar.zst", zstd_bytes(pkg_tar)))
     if with_info:
         entries.append((f"{folder}info-{stem}.tar.zst", info_component if info_component is not None else zstd_bytes(info_tar)))
-    return zip_bytes(entries)
+    return zip_bytes(entries + list(extra_zip or []))
 
 
 def make_conda(
@@ -251,6 +263,8 @@ def make_conda(
     folder: str = "",
     with_info: bool = True,
     info_component: bytes | None = None,
+    extra_info: list[tuple[str, bytes]] | None = None,
+    extra_zip: list[tuple[str, bytes]] | None = None,
 ) -> Path:
     """A `.conda` package (CEP-35): stored zip of metadata.json, pkg- and info- components."""
     path = Path(path)
@@ -269,6 +283,8 @@ def make_conda(
             folder=folder,
             with_info=with_info,
             info_component=info_component,
+            extra_info=extra_info,
+            extra_zip=extra_zip,
         ),
     )
 
@@ -515,3 +531,81 @@ BROKEN_KINDS: list[Kind] = [
 ]
 
 BROKEN_BY_NAME = {k.name: k for k in BROKEN_KINDS}
+
+
+# --- names outside the install prefix (issue 17) ----------------------------------------------------
+
+UNSAFE_NAMES = {"absolute": "/tmp/conda-indexd-escape.txt", "dotdot": "lib/../../conda-indexd-escape.txt", "empty": ""}
+
+
+def paths_json_doc(paths: list[str]) -> dict[str, Any]:
+    """An info/paths.json declaring `paths` (hardlinks, sizes and hashes made up)."""
+    entries = [{"_path": p, "path_type": "hardlink", "sha256": "0" * 64, "size_in_bytes": 1} for p in paths]
+    return {"paths": entries, "paths_version": 1}
+
+
+def _unsafe_builder(name: str, ext: str, files: dict[str, bytes] | None = None, **kw: Any) -> Callable[[Path, str], str]:
+    def build(folder: Path, subdir: str) -> str:
+        fn = _fn(name, ext)
+        make_package(folder / fn, _idx(name, subdir), files if files is not None else {"lib/ok.txt": b"ok\n"}, **kw)
+        return fn
+
+    return build
+
+
+def _unsafe_kinds() -> list[Kind]:
+    kinds = []
+    for ext in (".tar.bz2", ".conda"):
+        short = "tb" if ext == ".tar.bz2" else "c"
+        for how, bad in UNSAFE_NAMES.items():
+            # a member of the part the reader walks (the info part / info component)
+            kinds.append(Kind(f"member-{how}-{short}", _unsafe_builder(f"unsafe-member-{how}-{short}", ext, extra_info=[(bad, b"x\n")]), "skipped", "unsafe-path"))
+            # a path paths.json declares
+            kinds.append(Kind(
+                f"paths-json-{how}-{short}",
+                _unsafe_builder(f"unsafe-pathsjson-{how}-{short}", ext, paths_json=paths_json_doc(["lib/ok.txt", bad])),
+                "skipped", "unsafe-path",
+            ))  # fmt: skip
+        for how in ("absolute", "dotdot"):  # blank lines in info/files are skipped, as conda does
+            kinds.append(Kind(
+                f"info-files-{how}-{short}",
+                _unsafe_builder(f"unsafe-files-{how}-{short}", ext, files={"lib/ok.txt": b"ok\n", "info/files": f"lib/ok.txt\n{UNSAFE_NAMES[how]}\n".encode()}),
+                "skipped", "unsafe-path",
+            ))  # fmt: skip
+        kinds.append(Kind(
+            f"paths-json-backslash-{short}",
+            _unsafe_builder(f"unsafe-backslash-{short}", ext, paths_json=paths_json_doc(["Library\\..\\..\\evil.dll"])),
+            "skipped", "unsafe-path",
+        ))  # fmt: skip
+        # names that only look odd, and stay inside the prefix
+        kinds.append(Kind(
+            f"safe-lookalikes-{short}",
+            _unsafe_builder(
+                f"safe-lookalikes-{short}", ext,
+                files={"lib/..hidden": b"1", "lib/a...b": b"2", "share/x/./y": b"3", "info/files": b"# comment\n\nlib/..hidden\nlib/a...b\n"},
+                paths_json=paths_json_doc(["lib/..hidden", "lib/a...b", "share/x/./y"]),
+                extra_info=[("./", b""), ("info/x..y", b"4")],
+            ),
+            "indexed",
+        ))  # fmt: skip
+    # a .tar.bz2 member after the info part (the reader walks to the last member)
+    kinds.append(Kind(
+        "pkg-member-dotdot-tb",
+        _unsafe_builder("unsafe-pkgmember-tb", ".tar.bz2", files={"lib/ok.txt": b"ok\n", "../../conda-indexd-escape.txt": b"x\n"}),
+        "skipped", "unsafe-path",
+    ))  # fmt: skip
+    for how, bad in UNSAFE_NAMES.items():  # a .conda's zip member names
+        kinds.append(Kind(f"zip-member-{how}-c", _unsafe_builder(f"unsafe-zip-{how}-c", ".conda", extra_zip=[(bad, b"x\n")]), "skipped", "unsafe-path"))
+    return kinds
+
+
+UNSAFE_KINDS: list[Kind] = _unsafe_kinds()
+# Not checked (docs/reliability.md): a .conda's pkg component is not decompressed, so a member
+# there that no paths.json or info/files declares is published. Kept here so the limit is pinned.
+UNCHECKED_KINDS: list[Kind] = [
+    Kind(
+        "pkg-component-member-dotdot-c",
+        _unsafe_builder("unchecked-pkgmember-c", ".conda", files={"lib/ok.txt": b"ok\n", "../../conda-indexd-escape.txt": b"x\n"}),
+        "indexed",
+    ),
+]
