@@ -35,7 +35,7 @@ log = get_logger("conda_indexd.http")
 
 Route = Callable[[], tuple[int, str, bytes]]  # -> status, content type, body
 
-DEFAULT_MAX_CONNECTIONS = 128
+DEFAULT_MAX_CONNECTIONS = 256
 HEAD_TIMEOUT = 5.0  # seconds from connect to a complete request head
 WRITE_TIMEOUT = 10.0  # seconds to take the answer
 LINGER = 1.0  # seconds to drain what a client still sends after its answer (no RST)
@@ -48,7 +48,7 @@ READING, WRITING, DRAINING = "reading", "writing", "draining"
 
 
 class _Conn:
-    __slots__ = ("sock", "state", "buf", "out", "deadline")
+    __slots__ = ("buf", "deadline", "out", "sock", "state")
 
     def __init__(self, sock: socket.socket, deadline: float):
         self.sock = sock
