@@ -48,13 +48,14 @@ READING, WRITING, DRAINING = "reading", "writing", "draining"
 
 
 class _Conn:
-    __slots__ = ("buf", "deadline", "out", "sock", "state")
+    __slots__ = ("buf", "deadline", "out", "sent", "sock", "state")
 
     def __init__(self, sock: socket.socket, deadline: float):
         self.sock = sock
         self.state = READING
         self.buf = bytearray()
         self.out = b""
+        self.sent = 0
         self.deadline = deadline
 
 
@@ -82,6 +83,7 @@ class StatusServer:
         self._conns: dict[int, _Conn] = {}  # insertion order = accept order
         self._stopping = threading.Event()
         self._accept_paused_until = 0.0
+        self._listening = False
         self._evicted_since_log = 0
         self._last_cap_log = -CAP_LOG_INTERVAL
         self.thread = threading.Thread(target=self._serve, name="http", daemon=True)
@@ -117,37 +119,38 @@ class StatusServer:
     def _serve(self) -> None:
         self._selector.register(self.listener, selectors.EVENT_READ, None)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        listening = True
+        self._listening = True
         while not self._stopping.is_set():
-            now = time.monotonic()
-            if not listening and now >= self._accept_paused_until:
-                self._selector.register(self.listener, selectors.EVENT_READ, None)
-                listening = True
-            timeout = self._next_timeout(now, listening)
             try:
-                events = self._selector.select(timeout)
-            except OSError as exc:  # EINTR is retried by Python; anything else is logged once per pass
-                log.error("http selector failed", error=str(exc))
+                self._pass()
+            except Exception as exc:  # noqa: BLE001 - the listener must outlive any one bad pass
+                log.error("http listener error", error=f"{type(exc).__name__}: {exc}")
                 time.sleep(0.1)
-                continue
-            for key, mask in events:
-                if key.fileobj is self.listener:
-                    if not self._accept():
-                        self._selector.unregister(self.listener)
-                        listening = False
-                elif key.fileobj is self._wake_r:
-                    self._drain_wake()
-                else:
-                    conn = key.data
-                    if conn.sock.fileno() in self._conns:
-                        self._step(conn, mask)
-            self._expire(time.monotonic())
 
-    def _next_timeout(self, now: float, listening: bool) -> float:
+    def _pass(self) -> None:
+        """One selector pass: resume accepting if paused, wait, handle the events, expire."""
+        now = time.monotonic()
+        if not self._listening and now >= self._accept_paused_until:
+            self._selector.register(self.listener, selectors.EVENT_READ, None)
+            self._listening = True
+        for key, mask in self._selector.select(self._next_timeout(now)):
+            if key.fileobj is self.listener:
+                if not self._accept():
+                    self._selector.unregister(self.listener)
+                    self._listening = False
+            elif key.fileobj is self._wake_r:
+                self._drain_wake()
+            else:
+                conn = key.data
+                if conn.sock.fileno() in self._conns:
+                    self._step(conn, mask)
+        self._expire(time.monotonic())
+
+    def _next_timeout(self, now: float) -> float:
         timeout = 1.0
         for conn in self._conns.values():
             timeout = min(timeout, conn.deadline - now)
-        if not listening:
+        if not self._listening:
             timeout = min(timeout, self._accept_paused_until - now)
         return max(0.0, timeout)
 
@@ -233,7 +236,10 @@ class StatusServer:
             self._close(conn)
 
     def _read(self, conn: _Conn) -> None:
-        data = conn.sock.recv(MAX_HEAD + 1)
+        try:
+            data = conn.sock.recv(MAX_HEAD + 1)
+        except BlockingIOError:
+            return
         if not data:
             self._close(conn)
             return
@@ -275,6 +281,7 @@ class StatusServer:
             **(extra or {}),
         }
         conn.out = render_response(status, HTTPStatus(status).phrase, headers, b"" if head else body)
+        conn.sent = 0
         conn.buf = bytearray()
         conn.state = WRITING
         conn.deadline = time.monotonic() + self.write_timeout
@@ -282,9 +289,11 @@ class StatusServer:
         self._write(conn)
 
     def _write(self, conn: _Conn) -> None:
-        sent = conn.sock.send(conn.out)
-        conn.out = conn.out[sent:]
-        if conn.out:
+        try:
+            conn.sent += conn.sock.send(memoryview(conn.out)[conn.sent :])
+        except BlockingIOError:
+            return
+        if conn.sent < len(conn.out):
             return
         # all sent: half-close, then read what the client still sends until it closes, so
         # that unread request bytes never turn the close into a reset that loses the answer
@@ -294,8 +303,11 @@ class StatusServer:
         self._selector.modify(conn.sock, selectors.EVENT_READ, conn)
 
     def _drain(self, conn: _Conn) -> None:
-        if not conn.sock.recv(65536):
-            self._close(conn)
+        try:
+            if not conn.sock.recv(65536):
+                self._close(conn)
+        except BlockingIOError:
+            pass
 
 
 def text(status: int, body: str) -> tuple[int, str, bytes]:
