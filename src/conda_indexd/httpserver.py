@@ -69,8 +69,12 @@ class StatusServer:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         head_timeout: float = HEAD_TIMEOUT,
         write_timeout: float = WRITE_TIMEOUT,
+        on_drop: Callable[[str], None] | None = None,
     ):
+        """on_drop(reason) is called on the loop thread for every connection dropped before
+        its answer was sent: "cap", "head-timeout", "write-timeout" (for a metric)."""
         self.routes = dict(routes)
+        self.on_drop = on_drop
         self.max_connections = max(1, max_connections)
         self.head_timeout = head_timeout
         self.write_timeout = write_timeout
@@ -182,6 +186,7 @@ class StatusServer:
             if len(self._conns) >= self.max_connections and not self._evict_oldest_idle(now):
                 sock.close()  # every slot is answering: this one has to try again
                 self._note_cap(now)
+                self._dropped("cap")
                 continue
             sock.setblocking(False)
             conn = _Conn(sock, now + self.head_timeout)
@@ -194,10 +199,19 @@ class StatusServer:
         or already answered); False when every open one is being answered."""
         for conn in self._conns.values():
             if conn.state != WRITING:
+                if conn.state == READING:
+                    self._dropped("cap")
                 self._close(conn)
                 self._note_cap(now)
                 return True
         return False
+
+    def _dropped(self, reason: str) -> None:
+        if self.on_drop is not None:
+            try:
+                self.on_drop(reason)
+            except Exception as exc:  # noqa: BLE001 - a failing callback must not stop the listener
+                log.error("http on_drop callback failed", error=f"{type(exc).__name__}: {exc}")
 
     def _note_cap(self, now: float) -> None:
         self._evicted_since_log += 1
@@ -211,6 +225,10 @@ class StatusServer:
 
     def _expire(self, now: float) -> None:
         for conn in [c for c in self._conns.values() if c.deadline <= now]:
+            if conn.state == READING:
+                self._dropped("head-timeout")
+            elif conn.state == WRITING:
+                self._dropped("write-timeout")
             self._close(conn)
 
     def _close(self, conn: _Conn) -> None:
