@@ -47,7 +47,12 @@ def all_records(doc: dict) -> dict:
 
 
 class DaemonProcess:
-    def __init__(self, channel: Path, *extra: str, debounce: float = 0.3, settle: float = 0.5, log: Path | None = None):
+    def __init__(
+        self, channel: Path, *extra: str, debounce: float = 0.3, settle: float = 0.5, log: Path | None = None,
+        cgroup_procs: Path | None = None,
+    ):  # fmt: skip
+        """cgroup_procs: a cgroup's `cgroup.procs` file the daemon joins before it starts
+        (through `sh`, so the daemon's first thread already runs there)."""
         self.channel = channel
         self.port = free_port()
         self.log_path = log or channel.parent / f"daemon-{self.port}.log"
@@ -56,6 +61,8 @@ class DaemonProcess:
             "--listen", f"127.0.0.1:{self.port}", "--debounce", str(debounce), "--settle", str(settle),
             "--log-format", "json", "--threads", "2", *extra,
         ]  # fmt: skip
+        if cgroup_procs is not None:
+            self.args = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cgroup_procs), *self.args]
         self.debounce = debounce
         self.proc: subprocess.Popen | None = None
 
