@@ -142,6 +142,8 @@ class Worker:
             self.queue.retry(subdir, hold, recheck)
             log.debug("upload in progress", subdir=subdir, files=sorted(hold))
         state = self.state(subdir)
+        if item.outputs:
+            log.info("published files changed from outside; restoring them", subdir=subdir, files=sorted(item.outputs)[:20])
         try:
             result = index_subdir(
                 self.index,
@@ -152,6 +154,7 @@ class Worker:
                 listing=listing,
                 memo=state.memo,
                 backends=self.backends,
+                verify=item.outputs,
             )
         except Exception as exc:  # one subdir's trouble never stops the others
             delay = state.failed(exc)
