@@ -5,6 +5,9 @@ observer: a test can build a Worker over a channel and drive `process()` directl
 
 from __future__ import annotations
 
+import errno
+import os
+import pwd
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +30,18 @@ log = get_logger("conda_indexd.daemon")
 
 EMPTY_CONFIRM_DELAY = 1.5  # seconds before a second listing may confirm an emptied subdir
 MAX_RETRY_DELAY = 60.0
+NOT_WRITABLE_RETRY = 10.0  # a folder we may not write is looked at again this often, quietly
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def not_writable(exc: BaseException) -> OSError | None:
+    """The permission error behind a failed run (the cache wraps its own), if that is it."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _NOT_WRITABLE:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 @dataclass
@@ -41,6 +56,7 @@ class SubdirState:
     subdir: str
     memo: RecordMemo | None = None
     failures_in_a_row: int = 0
+    not_writable: bool = False  # reported once; retried quietly until fixed
     published: int = 0  # records in the last publish
     status: SubdirStatus = field(init=False)
 
@@ -48,8 +64,11 @@ class SubdirState:
         self.status = SubdirStatus(self.subdir)
 
     def succeeded(self, result: SubdirResult) -> None:
+        if self.not_writable:
+            log.info("subdir is writable again; published", subdir=self.subdir)
         self.memo = result.memo
         self.failures_in_a_row = 0
+        self.not_writable = False
         self.published = result.packages
         st = self.status
         st.packages, st.last_duration, st.last_run, st.error = result.packages, result.duration, time.time(), None
@@ -157,6 +176,9 @@ class Worker:
                 verify=item.outputs,
             )
         except Exception as exc:  # one subdir's trouble never stops the others
+            if (denied := not_writable(exc)) is not None:
+                self._not_writable(state, denied)
+                return
             delay = state.failed(exc)
             self.metrics.subdir_errors.labels(subdir, type(exc).__name__).inc()
             log.error("subdir failed; will retry", subdir=subdir, retry_in=delay, error=f"{type(exc).__name__}: {exc}")
@@ -170,6 +192,24 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - never stops the daemon
                 self.metrics.subdir_errors.labels("channel", type(exc).__name__).inc()
                 log.error("channel files failed", error=f"{type(exc).__name__}: {exc}")
+
+    def _not_writable(self, state: SubdirState, denied: OSError) -> None:
+        """One error line and one count per episode, a status entry saying what to do, and
+        a slow quiet retry: a permission problem is fixed by a person, not by retrying."""
+        state.failed(denied)
+        folder = f"{self.backends.packages.location}/{state.subdir}"
+        user = _user()
+        state.status.error = (
+            f"not writable: {folder} ({denied.strerror}). The daemon runs as {user}: "
+            f"chown -R {user} {folder}, or create platform folders before copying into them "
+            "(docker compose exec conda-indexd mkdir /channel/<subdir>)"
+        )
+        if not state.not_writable:
+            state.not_writable = True
+            self.metrics.subdir_errors.labels(state.subdir, "not-writable").inc()
+            log.error("subdir is not writable; retrying quietly until fixed", subdir=state.subdir, folder=str(folder),
+                      user=user, retry_every=NOT_WRITABLE_RETRY)  # fmt: skip
+        self.queue.add_scan(state.subdir, ScanReason.RETRY, delay=NOT_WRITABLE_RETRY)
 
     # --- rules before a run -------------------------------------------------------------------
 
@@ -221,3 +261,8 @@ class Worker:
             log.info("published", **result.log_fields())
 
 
+def _user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
