@@ -125,7 +125,6 @@ class Worker:
                 return
             now = time.monotonic()
             self.process(Pending(subdir, now, now, full_scan=True, scan_reason=ScanReason.STARTUP))
-        self._settle_startup()
         if self.stopping.is_set():
             return
         self.ready.set()
@@ -138,16 +137,6 @@ class Worker:
             self.metrics.queue_pending.set(self.queue.pending_count())
             if item is not None:
                 self.process(item)
-
-    def _settle_startup(self) -> None:
-        """Files found changing at start-up get their second look before READY, so ready
-        means every settled file is published; an upload held open does not delay it."""
-        deadline = time.monotonic() + 3 * self.settle + 1
-        while not self.stopping.is_set() and (left := deadline - time.monotonic()) > 0:
-            item = self.queue.take(timeout=min(left, self.settle + 0.2))
-            if item is None:
-                return
-            self.process(item)
 
     def process(self, item: Pending) -> None:
         subdir = item.subdir
