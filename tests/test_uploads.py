@@ -175,3 +175,93 @@ def test_a_future_mtime_is_no_reason_to_wait(tmp_path: Path, when: str) -> None:
         with DaemonProcess(channel, debounce=0.2, settle=0.3) as d:
             os.replace(staged, noarch / FN)
             wait_for(lambda: published_sha(channel) == sha(data), d.debounce + 2, what="published")
+
+
+@pytest.mark.parametrize("mode", ["inotify", "polling"])
+def test_a_symlinked_subdir_gets_live_updates(tmp_path: Path, mode: str) -> None:
+    channel = tmp_path / "channel"
+    (channel / "noarch").mkdir(parents=True)
+    target = tmp_path / "data" / "linux-64"  # another disk, in real life
+    target.mkdir(parents=True)
+    (channel / "linux-64").symlink_to(target, target_is_directory=True)
+    extra = ("--polling", "--poll-interval", "0.3") if mode == "polling" else ()
+    data, _ = twin_bytes("lib-1.0-0.conda", "linux-64")
+    with DaemonProcess(channel, *extra, debounce=0.2, settle=0.3) as d:
+        (target / "lib-1.0-0.conda").write_bytes(data)
+        wait_for(lambda: published_sha(channel, "lib-1.0-0.conda", "linux-64") == sha(data), d.debounce + 2 + (0.3 if extra else 0),
+                 what="published through the symlinked subdir")  # fmt: skip
+        (target / "lib-1.0-0.conda").unlink()
+        wait_for(lambda: published_sha(channel, "lib-1.0-0.conda", "linux-64") is None, d.debounce + 2 + (0.3 if extra else 0),
+                 what="removed through the symlinked subdir")  # fmt: skip
+
+
+def test_a_symlinked_subdir_made_later_and_a_broken_one(tmp_path: Path) -> None:
+    channel = tmp_path / "channel"
+    (channel / "noarch").mkdir(parents=True)
+    (channel / "win-64").symlink_to(tmp_path / "nowhere", target_is_directory=True)
+    target = tmp_path / "data" / "osx-arm64"
+    target.mkdir(parents=True)
+    first, _ = twin_bytes("a-1.0-0.conda", "osx-arm64")
+    second, _ = twin_bytes("b-1.0-0.conda", "osx-arm64")
+    (target / "a-1.0-0.conda").write_bytes(first)
+    with DaemonProcess(channel, debounce=0.2, settle=0.3) as d:
+        (channel / "osx-arm64").symlink_to(target, target_is_directory=True)
+        wait_for(lambda: published_sha(channel, "a-1.0-0.conda", "osx-arm64") == sha(first), 4, what="the new symlinked subdir indexed")
+        (target / "b-1.0-0.conda").write_bytes(second)
+        wait_for(lambda: published_sha(channel, "b-1.0-0.conda", "osx-arm64") == sha(second), d.debounce + 2, what="live update")
+        time.sleep(2.5)  # several checks of the channel folder
+        broken = [r for r in d.log_records() if r.get("event", "").startswith("symlinked subdir points nowhere")]
+        assert len(broken) == 1 and broken[0]["subdir"] == "win-64", broken
+        assert d.get("/healthz")[0] == 200
+
+
+def _nobody_python() -> tuple[str, dict[str, str]]:
+    """A Python the `nobody` user can run, with this checkout and its dependencies."""
+    import site
+    import subprocess
+
+    import conda_indexd
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the daemon as another user")
+    src = str(Path(conda_indexd.__file__).resolve().parents[1])
+    env = {"PYTHONPATH": os.pathsep.join([src, *site.getsitepackages()])}
+    python = "/usr/bin/python3"
+    probe = subprocess.run([python, "-c", "import conda_indexd.cli, zstandard, watchdog.observers"], user="nobody",
+                           env={**os.environ, **env}, capture_output=True, text=True, cwd="/")  # fmt: skip
+    if probe.returncode != 0:
+        pytest.skip(f"the nobody user cannot run {python} with this checkout: {probe.stderr.strip().splitlines()[-1:]}")
+    return python, env
+
+
+def test_a_subdir_the_daemon_may_not_write(tmp_path: Path) -> None:
+    import pwd
+    import shutil
+
+    python, env = _nobody_python()
+    nobody = pwd.getpwnam("nobody")
+    base = Path("/var/tmp") / f"conda-indexd-notwritable-{os.getpid()}"  # pytest's tmp is 0700 root
+    channel = base / "channel"
+    try:
+        (channel / "noarch").mkdir(parents=True)
+        for p in (base, channel, channel / "noarch"):
+            os.chown(p, nobody.pw_uid, nobody.pw_gid)
+        linux = channel / "linux-64"  # made by root (docker cp, a careless mkdir): 0755 root
+        linux.mkdir()
+        data, _ = twin_bytes("lib-1.0-0.conda", "linux-64")
+        (linux / "lib-1.0-0.conda").write_bytes(data)
+        with DaemonProcess(channel, debounce=0.2, settle=0.2, user="nobody", python=python, env=env, log=base / "daemon.log") as d:
+            started = time.monotonic()
+            wait_for(lambda: d.metric("conda_indexd_subdir_errors_total", subdir="linux-64", reason="not-writable") == 1, 5)
+            status = d.get("/status.json")[1].decode()
+            assert "not writable" in status and "chown" in status and str(linux) in status
+            time.sleep(max(0.0, 30 - (time.monotonic() - started)))
+            lines = [r for r in d.log_records() if r.get("level") == "error"]
+            assert len(lines) == 1 and lines[0]["subdir"] == "linux-64", lines  # no retry storm
+            assert d.metric("conda_indexd_subdir_errors_total", subdir="linux-64", reason="not-writable") == 1
+            assert published_sha(channel, "lib-1.0-0.conda", "linux-64") is None
+            shutil.chown(linux, nobody.pw_uid, nobody.pw_gid)  # the fix the status page names
+            wait_for(lambda: published_sha(channel, "lib-1.0-0.conda", "linux-64") == sha(data), 10 + 2, what="published once fixed")
+            assert "not writable" not in d.get("/status.json")[1].decode()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -23,13 +23,14 @@ from .config import KNOWN_SUBDIRS, IndexConfig
 from .debounce import DebounceQueue, EventKind, ScanReason
 from .httpserver import PostRoute, StatusServer, text
 from .ignored import ignored_folders
+from .localstore import LocalStore
 from .lock import ChannelBusy, WriterLock
 from .logs import get_logger
 from .metrics import CONTENT_TYPE, Metrics
 from .s3store import parse_s3_url
 from .s3watch import S3EventsEndpoint, S3Poller
 from .store import StoreError
-from .watch import ChannelEventHandler, OverflowHook, make_observer
+from .watch import ChannelEventHandler, OverflowHook, SymlinkedSubdirs, make_observer
 from .worker import Worker
 
 log = get_logger("conda_indexd.daemon")
@@ -73,7 +74,18 @@ class Daemon:
         )
         self.worker_thread = threading.Thread(target=self.worker.run, name="worker", daemon=True)
         self.watched = frozenset(config.index.subdirs) if config.index.subdirs else KNOWN_SUBDIRS
-        self.handler = ChannelEventHandler(config.index.channel, self.watched, self._on_file, self._on_subdir)
+        outputs = self.worker.backends.outputs
+        heal = isinstance(outputs, LocalStore) and config.index.output_root == config.index.channel and not self.remote
+        window = 2 * config.poll_interval + 2 if config.polling else 2.0  # inotify: our writes are renames we recognise
+        self.handler = ChannelEventHandler(
+            config.index.channel,
+            self.watched,
+            self._on_file,
+            self._on_subdir,
+            on_output=self._on_output if heal else None,
+            own_change=lambda key: isinstance(outputs, LocalStore)
+            and outputs.changed_by_us(key, window, removals_only=not config.polling),
+        )
         self.observer: BaseObserver | S3Poller
         post_routes: dict[str, PostRoute] = {}
         if self.remote:
@@ -84,6 +96,7 @@ class Daemon:
             post_routes["/s3-events"] = events.handle
         else:
             self.observer = make_observer(config.index.channel, self.handler, config.polling, config.poll_interval)
+        self.symlinks = SymlinkedSubdirs(self.handler)
         self.root_id: tuple[int, int] | None = None
         self.root_missing = False
         self.exit_code = 0
@@ -95,7 +108,7 @@ class Daemon:
             config.port,
             {"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz,
              "/": self._status_html, "/status.json": self._status_json},
-            post_routes,
+            post_routes=post_routes,
         )  # fmt: skip
 
     # --- event intake (observer thread) ---------------------------------------------------
@@ -104,6 +117,10 @@ class Daemon:
         self.metrics.events.labels(kind).inc()
         self.queue.add(subdir, name, kind)
         self.metrics.queue_pending.set(self.queue.pending_count())
+
+    def _on_output(self, subdir: str, file: str) -> None:
+        self.metrics.events.labels("output").inc()
+        self.queue.add_output(subdir, file)
 
     def _on_subdir(self, subdir: str) -> None:
         self.metrics.events.labels("subdir").inc()
@@ -220,6 +237,7 @@ class Daemon:
         old.stop()
         old.join(timeout=5)
         self.observer = make_observer(self.config.index.channel, self.handler, self.config.polling, self.config.poll_interval)
+        self.symlinks = SymlinkedSubdirs(self.handler)
         self.observer.start()
         self.rescan(ScanReason.REPLACED)
 
@@ -248,6 +266,8 @@ class Daemon:
             log.info("listening", host=host, port=port, channel=self.config.index.location)
             self.overflow.install()
             self.observer.start()
+            if isinstance(self.observer, BaseObserver):
+                self.symlinks.refresh(self.observer)
             self.metrics.rescans.labels(ScanReason.STARTUP).inc()
             self.worker_thread.start()
             ping = sdnotify.watchdog_interval()
@@ -258,6 +278,9 @@ class Daemon:
                     now = time.monotonic()
                     self._check_root(lock)
                     self._check_patches()
+                    if isinstance(self.observer, BaseObserver) and not self.root_missing:
+                        for subdir in self.symlinks.refresh(self.observer):
+                            self.queue.add_scan(subdir, ScanReason.NEW_SUBDIR)  # events before the watch were missed
                     if now >= next_rescan:
                         self.rescan(ScanReason.PERIODIC)
                         next_rescan = now + self.config.rescan_interval

@@ -55,6 +55,7 @@ class Pending:
     scan_reason: ScanReason | None = None
     names: dict[str, EventKind] = field(default_factory=dict)  # name -> kind of its last event
     confirm_empty: bool = False
+    outputs: set[str] = field(default_factory=set)  # published files changed from outside
 
     def merge_names(self, names: Iterable[tuple[str, EventKind]]) -> None:
         """Names put back for another look: an event that came meanwhile is newer."""
@@ -85,6 +86,15 @@ class DebounceQueue:
             entry.names[name] = kind
             if kind in COMPLETE_KINDS:
                 entry.hold_until = 0.0  # a held upload was closed: look now
+            self._cond.notify_all()
+
+    def add_output(self, subdir: str, file: str) -> None:
+        """A published file (relative to the subdir) changed or removed by someone else."""
+        with self._cond:
+            now = self.clock()
+            entry = self._entry(subdir, now)
+            entry.last_event = now
+            entry.outputs.add(file)
             self._cond.notify_all()
 
     def add_scan(self, subdir: str, reason: ScanReason, *, delay: float = 0.0, confirm_empty: bool = False) -> None:

@@ -1,10 +1,10 @@
 """Which package files are still being written, so the worker holds them back.
 
-- With inotify (close events): a file with modify events (or created and still empty)
-  and no close or rename after them is open for writing. It is held until it is closed,
+- With inotify (close events): a file with modify events and no close or rename after
+  them is open for writing. It is held until it is closed,
   or until it has stayed unchanged for `cap` seconds (a writer that never closes). A
-  file moved in from outside the channel only shows as "created": it gets the two looks
-  below.
+  file moved in from outside the channel only shows as "created" (so does a FIFO): it
+  gets the two looks below.
 - Without close events (polling), and for files found by a listing: a file is still
   changing while two looks `settle` seconds apart see a different size, mtime or
   identity. Only a file the store saw change within `settle` (ctime locally: the
@@ -67,7 +67,7 @@ class UploadTracker:
             if seen is None or seen.signature != signature:
                 seen = self._seen[key] = _Seen(signature, clock)
             unchanged_for = clock - seen.since
-            if self.close_events and (kind == EventKind.MODIFIED or (kind == EventKind.CREATED and state.size == 0)):
+            if self.close_events and kind == EventKind.MODIFIED:
                 if unchanged_for < self.cap:
                     held[name] = min(MAX_OPEN_RECHECK, self.cap - unchanged_for)
                     continue

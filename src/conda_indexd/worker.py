@@ -5,6 +5,9 @@ observer: a test can build a Worker over a channel and drive `process()` directl
 
 from __future__ import annotations
 
+import errno
+import os
+import pwd
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +31,18 @@ log = get_logger("conda_indexd.daemon")
 
 EMPTY_CONFIRM_DELAY = 1.5  # seconds before a second listing may confirm an emptied subdir
 MAX_RETRY_DELAY = 60.0
+NOT_WRITABLE_RETRY = 10.0  # a folder we may not write is looked at again this often, quietly
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def not_writable(exc: BaseException) -> OSError | None:
+    """The permission error behind a failed run (the cache wraps its own), if that is it."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _NOT_WRITABLE:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 @dataclass
@@ -42,6 +57,7 @@ class SubdirState:
     subdir: str
     memo: RecordMemo | None = None
     failures_in_a_row: int = 0
+    not_writable: bool = False  # reported once; retried quietly until fixed
     published: int = 0  # records in the last publish
     status: SubdirStatus = field(init=False)
 
@@ -49,8 +65,11 @@ class SubdirState:
         self.status = SubdirStatus(self.subdir)
 
     def succeeded(self, result: SubdirResult) -> None:
+        if self.not_writable:
+            log.info("subdir is writable again; published", subdir=self.subdir)
         self.memo = result.memo
         self.failures_in_a_row = 0
+        self.not_writable = False
         self.published = result.packages
         st = self.status
         st.packages, st.last_duration, st.last_run, st.error = result.packages, result.duration, time.time(), None
@@ -107,7 +126,6 @@ class Worker:
                 return
             now = time.monotonic()
             self.process(Pending(subdir, now, now, full_scan=True, scan_reason=ScanReason.STARTUP))
-        self._settle_startup()
         if self.stopping.is_set():
             return
         self.ready.set()
@@ -135,16 +153,6 @@ class Worker:
                 delay = min(MAX_RETRY_DELAY, delay * 2)
         return []
 
-    def _settle_startup(self) -> None:
-        """Files found changing at start-up get their second look before READY, so ready
-        means every settled file is published; an upload held open does not delay it."""
-        deadline = time.monotonic() + 3 * self.settle + 1
-        while not self.stopping.is_set() and (left := deadline - time.monotonic()) > 0:
-            item = self.queue.take(timeout=min(left, self.settle + 0.2))
-            if item is None:
-                return
-            self.process(item)
-
     def process(self, item: Pending) -> None:
         subdir = item.subdir
         try:
@@ -154,6 +162,13 @@ class Worker:
                 self.queue.add_scan(subdir, ScanReason.EMPTY_CHECK, delay=EMPTY_CONFIRM_DELAY, confirm_empty=True)
                 return
             hold, recheck = self._hold(item, listing)
+            for _ in range(3):  # at start-up, files found changing get their second look first,
+                if not hold or item.scan_reason != ScanReason.STARTUP or set(hold.values()) != {EventKind.LISTED}:
+                    break  # so the first publish already holds them (an open upload never waits)
+                if self.stopping.wait(recheck):
+                    return
+                listing = self.backends.packages.list_packages(subdir)
+                hold, recheck = self._hold(item, listing)
         except StoreError as exc:  # the store unreachable: this subdir is retried like a failed run
             self._failed(subdir, exc)
             return
@@ -161,6 +176,8 @@ class Worker:
             self.queue.retry(subdir, hold, recheck)
             log.debug("upload in progress", subdir=subdir, files=sorted(hold))
         state = self.state(subdir)
+        if item.outputs:
+            log.info("published files changed from outside; restoring them", subdir=subdir, files=sorted(item.outputs)[:20])
         try:
             result = index_subdir(
                 self.index,
@@ -171,8 +188,12 @@ class Worker:
                 listing=listing,
                 memo=state.memo,
                 backends=self.backends,
+                verify=item.outputs,
             )
         except Exception as exc:  # one subdir's trouble never stops the others
+            if (denied := not_writable(exc)) is not None:
+                self._not_writable(state, denied)
+                return
             self._failed(subdir, exc)
             return
         state.succeeded(result)
@@ -189,6 +210,24 @@ class Worker:
         self.metrics.subdir_errors.labels(subdir, type(exc).__name__).inc()
         log.error("subdir failed; will retry", subdir=subdir, retry_in=delay, error=f"{type(exc).__name__}: {exc}")
         self.queue.add_scan(subdir, ScanReason.RETRY, delay=delay)
+
+    def _not_writable(self, state: SubdirState, denied: OSError) -> None:
+        """One error line and one count per episode, a status entry saying what to do, and
+        a slow quiet retry: a permission problem is fixed by a person, not by retrying."""
+        state.failed(denied)
+        folder = f"{self.backends.packages.location}/{state.subdir}"
+        user = _user()
+        state.status.error = (
+            f"not writable: {folder} ({denied.strerror}). The daemon runs as {user}: "
+            f"chown -R {user} {folder}, or create platform folders before copying into them "
+            "(docker compose exec conda-indexd mkdir /channel/<subdir>)"
+        )
+        if not state.not_writable:
+            state.not_writable = True
+            self.metrics.subdir_errors.labels(state.subdir, "not-writable").inc()
+            log.error("subdir is not writable; retrying quietly until fixed", subdir=state.subdir, folder=str(folder),
+                      user=user, retry_every=NOT_WRITABLE_RETRY)  # fmt: skip
+        self.queue.add_scan(state.subdir, ScanReason.RETRY, delay=NOT_WRITABLE_RETRY)
 
     # --- rules before a run -------------------------------------------------------------------
 
@@ -240,3 +279,8 @@ class Worker:
             log.info("published", **result.log_fields())
 
 
+def _user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
