@@ -5,8 +5,8 @@
     python bench/s3.py --sizes 10000 100000
 
 For each size it starts a throwaway RGW (tests/rgwserver.py, beast with tcp_nodelay),
-builds a synthetic channel of real archives (bench/synth.py), uploads it under two
-prefixes of one bucket (one per tool), then measures:
+builds a synthetic channel of real archives (bench/synth.py), uploads it to two buckets
+(one per tool; only conda-indexd's sends notifications), then measures:
 - conda-indexd: cold `index s3://`, a no-op re-run, and the daemon's PUT -> published
   time through a real RGW bucket notification (median of 10 single-package PUTs);
 - rattler-index (py-rattler `rattler.index.index_s3`, zst + shards): cold, and a re-run
@@ -99,9 +99,10 @@ def bench_size(n: int, work: Path) -> dict[str, float]:
         env = {**os.environ, **cluster.env()}
         s3 = client(cluster)
         s3.create_bucket(Bucket="bench")
+        s3.create_bucket(Bucket="bench-rattler")
         t = time.monotonic()
         upload(s3, "bench", "ours", channel)
-        upload(s3, "bench", "rattler", channel)
+        upload(s3, "bench-rattler", "rattler", channel)
         print(f"uploaded 2 x {n} in {time.monotonic() - t:.0f} s", flush=True)
         cli = [sys.executable, "-m", "conda_indexd", "index", "s3://bench/ours", "--cache-dir", str(work / "state"), "--log-format", "json"]
         for what, step in (
@@ -170,7 +171,7 @@ def rattler_runs(cluster: RgwCluster, s3: Any, work: Path, subdir: str) -> dict[
         with precondition checks gets 412 on every conditional PUT and retries on)."""
 
         async def bounded() -> None:
-            await asyncio.wait_for(index_s3("s3://bench/rattler", credentials=creds, write_zst=True, write_shards=True,
+            await asyncio.wait_for(index_s3("s3://bench-rattler/rattler", credentials=creds, write_zst=True, write_shards=True,
                                             precondition_checks=checks), limit)  # fmt: skip
 
         started = time.monotonic()
@@ -186,7 +187,7 @@ def rattler_runs(cluster: RgwCluster, s3: Any, work: Path, subdir: str) -> dict[
     folder = work / "rattler-extra"
     folder.mkdir()
     write_archive(folder, fn, rec)
-    s3.upload_file(str(folder / fn), "bench", f"rattler/{subdir}/{fn}")
+    s3.upload_file(str(folder / fn), "bench-rattler", f"rattler/{subdir}/{fn}")
     out["re-run after one PUT"] = run(limit=60)
     if out["re-run after one PUT"] == float("inf"):
         out["re-run after one PUT, precondition_checks=False"] = run(checks=False)
