@@ -22,9 +22,11 @@ from .config import KNOWN_SUBDIRS, IndexConfig
 from .debounce import DebounceQueue, EventKind, ScanReason
 from .httpserver import StatusServer, text
 from .ignored import ignored_folders
-from .lock import ChannelBusy, ChannelLock
+from .lock import ChannelBusy, ChannelLock, NoLock
 from .logs import get_logger
 from .metrics import CONTENT_TYPE, Metrics
+from .pair import Pair
+from .pairlease import pair_leadership
 from .watch import ChannelEventHandler, OverflowHook, make_observer
 from .worker import Worker
 
@@ -53,9 +55,13 @@ class Daemon:
         self.metrics = Metrics()
         self.queue = DebounceQueue(config.debounce, config.max_delay)
         self.stopping = threading.Event()
+        self.leadership = pair_leadership(config.index)  # None unless --db postgresql
+        fence, app = (self.leadership, self.leadership.application_name) if self.leadership else (None, "conda-indexd")
         self.worker = Worker(
-            config.index, open_backends(config.index), self.queue, self.metrics, settle=config.settle, stopping=self.stopping
+            config.index, open_backends(config.index, fence, app), self.queue, self.metrics, settle=config.settle, stopping=self.stopping
         )
+        if self.leadership is not None:
+            self.worker.pair = Pair(self.leadership, self.metrics)
         self.worker_thread = threading.Thread(target=self.worker.run, name="worker", daemon=True)
         self.watched = frozenset(config.index.subdirs) if config.index.subdirs else KNOWN_SUBDIRS
         self.handler = ChannelEventHandler(config.index.channel, self.watched, self._on_file, self._on_subdir)
@@ -117,7 +123,8 @@ class Daemon:
         ]  # fmt: skip
         seen = {s: st.status for s, st in list(self.worker.states.items()) if st.status.last_run or st.status.error}
         ignored = ignored_folders(self.config.index.channel)  # a folder made later shows too
-        return statuspage.document(str(self.config.index.channel), self.ready.is_set(), seen, pending, ignored=ignored)
+        role = self.leadership.describe() if self.leadership else None
+        return statuspage.document(str(self.config.index.channel), self.ready.is_set(), seen, pending, ignored=ignored, role=role)
 
     def _status_html(self) -> tuple[int, str, bytes]:
         return 200, "text/html; charset=utf-8", statuspage.as_html(self._status_doc())
@@ -126,6 +133,9 @@ class Daemon:
         return 200, "application/json", statuspage.as_json(self._status_doc())
 
     def _readyz(self) -> tuple[int, str, bytes]:
+        if self.leadership is not None:
+            role = self.leadership.role
+            return text(200, f"ready ({role})\n") if self.ready.is_set() else text(503, f"not ready ({role})\n")
         return text(200, "ready\n") if self.ready.is_set() else text(503, "start-up reconcile in progress\n")
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -197,7 +207,7 @@ class Daemon:
 
     def run(self) -> int:
         channel: Path = self.config.index.channel
-        with ChannelLock(channel) as lock:
+        with (NoLock if self.leadership else ChannelLock)(channel) as lock:
             self.root_id = self._root_identity()
             self.patch_id = self._patch_identity()
             self._install_signals()
