@@ -68,6 +68,7 @@ class Leadership:
         self.deadline = 0.0  # monotonic: step down when passed without a renewal
         self.changes = 0  # times this daemon became leader
         self.connected = False
+        self._reported = False  # the current outage was logged
         self.last_error: str | None = None
         self.changed = threading.Event()  # set on every change of role
         self.on_change: list[Callable[[bool], None]] = []
@@ -102,7 +103,7 @@ class Leadership:
             conn = connect(self.url, self.application_name)
             try:
                 ensure_schema(conn, self.url, DDL)
-                conn.execute("SET lock_timeout = %s", (f"{int(self.lease * 250)}ms",))
+                conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(self.lease * 250)}ms",))
                 conn.execute(
                     "INSERT INTO conda_indexd_lease (channel_id, token, expires_at) VALUES (%s, 0, '-infinity') "
                     "ON CONFLICT DO NOTHING",
@@ -129,7 +130,9 @@ class Leadership:
                 return True
             try:
                 conn = self._session()
-                self.connected, self.last_error = True, None
+                if not self.connected and self._reported:
+                    log.info("database reachable again", database=safe_url(self.url))
+                self.connected, self.last_error, self._reported = True, None, False
                 cid = self.channel_id
                 holder, expired, holder_alive = conn.execute(
                     "SELECT holder, expires_at <= now(), EXISTS (SELECT 1 FROM pg_stat_activity "
@@ -191,6 +194,9 @@ class Leadership:
         self._drop_session()
         if self.connected or self.token is not None:
             log.warning("database session lost", error=self.last_error)
+        elif not self._reported:
+            log.warning("database unreachable; retrying with backoff", database=safe_url(self.url), error=self.last_error)
+        self._reported = True
         self.connected = False
         if self.token is not None:
             self.step_down("database session lost")
