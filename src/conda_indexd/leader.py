@@ -33,7 +33,7 @@ from typing import Any
 
 from .fence import Fenced
 from .logs import get_logger
-from .pgcache import PgCacheError, first_line, connect, ensure_schema, safe_url
+from .pgcache import PgCacheError, connect, ensure_schema, first_line, safe_url
 
 log = get_logger("conda_indexd.leader")
 
@@ -66,6 +66,7 @@ class Leadership:
         self.application_name = APP_PREFIX + self.holder
         self.token: int | None = None
         self.deadline = 0.0  # monotonic: step down when passed without a renewal
+        self._hold_off = 0.0  # monotonic: no takeover attempt before (after a step-down)
         self.changes = 0  # times this daemon became leader
         self.connected = False
         self._reported = False  # the current outage was logged
@@ -133,6 +134,8 @@ class Leadership:
                 if not self.connected and self._reported:
                     log.info("database reachable again", database=safe_url(self.url))
                 self.connected, self.last_error, self._reported = True, None, False
+                if time.monotonic() < self._hold_off:  # just stepped down: a standby goes first
+                    return False
                 cid = self.channel_id
                 holder, expired, holder_alive = conn.execute(
                     "SELECT holder, expires_at <= now(), EXISTS (SELECT 1 FROM pg_stat_activity "
@@ -208,6 +211,7 @@ class Leadership:
             log.warning("stepped down", token=self.token, reason=reason)
             self.token = None
             self.deadline = 0.0
+            self._hold_off = time.monotonic() + self.lease
             self._changed(False)
 
     def _changed(self, leader: bool) -> None:
