@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from conftest import run_index
+from conftest import run_cli, run_index
 from daemonproc import DaemonProcess, all_records, wait_for
 from pkgfactory import conda_bytes, index_json, tar_bz2_bytes
 
@@ -210,6 +210,8 @@ def test_leader_session_terminated_steps_down(pair: Pair, pg_server) -> None:
     other = next(d for d in pair.daemons if d is not leader)
     holder = pair.role(leader)["holder"]
     old_token = pair.role(leader)["token"]
+    busy = run_cli("index", pair.channel, "--db", "postgresql", "--db-url", pair.url)
+    assert busy.rc == 3 and len(busy.stderr.strip().splitlines()) == 1 and "conda-indexd leader" in busy.stderr, busy
     assert _sessions(pg_server, pair.url, holder)
     pg_server.execute(pair.url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
                       (f"conda-indexd {holder}",))  # fmt: skip
