@@ -82,7 +82,7 @@ def test_watch_waits_for_its_database(tmp_path: Path, pg_server) -> None:
     name = f"later_{os.getpid()}"
     daemon = DaemonProcess(channel, "--db", "postgresql", "--db-url", pg_server.url(name)).start(wait_ready=False)
     try:
-        wait_for(lambda: "database unreachable; retrying" in daemon.log_text(), 20,
+        wait_for(lambda: "database not usable; retrying" in daemon.log_text(), 20,
                  what="the connection failure logged")  # fmt: skip
         assert daemon.get("/healthz")[0] == 200 and daemon.get("/readyz")[0] == 503
         assert daemon.metric("conda_indexd_leader") == 0

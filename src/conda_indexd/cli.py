@@ -317,7 +317,7 @@ def _run_daemon(config: WatchConfig, *on_ready: Callable[[], object]) -> int:
         raise UsageError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
     if not config.index.subdirs:
         ignored.log_ignored(config.index.channel)
-    after_ready(daemon.ready, daemon.stopping, *on_ready)
+    after_ready(daemon.worker.reconciled, daemon.stopping, *on_ready)  # a standby runs them once it leads
     return daemon.run()
 
 

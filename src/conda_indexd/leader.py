@@ -198,7 +198,7 @@ class Leadership:
         if self.connected or self.token is not None:
             log.warning("database session lost", error=self.last_error)
         elif not self._reported:
-            log.warning("database unreachable; retrying with backoff", database=safe_url(self.url), error=self.last_error)
+            log.warning("database not usable; retrying with backoff", database=safe_url(self.url), error=self.last_error)
         self._reported = True
         self.connected = False
         if self.token is not None:

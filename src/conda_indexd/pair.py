@@ -65,6 +65,7 @@ class Pair:
         if not self.leadership.is_leader():
             return
         log.info("leader reconciled", token=self.leadership.token, seconds=round(time.monotonic() - started, 3))
+        worker.reconciled.set()
         if not worker.ready.is_set():
             worker.became_ready()
         worker.serve(self.leadership.is_leader)
@@ -76,7 +77,7 @@ class Pair:
         if ok:
             self.failures = 0
             if not worker.ready.is_set():
-                worker.became_ready()
+                worker.became_ready(reconciled=False)
             wait = self.refresh
         else:
             self.failures += 1

@@ -82,6 +82,7 @@ class Worker:
         self.settle = settle
         self.stopping = stopping or threading.Event()
         self.ready = threading.Event()
+        self.reconciled = threading.Event()  # published every subdir once (after-ready steps wait for it)
         self.states: dict[str, SubdirState] = {}
         self.on_ready: Callable[[], None] = lambda: None
         self.pair: Callable[[Worker], None] | None = None  # leader.py's loop for a pair
@@ -116,9 +117,13 @@ class Worker:
             self.process(Pending(subdir, now, now, full_scan=True, scan_reason=ScanReason.STARTUP))
         return not self.stopping.is_set()
 
-    def became_ready(self) -> None:
+    def became_ready(self, reconciled: bool = True) -> None:
+        """Ready (/readyz 200). `reconciled`: this daemon published every subdir (False
+        for a standby of a pair, which is ready without publishing)."""
         first = not self._was_ready
         self._was_ready = True
+        if reconciled:
+            self.reconciled.set()
         self.ready.set()
         self.metrics.ready.set(1)
         sdnotify.notify("READY=1\nSTATUS=watching " + self.backends.packages.location)
