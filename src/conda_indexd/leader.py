@@ -150,15 +150,20 @@ class Leadership:
                                  (APP_PREFIX + holder,))  # fmt: skip
                 started = time.monotonic()
                 with conn.transaction():
-                    row = conn.execute("SELECT holder FROM conda_indexd_lease WHERE channel_id = %s FOR UPDATE", (cid,)).fetchone()
-                    if row[0] != holder:
-                        return False  # another standby was quicker
-                    (token,) = conn.execute(
+                    # FOR UPDATE waits for the old leader's checks in flight (FOR KEY SHARE);
+                    # the condition is checked again under the lock
+                    conn.execute("SELECT 1 FROM conda_indexd_lease WHERE channel_id = %s FOR UPDATE", (cid,))
+                    row = conn.execute(
                         "UPDATE conda_indexd_lease SET token = token + 1, holder = %s, "
                         "expires_at = now() + make_interval(secs => %s), acquired_at = now() "
-                        "WHERE channel_id = %s RETURNING token",
-                        (self.holder, self.lease, cid),
+                        "WHERE channel_id = %s AND holder IS NOT DISTINCT FROM %s AND (holder = %s OR expires_at <= now() "
+                        "OR NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = %s || holder "
+                        "AND state IS NOT NULL AND pid <> pg_backend_pid())) RETURNING token",
+                        (self.holder, self.lease, cid, holder, self.holder, APP_PREFIX),
                     ).fetchone()
+                if row is None:
+                    return False  # another standby was quicker, or the leader came back
+                (token,) = row
             except (PgCacheError, Exception) as exc:  # noqa: BLE001 - unreachable, restarted, timed out
                 self._lost_session(exc)
                 return False
@@ -177,8 +182,11 @@ class Leadership:
                 self.step_down("lease not renewed in time")
                 return False
             started = time.monotonic()
+            if self._conn is None or self._conn.closed or self._conn.broken:  # a leader never reconnects
+                self._lost_session(ConnectionError("lease session closed"))
+                return False
             try:
-                row = self._session().execute(
+                row = self._conn.execute(
                     "UPDATE conda_indexd_lease SET expires_at = now() + make_interval(secs => %s) "
                     "WHERE channel_id = %s AND token = %s AND holder = %s AND expires_at > now() RETURNING token",
                     (self.lease, self.channel_id, self.token, self.holder),
