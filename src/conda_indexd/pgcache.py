@@ -8,8 +8,11 @@ conda-index's schema, as its SQLAlchemy model creates it: `about`, `recipe`,
 `<channel_id>/<subdir>/<filename>`, the channel id being `{"channel_id": "<16 hex>"}` in
 `<channel>/.cache/cache.json` (made by whichever indexer comes first).
 
-As with cache.db: `failed` rows (ours) keep the reason in `etag` and the message in
-`last_modified`; only files whose `indexed` row matches the `fs` row are published.
+As with cache.db: the store's change identity (inode+ctime locally) is kept in `etag` of
+`fs` and `indexed` rows (conda-index leaves it empty; a row without one is trusted once,
+then given one); `failed` rows (ours) keep the reason in `etag`, the message in
+`last_modified` and the identity in `md5`; only files whose `indexed` row matches the
+`fs` row are published. conda-index compares mtime and size only.
 mtime is an INTEGER column in conda-index's model: a float mtime is rounded as
 PostgreSQL rounds the numeric conda-index's psycopg2 sends (half away from zero).
 
@@ -216,29 +219,35 @@ class PgCache:
     # --- fs stage -------------------------------------------------------------------
 
     def replace_fs_state(self, files: Iterable[FileState]) -> None:
-        new = {f.path: (pg_mtime(f.mtime), f.size) for f in files}
-        old = {p: (f.mtime, f.size) for p, f in self.fs_state().items()}
+        new = {f.path: (pg_mtime(f.mtime), f.size, f.identity) for f in files}
+        old = {p: (f.mtime, f.size, f.identity) for p, f in self.fs_state().items()}
         gone = old.keys() - new.keys()
         changed = [(p, *v) for p, v in new.items() if old.get(p) != v]
         if gone or changed:
             self._write_fs(changed, gone)
 
     def update_fs_state(self, present: Iterable[FileState], gone: Iterable[str]) -> None:
-        self._write_fs([(f.path, pg_mtime(f.mtime), f.size) for f in present], list(gone))
+        self._write_fs([(f.path, pg_mtime(f.mtime), f.size, f.identity) for f in present], list(gone))
 
     @_guarded
-    def _write_fs(self, present: Iterable[tuple[str, int, int]], gone: Iterable[str]) -> None:
+    def _write_fs(self, present: Iterable[tuple[str, int, int, str]], gone: Iterable[str]) -> None:
+        rows = [(self._p(p), m, s, ident or None) for p, m, s, ident in present]
         with self.transaction(), self.conn.cursor() as cur:
             cur.execute("DELETE FROM stat WHERE stage = 'fs' AND path = ANY(%s)", ([self._p(p) for p in gone],))
             cur.executemany(
-                "INSERT INTO stat (stage, path, mtime, size) VALUES ('fs', %s, %s, %s) "
-                "ON CONFLICT (stage, path) DO UPDATE SET mtime = excluded.mtime, size = excluded.size",
-                [(self._p(p), m, s) for p, m, s in present],
+                "INSERT INTO stat (stage, path, mtime, size, etag) VALUES ('fs', %s, %s, %s, %s) ON CONFLICT (stage, path) "
+                "DO UPDATE SET mtime = excluded.mtime, size = excluded.size, etag = excluded.etag",
+                rows,
+            )
+            # rows conda-index wrote have no identity: trusted once (same mtime and size), then given one
+            cur.executemany(
+                "UPDATE stat SET etag = %s WHERE stage = 'indexed' AND path = %s AND etag IS NULL AND mtime = %s AND size = %s",
+                [(ident, p, m, s) for p, m, s, ident in rows if ident],
             )
 
     def fs_state(self) -> dict[str, FileState]:
-        rows = self._rows("SELECT path, mtime, size FROM stat WHERE stage = 'fs' AND path LIKE %s", (self._like,))
-        return {self._fn(p): FileState(self._fn(p), m, s) for p, m, s in rows}
+        rows = self._rows("SELECT path, mtime, size, etag FROM stat WHERE stage = 'fs' AND path LIKE %s", (self._like,))
+        return {self._fn(p): FileState(self._fn(p), m, s, e or "") for p, m, s, e in rows}
 
     def _limit(self, query: str, params: tuple[Any, ...], paths: Iterable[str] | None) -> tuple[str, tuple[Any, ...]]:
         if paths is None:
@@ -247,16 +256,18 @@ class PgCache:
 
     def changed_packages(self, paths: Iterable[str] | None = None) -> list[FileState]:
         query, params = self._limit(
-            """SELECT fs.path, fs.mtime, fs.size FROM stat AS fs
+            """SELECT fs.path, fs.mtime, fs.size, coalesce(fs.etag, '') FROM stat AS fs
             LEFT JOIN stat AS ix ON ix.stage = 'indexed' AND ix.path = fs.path
             LEFT JOIN stat AS bad ON bad.stage = 'failed' AND bad.path = fs.path
             WHERE fs.stage = 'fs' AND fs.path LIKE %s
-              AND (ix.path IS NULL OR ix.mtime IS DISTINCT FROM fs.mtime OR ix.size IS DISTINCT FROM fs.size)
-              AND (bad.path IS NULL OR bad.mtime IS DISTINCT FROM fs.mtime OR bad.size IS DISTINCT FROM fs.size)""",
+              AND (ix.path IS NULL OR ix.mtime IS DISTINCT FROM fs.mtime OR ix.size IS DISTINCT FROM fs.size
+                   OR ix.etag IS DISTINCT FROM fs.etag)
+              AND (bad.path IS NULL OR bad.mtime IS DISTINCT FROM fs.mtime OR bad.size IS DISTINCT FROM fs.size
+                   OR bad.md5 IS DISTINCT FROM fs.etag)""",
             (self._like,),
             paths,
         )
-        return [FileState(self._fn(p), m, s) for p, m, s in self._rows(query + ' ORDER BY fs.path COLLATE "C"', params)]
+        return [FileState(self._fn(p), m, s, e) for p, m, s, e in self._rows(query + ' ORDER BY fs.path COLLATE "C"', params)]
 
     # --- writes after extraction ---------------------------------------------------------
 
@@ -279,10 +290,10 @@ class PgCache:
                 cur.execute("INSERT INTO index_json (path, index_json) VALUES (%s, %s::jsonb) "
                             "ON CONFLICT (path) DO UPDATE SET index_json = excluded.index_json", (path, json.dumps(index)))  # fmt: skip
                 cur.execute(
-                    "INSERT INTO stat (stage, path, mtime, size, sha256, md5) VALUES ('indexed', %s, %s, %s, %s, %s) "
+                    "INSERT INTO stat (stage, path, mtime, size, sha256, md5, etag) VALUES ('indexed', %s, %s, %s, %s, %s, %s) "
                     "ON CONFLICT (stage, path) DO UPDATE SET mtime = excluded.mtime, size = excluded.size, "
-                    "sha256 = excluded.sha256, md5 = excluded.md5",
-                    (path, pg_mtime(state.mtime), state.size, index["sha256"], index["md5"]),
+                    "sha256 = excluded.sha256, md5 = excluded.md5, etag = excluded.etag",
+                    (path, pg_mtime(state.mtime), state.size, index["sha256"], index["md5"], state.identity or None),
                 )
                 cur.execute("DELETE FROM stat WHERE stage = 'failed' AND path = %s", (path,))
         except PgCacheError as exc:
@@ -298,16 +309,17 @@ class PgCache:
                 cur.execute(f"DELETE FROM {table} WHERE path = %s", (path,))
             cur.execute("DELETE FROM stat WHERE stage = 'indexed' AND path = %s", (path,))
             cur.execute(
-                "INSERT INTO stat (stage, path, mtime, size, etag, last_modified) VALUES ('failed', %s, %s, %s, %s, %s) "
+                "INSERT INTO stat (stage, path, mtime, size, etag, last_modified, md5) VALUES ('failed', %s, %s, %s, %s, %s, %s) "
                 "ON CONFLICT (stage, path) DO UPDATE SET mtime = excluded.mtime, size = excluded.size, "
-                "etag = excluded.etag, last_modified = excluded.last_modified",
-                (path, pg_mtime(state.mtime), state.size, reason, message),
+                "etag = excluded.etag, last_modified = excluded.last_modified, md5 = excluded.md5",
+                (path, pg_mtime(state.mtime), state.size, reason, message, state.identity or None),
             )
 
     # --- reads for the outputs -------------------------------------------------------------
 
     _PUBLISHED = """ FROM stat AS fs
         JOIN stat AS ix ON ix.stage = 'indexed' AND ix.path = fs.path AND ix.mtime = fs.mtime AND ix.size = fs.size
+             AND ix.etag IS NOT DISTINCT FROM fs.etag
         JOIN index_json ON index_json.path = fs.path """
 
     def shard_keys(self) -> Iterator[ShardKey]:
@@ -331,6 +343,7 @@ class PgCache:
         query, params = self._limit(
             """SELECT fs.path, ix.sha256 FROM stat AS fs
             JOIN stat AS ix ON ix.stage = 'indexed' AND ix.path = fs.path AND ix.mtime = fs.mtime AND ix.size = fs.size
+                 AND ix.etag IS NOT DISTINCT FROM fs.etag
             WHERE fs.stage = 'fs' AND fs.path LIKE %s""",
             (self._like,),
             paths,
@@ -369,6 +382,7 @@ class PgCache:
         rows = self._rows(
             """SELECT fs.path, bad.etag, bad.last_modified FROM stat AS fs
             JOIN stat AS bad ON bad.stage = 'failed' AND bad.path = fs.path AND bad.mtime = fs.mtime AND bad.size = fs.size
+                 AND bad.md5 IS NOT DISTINCT FROM fs.etag
             WHERE fs.stage = 'fs' AND fs.path LIKE %s ORDER BY fs.path COLLATE "C" """,
             (self._like,),
         )
