@@ -33,7 +33,7 @@ from typing import Any
 
 from .fence import Fenced
 from .logs import get_logger
-from .pgcache import PgCacheError, connect, ensure_schema, first_line, safe_url
+from .pgschema import PgCacheError, connect, ensure_schema, first_line, safe_url
 
 log = get_logger("conda_indexd.leader")
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from .config import IndexConfig
 from .leader import DEFAULT_LEASE, Leadership
 from .lock import ChannelBusy
-from .pgcache import DEFAULT_DB_URL, PgCacheError, channel_id
+from .pgschema import DEFAULT_DB_URL, PgCacheError, channel_id
 
 LEASE_ENV = "CONDA_INDEXD_LEASE"  # seconds (tests shorten it)
 

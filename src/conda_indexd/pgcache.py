@@ -14,11 +14,13 @@ then given one); `failed` rows (ours) keep the reason in `etag`, the message in
 `last_modified` and the identity in `md5`; only files whose `indexed` row matches the
 `fs` row are published. conda-index compares mtime and size only.
 mtime is an INTEGER column in conda-index's model: a float mtime is rounded as
-PostgreSQL rounds the numeric conda-index's psycopg2 sends (half away from zero).
+PostgreSQL rounds the numeric conda-index's psycopg2 sends (half away from zero), and the
+`fs` rows keep the exact one as text in `last_modified` (empty in conda-index's local
+rows), so the cache hands back the mtime the store listed.
 
 Ours, beside conda-index's tables: `conda_indexd_state` (the shard upkeep's state, per
 subdir: in the database, so a standby that takes over has it) and, with a `Fence`, every
-write transaction first takes the leadership row FOR SHARE and checks the token
+write transaction first takes the leadership row FOR KEY SHARE and checks the token
 (leader.py), so a deposed leader cannot write a row after a new leader took over.
 """
 
@@ -27,15 +29,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
-import re
 from collections.abc import Callable, Iterable, Iterator
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .cache import CacheError, Failure, FileState, MetadataRejected, PublishedKey, RecordRow, ShardKey
+from .cache import Failure, FileState, MetadataRejected, PublishedKey, RecordRow, ShardKey
 from .fence import Fence, Fenced, NoFence
+from .pgschema import DEFAULT_DB_URL, JSON_TABLES, PgCacheError, channel_id, connect, ensure_schema, first_line, safe_url
 
 try:
     import psycopg
@@ -45,111 +46,19 @@ except ImportError:  # pragma: no cover - the postgresql extra
 if TYPE_CHECKING:
     from .archive import PackageMetadata
 
-CHANNEL_ID_PATTERN = r"[a-z0-9_][a-z0-9_.-]*"  # conda-index's (CEP-26 path component)
-DEFAULT_DB_URL = "postgresql:///conda_index"  # conda-index's default
-CONNECT_TIMEOUT = 5
-
-_JSON_TABLES = ("about", "recipe", "run_exports", "post_install")
-# table -> {column: information_schema data_type} that must be there (conda-index's model)
-EXPECTED: dict[str, dict[str, str]] = {
-    **{t: {"path": "text", t: "jsonb"} for t in _JSON_TABLES},
-    "icon": {"path": "text", "icon_png": "bytea"},
-    "index_json": {"path": "text", "index_json": "jsonb", "name": "text", "sha256": "text"},
-    "stat": {"stage": "text", "path": "text", "mtime": "integer", "size": "integer", "sha256": "text",
-             "md5": "text", "last_modified": "text", "etag": "text"},
-}  # fmt: skip
-_DDL = (
-    *(f"CREATE TABLE IF NOT EXISTS {t} (path TEXT NOT NULL PRIMARY KEY, {t} JSONB)" for t in _JSON_TABLES),
-    "CREATE TABLE IF NOT EXISTS icon (path TEXT NOT NULL PRIMARY KEY, icon_png BYTEA)",
-    """CREATE TABLE IF NOT EXISTS index_json (path TEXT NOT NULL PRIMARY KEY, index_json JSONB,
-        name TEXT GENERATED ALWAYS AS (jsonb_extract_path_text(index_json, 'name')) STORED,
-        sha256 TEXT GENERATED ALWAYS AS (jsonb_extract_path_text(index_json, 'sha256')) STORED)""",
-    """CREATE TABLE IF NOT EXISTS stat (stage TEXT NOT NULL, path TEXT NOT NULL, mtime INTEGER, size INTEGER,
-        sha256 TEXT, md5 TEXT, last_modified TEXT, etag TEXT, PRIMARY KEY (stage, path))""",
-    "CREATE TABLE IF NOT EXISTS conda_indexd_state (path TEXT PRIMARY KEY, data BYTEA NOT NULL)",
-)
-_SCHEMA_LOCK = 0x636F6E64  # pg_advisory_xact_lock key while creating tables ("cond")
-
-
 def pg_mtime(mtime: float) -> int:
     """What conda-index's INTEGER column holds for a float mtime."""
     return int(Decimal(repr(float(mtime))).to_integral_value(ROUND_HALF_UP))
 
 
-def conninfo(url: str) -> str:
-    """A libpq URL from conda-index's SQLAlchemy URL (`postgresql+psycopg2://` -> `postgresql://`)."""
-    return re.sub(r"^(postgres(?:ql)?)\+[a-z0-9_]+://", r"\1://", url)
-
-
-def safe_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
-
-
-def channel_id(channel: Path) -> str:
-    """The channel's id from `.cache/cache.json`, made (race-free) when missing."""
-    path = channel / ".cache" / "cache.json"
-    try:
-        if not path.exists():
-            path.parent.mkdir(exist_ok=True)
-            tmp = path.with_name(f".cache.json.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"channel_id": os.urandom(8).hex()}))
-            with contextlib.suppress(FileExistsError):
-                os.link(tmp, path)  # first one wins; the others read its id
-            tmp.unlink()
-        value = json.loads(path.read_text()).get("channel_id")
-    except OSError as exc:
-        raise CacheError(f"{path}: {exc.strerror or exc}") from exc
-    except (ValueError, AttributeError) as exc:
-        raise CacheError(f"{path}: not conda-index's cache.json ({exc})") from exc
-    if not isinstance(value, str) or not re.fullmatch(CHANNEL_ID_PATTERN, value):
-        raise CacheError(f'{path} contains invalid channel_id="{value}"')
-    return value
-
-
-class PgCacheError(CacheError):
-    label = "postgresql"
-
-
-def connect(url: str, application_name: str = "conda-indexd") -> Any:
-    """An autocommit connection, or PgCacheError with one line."""
-    if psycopg is None:
-        raise PgCacheError("--db postgresql needs psycopg: pip install 'conda-indexd[postgresql]'")
-    try:
-        return psycopg.connect(conninfo(url), autocommit=True, connect_timeout=CONNECT_TIMEOUT, application_name=application_name)
-    except psycopg.Error as exc:
-        raise PgCacheError(f"cannot connect to {safe_url(url)}: {first_line(exc)}") from exc
-
-
-def first_line(exc: BaseException) -> str:
-    diag = getattr(exc, "diag", None)
-    primary = getattr(diag, "message_primary", None) if diag is not None else None
-    text = (primary or str(exc)).strip()
-    return text.splitlines()[0].strip() if text else type(exc).__name__
-
-
-def ensure_schema(conn: Any, url: str, extra: Iterable[str] = ()) -> None:
-    """Create what is missing (as conda-index's create_all does) or refuse tables that are not conda-index's."""
-    try:
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            rows = conn.execute(
-                "SELECT table_name, column_name, data_type FROM information_schema.columns "
-                "WHERE table_schema = current_schema() AND table_name = ANY(%s)",
-                (list(EXPECTED),),
-            ).fetchall()
-            found: dict[str, dict[str, str]] = {}
-            for table, column, data_type in rows:
-                found.setdefault(table, {})[column] = data_type
-            for table, columns in found.items():
-                wrong = {c: t for c, t in EXPECTED[table].items() if columns.get(c) != t}
-                if wrong:
-                    have = ", ".join(f"{c} {t}" for c, t in sorted(columns.items()))
-                    raise PgCacheError(f"{safe_url(url)}: table {table} is not conda-index's schema (it has {have})")
-            for statement in (*_DDL, *extra):
-                conn.execute(statement)
-    except psycopg.Error as exc:
-        raise PgCacheError(f"{safe_url(url)}: {first_line(exc)}") from exc
+def _exact(mtime: int | None, text: str | None) -> float:
+    """The listed mtime of an fs row: ours keep it exactly, conda-index's only rounded."""
+    if text:
+        try:
+            return float(text)
+        except ValueError:
+            pass
+    return float(mtime or 0)
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -196,7 +105,7 @@ class PgCache:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        """Outermost: BEGIN, the fence check (row lock FOR SHARE until COMMIT), COMMIT.
+        """Outermost: BEGIN, the fence check (row lock FOR KEY SHARE until COMMIT), COMMIT.
         Nested: a savepoint, so one rejected package does not abort the batch."""
         try:
             with self.conn.transaction():
@@ -219,7 +128,7 @@ class PgCache:
     # --- fs stage -------------------------------------------------------------------
 
     def replace_fs_state(self, files: Iterable[FileState]) -> None:
-        new = {f.path: (pg_mtime(f.mtime), f.size, f.identity) for f in files}
+        new = {f.path: (f.mtime, f.size, f.identity) for f in files}
         old = {p: (f.mtime, f.size, f.identity) for p, f in self.fs_state().items()}
         gone = old.keys() - new.keys()
         changed = [(p, *v) for p, v in new.items() if old.get(p) != v]
@@ -227,27 +136,28 @@ class PgCache:
             self._write_fs(changed, gone)
 
     def update_fs_state(self, present: Iterable[FileState], gone: Iterable[str]) -> None:
-        self._write_fs([(f.path, pg_mtime(f.mtime), f.size, f.identity) for f in present], list(gone))
+        self._write_fs([(f.path, f.mtime, f.size, f.identity) for f in present], list(gone))
 
     @_guarded
-    def _write_fs(self, present: Iterable[tuple[str, int, int, str]], gone: Iterable[str]) -> None:
-        rows = [(self._p(p), m, s, ident or None) for p, m, s, ident in present]
+    def _write_fs(self, present: Iterable[tuple[str, float, int, str]], gone: Iterable[str]) -> None:
+        rows = [(self._p(p), pg_mtime(m), s, ident or None, repr(float(m))) for p, m, s, ident in present]
         with self.transaction(), self.conn.cursor() as cur:
             cur.execute("DELETE FROM stat WHERE stage = 'fs' AND path = ANY(%s)", ([self._p(p) for p in gone],))
             cur.executemany(
-                "INSERT INTO stat (stage, path, mtime, size, etag) VALUES ('fs', %s, %s, %s, %s) ON CONFLICT (stage, path) "
-                "DO UPDATE SET mtime = excluded.mtime, size = excluded.size, etag = excluded.etag",
+                "INSERT INTO stat (stage, path, mtime, size, etag, last_modified) VALUES ('fs', %s, %s, %s, %s, %s) "
+                "ON CONFLICT (stage, path) DO UPDATE SET mtime = excluded.mtime, size = excluded.size, "
+                "etag = excluded.etag, last_modified = excluded.last_modified",
                 rows,
             )
             # rows conda-index wrote have no identity: trusted once (same mtime and size), then given one
             cur.executemany(
                 "UPDATE stat SET etag = %s WHERE stage = 'indexed' AND path = %s AND etag IS NULL AND mtime = %s AND size = %s",
-                [(ident, p, m, s) for p, m, s, ident in rows if ident],
+                [(ident, p, m, s) for p, m, s, ident, _ in rows if ident],
             )
 
     def fs_state(self) -> dict[str, FileState]:
-        rows = self._rows("SELECT path, mtime, size, etag FROM stat WHERE stage = 'fs' AND path LIKE %s", (self._like,))
-        return {self._fn(p): FileState(self._fn(p), m, s, e or "") for p, m, s, e in rows}
+        rows = self._rows("SELECT path, mtime, size, etag, last_modified FROM stat WHERE stage = 'fs' AND path LIKE %s", (self._like,))
+        return {self._fn(p): FileState(self._fn(p), _exact(m, lm), s, e or "") for p, m, s, e, lm in rows}
 
     def _limit(self, query: str, params: tuple[Any, ...], paths: Iterable[str] | None) -> tuple[str, tuple[Any, ...]]:
         if paths is None:
@@ -256,7 +166,7 @@ class PgCache:
 
     def changed_packages(self, paths: Iterable[str] | None = None) -> list[FileState]:
         query, params = self._limit(
-            """SELECT fs.path, fs.mtime, fs.size, coalesce(fs.etag, '') FROM stat AS fs
+            """SELECT fs.path, fs.mtime, fs.size, coalesce(fs.etag, ''), fs.last_modified FROM stat AS fs
             LEFT JOIN stat AS ix ON ix.stage = 'indexed' AND ix.path = fs.path
             LEFT JOIN stat AS bad ON bad.stage = 'failed' AND bad.path = fs.path
             WHERE fs.stage = 'fs' AND fs.path LIKE %s
@@ -267,7 +177,8 @@ class PgCache:
             (self._like,),
             paths,
         )
-        return [FileState(self._fn(p), m, s, e) for p, m, s, e in self._rows(query + ' ORDER BY fs.path COLLATE "C"', params)]
+        rows = self._rows(query + ' ORDER BY fs.path COLLATE "C"', params)
+        return [FileState(self._fn(p), _exact(m, lm), s, e) for p, m, s, e, lm in rows]
 
     # --- writes after extraction ---------------------------------------------------------
 
@@ -305,7 +216,7 @@ class PgCache:
     def store_failure(self, state: FileState, reason: str, message: str) -> None:
         path = self._p(state.path)
         with self.transaction(), self.conn.cursor() as cur:
-            for table in (*_JSON_TABLES, "icon", "index_json"):
+            for table in (*JSON_TABLES, "icon", "index_json"):
                 cur.execute(f"DELETE FROM {table} WHERE path = %s", (path,))
             cur.execute("DELETE FROM stat WHERE stage = 'indexed' AND path = %s", (path,))
             cur.execute(
