@@ -1,7 +1,7 @@
 """Fencing: a deposed leader must not publish or write anything after a new one took over.
 
 A `Fence` is asked before every publish step (`check`, raising `Fenced`) and inside every
-cache write transaction (`check_in_transaction`, which takes the leadership row FOR SHARE
+cache write transaction (`check_in_transaction`, which takes the leadership row FOR KEY SHARE
 so a takeover waits for that transaction or the transaction sees the new token).
 `FencedStore` wraps the output store so that every write and removal of a published file
 is checked first and recorded (leader.py's publish log); the indexer itself does not know.
@@ -27,7 +27,7 @@ class Fence(Protocol):
         ...
 
     def check_in_transaction(self, conn: Any, step: str) -> None:
-        """Same, inside a database transaction on `conn` (the lease row locked FOR SHARE)."""
+        """Same, inside a database transaction on `conn` (the lease row locked FOR KEY SHARE)."""
         ...
 
 
