@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,20 @@ def test_one_database_shared_with_conda_index_both_ways(tmp_path: Path, pg_serve
     _conda_index_pg(second, url)
     assert outputs(second) == mine
     assert mine == theirs  # same packages, same bytes
+
+
+@pytest.mark.timeout(60)
+def test_watch_on_a_foreign_schema_stays_up_and_not_ready(tmp_path: Path, pg_server) -> None:
+    channel = make_channel(tmp_path)
+    url = pg_server.createdb("foreignw")
+    pg_server.execute(url, "CREATE TABLE index_json (path TEXT PRIMARY KEY, index_json TEXT)")
+    daemon = DaemonProcess(channel, "--db", "postgresql", "--db-url", url).start(wait_ready=False)
+    try:
+        wait_for(lambda: "table index_json is not conda-index's schema" in daemon.log_text(), 20, what="the reason logged")
+        time.sleep(1.5)
+        assert daemon.get("/healthz")[0] == 200 and daemon.get("/readyz")[0] == 503
+        assert json.loads(daemon.get("/status.json")[1])["role"]["role"] == "disconnected"
+        assert not (channel / "noarch" / "repodata.json").exists()
+    finally:
+        daemon.stop()
+    assert "Traceback" not in daemon.log_text()

@@ -69,7 +69,7 @@ class Leadership:
         self._hold_off = 0.0  # monotonic: no takeover attempt before (after a step-down)
         self.changes = 0  # times this daemon became leader
         self.connected = False
-        self._reported = False  # the current outage was logged
+        self.outage_logged = False  # the current outage was logged
         self.last_error: str | None = None
         self.changed = threading.Event()  # set on every change of role
         self.on_change: list[Callable[[bool], None]] = []
@@ -131,9 +131,9 @@ class Leadership:
                 return True
             try:
                 conn = self._session()
-                if not self.connected and self._reported:
+                if not self.connected and self.outage_logged:
                     log.info("database reachable again", database=safe_url(self.url))
-                self.connected, self.last_error, self._reported = True, None, False
+                self.connected, self.last_error, self.outage_logged = True, None, False
                 if time.monotonic() < self._hold_off:  # just stepped down: a standby goes first
                     return False
                 cid = self.channel_id
@@ -201,13 +201,13 @@ class Leadership:
             return True
 
     def _lost_session(self, exc: BaseException) -> None:
-        self.last_error = f"{type(exc).__name__}: {first_line(exc)}"
+        self.last_error = str(exc) if isinstance(exc, PgCacheError) else f"{type(exc).__name__}: {first_line(exc)}"
         self._drop_session()
         if self.connected or self.token is not None:
             log.warning("database session lost", error=self.last_error)
-        elif not self._reported:
+        elif not self.outage_logged:
             log.warning("database not usable; retrying with backoff", database=safe_url(self.url), error=self.last_error)
-        self._reported = True
+        self.outage_logged = True
         self.connected = False
         if self.token is not None:
             self.step_down("database session lost")

@@ -86,7 +86,10 @@ class Pair:
                 worker.metrics.ready.set(0)
                 log.warning("not ready: the database is unreachable", error=self.leadership.last_error)
             wait = min(MAX_BACKOFF, 0.5 * 2**self.failures)
-        self.leadership.changed.wait(wait)
+        deadline = time.monotonic() + wait  # woken by a change of role or a stop
+        while time.monotonic() < deadline and not worker.stopping.is_set():
+            if self.leadership.changed.wait(min(0.25, max(0.0, deadline - time.monotonic()))):
+                break
 
     def _warm(self, worker: Worker) -> bool:
         """Refresh every subdir's memo from the shared cache (reads only)."""

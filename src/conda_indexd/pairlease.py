@@ -37,6 +37,7 @@ def index_lease(config: IndexConfig) -> Iterator[Leadership | None]:
     if leadership is None:
         yield None
         return
+    leadership.outage_logged = True  # a failure is the command's one error line, not a retry log line
     if not leadership.try_acquire():
         if not leadership.connected:
             raise PgCacheError(leadership.last_error or "database unreachable")
