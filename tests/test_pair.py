@@ -166,6 +166,7 @@ def test_kill_9_the_leader_while_packages_arrive(pair: Pair, pg_server, tmp_path
         try:
             time.sleep(rng.uniform(0.3, 1.5))
             assert leader.proc is not None
+            arrivals.land()  # one the leader cannot have published yet (debounce): the takeover must
             leader.proc.send_signal(signal.SIGKILL)
             killed_at = time.monotonic()
             with arrivals.lock:

@@ -39,6 +39,7 @@ log = get_logger("conda_indexd.leader")
 
 DEFAULT_LEASE = 10.0
 POLL = 0.5  # a standby's takeover attempts
+LOG_DAYS = 7  # publish log rows kept (one per output file written or removed)
 APP_PREFIX = "conda-indexd "
 
 DDL = (
@@ -67,6 +68,7 @@ class Leadership:
         self.token: int | None = None
         self.deadline = 0.0  # monotonic: step down when passed without a renewal
         self._hold_off = 0.0  # monotonic: no takeover attempt before (after a step-down)
+        self._next_prune = 0.0
         self.changes = 0  # times this daemon became leader
         self.connected = False
         self.outage_logged = False  # the current outage was logged
@@ -198,6 +200,13 @@ class Leadership:
                 self.step_down("lease taken over or expired")
                 return False
             self.deadline = started + self.lease * 0.8
+            if started >= self._next_prune:  # the publish log keeps LOG_DAYS of steps
+                self._next_prune = started + 3600
+                with contextlib.suppress(Exception):
+                    self._conn.execute(
+                        "DELETE FROM conda_indexd_publish_log WHERE channel_id = %s AND at < now() - make_interval(days => %s)",
+                        (self.channel_id, LOG_DAYS),
+                    )
             return True
 
     def _lost_session(self, exc: BaseException) -> None:
