@@ -15,14 +15,22 @@ from conda_indexd.cache import Caches, FileState, MetadataRejected, SubdirCache
 from conda_indexd.sqlitecache import SqliteCaches
 
 
-@pytest.fixture(params=["sqlite", "sqlite-etags"])
+@pytest.fixture(params=["sqlite", "sqlite-state-folder", "postgresql"])
 def caches(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Caches]:
+    (tmp_path / "noarch").mkdir()
     if request.param == "sqlite":
-        (tmp_path / "noarch").mkdir()
         yield SqliteCaches(tmp_path)
-    elif request.param == "sqlite-etags":  # an S3 channel's caches, in a local state folder
-        (tmp_path / "noarch").mkdir()
+    elif request.param == "sqlite-state-folder":  # an S3 channel's caches, in a local state folder
         yield SqliteCaches(tmp_path, folder="")
+    else:
+        from conda_indexd.pgcache import PostgresCaches
+
+        server = request.getfixturevalue("pg_server")
+        pg = PostgresCaches(tmp_path, server.createdb("contract"))
+        try:
+            yield pg
+        finally:
+            pg.close()
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from .cache import Caches
 from .config import IndexConfig
+from .fence import Fence, FencedStore
 from .localstore import LocalStore
 from .lock import ChannelLock, WriterLock
 from .sqlitecache import SqliteCaches
@@ -26,28 +27,43 @@ class Backends:
     caches: Caches
 
 
-def open_backends(config: IndexConfig, stats: S3Stats | None = None) -> Backends:
-    """`stats` counts an S3 store's requests (the daemon's metrics)."""
-    if not config.remote and config.output_url is None:
-        return Backends(LocalStore(config.channel), LocalStore(config.output_root), SqliteCaches(config.channel))
-    from .s3store import S3Store  # boto3: only loaded for s3:// channels
+def open_backends(
+    config: IndexConfig, fence: Fence | None = None, application_name: str = "conda-indexd", stats: S3Stats | None = None
+) -> Backends:
+    """With a `fence` (a daemon in a pair), every output write and cache write is checked
+    first. `stats` counts an S3 store's requests (the daemon's metrics)."""
+    packages: ChannelStore
+    if config.remote or config.output_url is not None:
+        from .s3store import S3Store  # boto3: only loaded for s3:// addresses
 
-    packages: ChannelStore = S3Store(config.channel_url, stats=stats) if config.channel_url else LocalStore(config.channel)
-    if config.output_url:
-        outputs: ChannelStore = S3Store(config.output_url, stats=stats)
-    elif config.output is not None:
-        outputs = LocalStore(config.output)
+        packages = S3Store(config.channel_url, stats=stats) if config.channel_url else LocalStore(config.channel)
+        if config.output_url:
+            outputs: ChannelStore = S3Store(config.output_url, stats=stats)
+        elif config.output is not None:
+            outputs = LocalStore(config.output)
+        else:
+            outputs = packages
     else:
-        outputs = packages
-    # a remote channel's caches live in the local state folder (`channel`)
-    caches = SqliteCaches(config.channel, folder="") if config.remote else SqliteCaches(config.channel)
+        packages, outputs = LocalStore(config.channel), LocalStore(config.output_root)
+    if fence is not None:
+        outputs = FencedStore(outputs, fence)
+    caches: Caches
+    if config.db == "postgresql":
+        from .pgcache import DEFAULT_DB_URL, PostgresCaches  # psycopg: the postgresql extra
+
+        caches = PostgresCaches(config.channel, config.db_url or DEFAULT_DB_URL, fence=fence, application_name=application_name)
+    elif config.remote:  # a bucket's caches live in the local state folder (`channel`)
+        caches = SqliteCaches(config.channel, folder="")
+    else:
+        caches = SqliteCaches(config.channel)
     return Backends(packages, outputs, caches)
 
 
 def open_lock(config: IndexConfig, backends: Backends, retry_until: threading.Event | None = None) -> WriterLock:
     """The one-writer lock of the outputs: a flock in a local channel, a lease object
     beside the outputs in a bucket (taken again and again while the store is unreachable,
-    until `retry_until` is set: the daemon)."""
+    until `retry_until` is set: the daemon). With --db postgresql the pair's lease
+    (pairlease.py) fences the writers on top of this."""
     if config.output_url or config.remote:
         from .s3store import S3Store
 

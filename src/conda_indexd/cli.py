@@ -26,6 +26,7 @@ from .daemon import DEFAULT_HOST, DEFAULT_PORT, Daemon, WatchConfig
 from .indexer import SubdirResult, index_subdir
 from .lock import ChannelBusy
 from .onready import after_ready
+from .pairlease import index_lease
 from .patches import PatchError
 from .progress import ProgressLine
 from .s3config import remote_settings
@@ -246,6 +247,8 @@ def config_from_args(args: argparse.Namespace) -> IndexConfig:
         shard_retention=args.shard_retention,
         channel_url=channel_url,
         output_url=output_url,
+        db=args.db,
+        db_url=args.db_url if args.db == "postgresql" else None,
     )
 
 
@@ -256,12 +259,13 @@ def run_index(args: argparse.Namespace) -> int:
     progress = ProgressLine()
     results: list[SubdirResult] = []
     failed: list[str] = []
-    backends = open_backends(config)
-    for store in {id(s): s for s in (backends.packages, backends.outputs)}.values():
+    probe = open_backends(config)
+    for store in {id(s): s for s in (probe.packages, probe.outputs)}.values():
         check = getattr(store, "check", None)  # a bucket: there, and these credentials may use it
         if check is not None:
             check()
-    with open_lock(config, backends):
+    with open_lock(config, probe), index_lease(config) as fence:
+        backends = open_backends(config, fence, getattr(fence, "application_name", "conda-indexd")) if fence else probe
         if not config.subdirs and not config.remote:
             ignored.log_ignored(config.channel)
         for subdir in detect_subdirs(config, backends.packages.subdirs()):
@@ -365,7 +369,7 @@ def _run_daemon(config: WatchConfig, *on_ready: Callable[[], object]) -> int:
         raise UsageError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
     if not config.index.subdirs and not config.index.remote:
         ignored.log_ignored(config.index.channel)
-    after_ready(daemon.ready, daemon.stopping, *on_ready)
+    after_ready(daemon.worker.reconciled, daemon.stopping, *on_ready)  # a standby runs them once it leads
     return daemon.run()
 
 
@@ -413,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except CacheError as exc:
-        print(f"{PROG}: error: cache.db: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {getattr(exc, 'label', 'cache.db')}: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
         where = f" {exc.filename}" if exc.filename else ""

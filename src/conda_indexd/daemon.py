@@ -24,9 +24,11 @@ from .debounce import DebounceQueue, EventKind, ScanReason
 from .httpserver import PostRoute, StatusServer, text
 from .ignored import ignored_folders
 from .localstore import LocalStore
-from .lock import ChannelBusy, WriterLock
+from .lock import ChannelBusy, NoLock, WriterLock
 from .logs import get_logger
 from .metrics import CONTENT_TYPE, Metrics
+from .pair import Pair
+from .pairlease import pair_leadership
 from .s3store import parse_s3_url
 from .s3watch import S3EventsEndpoint, S3Poller
 from .store import StoreError
@@ -61,7 +63,9 @@ class Daemon:
         self.queue = DebounceQueue(config.debounce, config.max_delay)
         self.stopping = threading.Event()
         self.remote = config.index.remote  # a bucket: no file system events, no uploads in progress
-        self.backends = open_backends(config.index, stats=self.metrics)
+        self.leadership = pair_leadership(config.index)  # None unless --db postgresql
+        fence, app = (self.leadership, self.leadership.application_name) if self.leadership else (None, "conda-indexd")
+        self.backends = open_backends(config.index, fence, app, stats=self.metrics)
         self.worker = Worker(
             config.index,
             self.backends,
@@ -72,9 +76,11 @@ class Daemon:
             close_events=not config.polling,
             stopping=self.stopping,
         )
+        if self.leadership is not None:
+            self.worker.pair = Pair(self.leadership, self.metrics)
         self.worker_thread = threading.Thread(target=self.worker.run, name="worker", daemon=True)
         self.watched = frozenset(config.index.subdirs) if config.index.subdirs else KNOWN_SUBDIRS
-        outputs = self.worker.backends.outputs
+        outputs = getattr(self.worker.backends.outputs, "inner", self.worker.backends.outputs)  # under a FencedStore
         heal = isinstance(outputs, LocalStore) and config.index.output_root == config.index.channel and not self.remote
         window = 2 * config.poll_interval + 2 if config.polling else 2.0  # inotify: our writes are renames we recognise
         self.handler = ChannelEventHandler(
@@ -166,7 +172,8 @@ class Daemon:
         ]  # fmt: skip
         seen = {s: st.status for s, st in list(self.worker.states.items()) if st.status.last_run or st.status.error}
         ignored = [] if self.remote else ignored_folders(self.config.index.channel)  # a folder made later shows too
-        return statuspage.document(self.config.index.location, self.ready.is_set(), seen, pending, ignored=ignored)
+        role = self.leadership.describe() if self.leadership else None
+        return statuspage.document(self.config.index.location, self.ready.is_set(), seen, pending, ignored=ignored, role=role)
 
     def _status_html(self) -> tuple[int, str, bytes]:
         return 200, "text/html; charset=utf-8", statuspage.as_html(self._status_doc())
@@ -175,6 +182,9 @@ class Daemon:
         return 200, "application/json", statuspage.as_json(self._status_doc())
 
     def _readyz(self) -> tuple[int, str, bytes]:
+        if self.leadership is not None:
+            role = self.leadership.role
+            return text(200, f"ready ({role})\n") if self.ready.is_set() else text(503, f"not ready ({role})\n")
         return text(200, "ready\n") if self.ready.is_set() else text(503, "start-up reconcile in progress\n")
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -257,7 +267,8 @@ class Daemon:
         self._install_signals()  # before the lock: a bucket's lease may wait for its endpoint
         if self.remote:
             self.http.start()  # /readyz says 503 while the endpoint is waited for
-        with open_lock(self.config.index, self.backends, self.stopping) as lock:
+        lock = NoLock(self.config.index.channel) if self.leadership else open_lock(self.config.index, self.backends, self.stopping)
+        with lock:
             self.root_id = self._root_identity()
             self.patch_id = self._patch_identity()
             if not self.remote:
