@@ -12,6 +12,8 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -363,6 +365,48 @@ def test_reader_never_sees_a_broken_index_during_30_publishes(tmp_path: Path, rg
         daemon.stop()
     assert problems == []
     assert len(versions) >= 10  # the reader really saw the publishes go by
+
+
+def check_consistent(s3: Any, bucket: str, subdir: str) -> dict[str, Any]:
+    """The published set of a subdir: JSON that parses, a shard index naming only shards
+    that are there. Returns the records."""
+    doc = records(s3, bucket, f"chan/{subdir}/repodata.json")
+    index_blob = get(s3, bucket, f"chan/{subdir}/repodata_shards.msgpack.zst")
+    assert index_blob is not None
+    for digest in msgpack.unpackb(zstandard.ZstdDecompressor().decompress(index_blob))["shards"].values():
+        assert get(s3, bucket, f"chan/{subdir}/shards/{digest.hex()}.msgpack.zst") is not None
+    return doc
+
+
+def test_endpoint_stopped_mid_index_keeps_the_published_set(tmp_path: Path, rgw: RgwCluster, s3: Any, bucket: str, index: Any) -> None:
+    first = tmp_path / "first"
+    for i in range(3):
+        package(first / "noarch", f"base{i}")
+    upload_tree(s3, bucket, "chan", first)
+    args = (f"s3://{bucket}/chan", "--cache-dir", tmp_path / "state")
+    index(*args)
+    before = get(s3, bucket, "chan/noarch/repodata.json")
+    more = tmp_path / "more"
+    for i in range(300):
+        package(more / "noarch", f"more{i}")
+    upload_tree(s3, bucket, "chan", more)
+    proc = subprocess.Popen([sys.executable, "-m", "conda_indexd", "index", *map(str, args), "--threads", "2"],
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        time.sleep(1.5)
+        rgw.stop_rgw()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        rgw.start_rgw()
+    assert proc.returncode == 2, (proc.returncode, err[-2000:])
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err + out, err
+    after = get(s3, bucket, "chan/noarch/repodata.json")
+    assert after == before  # nothing new was published: the index is written last
+    check_consistent(s3, bucket, "noarch")
+    index(*args)  # and the next run finishes the job
+    assert len(check_consistent(s3, bucket, "noarch")) == 303
 
 
 def test_endpoint_stopped_and_restarted(tmp_path: Path, rgw: RgwCluster, s3: Any, bucket: str) -> None:

@@ -4,7 +4,8 @@
 seconds). Acquiring it is a conditional PUT: `If-None-Match: *` when there is none,
 `If-Match: <its ETag>` when the one there has expired or is our own, so two writers
 racing for it cannot both win (a 412 makes the loser read it again). A lease held by a
-live other owner is refused with one line (ChannelBusy, exit 3). A thread renews it
+live other owner is refused with one line (ChannelBusy, exit 3); one left by a process
+of this host that is gone is taken over at once. A thread renews it
 every TTL/3 with `If-Match`; when a renewal finds another owner the lease is `lost`
 and the holder stops. Release deletes it (after checking it is still ours: RGW ignores
 If-Match on DELETE).
@@ -34,6 +35,21 @@ log = get_logger(__name__)
 
 LEASE_KEY = ".conda-indexd-lease.json"
 DEFAULT_TTL = 60.0
+
+
+def _dead_here(doc: dict[str, Any]) -> bool:
+    """A lease of a process on this host that is gone (killed, or stopped while the
+    endpoint was down): no need to wait for it to expire."""
+    pid = doc.get("pid")
+    if doc.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 class S3Lease:
@@ -85,7 +101,7 @@ class S3Lease:
             else:
                 doc, old = current
                 expires = doc.get("expires")
-                live = isinstance(expires, int | float) and expires > time.time()
+                live = isinstance(expires, int | float) and expires > time.time() and not _dead_here(doc)
                 if live and doc.get("owner") != self.owner:
                     until = time.strftime("%H:%M:%S", time.localtime(float(expires)))  # type: ignore[arg-type]
                     raise ChannelBusy(f"{self.store.url} is being indexed by {doc.get('owner')} (lease held until {until})")

@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import tempfile
@@ -366,6 +367,8 @@ def make_client() -> Any:
         from botocore.config import Config
     except ImportError:
         raise StoreError("s3:// channels need boto3: pip install 'conda-indexd[s3]'") from None
+    for name in ("boto3", "botocore", "s3transfer", "urllib3"):  # their INFO lines are not ours to log
+        logging.getLogger(name).setLevel(logging.WARNING)
     session = boto3.session.Session()
     s3_settings = session._session.get_scoped_config().get("s3", {})  # the profile's [s3] section
     style = s3_settings.get("addressing_style") if isinstance(s3_settings, dict) else None
