@@ -92,7 +92,34 @@ def add_index_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clean-conda-index-leftovers", action="store_true",
                    help="remove conda-index's files that conda-indexd supersedes (root-level shards, "
                         "repodata_shards_from_packages.msgpack.zst, its index.html), once conda-indexd's shards are in shards/")
+    p.add_argument("--from-pkgs-dir", action="append", metavar="DIR", type=Path,
+                   help="serve this conda package cache (repeatable; writable caches first, as conda reads them): "
+                        "CHANNEL_DIR is then the output channel, created if missing")
+    p.add_argument("--origin-metadata", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --from-pkgs-dir: keep the origin channel's record (repodata_record.json: patched depends, "
+                        "license, ...) where it differs from index.json (default: on)")
     compat.add_flags(p)
+
+
+def _pkgs_dirs(args: argparse.Namespace, channel: Path) -> tuple[Path, ...]:
+    """--from-pkgs-dir folders (existing, distinct, not inside the channel nor holding it).
+    The output channel is created if missing."""
+    dirs: list[Path] = []
+    for given in args.from_pkgs_dir or ():
+        folder = given.absolute()
+        if not folder.is_dir():
+            raise UsageError(f"--from-pkgs-dir: not a folder: {given}")
+        real, out = folder.resolve(), channel.resolve()
+        if real == out or out.is_relative_to(real) or real.is_relative_to(out):
+            raise UsageError(f"--from-pkgs-dir {given}: the channel must be outside the pkgs dir (a pkgs dir is never written to)")
+        if folder not in dirs:
+            dirs.append(folder)
+    if dirs and not channel.exists():
+        try:
+            channel.mkdir(parents=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create channel folder {channel}: {exc.strerror or exc}") from None
+    return tuple(dirs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,6 +198,7 @@ def config_from_args(args: argparse.Namespace) -> IndexConfig:
     if refused is not None:
         raise UsageError(refused)
     channel = Path(args.channel).absolute()
+    pkgs_dirs = _pkgs_dirs(args, channel)
     if not channel.exists():
         raise UsageError(f"channel folder does not exist: {args.channel}")
     if not channel.is_dir():
@@ -223,6 +251,8 @@ def config_from_args(args: argparse.Namespace) -> IndexConfig:
         threads=args.threads,
         write_shards=args.write_shards,
         shard_retention=args.shard_retention,
+        pkgs_dirs=pkgs_dirs,
+        origin_overlay=bool(pkgs_dirs) and args.origin_metadata,
     )
 
 
@@ -235,6 +265,10 @@ def run_index(args: argparse.Namespace) -> int:
     failed: list[str] = []
     backends = open_backends(config)
     with ChannelLock(config.channel):
+        if config.pkgs_dirs:
+            from .pkgswatch import sync_once
+
+            sync_once(config)
         if not config.subdirs:
             ignored.log_ignored(config.channel)
         for subdir in detect_subdirs(config, backends.packages.subdirs()):

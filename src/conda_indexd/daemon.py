@@ -65,6 +65,12 @@ class Daemon:
         self.exit_code = 0
         self.patch_id: tuple[int, int] | None = None
         self.overflow = OverflowHook(lambda: self.rescan(ScanReason.OVERFLOW))
+        self.pkgs = None  # --from-pkgs-dir: the package caches this channel is made from
+        if config.index.pkgs_dirs:
+            from .pkgswatch import PkgsWatch
+
+            self.pkgs = PkgsWatch(config.index, self.queue, self.metrics, debounce=config.debounce, max_delay=config.max_delay,
+                                  settle=config.settle, polling=config.polling, poll_interval=config.poll_interval)  # fmt: skip
         # bound here, so a port in use is one line before anything else starts
         self.http = StatusServer(
             config.host,
@@ -88,6 +94,8 @@ class Daemon:
         """Queue a full listing of every subdir (overflow, periodic, SIGHUP)."""
         self.metrics.rescans.labels(reason).inc()
         log.info("rescan", reason=reason)
+        if self.pkgs is not None:
+            self.pkgs.request()
         for subdir in self.worker.subdirs():
             self.queue.add_scan(subdir, reason)
 
@@ -117,7 +125,8 @@ class Daemon:
         ]  # fmt: skip
         seen = {s: st.status for s, st in list(self.worker.states.items()) if st.status.last_run or st.status.error}
         ignored = ignored_folders(self.config.index.channel)  # a folder made later shows too
-        return statuspage.document(str(self.config.index.channel), self.ready.is_set(), seen, pending, ignored=ignored)
+        sources = self.pkgs.status() if self.pkgs is not None else None
+        return statuspage.document(str(self.config.index.channel), self.ready.is_set(), seen, pending, ignored=ignored, sources=sources)
 
     def _status_html(self) -> tuple[int, str, bytes]:
         return 200, "text/html; charset=utf-8", statuspage.as_html(self._status_doc())
@@ -207,6 +216,8 @@ class Daemon:
             self.overflow.install()
             self.observer.start()
             self.metrics.rescans.labels(ScanReason.STARTUP).inc()
+            if self.pkgs is not None:
+                self.pkgs.start()  # places the packages before the start-up publish
             self.worker_thread.start()
             ping = sdnotify.watchdog_interval()
             next_rescan = time.monotonic() + self.config.rescan_interval
@@ -230,6 +241,8 @@ class Daemon:
                 self.stopping.set()
                 self.queue.wake()
                 self.observer.stop()
+                if self.pkgs is not None:
+                    self.pkgs.stop()
                 self.worker_thread.join(timeout=30)
                 self.observer.join(timeout=5)
                 self.overflow.remove()

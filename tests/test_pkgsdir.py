@@ -1,0 +1,233 @@
+"""`conda-indexd index|watch --from-pkgs-dir`: conda package caches served as a channel.
+
+The pkgs dirs are built here in conda's layout (pkgscache.py); the channel is made by
+the real CLI and the real daemon, and solved and installed from with py-rattler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pkgscache as pc
+from conda_indexd import origin, shards
+from conftest import run_cli, run_index
+from daemonproc import DaemonProcess, all_records, repodata, wait_for
+
+
+def records(channel: Path, subdir: str, name: str = "repodata.json") -> dict[str, Any]:
+    return all_records(json.loads((channel / subdir / name).read_bytes()))
+
+
+def shard_records(channel: Path, subdir: str, package: str) -> dict[str, Any]:
+    index = shards.decode((channel / subdir / "repodata_shards.msgpack.zst").read_bytes())
+    shard = shards.decode((channel / subdir / "shards" / f"{index['shards'][package].hex()}.msgpack.zst").read_bytes())
+    return {**shard["packages"], **shard["packages.conda"]}
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Two pkgs dirs: `rw` (writable) and `ro` (read-only, given FIRST on the command line,
+    so conda's writable-first order is what puts rw's copies ahead)."""
+    root = tmp_path_factory.mktemp("caches")
+    rw, ro = pc.make_dir(root / "rw"), pc.make_dir(root / "ro")
+    p: dict[str, pc.Pkg] = {}
+    # in both dirs, different bytes: the writable dir's copy is served
+    p["dup_rw"] = pc.add(rw, "dup", ext=".tar.bz2", payload="from rw")
+    p["dup_ro"] = pc.add(ro, "dup", ext=".conda", payload="from ro")
+    # both formats in one dir: .conda wins
+    p["both_conda"] = pc.add(rw, "both", ext=".conda")
+    p["both_tar"] = pc.add(rw, "both", ext=".tar.bz2", folder=False)
+    p["taronly"] = pc.add(rw, "taronly", ext=".tar.bz2", folder=False)  # served, index.json metadata
+    p["folderonly"] = pc.add(rw, "folderonly", tarball=False)  # conda clean --tarballs: no-tarball
+    # the origin channel patched depends and license: kept by default
+    p["patched"] = pc.add(rw, "patched", depends=[], patch={"depends": ["taronly >=1.0"], "license": "MIT"})
+    # a folder extracted from another build: stale, index.json is used
+    p["stale"] = pc.add(rw, "stale", depends=["dup"], stale=True, patch={"depends": ["dup", "nonexistent"]})
+    p["linux"] = pc.add(ro, "rolinux", "2.0", "h0_0", "linux-64", depends=["patched"])
+    # what conda and copy tools leave that is not a package
+    (rw / "half-1.0-0.conda.partial").write_bytes(p["patched"].data[:100])
+    (rw / "locked-1.0-0.conda.lock").write_bytes(b"")
+    (rw / "tmp-1.0-0.tar.bz2.tmp").write_bytes(b"x")
+    (rw / ".hidden-1.0-0.conda").write_bytes(p["patched"].data)
+    (rw / "trash-1.0-0.conda.c~").write_bytes(p["patched"].data)
+    (rw / "cache" / "inside-1.0-0.conda").write_bytes(p["patched"].data)
+    with pc.read_only(ro):
+        before = {d: pc.tree_hashes(d) for d in (rw, ro)}
+        channel = root / "channel"
+        result = run_index(channel, "--from-pkgs-dir", ro, "--from-pkgs-dir", rw, "--current-repodata")
+        after = {d: pc.tree_hashes(d) for d in (rw, ro)}
+        again = run_index(channel, "--from-pkgs-dir", ro, "--from-pkgs-dir", rw, "--current-repodata")
+        yield {"rw": rw, "ro": ro, "p": p, "channel": channel, "result": result, "again": again, "before": before, "after": after}
+
+
+def test_which_packages_are_served(caches: Any) -> None:
+    ch, p = caches["channel"], caches["p"]
+    assert set(records(ch, "noarch")) == {p[k].fn for k in ("dup_rw", "both_conda", "taronly", "patched", "stale")}
+    assert set(records(ch, "linux-64")) == {p["linux"].fn}
+    assert records(ch, "noarch")[p["dup_rw"].fn]["sha256"] == p["dup_rw"].sha256  # the writable dir's bytes
+    assert {f for f in os.listdir(ch / "noarch") if f.endswith((".conda", ".tar.bz2"))} == set(records(ch, "noarch"))
+    synced = caches["result"].events("pkgs dirs synced")[0]
+    by_dir = {d["dir"]: d for d in synced["dirs"]}
+    rw, ro = by_dir[str(caches["rw"])], by_dir[str(caches["ro"])]
+    assert (rw["writable"], ro["writable"]) == (True, False)
+    assert (rw["taken"], rw["duplicates_dropped"], rw["skipped"]) == (5, 1, 1)  # both .tar.bz2; folderonly/
+    assert (ro["taken"], ro["duplicates_dropped"], ro["skipped"]) == (1, 1, 0)  # dup .conda
+    skipped = caches["result"].events("pkgs-dir entry skipped")
+    assert [(s["path"], s["reason"]) for s in skipped] == [("folderonly-1.0-0/", "no-tarball")]
+    assert synced["skipped_by_reason"] == {"no-tarball": 1}
+
+
+def test_records_checksums_from_tarballs_and_origin_metadata(caches: Any) -> None:
+    ch, p = caches["channel"], caches["p"]
+    served = records(ch, "noarch")
+    for key in ("dup_rw", "both_conda", "taronly", "patched", "stale"):
+        pkg = p[key]
+        assert (served[pkg.fn]["sha256"], served[pkg.fn]["md5"], served[pkg.fn]["size"]) == (pkg.sha256, pkg.md5, len(pkg.data))
+    patched = p["patched"].fn
+    assert (served[patched]["depends"], served[patched]["license"]) == (["taronly >=1.0"], "MIT")
+    assert records(ch, "noarch", "repodata_from_packages.json")[patched]["depends"] == []  # stays as packaged
+    assert shard_records(ch, "noarch", "patched")[patched]["depends"] == ["taronly >=1.0"]
+    assert records(ch, "noarch", "current_repodata.json")[patched]["license"] == "MIT"
+    assert "url" not in served[patched] and "channel" not in served[patched]  # never points clients at the origin
+    assert served[p["stale"].fn]["depends"] == ["dup"]  # stale folder: index.json
+    kept = caches["result"].events("origin metadata kept")
+    assert [(k["path"], k["keys"]) for k in kept] == [(f"noarch/{patched}", ["depends", "license"])]
+    stale = caches["result"].events("extracted folder does not match its tarball; using index.json")
+    assert [s["path"] for s in stale] == [f"noarch/{p['stale'].fn}"]
+    assert not (ch / "noarch" / "patch_instructions.json").exists()  # the overlay is not a stored patch
+
+
+def test_hard_links_and_pkgs_dirs_unchanged(caches: Any) -> None:
+    ch, p = caches["channel"], caches["p"]
+    assert caches["before"] == caches["after"]
+    assert os.stat(ch / "noarch" / p["patched"].fn).st_ino == os.stat(caches["rw"] / p["patched"].fn).st_ino
+    # the read-only dir is a read-only bind mount (as root): another mount, so a copy
+    copied = ch / "linux-64" / p["linux"].fn
+    assert os.stat(copied).st_ino != os.stat(caches["ro"] / p["linux"].fn).st_ino and copied.read_bytes() == p["linux"].data
+    synced = caches["result"].events("pkgs dirs synced")[0]
+    assert (synced["linked"], synced["copied"]) == (5, 1) if os.geteuid() == 0 else (6, 0)
+    again = caches["again"]
+    assert again.events("pkgs dirs synced")[0]["placed"] == 0
+    assert again.events("origin metadata kept")  # logged once per run
+    assert all(r["added"] == 0 and r["changed"] == 0 for r in again.events("subdir indexed"))
+
+
+def test_opt_out_keeps_index_json(caches: Any, tmp_path: Path) -> None:
+    channel = tmp_path / "plain"
+    result = run_index(channel, "--from-pkgs-dir", caches["rw"], "--no-origin-metadata")
+    patched = caches["p"]["patched"].fn
+    assert records(channel, "noarch")[patched]["depends"] == []
+    assert records(channel, "noarch")[patched]["license"] == "BSD-3-Clause"
+    assert not result.events("origin metadata kept")
+    assert not list((channel / origin.OVERLAY_DIR).glob("origin-*.json"))
+
+
+def test_rattler_solves_and_installs(caches: Any, tmp_path: Path) -> None:
+    rattler = pytest.importorskip("rattler", reason="py-rattler is a test dependency: pip install -e '.[test]'")
+    ch = caches["channel"]
+    gateway = rattler.Gateway(cache_dir=tmp_path / "cache")
+    solved = asyncio.run(rattler.solve([ch.as_uri()], ["rolinux"], gateway=gateway, platforms=["linux-64", "noarch"], virtual_packages=[]))
+    # taronly comes only from the origin's patched depends of `patched`
+    assert sorted(r.name.normalized for r in solved) == ["patched", "rolinux", "taronly"]
+    prefix = tmp_path / "env"
+    asyncio.run(rattler.install(solved, prefix, cache_dir=tmp_path / "pkgs", show_progress=False))
+    assert (prefix / "share" / "taronly" / "payload.txt").read_text() == "hello\n"
+
+
+def test_removed_package_leaves_only_what_we_placed(tmp_path: Path) -> None:
+    pkgs = pc.make_dir(tmp_path / "pkgs")
+    gone = pc.add(pkgs, "gone")
+    pc.add(pkgs, "stays")
+    channel = tmp_path / "channel"
+    run_index(channel, "--from-pkgs-dir", pkgs)
+    mine = pc.add(pc.make_dir(tmp_path / "elsewhere"), "mine", folder=False)
+    (channel / "noarch" / mine.fn).write_bytes(mine.data)  # a file we did not place
+    (pkgs / gone.fn).unlink()  # conda clean --all
+    shutil.rmtree(pkgs / gone.stem)
+    result = run_index(channel, "--from-pkgs-dir", pkgs)
+    assert result.events("pkgs dirs synced")[0]["removed"] == 1
+    assert not (channel / "noarch" / gone.fn).exists()
+    assert set(records(channel, "noarch")) == {"stays-1.0-0.conda", mine.fn}
+
+
+def test_copy_to_another_filesystem(tmp_path: Path) -> None:
+    pkgs = pc.make_dir(tmp_path / "pkgs")
+    pkg = pc.add(pkgs, "copied", patch={"depends": ["x"]})
+    with pc.tmpfs(tmp_path / "other") as other:
+        channel = other / "channel"
+        result = run_index(channel, "--from-pkgs-dir", pkgs)
+        synced = result.events("pkgs dirs synced")[0]
+        assert (synced["linked"], synced["copied"]) == (0, 1)
+        placed = channel / "noarch" / pkg.fn
+        assert placed.read_bytes() == pkg.data and os.stat(placed).st_nlink == 1
+        assert os.stat(placed).st_mtime_ns == os.stat(pkgs / pkg.fn).st_mtime_ns
+        assert not [f for f in os.listdir(channel / "noarch") if f.endswith(".tmp")]  # no temp files left
+        assert records(channel, "noarch")[pkg.fn]["depends"] == ["x"]
+
+
+def test_bad_arguments(tmp_path: Path) -> None:
+    pkgs = pc.make_dir(tmp_path / "pkgs")
+    for args, words in (
+        (["--from-pkgs-dir", tmp_path / "missing", tmp_path / "ch"], "not a folder"),
+        (["--from-pkgs-dir", pkgs, pkgs / "inside"], "outside the pkgs dir"),
+        (["--from-pkgs-dir", pkgs, pkgs], "outside the pkgs dir"),
+    ):
+        result = run_cli("index", *args)
+        assert result.rc == 2 and words in result.stderr and "Traceback" not in result.stderr, result
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not (pkgs / "inside").exists()
+
+
+def test_watch_follows_a_pkgs_dir(tmp_path: Path) -> None:
+    """conda downloads to .partial, renames, then extracts and writes repodata_record.json;
+    conda clean removes it. The channel follows within debounce + 2 s each time."""
+    pkgs = pc.make_dir(tmp_path / "pkgs")
+    pc.add(pkgs, "first")
+    pc.add(pkgs, "orphan", tarball=False)
+    channel = tmp_path / "channel"
+    channel.mkdir()
+    staging = pc.make_dir(tmp_path / "staging")
+    new = pc.add(staging, "arrives", patch={"depends": ["first"]})
+    debounce = 0.3
+    budget = debounce + 2.0
+    with DaemonProcess(channel, "--from-pkgs-dir", str(pkgs), debounce=debounce) as d:
+        # written just now: held for --settle at start-up, then published
+        wait_for(lambda: set(all_records(repodata(channel, "noarch"))) == {"first-1.0-0.conda"}, budget, what="first published")
+        status = json.loads(d.get("/status.json")[1])
+        [source] = status["pkgs_dirs"]
+        assert (source["taken"], [(s["path"], s["reason"]) for s in source["skipped"]]) == (1, [("orphan-1.0-0/", "no-tarball")])
+        assert source["origins"] == {pc.ORIGIN: 2}
+        assert d.metric("conda_indexd_pkgs_dir_skipped", reason="no-tarball") == 1
+        assert b"Package caches served" in d.get("/")[1]
+        # the download: written under .partial (never published), then renamed
+        partial = pkgs / (new.fn + ".partial")
+        partial.write_bytes(new.data[: len(new.data) // 2])
+        time.sleep(debounce + 0.5)
+        assert new.fn not in all_records(repodata(channel, "noarch"))
+        with open(partial, "ab") as f:
+            f.write(new.data[len(new.data) // 2 :])
+        started = time.monotonic()
+        os.rename(partial, pkgs / new.fn)
+        wait_for(lambda: new.fn in all_records(repodata(channel, "noarch")), budget, what="the new package published")
+        assert time.monotonic() - started < budget
+        # the extraction: repodata_record.json brings the origin's depends
+        started = time.monotonic()
+        shutil.copytree(staging / new.stem, pkgs / new.stem)
+        wait_for(lambda: all_records(repodata(channel, "noarch"))[new.fn]["depends"] == ["first"], budget + 1.0,
+                 what="the origin metadata published")  # fmt: skip
+        # conda clean: tarball and folder go, so does the package
+        started = time.monotonic()
+        (pkgs / new.fn).unlink()
+        shutil.rmtree(pkgs / new.stem)
+        wait_for(lambda: new.fn not in all_records(repodata(channel, "noarch")), budget, what="the package unpublished")
+        assert time.monotonic() - started < budget
+        assert not (channel / "noarch" / new.fn).exists()
+        assert d.stop() == 0
