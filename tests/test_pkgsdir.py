@@ -218,6 +218,16 @@ def test_watch_follows_a_pkgs_dir(tmp_path: Path) -> None:
         os.rename(partial, pkgs / new.fn)
         wait_for(lambda: new.fn in all_records(repodata(channel, "noarch")), budget, what="the new package published")
         assert time.monotonic() - started < budget
+        # a copy tool writing the final name directly: nothing is published half-written
+        slow = pc.add(staging, "slow", folder=False)
+        with open(pkgs / slow.fn, "wb") as f:
+            f.write(slow.data[: len(slow.data) // 2])
+            f.flush()
+            time.sleep(budget)
+            assert slow.fn not in all_records(repodata(channel, "noarch")) and not (channel / "noarch" / slow.fn).exists()
+            f.write(slow.data[len(slow.data) // 2 :])
+        wait_for(lambda: slow.fn in all_records(repodata(channel, "noarch")), budget, what="the completed copy published")
+        assert all_records(repodata(channel, "noarch"))[slow.fn]["sha256"] == slow.sha256
         # the extraction: repodata_record.json brings the origin's depends
         started = time.monotonic()
         shutil.copytree(staging / new.stem, pkgs / new.stem)
@@ -231,3 +241,82 @@ def test_watch_follows_a_pkgs_dir(tmp_path: Path) -> None:
         assert time.monotonic() - started < budget
         assert not (channel / "noarch" / new.fn).exists()
         assert d.stop() == 0
+
+
+# ../shared next to the repository (/work/shared for a worktree in /work/wt/NAME)
+CORPUS_PKGS = next((p / "shared" / "corpus" / "pkgs" for p in Path(__file__).resolve().parents if (p / "shared" / "corpus").is_dir()),
+                   Path("/nonexistent/shared/corpus/pkgs"))  # fmt: skip
+
+
+def test_corpus_caches_made_by_real_conda(tmp_path: Path) -> None:
+    """../shared/corpus/pkgs: three caches the real conda client made. Expected, from its
+    README and conda's rules: every tarball is served once, from the first dir that has
+    it (small-executable from pkgs-a, not pkgs-b), other-package as .conda (its .tar.bz2
+    twin dropped, its folder extracted from the .tar.bz2 still counts as origin
+    metadata), tarball-only packages served, pkgs-c's three folder-only packages skipped
+    with no-tarball. Each served record equals the origin channel's record in conda's own
+    repodata cache (cache/*.json), key for key."""
+    if not CORPUS_PKGS.is_dir():
+        pytest.skip(f"{CORPUS_PKGS} is absent (optional corpus test)")
+    dirs = [CORPUS_PKGS / n for n in ("pkgs-a", "pkgs-b", "pkgs-c")]
+    before = {d: pc.tree_hashes(d) for d in dirs}
+    channel = tmp_path / "channel"
+    result = run_index(channel, *[a for d in dirs for a in ("--from-pkgs-dir", d)])
+    assert {d: pc.tree_hashes(d) for d in dirs} == before
+    expected_source: dict[str, Path] = {}
+    for d in dirs:
+        for tarball in sorted(d.iterdir()):
+            if tarball.name.endswith((".conda", ".tar.bz2")) and tarball.name != "other-package-0.2-0.tar.bz2":
+                expected_source.setdefault(tarball.name, d)
+    assert len(expected_source) == 23 and expected_source["small-executable-1.0.0-1.conda"] == dirs[0]
+    origin_records: dict[str, dict[str, Any]] = {}
+    for key in ("28064032", "cb39d64b"):  # linux-64, noarch (the plain keys, not use_only_tar_bz2's)
+        origin_records.update(all_records(json.loads((dirs[0] / "cache" / f"{key}.json").read_bytes())))
+    served = {**records(channel, "noarch"), **records(channel, "linux-64")}
+    assert set(served) == set(expected_source)
+    for fn, source in expected_source.items():
+        assert served[fn] == origin_records[fn], fn
+        assert os.path.samefile(channel / served[fn]["subdir"] / fn, source / fn) or (channel / served[fn]["subdir"] / fn).read_bytes() == (source / fn).read_bytes()
+    synced = result.events("pkgs dirs synced")[0]
+    assert [(d["taken"], d["duplicates_dropped"], d["skipped"]) for d in synced["dirs"]] == [(16, 1, 0), (6, 1, 0), (1, 0, 3)]
+    skipped = sorted((s["path"], s["reason"]) for s in result.events("pkgs-dir entry skipped"))
+    assert skipped == [(f"{n}/", "no-tarball") for n in ("dummy-d-0.1.0-hb0f4dca_0", "dummy-x-0.1.0-hb0f4dca_0", "package-unix-0.1.0-hb0f4dca_0")]
+    assert not result.events("origin metadata kept") and not result.events("extracted folder does not match its tarball; using index.json")
+
+
+def test_channel_patches_apply_over_origin_metadata(caches: Any, tmp_path: Path) -> None:
+    gen = tmp_path / "gen.py"
+    patched = caches["p"]["patched"].fn
+    gen.write_text(f"def _patch_repodata(repodata, subdir):\n    return {{'packages.conda': {{'{patched}': {{'license': 'Apache-2.0'}}}}}}\n")
+    channel = tmp_path / "patched-channel"
+    run_index(channel, "--from-pkgs-dir", caches["rw"], "--patch-generator", gen)
+    record = records(channel, "noarch")[patched]
+    assert (record["depends"], record["license"]) == (["taronly >=1.0"], "Apache-2.0")  # origin depends, the channel's license
+    stored = json.loads((channel / "noarch" / "patch_instructions.json").read_bytes())
+    assert stored["packages.conda"] == {patched: {"license": "Apache-2.0"}}  # the overlay is not in it
+
+
+def test_layer_equals_overlay_then_channel_patches() -> None:
+    from conda_indexd import patches
+
+    def doc() -> dict[str, Any]:
+        rec = {"name": "a", "depends": ["x"], "license": "BSD", "extra": {"k": 1}}
+        return {"packages": {"b-1-0.tar.bz2": dict(rec, name="b")}, "packages.conda": {"a-1-0.conda": rec}}
+
+    overlay = origin.instructions({"a-1-0.conda": {"depends": ["x >=2"], "license": "MIT"}, "b-1-0.tar.bz2": {"license": "GPL"}})
+    channel = {"packages": {"a-1-0.tar.bz2": {"license": "Apache"}, "b-1-0.tar.bz2": {"depends": ["y"]}},
+               "packages.conda": {"a-1-0.conda": {"extra": {"j": 2}}}, "revoke": ["b-1-0.tar.bz2"]}  # fmt: skip
+    sequential = patches.apply(patches.apply(doc(), overlay), channel)
+    assert patches.apply(doc(), origin.layer(overlay, channel)) == sequential
+    assert sequential["packages.conda"]["a-1-0.conda"] == {"name": "a", "depends": ["x >=2"], "license": "Apache", "extra": {"k": 1, "j": 2}}
+    assert origin.layer(None, channel) is channel and origin.layer(origin.instructions({}), channel) is channel
+
+
+def test_differences_ignore_what_conda_adds() -> None:
+    served = {"name": "a", "depends": [], "noarch": True, "md5": "m", "size": 1, "timestamp": 5}
+    record = {"name": "a", "depends": [], "constrains": [], "noarch": "generic", "package_type": "noarch_generic", "md5": "z",
+              "url": "u", "channel": "c", "fn": "a-1-0.conda", "timestamp": 5000, "track_features": "", "arch": "x86_64"}  # fmt: skip
+    assert origin.differences(record, served) == {}
+    assert origin.differences({**record, "depends": ["b"], "constrains": ["c <2"]}, served) == {"depends": ["b"], "constrains": ["c <2"]}
+    assert origin.matches({"md5": "m"}, "m", "s") and origin.matches({"md5": "m", "sha256": "s"}, "m", "s")
+    assert not origin.matches({"md5": "m", "sha256": "t"}, "m", "s") and not origin.matches({}, "m", "s")

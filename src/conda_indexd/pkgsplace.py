@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,12 +114,16 @@ class PkgsSources:
     def scan(self) -> list[DirScan]:
         return [scan_dir(d) for d in self.dirs]
 
-    def sync(self) -> SyncResult:
-        """Bring the channel's placed packages and overlays in line with the pkgs dirs."""
+    def sync(self, complete: Collection[str] = ()) -> SyncResult:
+        """Bring the channel's placed packages and overlays in line with the pkgs dirs.
+        `complete`: tarball paths known to be fully written (need not wait out settle)."""
         result = SyncResult()
         scans = self.last_scans = self.scan()
         infos: dict[Path, TarInfo] = {}
+        # sources that must not be taken as gone: tarballs still being written, and
+        # everything under a dir that cannot be listed now (an unmounted share)
         held_paths: set[str] = set()
+        unlisted = [str(s.path) + os.sep for s in scans if s.problem]
         seen: set[str] = set()
         for scan in scans:
             if scan.problem and self._once(str(scan.path), "", scan.problem):
@@ -130,7 +135,7 @@ class PkgsSources:
                     known = self.infos.get(key)
                     if known is not None and tuple(known.identity) == tarball.identity:
                         infos[tarball.path] = known
-                    elif not settled(tarball, self.settle):
+                    elif key not in complete and not settled(tarball, self.settle):
                         held_paths.add(key)
                         result.held.append(key)
                     else:
@@ -148,8 +153,9 @@ class PkgsSources:
         for _, c in sorted(chosen.items()):
             self._place(c, result)
         for key in sorted(set(self.placed) - set(chosen)):
-            if self.placed[key].get("source") in held_paths:
-                continue  # its source is being replaced: keep it until the new one settles
+            source = str(self.placed[key].get("source"))
+            if source in held_paths or source.startswith(tuple(unlisted)):
+                continue  # being replaced, or its dir is unreadable for now: keep it
             self._remove(key, result)
         result.served = len([k for k in chosen if k in self.placed])
         self._save()

@@ -9,7 +9,9 @@ the package caches while the daemon runs.
 - The extracted folders' `info/index.json` and `info/repodata_record.json` are checked
   by stat every poll interval (two stats per folder): conda writes repodata_record.json
   after extracting, and that changes the served record's origin metadata.
-- A sync runs `debounce` seconds after the last event (never later than `max_delay`),
+- A sync runs once the pkgs dirs are quiet for QUIET seconds (at most `debounce`; never
+  later than `max_delay` after the first event): the channel's queue debounces the
+  placed files again, so the two waits add up to about `debounce` + QUIET. It
   places and removes files through the channel (the channel's own observer and the
   queue then publish them), and queues a republish of every subdir whose overlay
   changed. A tarball modified within `settle` seconds is held and looked at again.
@@ -39,20 +41,31 @@ from .pkgsplace import PkgsSources, SyncResult
 log = get_logger("conda_indexd.pkgs")
 
 Signature = dict[str, tuple[int, int] | None]
+QUIET = 0.25  # conda renames each finished download into place: one event, no burst to wait out
 
 
 class _Wake(FileSystemEventHandler):
-    def __init__(self, wake: threading.Event, touched: list[float]):
+    """Wakes the sync; remembers the files known to be complete (renamed into place, as
+    conda does with its .partial downloads, or closed after writing), which need not
+    wait out --settle."""
+
+    def __init__(self, wake: threading.Event, touched: list[float], complete: set[str]):
         self.wake = wake
         self.touched = touched
+        self.complete = complete
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in ("opened", "closed_no_write", "attrib"):
             return
-        names = [os.path.basename(os.fsdecode(p)) for p in (event.src_path, getattr(event, "dest_path", "")) if p]
-        if any(n and not ignored(n) for n in names):
-            self.touched.append(time.monotonic())
-            self.wake.set()
+        paths = [os.fsdecode(p) for p in (event.src_path, getattr(event, "dest_path", "")) if p]
+        if not any(not ignored(os.path.basename(p)) for p in paths):
+            return
+        if event.event_type in ("moved", "closed"):
+            self.complete.add(paths[-1])
+        elif event.event_type in ("created", "modified"):
+            self.complete.discard(paths[-1])
+        self.touched.append(time.monotonic())
+        self.wake.set()
 
 
 def _signature(folders: list[Path]) -> Signature:
@@ -102,7 +115,7 @@ class PkgsWatch:
                  settle: float, polling: bool = False, poll_interval: float = 1.0):  # fmt: skip
         self.sources = PkgsSources(list(index.pkgs_dirs), index.channel, origin_metadata=index.origin_overlay, settle=settle)
         self.queue = queue
-        self.debounce = debounce
+        self.debounce = min(debounce, QUIET)
         self.max_delay = max_delay
         self.settle = settle
         self.poll_interval = min(poll_interval, 1.0)
@@ -110,6 +123,7 @@ class PkgsWatch:
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.touched: list[float] = []
+        self.complete: set[str] = set()
         self.observers: list[BaseObserver] = []
         self.thread = threading.Thread(target=self._loop, name="pkgs-dirs", daemon=True)
         self.signature: Signature = {}
@@ -125,7 +139,7 @@ class PkgsWatch:
     def start(self) -> None:
         """The first sync (before the worker's start-up publish), then the observers."""
         self._sync()
-        handler = _Wake(self.wake, self.touched)
+        handler = _Wake(self.wake, self.touched, self.complete)
         for folder in self.sources.dirs:
             observer: BaseObserver = PollingObserver(timeout=self.poll_interval) if self.polling else Observer()
             try:
@@ -190,7 +204,9 @@ class PkgsWatch:
 
     def _sync(self) -> None:
         try:
-            result = self.sources.sync()
+            complete = set(self.complete)
+            result = self.sources.sync(complete)
+            self.complete.difference_update(complete)
         except Exception as exc:  # noqa: BLE001 - never stops the daemon; retried
             self.errors += 1
             self.g_errors.labels("pkgs-dirs", type(exc).__name__).inc()
