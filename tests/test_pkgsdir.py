@@ -51,6 +51,12 @@ def caches(tmp_path_factory: pytest.TempPathFactory) -> Any:
     p["patched"] = pc.add(rw, "patched", depends=[], patch={"depends": ["taronly >=1.0"], "license": "MIT"})
     # a folder extracted from another build: stale, index.json is used
     p["stale"] = pc.add(rw, "stale", depends=["dup"], stale=True, patch={"depends": ["dup", "nonexistent"]})
+    # served from rw (no folder there): ro's folder of the SAME bytes lends its origin
+    # record; ro's folder of a same-named package with other bytes does not
+    p["shared"] = pc.add(ro, "shared", patch={"depends": ["dup"]})
+    (rw / p["shared"].fn).write_bytes(p["shared"].data)
+    p["foreign_rw"] = pc.add(rw, "foreign", folder=False, payload="rw build")
+    p["foreign_ro"] = pc.add(ro, "foreign", patch={"depends": ["from-another-channel"]}, payload="ro build")
     p["linux"] = pc.add(ro, "rolinux", "2.0", "h0_0", "linux-64", depends=["patched"])
     # what conda and copy tools leave that is not a package
     (rw / "half-1.0-0.conda.partial").write_bytes(p["patched"].data[:100])
@@ -70,7 +76,7 @@ def caches(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 def test_which_packages_are_served(caches: Any) -> None:
     ch, p = caches["channel"], caches["p"]
-    assert set(records(ch, "noarch")) == {p[k].fn for k in ("dup_rw", "both_conda", "taronly", "patched", "stale")}
+    assert set(records(ch, "noarch")) == {p[k].fn for k in ("dup_rw", "both_conda", "taronly", "patched", "stale", "shared", "foreign_rw")}
     assert set(records(ch, "linux-64")) == {p["linux"].fn}
     assert records(ch, "noarch")[p["dup_rw"].fn]["sha256"] == p["dup_rw"].sha256  # the writable dir's bytes
     assert {f for f in os.listdir(ch / "noarch") if f.endswith((".conda", ".tar.bz2"))} == set(records(ch, "noarch"))
@@ -78,8 +84,8 @@ def test_which_packages_are_served(caches: Any) -> None:
     by_dir = {d["dir"]: d for d in synced["dirs"]}
     rw, ro = by_dir[str(caches["rw"])], by_dir[str(caches["ro"])]
     assert (rw["writable"], ro["writable"]) == (True, False)
-    assert (rw["taken"], rw["duplicates_dropped"], rw["skipped"]) == (5, 1, 1)  # both .tar.bz2; folderonly/
-    assert (ro["taken"], ro["duplicates_dropped"], ro["skipped"]) == (1, 1, 0)  # dup .conda
+    assert (rw["taken"], rw["duplicates_dropped"], rw["skipped"]) == (7, 1, 1)  # both .tar.bz2; folderonly/
+    assert (ro["taken"], ro["duplicates_dropped"], ro["skipped"]) == (1, 3, 0)  # dup, shared, foreign
     skipped = caches["result"].events("pkgs-dir entry skipped")
     assert [(s["path"], s["reason"]) for s in skipped] == [("folderonly-1.0-0/", "no-tarball")]
     assert synced["skipped_by_reason"] == {"no-tarball": 1}
@@ -88,7 +94,7 @@ def test_which_packages_are_served(caches: Any) -> None:
 def test_records_checksums_from_tarballs_and_origin_metadata(caches: Any) -> None:
     ch, p = caches["channel"], caches["p"]
     served = records(ch, "noarch")
-    for key in ("dup_rw", "both_conda", "taronly", "patched", "stale"):
+    for key in ("dup_rw", "both_conda", "taronly", "patched", "stale", "shared", "foreign_rw"):
         pkg = p[key]
         assert (served[pkg.fn]["sha256"], served[pkg.fn]["md5"], served[pkg.fn]["size"]) == (pkg.sha256, pkg.md5, len(pkg.data))
     patched = p["patched"].fn
@@ -98,10 +104,11 @@ def test_records_checksums_from_tarballs_and_origin_metadata(caches: Any) -> Non
     assert records(ch, "noarch", "current_repodata.json")[patched]["license"] == "MIT"
     assert "url" not in served[patched] and "channel" not in served[patched]  # never points clients at the origin
     assert served[p["stale"].fn]["depends"] == ["dup"]  # stale folder: index.json
+    assert served[p["shared"].fn]["depends"] == ["dup"] and served[p["foreign_rw"].fn]["depends"] == []
     kept = caches["result"].events("origin metadata kept")
-    assert [(k["path"], k["keys"]) for k in kept] == [(f"noarch/{patched}", ["depends", "license"])]
+    assert sorted((k["path"], k["keys"]) for k in kept) == [(f"noarch/{patched}", ["depends", "license"]), (f"noarch/{p['shared'].fn}", ["depends"])]
     stale = caches["result"].events("extracted folder does not match its tarball; using index.json")
-    assert [s["path"] for s in stale] == [f"noarch/{p['stale'].fn}"]
+    assert sorted(s["path"] for s in stale) == [f"noarch/{p['foreign_rw'].fn}", f"noarch/{p['stale'].fn}"]
     assert not (ch / "noarch" / "patch_instructions.json").exists()  # the overlay is not a stored patch
 
 
@@ -113,7 +120,7 @@ def test_hard_links_and_pkgs_dirs_unchanged(caches: Any) -> None:
     copied = ch / "linux-64" / p["linux"].fn
     assert os.stat(copied).st_ino != os.stat(caches["ro"] / p["linux"].fn).st_ino and copied.read_bytes() == p["linux"].data
     synced = caches["result"].events("pkgs dirs synced")[0]
-    assert (synced["linked"], synced["copied"]) == (5, 1) if os.geteuid() == 0 else (6, 0)
+    assert (synced["linked"], synced["copied"]) == (7, 1) if os.geteuid() == 0 else (8, 0)
     again = caches["again"]
     assert again.events("pkgs dirs synced")[0]["placed"] == 0
     assert again.events("origin metadata kept")  # logged once per run
@@ -320,3 +327,15 @@ def test_differences_ignore_what_conda_adds() -> None:
     assert origin.differences({**record, "depends": ["b"], "constrains": ["c <2"]}, served) == {"depends": ["b"], "constrains": ["c <2"]}
     assert origin.matches({"md5": "m"}, "m", "s") and origin.matches({"md5": "m", "sha256": "s"}, "m", "s")
     assert not origin.matches({"md5": "m", "sha256": "t"}, "m", "s") and not origin.matches({}, "m", "s")
+
+
+def test_disk_full_leaves_no_partial_file(tmp_path: Path) -> None:
+    pkgs = pc.make_dir(tmp_path / "pkgs")
+    big = pc.add(pkgs, "big", payload=os.urandom(400_000).hex())  # incompressible, > the tmpfs
+    with pc.tmpfs(tmp_path / "small", size="256k") as small:
+        channel = small / "channel"
+        result = run_cli("index", channel, "--from-pkgs-dir", pkgs, "--threads", "2")
+        assert result.rc == 1 and "could not be placed" in result.stderr and "Traceback" not in result.stderr + result.stdout, result
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert [r["path"] for r in result.events("cannot place package")] == [f"noarch/{big.fn}"]
+        assert not [f for f in os.listdir(channel / "noarch") if big.stem in f]  # nor a temporary copy

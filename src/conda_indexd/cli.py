@@ -264,11 +264,12 @@ def run_index(args: argparse.Namespace) -> int:
     results: list[SubdirResult] = []
     failed: list[str] = []
     backends = open_backends(config)
+    unplaced: list[str] = []
     with ChannelLock(config.channel):
         if config.pkgs_dirs:
             from .pkgswatch import sync_once
 
-            sync_once(config)
+            unplaced = sync_once(config).failed
         if not config.subdirs:
             ignored.log_ignored(config.channel)
         for subdir in detect_subdirs(config, backends.packages.subdirs()):
@@ -306,6 +307,9 @@ def run_index(args: argparse.Namespace) -> int:
     )
     if failed:
         print(f"{PROG}: patches failed for {', '.join(failed)} (their previous repodata is kept)", file=sys.stderr)
+        return 1
+    if unplaced:
+        print(f"{PROG}: {len(unplaced)} package(s) could not be placed into the channel ({unplaced[0]}, ...; see the log)", file=sys.stderr)
         return 1
     return 0
 

@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import patches, sdnotify, statuspage
 from .backends import open_backends
@@ -27,6 +27,9 @@ from .logs import get_logger
 from .metrics import CONTENT_TYPE, Metrics
 from .watch import ChannelEventHandler, OverflowHook, make_observer
 from .worker import Worker
+
+if TYPE_CHECKING:
+    from .pkgswatch import PkgsWatch
 
 log = get_logger("conda_indexd.daemon")
 
@@ -65,7 +68,7 @@ class Daemon:
         self.exit_code = 0
         self.patch_id: tuple[int, int] | None = None
         self.overflow = OverflowHook(lambda: self.rescan(ScanReason.OVERFLOW))
-        self.pkgs = None  # --from-pkgs-dir: the package caches this channel is made from
+        self.pkgs: PkgsWatch | None = None  # --from-pkgs-dir: the package caches this channel is made from
         if config.index.pkgs_dirs:
             from .pkgswatch import PkgsWatch
 

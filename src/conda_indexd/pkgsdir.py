@@ -258,8 +258,10 @@ def _unservable(info: TarInfo) -> tuple[str, str] | None:
 def _origin(c: Chosen, scans: list[DirScan], infos: dict[Path, TarInfo]) -> None:
     """The served package's origin record: from its own dir's extracted folder first,
     then any other dir's folder of the same package. A record counts when it was made
-    from the served tarball, or from the other format of the same package held in the
-    folder's dir (conda re-extracts one folder from whichever format it fetched last)."""
+    from the served tarball, or (in the served tarball's own dir) from the other format
+    of the same package (conda re-extracts one folder from whichever format it fetched
+    last). A same-named package from another channel in another dir never lends its
+    record: its md5 differs."""
     name = stem(c.fn)
     ranked = sorted(scans, key=lambda s: s.path != c.dir)
     for scan in ranked:
@@ -271,7 +273,9 @@ def _origin(c: Chosen, scans: list[DirScan], infos: dict[Path, TarInfo]) -> None
             continue
         if record.get("subdir", c.subdir) != c.subdir:
             continue
-        candidates = [c.info] + [infos[t.path] for t in scan.tarballs.get(name, {}).values() if t.path in infos]
+        candidates = [c.info]  # another dir's folder counts only for the very bytes served
+        if scan.path == c.dir:
+            candidates += [infos[t.path] for t in scan.tarballs.get(name, {}).values() if t.path in infos]
         if any(not i.error and origin.matches(record, i.md5, i.sha256) for i in candidates):
             c.overlay = origin.differences(record, c.info.record)
             c.origin_url = c.origin_url or record.get("url")

@@ -44,6 +44,7 @@ class SyncResult:
     removed: list[str] = field(default_factory=list)
     overlays_changed: set[str] = field(default_factory=set)  # subdirs whose overlay file changed
     held: list[str] = field(default_factory=list)  # tarballs still being written
+    failed: list[str] = field(default_factory=list)  # subdir/fn that could not be placed (disk full, ...)
     reports: list[DirReport] = field(default_factory=list)
     served: int = 0
     linked: int = 0
@@ -228,6 +229,7 @@ class PkgsSources:
             how = self._link_or_copy(c.source, target)
         except OSError as exc:
             log.error("cannot place package", path=c.key, source=str(c.source.path), error=exc.strerror or str(exc))
+            result.failed.append(c.key)
             return
         self.placed[c.key] = {"source": str(c.source.path), "target": self._target_identity(target), "sha256": c.info.sha256, "how": how}
         result.placed.append(c.key)

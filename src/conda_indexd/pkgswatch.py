@@ -102,6 +102,7 @@ def _log_result(result: SyncResult, always: bool = False) -> None:
         copied=result.copied,
         removed=len(result.removed),
         held=len(result.held),
+        failed=result.failed,
         overlays_changed=sorted(result.overlays_changed),
         skipped_by_reason=result.skipped_by_reason(),
         dirs=[{"dir": r.path, "writable": r.writable, "taken": r.taken, "duplicates_dropped": len(r.duplicates),
@@ -214,7 +215,9 @@ class PkgsWatch:
             self.retry_at = time.monotonic() + min(60.0, 2.0**self.errors)
             return
         self.errors = 0
-        self.retry_at = time.monotonic() + max(self.settle, 0.2) if result.held else None
+        if result.failed:
+            self.g_errors.labels("pkgs-dirs", "place").inc(len(result.failed))
+        self.retry_at = time.monotonic() + (max(self.settle, 0.2) if result.held else 5.0) if result.held or result.failed else None
         for key in result.placed:
             subdir, fn = key.split("/", 1)
             self.queue.add(subdir, fn, EventKind.MOVED)
