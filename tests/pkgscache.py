@@ -100,18 +100,18 @@ def add(
     return Pkg(fn, subdir, index, data, record)
 
 
-def tree_hashes(root: Path) -> dict[str, tuple[str, int]]:
-    """{relative path: (sha256 or 'dir', mode)} of every entry (byte-for-byte check)."""
-    out: dict[str, tuple[str, int]] = {}
+def tree_hashes(root: Path) -> dict[str, tuple[str, int, int]]:
+    """{relative path: (sha256 or 'dir', mode, mtime_ns)} of every entry (byte-for-byte check)."""
+    out: dict[str, tuple[str, int, int]] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             path = Path(dirpath) / name
             st = os.lstat(path)
             rel = str(path.relative_to(root))
             if path.is_dir() and not path.is_symlink():
-                out[rel] = ("dir", st.st_mode)
+                out[rel] = ("dir", st.st_mode, st.st_mtime_ns)
             else:
-                out[rel] = (hashlib.sha256(path.read_bytes()).hexdigest(), st.st_mode)
+                out[rel] = (hashlib.sha256(path.read_bytes()).hexdigest(), st.st_mode, st.st_mtime_ns)
     return out
 
 

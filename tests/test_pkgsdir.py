@@ -153,16 +153,25 @@ def test_removed_package_leaves_only_what_we_placed(tmp_path: Path) -> None:
     pkgs = pc.make_dir(tmp_path / "pkgs")
     gone = pc.add(pkgs, "gone")
     pc.add(pkgs, "stays")
+    taken = pc.add(pkgs, "taken", payload="the cache's build")
+    theirs = pc.add(pc.make_dir(tmp_path / "other"), "taken", payload="the channel's own build", folder=False)
     channel = tmp_path / "channel"
-    run_index(channel, "--from-pkgs-dir", pkgs)
+    (channel / "noarch").mkdir(parents=True)
+    (channel / "noarch" / theirs.fn).write_bytes(theirs.data)  # already in the channel, not ours
+    first = run_index(channel, "--from-pkgs-dir", pkgs)
+    assert first.events("pkgs dirs synced")[0]["skipped_by_reason"] == {"name-taken": 1}
+    assert [r["path"] for r in first.events("channel already has another file of that name; left alone")] == [f"noarch/{taken.fn}"]
+    assert (channel / "noarch" / theirs.fn).read_bytes() == theirs.data
     mine = pc.add(pc.make_dir(tmp_path / "elsewhere"), "mine", folder=False)
     (channel / "noarch" / mine.fn).write_bytes(mine.data)  # a file we did not place
-    (pkgs / gone.fn).unlink()  # conda clean --all
-    shutil.rmtree(pkgs / gone.stem)
+    for pkg in (gone, taken):  # conda clean --all
+        (pkgs / pkg.fn).unlink()
+        shutil.rmtree(pkgs / pkg.stem)
     result = run_index(channel, "--from-pkgs-dir", pkgs)
     assert result.events("pkgs dirs synced")[0]["removed"] == 1
     assert not (channel / "noarch" / gone.fn).exists()
-    assert set(records(channel, "noarch")) == {"stays-1.0-0.conda", mine.fn}
+    assert set(records(channel, "noarch")) == {"stays-1.0-0.conda", mine.fn, theirs.fn}
+    assert records(channel, "noarch")[theirs.fn]["sha256"] == theirs.sha256
 
 
 def test_copy_to_another_filesystem(tmp_path: Path) -> None:

@@ -217,13 +217,15 @@ class PkgsSources:
                 entry["source"] = str(c.source.path)
             return
         if current is not None and not self._ours(c.key, target):
-            if self._same_file(target, c):
-                self.placed[c.key] = {"source": str(c.source.path), "target": current, "sha256": c.info.sha256, "how": "adopted"}
-                return
-            if self._once(str(target), c.info.sha256, "name-taken"):
-                log.warning("channel already has another file of that name; left alone", path=c.key, source=str(c.source.path))
             self.placed.pop(c.key, None)
-            return
+            relation = self._relation(target, c)
+            if relation == "link":  # our own hard link, its record lost: ours again
+                self.placed[c.key] = {"source": str(c.source.path), "target": current, "sha256": c.info.sha256, "how": "link"}
+            elif relation == "other":  # not ours: never replaced, never removed
+                self._report(result, c, "name-taken", f"the channel has another {c.key}; left alone")
+                if self._once(str(target), c.info.sha256, "name-taken"):
+                    log.warning("channel already has another file of that name; left alone", path=c.key, source=str(c.source.path))
+            return  # "same": the channel already has these bytes, put there by someone else
         target.parent.mkdir(exist_ok=True)
         try:
             how = self._link_or_copy(c.source, target)
@@ -238,20 +240,28 @@ class PkgsSources:
         else:
             result.copied += 1
 
-    def _same_file(self, target: Path, c: Chosen) -> bool:
+    def _relation(self, target: Path, c: Chosen) -> str:
+        """How an existing channel file we do not remember relates to the package:
+        "link" (the very inode), "same" (equal bytes), or "other"."""
         try:
             st, src = os.lstat(target), c.source.identity
         except FileNotFoundError:
-            return False
+            return "other"
         if (st.st_dev, st.st_ino) == src[:2]:
-            return True
+            return "link"
         if st.st_size != src[2]:
-            return False
+            return "other"
         digest = hashlib.sha256()
         with open(target, "rb") as f:
             while chunk := f.read(1 << 20):
                 digest.update(chunk)
-        return digest.hexdigest() == c.info.sha256
+        return "same" if digest.hexdigest() == c.info.sha256 else "other"
+
+    def _report(self, result: SyncResult, c: Chosen, reason: str, message: str) -> None:
+        for report in result.reports:
+            if report.path == str(c.dir):
+                report.taken -= 1
+                report.skipped.append({"path": c.fn, "reason": reason, "message": message})
 
     def _link_or_copy(self, source: Tarball, target: Path) -> str:
         tmp = temp_name(target)
