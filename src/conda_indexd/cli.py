@@ -134,7 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--listen", type=_listen, default=None, metavar="HOST:PORT", help=LISTEN_HELP)
     watch.add_argument("--debounce", type=_seconds, default=1.0, metavar="S", help="quiet time before a subdir is indexed (default 1)")
     watch.add_argument("--max-delay", type=_seconds, default=10.0, metavar="S", help="longest wait after a subdir's first event (default 10)")
-    watch.add_argument("--settle", type=_seconds, default=1.0, metavar="S", help="a file changed this recently is an upload in progress (default 1)")
+    watch.add_argument("--settle", type=_seconds, default=1.0, metavar="S",
+                       help="a file still changing across this many seconds is an upload in progress (default 1)")
+    watch.add_argument("--upload-timeout", type=_positive_seconds, default=600.0, metavar="S",
+                       help="a file opened for writing and never closed is read after this long unchanged (default 600)")
     watch.add_argument("--rescan-interval", type=_positive_seconds, default=600.0, metavar="S", help="full rescan backstop (default 600)")
     watch.add_argument("--polling", action="store_true", help="poll the folder instead of inotify (NFS/CIFS shares)")
     watch.add_argument("--poll-interval", type=_positive_seconds, default=1.0, metavar="S", help="polling interval (default 1)")
@@ -337,6 +340,7 @@ def run_watch(args: argparse.Namespace) -> int:
         debounce=args.debounce,
         max_delay=args.max_delay,
         settle=args.settle,
+        upload_timeout=args.upload_timeout,
         rescan_interval=args.rescan_interval,
         polling=args.polling,
         poll_interval=args.poll_interval,

@@ -22,10 +22,11 @@ from .config import KNOWN_SUBDIRS, IndexConfig
 from .debounce import DebounceQueue, EventKind, ScanReason
 from .httpserver import StatusServer, text
 from .ignored import ignored_folders
+from .localstore import LocalStore
 from .lock import ChannelBusy, ChannelLock
 from .logs import get_logger
 from .metrics import CONTENT_TYPE, Metrics
-from .watch import ChannelEventHandler, OverflowHook, make_observer
+from .watch import ChannelEventHandler, OverflowHook, SymlinkedSubdirs, make_observer
 from .worker import Worker
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ class WatchConfig:
     debounce: float = 1.0
     max_delay: float = 10.0
     settle: float = 1.0
+    upload_timeout: float = 600.0  # an upload never closed is read after this long unchanged
     rescan_interval: float = 600.0
     polling: bool = False
     poll_interval: float = 1.0
@@ -57,12 +59,31 @@ class Daemon:
         self.queue = DebounceQueue(config.debounce, config.max_delay)
         self.stopping = threading.Event()
         self.worker = Worker(
-            config.index, open_backends(config.index), self.queue, self.metrics, settle=config.settle, stopping=self.stopping
+            config.index,
+            open_backends(config.index),
+            self.queue,
+            self.metrics,
+            settle=config.settle,
+            upload_timeout=config.upload_timeout,
+            close_events=not config.polling,
+            stopping=self.stopping,
         )
         self.worker_thread = threading.Thread(target=self.worker.run, name="worker", daemon=True)
         self.watched = frozenset(config.index.subdirs) if config.index.subdirs else KNOWN_SUBDIRS
-        self.handler = ChannelEventHandler(config.index.channel, self.watched, self._on_file, self._on_subdir)
+        outputs = self.worker.backends.outputs
+        heal = isinstance(outputs, LocalStore) and config.index.output_root == config.index.channel
+        window = 2 * config.poll_interval + 2 if config.polling else 2.0  # inotify: our writes are renames we recognise
+        self.handler = ChannelEventHandler(
+            config.index.channel,
+            self.watched,
+            self._on_file,
+            self._on_subdir,
+            on_output=self._on_output if heal else None,
+            own_change=lambda key: isinstance(outputs, LocalStore)
+            and outputs.changed_by_us(key, window, removals_only=not config.polling),
+        )
         self.observer = make_observer(config.index.channel, self.handler, config.polling, config.poll_interval)
+        self.symlinks = SymlinkedSubdirs(self.handler)
         self.root_id: tuple[int, int] | None = None
         self.root_missing = False
         self.exit_code = 0
@@ -88,6 +109,10 @@ class Daemon:
         self.metrics.events.labels(kind).inc()
         self.queue.add(subdir, name, kind)
         self.metrics.queue_pending.set(self.queue.pending_count())
+
+    def _on_output(self, subdir: str, file: str) -> None:
+        self.metrics.events.labels("output").inc()
+        self.queue.add_output(subdir, file)
 
     def _on_subdir(self, subdir: str) -> None:
         self.metrics.events.labels("subdir").inc()
@@ -193,6 +218,7 @@ class Daemon:
         old.join(timeout=5)
         self.observer = make_observer(self.config.index.channel, self.handler, self.config.polling, self.config.poll_interval)
         self.observer.start()
+        self.symlinks = SymlinkedSubdirs(self.handler)
         self.rescan(ScanReason.REPLACED)
 
     def _patch_identity(self) -> tuple[int, int] | None:
@@ -218,6 +244,7 @@ class Daemon:
             log.info("listening", host=host, port=port, channel=str(channel))
             self.overflow.install()
             self.observer.start()
+            self.symlinks.refresh(self.observer)
             self.metrics.rescans.labels(ScanReason.STARTUP).inc()
             if self.pkgs is not None:
                 self.pkgs.start()  # places the packages before the start-up publish
@@ -230,6 +257,8 @@ class Daemon:
                     now = time.monotonic()
                     self._check_root(lock)
                     self._check_patches()
+                    for subdir in self.symlinks.refresh(self.observer) if not self.root_missing else ():
+                        self.queue.add_scan(subdir, ScanReason.NEW_SUBDIR)  # events before the watch were missed
                     if now >= next_rescan:
                         self.rescan(ScanReason.PERIODIC)
                         next_rescan = now + self.config.rescan_interval

@@ -58,6 +58,9 @@ class Metrics:
         self.shards_deleted = Counter(
             p + "shards_deleted_total", "Unreferenced shard files deleted after the retention", ["subdir"], registry=r
         )
+        self.uploads_in_progress = Gauge(
+            p + "uploads_in_progress", "Package files held back as still being written", ["subdir"], registry=r
+        )
         self.ready = Gauge(p + "ready", "1 once the start-up reconcile has published every subdir", registry=r)
         for reason in ("startup", "periodic", "overflow", "signal", "replaced", "patches"):
             self.rescans.labels(reason)

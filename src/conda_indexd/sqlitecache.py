@@ -1,8 +1,13 @@
 """conda-index 0.13's per-subdir `cache.db` (channel-format.md §3.4): the sqlite `Caches`.
 
-`failed` rows (ours) keep the short reason label in the row's `etag` column and the
-one-line message in `last_modified` (both unused by conda-index for local files).
-conda-index only queries the stages it knows, so it ignores these rows.
+Change identity (the store's `FileState.identity`, inode+ctime locally): `fs` and
+`indexed` rows keep it in the `etag` column, which conda-index leaves empty for local
+files, so a file rewritten with the same size and mtime (rsync --times, cp -p) is read
+again. A row without one (written by conda-index) is trusted once and then given the
+current identity. `failed` rows (ours) keep the short reason label in `etag`, the
+one-line message in `last_modified` and the identity in `md5` (meaningless for a file
+that could not be read). conda-index only queries the stages it knows and compares
+mtime and size, so it ignores all of this.
 
 Unlike conda-index, the output only contains files whose `indexed` row matches the
 current `fs` row: a package replaced by a broken file drops out instead of being served
@@ -205,7 +210,7 @@ class SqliteCache:
         new = {f.path: f for f in files}
         old = self.fs_state()
         gone = old.keys() - new.keys()
-        changed = [f for path, f in new.items() if path not in old or old[path][1:3] != f[1:3]]
+        changed = [f for path, f in new.items() if path not in old or old[path][1:4] != f[1:4]]
         if not gone and not changed:
             return
         with self.transaction():
@@ -219,17 +224,23 @@ class SqliteCache:
             self.db.executemany("DELETE FROM stat WHERE stage = 'fs' AND path = ?", ((p,) for p in gone))
 
     def _upsert_fs(self, files: Iterable[FileState]) -> None:
+        files = list(files)
         self.db.executemany(
-            "INSERT INTO stat (stage, path, mtime, size) VALUES ('fs', ?, ?, ?) "
-            "ON CONFLICT (path, stage) DO UPDATE SET mtime = excluded.mtime, size = excluded.size",
-            ((f.path, f.mtime, f.size) for f in files),
+            "INSERT INTO stat (stage, path, mtime, size, etag) VALUES ('fs', ?, ?, ?, ?) "
+            "ON CONFLICT (path, stage) DO UPDATE SET mtime = excluded.mtime, size = excluded.size, etag = excluded.etag",
+            ((f.path, f.mtime, f.size, f.identity or None) for f in files),
+        )
+        # rows conda-index wrote have no identity: trusted once (same mtime and size), then given one
+        self.db.executemany(
+            "UPDATE stat SET etag = ? WHERE stage = 'indexed' AND path = ? AND etag IS NULL AND mtime = ? AND size = ?",
+            ((f.identity, f.path, f.mtime, f.size) for f in files if f.identity),
         )
 
     @_guarded
     def fs_state(self) -> dict[str, FileState]:
         return {
-            path: FileState(path, mtime, size)
-            for path, mtime, size in self.db.execute("SELECT path, mtime, size FROM stat WHERE stage = 'fs'")
+            path: FileState(path, mtime, size, etag or "")
+            for path, mtime, size, etag in self.db.execute("SELECT path, mtime, size, etag FROM stat WHERE stage = 'fs'")
         }
 
     # --- what to extract ---------------------------------------------------------------
@@ -237,12 +248,12 @@ class SqliteCache:
     @_guarded
     def changed_packages(self, paths: Iterable[str] | None = None) -> list[FileState]:
         query = """
-            SELECT fs.path, fs.mtime, fs.size FROM stat AS fs
+            SELECT fs.path, fs.mtime, fs.size, coalesce(fs.etag, '') FROM stat AS fs
             LEFT JOIN stat AS ix ON ix.path = fs.path AND ix.stage = 'indexed'
             LEFT JOIN stat AS bad ON bad.path = fs.path AND bad.stage = 'failed'
             WHERE fs.stage = 'fs'
-              AND (ix.path IS NULL OR ix.mtime != fs.mtime OR ix.size != fs.size)
-              AND (bad.path IS NULL OR bad.mtime != fs.mtime OR bad.size != fs.size)
+              AND (ix.path IS NULL OR ix.mtime != fs.mtime OR ix.size != fs.size OR ix.etag IS NOT fs.etag)
+              AND (bad.path IS NULL OR bad.mtime != fs.mtime OR bad.size != fs.size OR bad.md5 IS NOT fs.etag)
         """
         query, params = _limit(query, "fs.path", paths)
         return [FileState(*row) for row in self.db.execute(query + " ORDER BY fs.path", params)]
@@ -276,8 +287,8 @@ class SqliteCache:
                     (path, json.dumps(index)),
                 )
                 self.db.execute(
-                    "INSERT OR REPLACE INTO stat (stage, path, mtime, size, sha256, md5) VALUES ('indexed', ?, ?, ?, ?, ?)",
-                    (path, state.mtime, state.size, index["sha256"], index["md5"]),
+                    "INSERT OR REPLACE INTO stat (stage, path, mtime, size, sha256, md5, etag) VALUES ('indexed', ?, ?, ?, ?, ?, ?)",
+                    (path, state.mtime, state.size, index["sha256"], index["md5"], state.identity or None),
                 )
                 self.db.execute("DELETE FROM stat WHERE stage = 'failed' AND path = ?", (path,))
         except sqlite3.OperationalError as exc:
@@ -293,9 +304,9 @@ class SqliteCache:
                 self.db.execute(f"DELETE FROM {table} WHERE path = ?", (path,))
             self.db.execute("DELETE FROM stat WHERE stage = 'indexed' AND path = ?", (path,))
             self.db.execute(
-                "INSERT OR REPLACE INTO stat (stage, path, mtime, size, etag, last_modified) "
-                "VALUES ('failed', ?, ?, ?, ?, ?)",
-                (path, state.mtime, state.size, reason, message),
+                "INSERT OR REPLACE INTO stat (stage, path, mtime, size, etag, last_modified, md5) "
+                "VALUES ('failed', ?, ?, ?, ?, ?, ?)",
+                (path, state.mtime, state.size, reason, message, state.identity or None),
             )
 
     # --- reads for the outputs -------------------------------------------------------------
@@ -303,7 +314,7 @@ class SqliteCache:
     _PUBLISHED = """
             FROM stat AS fs
             JOIN stat AS ix ON ix.path = fs.path AND ix.stage = 'indexed'
-                 AND ix.mtime = fs.mtime AND ix.size = fs.size
+                 AND ix.mtime = fs.mtime AND ix.size = fs.size AND ix.etag IS fs.etag
             JOIN index_json ON index_json.path = fs.path
     """
 
@@ -328,7 +339,7 @@ class SqliteCache:
         query = """
             SELECT fs.path, ix.sha256 FROM stat AS fs
             JOIN stat AS ix ON ix.path = fs.path AND ix.stage = 'indexed'
-                 AND ix.mtime = fs.mtime AND ix.size = fs.size
+                 AND ix.mtime = fs.mtime AND ix.size = fs.size AND ix.etag IS fs.etag
             WHERE fs.stage = 'fs'
         """
         return (PublishedKey(*row) for row in self._rows(*_limit(query, "fs.path", paths)))
@@ -375,7 +386,7 @@ class SqliteCache:
             """
             SELECT fs.path, bad.etag, bad.last_modified FROM stat AS fs
             JOIN stat AS bad ON bad.path = fs.path AND bad.stage = 'failed'
-                 AND bad.mtime = fs.mtime AND bad.size = fs.size
+                 AND bad.mtime = fs.mtime AND bad.size = fs.size AND bad.md5 IS fs.etag
             WHERE fs.stage = 'fs' ORDER BY fs.path
             """
         )

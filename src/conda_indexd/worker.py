@@ -5,6 +5,9 @@ observer: a test can build a Worker over a channel and drive `process()` directl
 
 from __future__ import annotations
 
+import errno
+import os
+import pwd
 import threading
 import time
 from collections.abc import Callable
@@ -21,11 +24,24 @@ from .logs import get_logger
 from .memo import RecordMemo
 from .metrics import Metrics
 from .statuspage import SubdirStatus
+from .uploads import UploadTracker
 
 log = get_logger("conda_indexd.daemon")
 
 EMPTY_CONFIRM_DELAY = 1.5  # seconds before a second listing may confirm an emptied subdir
 MAX_RETRY_DELAY = 60.0
+NOT_WRITABLE_RETRY = 10.0  # a folder we may not write is looked at again this often, quietly
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def not_writable(exc: BaseException) -> OSError | None:
+    """The permission error behind a failed run (the cache wraps its own), if that is it."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _NOT_WRITABLE:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 @dataclass
@@ -40,6 +56,7 @@ class SubdirState:
     subdir: str
     memo: RecordMemo | None = None
     failures_in_a_row: int = 0
+    not_writable: bool = False  # reported once; retried quietly until fixed
     published: int = 0  # records in the last publish
     status: SubdirStatus = field(init=False)
 
@@ -47,8 +64,11 @@ class SubdirState:
         self.status = SubdirStatus(self.subdir)
 
     def succeeded(self, result: SubdirResult) -> None:
+        if self.not_writable:
+            log.info("subdir is writable again; published", subdir=self.subdir)
         self.memo = result.memo
         self.failures_in_a_row = 0
+        self.not_writable = False
         self.published = result.packages
         st = self.status
         st.packages, st.last_duration, st.last_run, st.error = result.packages, result.duration, time.time(), None
@@ -73,6 +93,8 @@ class Worker:
         metrics: Metrics,
         *,
         settle: float = 1.0,
+        upload_timeout: float = 600.0,
+        close_events: bool = True,
         stopping: threading.Event | None = None,
     ):
         self.index = index
@@ -80,6 +102,7 @@ class Worker:
         self.queue = queue
         self.metrics = metrics
         self.settle = settle
+        self.uploads = UploadTracker(settle, upload_timeout, close_events)
         self.stopping = stopping or threading.Event()
         self.ready = threading.Event()
         self.states: dict[str, SubdirState] = {}
@@ -102,6 +125,7 @@ class Worker:
                 return
             now = time.monotonic()
             self.process(Pending(subdir, now, now, full_scan=True, scan_reason=ScanReason.STARTUP))
+        self._settle_startup()
         if self.stopping.is_set():
             return
         self.ready.set()
@@ -115,6 +139,16 @@ class Worker:
             if item is not None:
                 self.process(item)
 
+    def _settle_startup(self) -> None:
+        """Files found changing at start-up get their second look before READY, so ready
+        means every settled file is published; an upload held open does not delay it."""
+        deadline = time.monotonic() + 3 * self.settle + 1
+        while not self.stopping.is_set() and (left := deadline - time.monotonic()) > 0:
+            item = self.queue.take(timeout=min(left, self.settle + 0.2))
+            if item is None:
+                return
+            self.process(item)
+
     def process(self, item: Pending) -> None:
         subdir = item.subdir
         listing = self.backends.packages.list_packages(subdir) if item.full_scan else None
@@ -122,11 +156,13 @@ class Worker:
             log.warning("subdir lists empty; waiting for a second listing", subdir=subdir)
             self.queue.add_scan(subdir, ScanReason.EMPTY_CHECK, delay=EMPTY_CONFIRM_DELAY, confirm_empty=True)
             return
-        hold = self._hold(item, listing)
+        hold, recheck = self._hold(item, listing)
         if hold:
-            self.queue.retry(subdir, hold, self.settle)
+            self.queue.retry(subdir, hold, recheck)
             log.debug("upload in progress", subdir=subdir, files=sorted(hold))
         state = self.state(subdir)
+        if item.outputs:
+            log.info("published files changed from outside; restoring them", subdir=subdir, files=sorted(item.outputs)[:20])
         try:
             result = index_subdir(
                 self.index,
@@ -137,8 +173,12 @@ class Worker:
                 listing=listing,
                 memo=state.memo,
                 backends=self.backends,
+                verify=item.outputs,
             )
         except Exception as exc:  # one subdir's trouble never stops the others
+            if (denied := not_writable(exc)) is not None:
+                self._not_writable(state, denied)
+                return
             delay = state.failed(exc)
             self.metrics.subdir_errors.labels(subdir, type(exc).__name__).inc()
             log.error("subdir failed; will retry", subdir=subdir, retry_in=delay, error=f"{type(exc).__name__}: {exc}")
@@ -153,21 +193,45 @@ class Worker:
                 self.metrics.subdir_errors.labels("channel", type(exc).__name__).inc()
                 log.error("channel files failed", error=f"{type(exc).__name__}: {exc}")
 
+    def _not_writable(self, state: SubdirState, denied: OSError) -> None:
+        """One error line and one count per episode, a status entry saying what to do, and
+        a slow quiet retry: a permission problem is fixed by a person, not by retrying."""
+        state.failed(denied)
+        folder = f"{self.backends.packages.location}/{state.subdir}"
+        user = _user()
+        state.status.error = (
+            f"not writable: {folder} ({denied.strerror}). The daemon runs as {user}: "
+            f"chown -R {user} {folder}, or create platform folders before copying into them "
+            "(docker compose exec conda-indexd mkdir /channel/<subdir>)"
+        )
+        if not state.not_writable:
+            state.not_writable = True
+            self.metrics.subdir_errors.labels(state.subdir, "not-writable").inc()
+            log.error("subdir is not writable; retrying quietly until fixed", subdir=state.subdir, folder=str(folder),
+                      user=user, retry_every=NOT_WRITABLE_RETRY)  # fmt: skip
+        self.queue.add_scan(state.subdir, ScanReason.RETRY, delay=NOT_WRITABLE_RETRY)
+
     # --- rules before a run -------------------------------------------------------------------
 
-    def _hold(self, item: Pending, listing: list[FileState] | None) -> dict[str, EventKind]:
-        """Files still being written: changed within --settle seconds, no close/rename seen."""
+    def _hold(self, item: Pending, listing: list[FileState] | None) -> tuple[dict[str, EventKind], float]:
+        """Uploads still in progress (see uploads.py): {name: kind to put back}, and when
+        to look again."""
         if self.settle <= 0:
-            return {}
+            return {}, 0.0
+        kinds: dict[str, EventKind] = dict(item.names)
+        present: dict[str, FileState] = {}
         now = time.time()
-        candidates = dict(item.names)
         if listing is not None:
+            tracked = self.uploads.tracked(item.subdir)
             for f in listing:
-                if now - f.mtime < self.settle and candidates.get(f.path) not in COMPLETE_KINDS:
-                    candidates.setdefault(f.path, EventKind.MODIFIED)
-        unfinished = [name for name, kind in candidates.items() if kind not in COMPLETE_KINDS]
-        present, _ = self.backends.packages.stat_packages(item.subdir, unfinished)
-        return {f.path: candidates[f.path] for f in present if now - f.mtime < self.settle}
+                if f.path in kinds or f.path in tracked or 0 <= now - f.changed_at < self.settle:
+                    kinds.setdefault(f.path, EventKind.LISTED)
+                    present[f.path] = f
+        unlooked = [name for name, kind in kinds.items() if name not in present and kind not in COMPLETE_KINDS]
+        present.update((f.path, f) for f in self.backends.packages.stat_packages(item.subdir, unlooked)[0])
+        held = self.uploads.hold(item.subdir, kinds, present, now, time.monotonic())
+        self.metrics.uploads_in_progress.labels(item.subdir).set(len(held))
+        return {name: kinds[name] for name in held}, min(held.values(), default=0.0)
 
     def _looks_unmounted(self, item: Pending, listing: list[FileState] | None) -> bool:
         """A subdir that had packages and now lists empty waits for a second listing."""
@@ -197,3 +261,8 @@ class Worker:
             log.info("published", **result.log_fields())
 
 
+def _user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
