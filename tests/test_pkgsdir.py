@@ -348,3 +348,20 @@ def test_disk_full_leaves_no_partial_file(tmp_path: Path) -> None:
         assert len(result.stderr.strip().splitlines()) == 1
         assert [r["path"] for r in result.events("cannot place package")] == [f"noarch/{big.fn}"]
         assert not [f for f in os.listdir(channel / "noarch") if big.stem in f]  # nor a temporary copy
+
+
+def test_watch_polling_a_pkgs_dir(tmp_path: Path) -> None:
+    """--polling (NFS shares): the pkgs dir is polled too."""
+    pkgs = pc.make_dir(tmp_path / "pkgs")
+    staging = pc.make_dir(tmp_path / "staging")
+    new = pc.add(staging, "polled", folder=False)
+    channel = tmp_path / "channel"
+    channel.mkdir()
+    debounce = 0.3
+    budget = debounce + 2.0
+    with DaemonProcess(channel, "--from-pkgs-dir", str(pkgs), "--polling", "--poll-interval", "0.5", debounce=debounce) as d:
+        os.rename(staging / new.fn, pkgs / new.fn)
+        wait_for(lambda: new.fn in all_records(repodata(channel, "noarch")), budget + 0.5, what="the package published")
+        (pkgs / new.fn).unlink()
+        wait_for(lambda: new.fn not in all_records(repodata(channel, "noarch")), budget + 0.5, what="the package unpublished")
+        assert d.stop() == 0
