@@ -95,6 +95,9 @@ class Daemon:
 
             self.pkgs = PkgsWatch(config.index, self.queue, self.metrics, debounce=config.debounce, max_delay=config.max_delay,
                                   settle=config.settle, polling=config.polling, poll_interval=config.poll_interval)  # fmt: skip
+            # in the worker's thread, before its start-up publish: the main loop keeps
+            # pinging systemd's watchdog while a big cache is read
+            self.worker.on_start = self.pkgs.start
         # bound here, so a port in use is one line before anything else starts
         self.http = StatusServer(
             config.host,
@@ -246,8 +249,6 @@ class Daemon:
             self.observer.start()
             self.symlinks.refresh(self.observer)
             self.metrics.rescans.labels(ScanReason.STARTUP).inc()
-            if self.pkgs is not None:
-                self.pkgs.start()  # places the packages before the start-up publish
             self.worker_thread.start()
             ping = sdnotify.watchdog_interval()
             next_rescan = time.monotonic() + self.config.rescan_interval

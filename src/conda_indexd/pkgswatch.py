@@ -140,6 +140,8 @@ class PkgsWatch:
     def start(self) -> None:
         """The first sync (before the worker's start-up publish), then the observers."""
         self._sync()
+        if self.stopping.is_set():
+            return
         handler = _Wake(self.wake, self.touched, self.complete)
         for folder in self.sources.dirs:
             observer: BaseObserver = PollingObserver(timeout=self.poll_interval) if self.polling else Observer()

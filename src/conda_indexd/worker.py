@@ -107,6 +107,7 @@ class Worker:
         self.ready = threading.Event()
         self.states: dict[str, SubdirState] = {}
         self.on_ready: Callable[[], None] = lambda: None
+        self.on_start: Callable[[], None] = lambda: None  # before the start-up reconcile (in this thread)
 
     def subdirs(self) -> list[str]:
         return detect_subdirs(self.index, self.backends.packages.subdirs())
@@ -120,6 +121,7 @@ class Worker:
 
     def run(self) -> None:
         """Reconcile every subdir, become ready, then take work until stopped."""
+        self.on_start()
         for subdir in self.subdirs():
             if self.stopping.is_set():
                 return
