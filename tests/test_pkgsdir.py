@@ -214,6 +214,7 @@ def test_watch_follows_a_pkgs_dir(tmp_path: Path) -> None:
     new = pc.add(staging, "arrives", patch={"depends": ["first"]})
     debounce = 0.3
     budget = debounce + 2.0
+    before = pc.tree_hashes(pkgs)
     with DaemonProcess(channel, "--from-pkgs-dir", str(pkgs), debounce=debounce) as d:
         # written just now: held for --settle at start-up, then published
         wait_for(lambda: set(all_records(repodata(channel, "noarch"))) == {"first-1.0-0.conda"}, budget, what="first published")
@@ -257,6 +258,8 @@ def test_watch_follows_a_pkgs_dir(tmp_path: Path) -> None:
         assert time.monotonic() - started < budget
         assert not (channel / "noarch" / new.fn).exists()
         assert d.stop() == 0
+    after = pc.tree_hashes(pkgs)  # the daemon wrote nothing into the pkgs dir
+    assert set(after) - set(before) == {slow.fn} and all(after[k] == v for k, v in before.items())
 
 
 # ../shared next to the repository (/work/shared for a worktree in /work/wt/NAME)
