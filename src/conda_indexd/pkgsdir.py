@@ -70,10 +70,13 @@ class DirScan:
     tarballs: dict[str, dict[str, Tarball]] = field(default_factory=dict)  # {stem: {ext: Tarball}}
     folders: dict[str, Path] = field(default_factory=dict)  # {stem: extracted folder with info/index.json}
     problem: str | None = None  # the dir cannot be listed
+    _by_fn: dict[str, str] | None = field(default=None, repr=False)
 
     def url_of(self, fn: str) -> str | None:
         """The last urls.txt line naming `fn` (conda reads the newest first)."""
-        return next((u for u in reversed(self.urls) if u.rsplit("/", 1)[-1] == fn), None)
+        if self._by_fn is None:
+            self._by_fn = {u.rsplit("/", 1)[-1]: u for u in self.urls}  # later lines win
+        return self._by_fn.get(fn)
 
 
 def writable(path: Path) -> bool:

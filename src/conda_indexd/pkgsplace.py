@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,8 +69,9 @@ class SyncResult:
 class PkgsSources:
     """The pkgs dirs a channel is made from, and what was placed from them."""
 
-    def __init__(self, dirs: list[Path], channel: Path, *, origin_metadata: bool = True, settle: float = 1.0):
+    def __init__(self, dirs: list[Path], channel: Path, *, origin_metadata: bool = True, settle: float = 1.0, threads: int = 2):
         self.dirs = dirs
+        self.threads = max(1, threads)
         self.channel = channel
         self.origin_metadata = origin_metadata
         self.settle = settle
@@ -96,7 +98,7 @@ class PkgsSources:
     def _save(self) -> None:
         doc = {"version": 1, "tarballs": {p: i.to_json() for p, i in sorted(self.infos.items())}, "placed": dict(sorted(self.placed.items()))}
         self.state_dir.mkdir(exist_ok=True)
-        data = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
+        data = (json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n").encode()
         path = self.state_dir / STATE
         with contextlib.suppress(FileNotFoundError):
             if path.read_bytes() == data:
@@ -126,6 +128,7 @@ class PkgsSources:
         held_paths: set[str] = set()
         unlisted = [str(s.path) + os.sep for s in scans if s.problem]
         seen: set[str] = set()
+        to_read: list[Tarball] = []
         for scan in scans:
             if scan.problem and self._once(str(scan.path), "", scan.problem):
                 log.error("pkgs dir unreadable", dir=str(scan.path), error=scan.problem)
@@ -140,7 +143,10 @@ class PkgsSources:
                         held_paths.add(key)
                         result.held.append(key)
                     else:
-                        infos[tarball.path] = self.infos[key] = read_tarball(tarball)
+                        to_read.append(tarball)
+        with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="pkgs-read") as pool:
+            for tarball, info in zip(to_read, pool.map(read_tarball, to_read), strict=True):
+                infos[tarball.path] = self.infos[str(tarball.path)] = info
         for key in list(self.infos):
             if key not in seen:
                 del self.infos[key]
@@ -153,6 +159,8 @@ class PkgsSources:
         self._write_overlays(overlays, result)
         for _, c in sorted(chosen.items()):
             self._place(c, result)
+        for subdir in sorted({k.split("/", 1)[0] for k in result.placed}):
+            fsync_dir(self.channel / subdir)  # the placed names are durable before state.json records them
         for key in sorted(set(self.placed) - set(chosen)):
             source = str(self.placed[key].get("source"))
             if source in held_paths or source.startswith(tuple(unlisted)):
@@ -281,7 +289,6 @@ class PkgsSources:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        fsync_dir(target.parent)
         return how
 
     def _remove(self, key: str, result: SyncResult) -> None:

@@ -85,7 +85,7 @@ def _signature(folders: list[Path]) -> Signature:
 def sync_once(config: IndexConfig) -> SyncResult:
     """`conda-indexd index --from-pkgs-dir`: one sync (nothing held back: an archive
     still being written fails to read and is skipped with its reason)."""
-    sources = PkgsSources(list(config.pkgs_dirs), config.channel, origin_metadata=config.origin_overlay, settle=0.0)
+    sources = PkgsSources(list(config.pkgs_dirs), config.channel, origin_metadata=config.origin_overlay, settle=0.0, threads=config.threads)
     result = sources.sync()
     _log_result(result, always=True)
     return result
@@ -114,7 +114,8 @@ def _log_result(result: SyncResult, always: bool = False) -> None:
 class PkgsWatch:
     def __init__(self, index: IndexConfig, queue: DebounceQueue, metrics: Metrics, *, debounce: float, max_delay: float,
                  settle: float, polling: bool = False, poll_interval: float = 1.0):  # fmt: skip
-        self.sources = PkgsSources(list(index.pkgs_dirs), index.channel, origin_metadata=index.origin_overlay, settle=settle)
+        self.sources = PkgsSources(list(index.pkgs_dirs), index.channel, origin_metadata=index.origin_overlay, settle=settle,
+                                   threads=index.threads)  # fmt: skip
         self.queue = queue
         self.debounce = min(debounce, QUIET)
         self.max_delay = max_delay
