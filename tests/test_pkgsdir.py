@@ -153,7 +153,7 @@ def test_removed_package_leaves_only_what_we_placed(tmp_path: Path) -> None:
     pkgs = pc.make_dir(tmp_path / "pkgs")
     gone = pc.add(pkgs, "gone")
     pc.add(pkgs, "stays")
-    taken = pc.add(pkgs, "taken", payload="the cache's build")
+    taken = pc.add(pkgs, "taken", payload="the cache's build", patch={"depends": ["from-the-cache"]})
     theirs = pc.add(pc.make_dir(tmp_path / "other"), "taken", payload="the channel's own build", folder=False)
     channel = tmp_path / "channel"
     (channel / "noarch").mkdir(parents=True)
@@ -162,6 +162,7 @@ def test_removed_package_leaves_only_what_we_placed(tmp_path: Path) -> None:
     assert first.events("pkgs dirs synced")[0]["skipped_by_reason"] == {"name-taken": 1}
     assert [r["path"] for r in first.events("channel already has another file of that name; left alone")] == [f"noarch/{taken.fn}"]
     assert (channel / "noarch" / theirs.fn).read_bytes() == theirs.data
+    assert records(channel, "noarch")[theirs.fn]["depends"] == []  # the cache's origin record is not theirs
     mine = pc.add(pc.make_dir(tmp_path / "elsewhere"), "mine", folder=False)
     (channel / "noarch" / mine.fn).write_bytes(mine.data)  # a file we did not place
     for pkg in (gone, taken):  # conda clean --all

@@ -152,13 +152,15 @@ class PkgsSources:
                 del self.infos[key]
         chosen, result.reports = resolve(scans, infos, self.origin_metadata)
         self._log_choices(chosen, result.reports)
-        overlays: dict[str, dict[str, dict[str, Any]]] = {}
-        for c in chosen.values():
-            if c.overlay:
-                overlays.setdefault(c.subdir, {})[c.fn] = c.overlay
-        self._write_overlays(overlays, result)
+        # overlays only ever describe files we placed: written before placing (a new
+        # package is never published without its origin record), corrected after
+        # (a name taken by another file, a failed copy)
+        planned = {k for k, c in chosen.items() if k in self.placed or self._target_identity(self.channel / k) is None}
+        self._write_overlays(_overlays(chosen, planned), result)
         for _, c in sorted(chosen.items()):
             self._place(c, result)
+        if (ours := {k for k in chosen if k in self.placed}) != planned:
+            self._write_overlays(_overlays(chosen, ours), result)
         for subdir in sorted({k.split("/", 1)[0] for k in result.placed}):
             fsync_dir(self.channel / subdir)  # the placed names are durable before state.json records them
         for key in sorted(set(self.placed) - set(chosen)):
@@ -305,6 +307,16 @@ class PkgsSources:
 
     def status(self) -> list[dict[str, Any]]:
         return [r.as_dict() for r in self.last.reports]
+
+
+def _overlays(chosen: dict[str, Chosen], keys: set[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{subdir: {fn: origin differences}} of the chosen packages named in `keys`."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for k in sorted(keys):
+        c = chosen[k]
+        if c.overlay:
+            out.setdefault(c.subdir, {})[c.fn] = c.overlay
+    return out
 
 
 def _copy(source: Path, tmp: Path) -> None:
