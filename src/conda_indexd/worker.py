@@ -159,6 +159,13 @@ class Worker:
             self.queue.add_scan(subdir, ScanReason.EMPTY_CHECK, delay=EMPTY_CONFIRM_DELAY, confirm_empty=True)
             return
         hold, recheck = self._hold(item, listing)
+        for _ in range(3):  # at start-up, files found changing get their second look first,
+            if not hold or item.scan_reason != ScanReason.STARTUP or set(hold.values()) != {EventKind.LISTED}:
+                break  # so the first publish already holds them (an open upload never waits)
+            if self.stopping.wait(recheck):
+                return
+            listing = self.backends.packages.list_packages(subdir)
+            hold, recheck = self._hold(item, listing)
         if hold:
             self.queue.retry(subdir, hold, recheck)
             log.debug("upload in progress", subdir=subdir, files=sorted(hold))
