@@ -134,7 +134,8 @@ class DaemonProcess:
         return self.proc.returncode
 
     def __enter__(self) -> DaemonProcess:
-        return self.start()
+        # `with DaemonProcess(...).start() as d` must not start a second daemon (the first leaked)
+        return self if self.proc is not None else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

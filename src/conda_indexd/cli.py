@@ -26,6 +26,7 @@ from .daemon import DEFAULT_HOST, DEFAULT_PORT, Daemon, WatchConfig
 from .indexer import SubdirResult, index_subdir
 from .lock import ChannelBusy, ChannelLock
 from .onready import after_ready
+from .pairlease import index_lease
 from .patches import PatchError
 from .progress import ProgressLine
 
@@ -202,6 +203,8 @@ def config_from_args(args: argparse.Namespace) -> IndexConfig:
         raise UsageError(refused)
     channel = Path(args.channel).absolute()
     pkgs_dirs = _pkgs_dirs(args, channel)
+    if pkgs_dirs and args.db == "postgresql":
+        raise UsageError("--from-pkgs-dir serves local package caches from one daemon; it does not combine with --db postgresql")
     if not channel.exists():
         raise UsageError(f"channel folder does not exist: {args.channel}")
     if not channel.is_dir():
@@ -254,6 +257,8 @@ def config_from_args(args: argparse.Namespace) -> IndexConfig:
         threads=args.threads,
         write_shards=args.write_shards,
         shard_retention=args.shard_retention,
+        db=args.db,
+        db_url=args.db_url if args.db == "postgresql" else None,
         pkgs_dirs=pkgs_dirs,
         origin_overlay=bool(pkgs_dirs) and args.origin_metadata,
     )
@@ -266,9 +271,9 @@ def run_index(args: argparse.Namespace) -> int:
     progress = ProgressLine()
     results: list[SubdirResult] = []
     failed: list[str] = []
-    backends = open_backends(config)
     unplaced: list[str] = []
-    with ChannelLock(config.channel):
+    with ChannelLock(config.channel), index_lease(config) as fence:
+        backends = open_backends(config, fence, getattr(fence, "application_name", "conda-indexd"))
         if config.pkgs_dirs:
             from .pkgswatch import sync_once
 
@@ -356,7 +361,7 @@ def _run_daemon(config: WatchConfig, *on_ready: Callable[[], object]) -> int:
         raise UsageError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
     if not config.index.subdirs:
         ignored.log_ignored(config.index.channel)
-    after_ready(daemon.ready, daemon.stopping, *on_ready)
+    after_ready(daemon.worker.reconciled, daemon.stopping, *on_ready)  # a standby runs them once it leads
     return daemon.run()
 
 
@@ -401,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 3
     except CacheError as exc:
-        print(f"{PROG}: error: cache.db: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {getattr(exc, 'label', 'cache.db')}: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
         where = f" {exc.filename}" if exc.filename else ""

@@ -23,9 +23,11 @@ from .debounce import DebounceQueue, EventKind, ScanReason
 from .httpserver import StatusServer, text
 from .ignored import ignored_folders
 from .localstore import LocalStore
-from .lock import ChannelBusy, ChannelLock
+from .lock import ChannelBusy, ChannelLock, NoLock
 from .logs import get_logger
 from .metrics import CONTENT_TYPE, Metrics
+from .pair import Pair
+from .pairlease import pair_leadership
 from .watch import ChannelEventHandler, OverflowHook, SymlinkedSubdirs, make_observer
 from .worker import Worker
 
@@ -58,9 +60,11 @@ class Daemon:
         self.metrics = Metrics()
         self.queue = DebounceQueue(config.debounce, config.max_delay)
         self.stopping = threading.Event()
+        self.leadership = pair_leadership(config.index)  # None unless --db postgresql
+        fence, app = (self.leadership, self.leadership.application_name) if self.leadership else (None, "conda-indexd")
         self.worker = Worker(
             config.index,
-            open_backends(config.index),
+            open_backends(config.index, fence, app),
             self.queue,
             self.metrics,
             settle=config.settle,
@@ -68,9 +72,11 @@ class Daemon:
             close_events=not config.polling,
             stopping=self.stopping,
         )
+        if self.leadership is not None:
+            self.worker.pair = Pair(self.leadership, self.metrics)
         self.worker_thread = threading.Thread(target=self.worker.run, name="worker", daemon=True)
         self.watched = frozenset(config.index.subdirs) if config.index.subdirs else KNOWN_SUBDIRS
-        outputs = self.worker.backends.outputs
+        outputs = getattr(self.worker.backends.outputs, "inner", self.worker.backends.outputs)  # under a FencedStore
         heal = isinstance(outputs, LocalStore) and config.index.output_root == config.index.channel
         window = 2 * config.poll_interval + 2 if config.polling else 2.0  # inotify: our writes are renames we recognise
         self.handler = ChannelEventHandler(
@@ -156,8 +162,10 @@ class Daemon:
         ]  # fmt: skip
         seen = {s: st.status for s, st in list(self.worker.states.items()) if st.status.last_run or st.status.error}
         ignored = ignored_folders(self.config.index.channel)  # a folder made later shows too
+        role = self.leadership.describe() if self.leadership else None
         sources = self.pkgs.status() if self.pkgs is not None else None
-        return statuspage.document(str(self.config.index.channel), self.ready.is_set(), seen, pending, ignored=ignored, sources=sources)
+        return statuspage.document(str(self.config.index.channel), self.ready.is_set(), seen, pending, ignored=ignored, role=role,
+                                   sources=sources)  # fmt: skip
 
     def _status_html(self) -> tuple[int, str, bytes]:
         return 200, "text/html; charset=utf-8", statuspage.as_html(self._status_doc())
@@ -166,6 +174,9 @@ class Daemon:
         return 200, "application/json", statuspage.as_json(self._status_doc())
 
     def _readyz(self) -> tuple[int, str, bytes]:
+        if self.leadership is not None:
+            role = self.leadership.role
+            return text(200, f"ready ({role})\n") if self.ready.is_set() else text(503, f"not ready ({role})\n")
         return text(200, "ready\n") if self.ready.is_set() else text(503, "start-up reconcile in progress\n")
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -238,7 +249,7 @@ class Daemon:
 
     def run(self) -> int:
         channel: Path = self.config.index.channel
-        with ChannelLock(channel) as lock:
+        with (NoLock if self.leadership else ChannelLock)(channel) as lock:
             self.root_id = self._root_identity()
             self.patch_id = self._patch_identity()
             self._install_signals()

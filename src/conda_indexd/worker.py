@@ -105,9 +105,12 @@ class Worker:
         self.uploads = UploadTracker(settle, upload_timeout, close_events)
         self.stopping = stopping or threading.Event()
         self.ready = threading.Event()
+        self.reconciled = threading.Event()  # published every subdir once (after-ready steps wait for it)
         self.states: dict[str, SubdirState] = {}
         self.on_ready: Callable[[], None] = lambda: None
-        self.on_start: Callable[[], None] = lambda: None  # before the start-up reconcile (in this thread)
+        self.pair: Callable[[Worker], None] | None = None  # leader.py's loop for a pair
+        self._was_ready = False
+        self.on_start: Callable[[], None] | None = None  # once, before the first reconcile (in this thread)
 
     def subdirs(self) -> list[str]:
         return detect_subdirs(self.index, self.backends.packages.subdirs())
@@ -120,36 +123,47 @@ class Worker:
     # --- the loop ---------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Reconcile every subdir, become ready, then take work until stopped."""
-        self.on_start()
+        """Reconcile every subdir, become ready, then take work until stopped. With a
+        `pair` (leader.py's active/standby loop), that loop drives the steps below."""
+        if self.pair is not None:
+            self.pair(self)
+            return
+        if self.reconcile():
+            self.became_ready()
+            self.serve()
+
+    def reconcile(self) -> bool:
+        """A full listing of every subdir; False when stopped on the way."""
+        if self.on_start is not None:
+            start, self.on_start = self.on_start, None
+            start()
         for subdir in self.subdirs():
             if self.stopping.is_set():
-                return
+                return False
             now = time.monotonic()
             self.process(Pending(subdir, now, now, full_scan=True, scan_reason=ScanReason.STARTUP))
-        self._settle_startup()
-        if self.stopping.is_set():
-            return
+        return not self.stopping.is_set()
+
+    def became_ready(self, reconciled: bool = True) -> None:
+        """Ready (/readyz 200). `reconciled`: this daemon published every subdir (False
+        for a standby of a pair, which is ready without publishing)."""
+        first = not self._was_ready
+        self._was_ready = True
+        if reconciled:
+            self.reconciled.set()
         self.ready.set()
         self.metrics.ready.set(1)
         sdnotify.notify("READY=1\nSTATUS=watching " + self.backends.packages.location)
         log.info("ready", subdirs=sorted(s for s, st in self.states.items() if st.status.last_run is not None))
-        self.on_ready()
-        while not self.stopping.is_set():
+        if first:
+            self.on_ready()
+
+    def serve(self, keep_going: Callable[[], bool] = lambda: True) -> None:
+        while not self.stopping.is_set() and keep_going():
             item = self.queue.take(timeout=0.5)
             self.metrics.queue_pending.set(self.queue.pending_count())
             if item is not None:
                 self.process(item)
-
-    def _settle_startup(self) -> None:
-        """Files found changing at start-up get their second look before READY, so ready
-        means every settled file is published; an upload held open does not delay it."""
-        deadline = time.monotonic() + 3 * self.settle + 1
-        while not self.stopping.is_set() and (left := deadline - time.monotonic()) > 0:
-            item = self.queue.take(timeout=min(left, self.settle + 0.2))
-            if item is None:
-                return
-            self.process(item)
 
     def process(self, item: Pending) -> None:
         subdir = item.subdir
