@@ -196,6 +196,7 @@ def test_bad_arguments(tmp_path: Path) -> None:
         (["--from-pkgs-dir", tmp_path / "missing", tmp_path / "ch"], "not a folder"),
         (["--from-pkgs-dir", pkgs, pkgs / "inside"], "outside the pkgs dir"),
         (["--from-pkgs-dir", pkgs, pkgs], "outside the pkgs dir"),
+        (["--from-pkgs-dir", pkgs, tmp_path / "ch", "--db", "postgresql", "--db-url", "postgresql://x/y"], "does not combine with --db postgresql"),
     ):
         result = run_cli("index", *args)
         assert result.rc == 2 and words in result.stderr and "Traceback" not in result.stderr, result
