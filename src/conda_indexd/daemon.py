@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import patches, sdnotify, statuspage
 from .backends import open_backends
@@ -30,6 +30,9 @@ from .pair import Pair
 from .pairlease import pair_leadership
 from .watch import ChannelEventHandler, OverflowHook, SymlinkedSubdirs, make_observer
 from .worker import Worker
+
+if TYPE_CHECKING:
+    from .pkgswatch import PkgsWatch
 
 log = get_logger("conda_indexd.daemon")
 
@@ -92,6 +95,15 @@ class Daemon:
         self.exit_code = 0
         self.patch_id: tuple[int, int] | None = None
         self.overflow = OverflowHook(lambda: self.rescan(ScanReason.OVERFLOW))
+        self.pkgs: PkgsWatch | None = None  # --from-pkgs-dir: the package caches this channel is made from
+        if config.index.pkgs_dirs:
+            from .pkgswatch import PkgsWatch
+
+            self.pkgs = PkgsWatch(config.index, self.queue, self.metrics, debounce=config.debounce, max_delay=config.max_delay,
+                                  settle=config.settle, polling=config.polling, poll_interval=config.poll_interval)  # fmt: skip
+            # in the worker's thread, before its start-up publish: the main loop keeps
+            # pinging systemd's watchdog while a big cache is read
+            self.worker.on_start = self.pkgs.start
         # bound here, so a port in use is one line before anything else starts
         self.http = StatusServer(
             config.host,
@@ -119,6 +131,8 @@ class Daemon:
         """Queue a full listing of every subdir (overflow, periodic, SIGHUP)."""
         self.metrics.rescans.labels(reason).inc()
         log.info("rescan", reason=reason)
+        if self.pkgs is not None:
+            self.pkgs.request()
         for subdir in self.worker.subdirs():
             self.queue.add_scan(subdir, reason)
 
@@ -149,7 +163,9 @@ class Daemon:
         seen = {s: st.status for s, st in list(self.worker.states.items()) if st.status.last_run or st.status.error}
         ignored = ignored_folders(self.config.index.channel)  # a folder made later shows too
         role = self.leadership.describe() if self.leadership else None
-        return statuspage.document(str(self.config.index.channel), self.ready.is_set(), seen, pending, ignored=ignored, role=role)
+        sources = self.pkgs.status() if self.pkgs is not None else None
+        return statuspage.document(str(self.config.index.channel), self.ready.is_set(), seen, pending, ignored=ignored, role=role,
+                                   sources=sources)  # fmt: skip
 
     def _status_html(self) -> tuple[int, str, bytes]:
         return 200, "text/html; charset=utf-8", statuspage.as_html(self._status_doc())
@@ -269,6 +285,8 @@ class Daemon:
                 self.stopping.set()
                 self.queue.wake()
                 self.observer.stop()
+                if self.pkgs is not None:
+                    self.pkgs.stop()
                 self.worker_thread.join(timeout=30)
                 self.observer.join(timeout=5)
                 self.overflow.remove()
