@@ -129,3 +129,29 @@ def test_watch_bad_flags_are_one_line_errors(tmp_path: Path, flag: str) -> None:
         capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_a_close_that_came_while_held_does_not_wait() -> None:
+    """The worker puts a held upload back after its close event already arrived (the
+    entry was taken meanwhile): the close wins and nothing waits."""
+    now = [0.0]
+    q = DebounceQueue(debounce=0.1, max_delay=1.0, clock=lambda: now[0])
+    q.add("noarch", "a.conda", "modified")
+    now[0] = 0.2
+    item = q.take(timeout=0)
+    assert item is not None and item.names == {"a.conda": "modified"}
+    q.add("noarch", "a.conda", "closed")  # arrives while the worker looks at the file
+    q.retry("noarch", {"a.conda": "modified"}, delay=30.0)  # the worker holds it
+    now[0] = 0.35
+    again = q.take(timeout=0)
+    assert again is not None and again.names == {"a.conda": "closed"}
+
+
+def test_held_names_alone_wait_for_their_recheck() -> None:
+    now = [0.0]
+    q = DebounceQueue(debounce=0.1, max_delay=1.0, clock=lambda: now[0])
+    q.retry("noarch", {"a.conda": "modified"}, delay=5.0)
+    now[0] = 1.0
+    assert q.take(timeout=0) is None
+    now[0] = 5.1
+    assert q.take(timeout=0) is not None

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import current, patches, repodata
+from . import current, origin, patches, repodata
 from .config import IndexConfig
 from .names import CURRENT, PATCH_INSTRUCTIONS, REPODATA, REPODATA_FROM_PACKAGES, RUN_EXPORTS, compact_json
 
@@ -30,10 +30,12 @@ def build_outputs(
     *,
     existing_instructions: bytes | None,
     run_exports: Iterable[tuple[str, str | None]] = (),
+    overlay: dict[str, Any] | None = None,
 ) -> Built:
     """`pieces`: (filename, record piece) sorted by filename (RecordMemo.pieces);
     `existing_instructions`: the subdir's published patch_instructions.json, if any;
-    `run_exports`: the rows of run_exports.json when config.run_exports.
+    `run_exports`: the rows of run_exports.json when config.run_exports;
+    `overlay`: origin metadata as patch instructions (origin.py), applied under the patches.
     Raises PatchError before anything is published when the patch source fails."""
     from_packages = repodata.build_repodata(subdir, pieces, base_url=config.base_url)
     outputs: dict[str, bytes] = {REPODATA_FROM_PACKAGES: from_packages}
@@ -41,11 +43,12 @@ def build_outputs(
     instructions: dict[str, Any] = {}
     doc: dict[str, Any] | None = None  # the parsed (then patched) document, parsed once
     generator = patches.generator_path(config.channel, config.patch_generator)
-    if generator is not None or existing_instructions is not None:
+    if generator is not None or existing_instructions is not None or overlay:
         doc = json.loads(from_packages)
         instructions, fresh = patches.instructions_for(subdir, doc, generator, existing_instructions)
         if fresh:
             outputs[PATCH_INSTRUCTIONS] = patches.serialize(instructions)
+        instructions = origin.layer(overlay, instructions)  # never written to patch_instructions.json
         if instructions:
             patched = compact_json(patches.apply(doc, instructions)).encode("ascii")
     outputs[REPODATA] = patched

@@ -97,7 +97,34 @@ def add_index_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clean-conda-index-leftovers", action="store_true",
                    help="remove conda-index's files that conda-indexd supersedes (root-level shards, "
                         "repodata_shards_from_packages.msgpack.zst, its index.html), once conda-indexd's shards are in shards/")
+    p.add_argument("--from-pkgs-dir", action="append", metavar="DIR", type=Path,
+                   help="serve this conda package cache (repeatable; writable caches first, as conda reads them): "
+                        "CHANNEL_DIR is then the output channel, created if missing")
+    p.add_argument("--origin-metadata", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --from-pkgs-dir: keep the origin channel's record (repodata_record.json: patched depends, "
+                        "license, ...) where it differs from index.json (default: on)")
     compat.add_flags(p)
+
+
+def _pkgs_dirs(args: argparse.Namespace, channel: Path) -> tuple[Path, ...]:
+    """--from-pkgs-dir folders (existing, distinct, not inside the channel nor holding it).
+    The output channel is created if missing."""
+    dirs: list[Path] = []
+    for given in args.from_pkgs_dir or ():
+        folder = given.absolute()
+        if not folder.is_dir():
+            raise UsageError(f"--from-pkgs-dir: not a folder: {given}")
+        real, out = folder.resolve(), channel.resolve()
+        if real == out or out.is_relative_to(real) or real.is_relative_to(out):
+            raise UsageError(f"--from-pkgs-dir {given}: the channel must be outside the pkgs dir (a pkgs dir is never written to)")
+        if folder not in dirs:
+            dirs.append(folder)
+    if dirs and not channel.exists():
+        try:
+            channel.mkdir(parents=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create channel folder {channel}: {exc.strerror or exc}") from None
+    return tuple(dirs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,6 +224,11 @@ def config_from_args(args: argparse.Namespace) -> IndexConfig:
         channel, channel_url, output_url = remote
     else:
         channel, channel_url, output_url = Path(args.channel).absolute(), None, None
+    pkgs_dirs = _pkgs_dirs(args, channel)
+    if pkgs_dirs and args.db == "postgresql":
+        raise UsageError("--from-pkgs-dir serves local package caches from one daemon; it does not combine with --db postgresql")
+    if pkgs_dirs and channel_url is not None:
+        raise UsageError("--from-pkgs-dir serves local package caches into a local channel folder, not an s3:// one")
     if channel_url is None:  # (a bucket's state folder was made and checked by remote_settings)
         _check_channel_folder(channel, args.channel)
     output = Path(args.output).absolute() if args.output and output_url is None else None
@@ -249,6 +281,8 @@ def config_from_args(args: argparse.Namespace) -> IndexConfig:
         output_url=output_url,
         db=args.db,
         db_url=args.db_url if args.db == "postgresql" else None,
+        pkgs_dirs=pkgs_dirs,
+        origin_overlay=bool(pkgs_dirs) and args.origin_metadata,
     )
 
 
@@ -259,6 +293,7 @@ def run_index(args: argparse.Namespace) -> int:
     progress = ProgressLine()
     results: list[SubdirResult] = []
     failed: list[str] = []
+    unplaced: list[str] = []
     probe = open_backends(config)
     for store in {id(s): s for s in (probe.packages, probe.outputs)}.values():
         check = getattr(store, "check", None)  # a bucket: there, and these credentials may use it
@@ -266,6 +301,10 @@ def run_index(args: argparse.Namespace) -> int:
             check()
     with open_lock(config, probe), index_lease(config) as fence:
         backends = open_backends(config, fence, getattr(fence, "application_name", "conda-indexd")) if fence else probe
+        if config.pkgs_dirs:
+            from .pkgswatch import sync_once
+
+            unplaced = sync_once(config).failed
         if not config.subdirs and not config.remote:
             ignored.log_ignored(config.channel)
         for subdir in detect_subdirs(config, backends.packages.subdirs()):
@@ -304,6 +343,9 @@ def run_index(args: argparse.Namespace) -> int:
     )
     if failed:
         print(f"{PROG}: patches failed for {', '.join(failed)} (their previous repodata is kept)", file=sys.stderr)
+        return 1
+    if unplaced:
+        print(f"{PROG}: {len(unplaced)} package(s) could not be placed into the channel ({unplaced[0]}, ...; see the log)", file=sys.stderr)
         return 1
     return 0
 

@@ -62,6 +62,8 @@ class IndexConfig:
     shard_retention: float = DEFAULT_SHARD_RETENTION
     db: str = "sqlite3"  # or "postgresql": the cache in db_url's database (pgcache.py)
     db_url: str | None = None
+    pkgs_dirs: tuple[Path, ...] = ()  # --from-pkgs-dir: conda package caches served as this channel (pkgsplace.py)
+    origin_overlay: bool = False  # --from-pkgs-dir: apply CHANNEL/.pkgs-dirs/origin-<subdir>.json (origin.py)
     # s3://BUCKET/PREFIX: the packages live there and `channel` is the local state
     # folder holding the caches (--cache-dir); `output_url`: publish to an s3:// prefix
     channel_url: str | None = None

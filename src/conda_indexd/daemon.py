@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from watchdog.observers.api import BaseObserver
 
@@ -34,6 +34,9 @@ from .s3watch import S3EventsEndpoint, S3Poller
 from .store import StoreError
 from .watch import ChannelEventHandler, OverflowHook, SymlinkedSubdirs, make_observer
 from .worker import Worker
+
+if TYPE_CHECKING:
+    from .pkgswatch import PkgsWatch
 
 log = get_logger("conda_indexd.daemon")
 
@@ -108,6 +111,15 @@ class Daemon:
         self.exit_code = 0
         self.patch_id: tuple[int, int] | None = None
         self.overflow = OverflowHook(lambda: self.rescan(ScanReason.OVERFLOW))
+        self.pkgs: PkgsWatch | None = None  # --from-pkgs-dir: the package caches this channel is made from
+        if config.index.pkgs_dirs:
+            from .pkgswatch import PkgsWatch
+
+            self.pkgs = PkgsWatch(config.index, self.queue, self.metrics, debounce=config.debounce, max_delay=config.max_delay,
+                                  settle=config.settle, polling=config.polling, poll_interval=config.poll_interval)  # fmt: skip
+            # in the worker's thread, before its start-up publish: the main loop keeps
+            # pinging systemd's watchdog while a big cache is read
+            self.worker.on_start = self.pkgs.start
         # bound here, so a port in use is one line before anything else starts
         self.http = StatusServer(
             config.host,
@@ -136,6 +148,8 @@ class Daemon:
         """Queue a full listing of every subdir (overflow, periodic, SIGHUP)."""
         self.metrics.rescans.labels(reason).inc()
         log.info("rescan", reason=reason)
+        if self.pkgs is not None:
+            self.pkgs.request()
         try:
             subdirs = self.worker.subdirs()
         except StoreError as exc:  # the next rescan (or the worker's retries) will do
@@ -173,7 +187,9 @@ class Daemon:
         seen = {s: st.status for s, st in list(self.worker.states.items()) if st.status.last_run or st.status.error}
         ignored = [] if self.remote else ignored_folders(self.config.index.channel)  # a folder made later shows too
         role = self.leadership.describe() if self.leadership else None
-        return statuspage.document(self.config.index.location, self.ready.is_set(), seen, pending, ignored=ignored, role=role)
+        sources = self.pkgs.status() if self.pkgs is not None else None
+        return statuspage.document(self.config.index.location, self.ready.is_set(), seen, pending, ignored=ignored, role=role,
+                                   sources=sources)  # fmt: skip
 
     def _status_html(self) -> tuple[int, str, bytes]:
         return 200, "text/html; charset=utf-8", statuspage.as_html(self._status_doc())
@@ -306,6 +322,8 @@ class Daemon:
                 self.stopping.set()
                 self.queue.wake()
                 self.observer.stop()
+                if self.pkgs is not None:
+                    self.pkgs.stop()
                 self.worker_thread.join(timeout=30)
                 self.observer.join(timeout=5)
                 self.overflow.remove()

@@ -14,6 +14,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import origin
 from .backends import Backends, open_backends
 from .build import build_outputs
 from .cache import CacheCorrupt, Failure, FileState, SubdirCache
@@ -136,6 +137,7 @@ class SubdirRun:
                 memo.pieces(),
                 existing_instructions=b.outputs.read(key(subdir, PATCH_INSTRUCTIONS)),
                 run_exports=cache.run_exports() if config.run_exports else (),
+                overlay=origin.parse(b.packages.read(origin.overlay_key(subdir))) if config.origin_overlay else None,
             )
             result.skipped = cache.failures()
             # §8.2: shard files, then the shard index, then repodata.json and the rest.

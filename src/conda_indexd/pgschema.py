@@ -15,10 +15,15 @@ from typing import Any
 
 from .cache import CacheError
 
-try:
-    import psycopg
-except ImportError:  # pragma: no cover - the postgresql extra
-    psycopg = None  # type: ignore[assignment]
+
+def _psycopg() -> Any:
+    """psycopg, imported on first use (the postgresql extra; ~0.1 s to import, which a
+    daemon or index run on sqlite should not pay)."""
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - the postgresql extra
+        raise PgCacheError("--db postgresql needs psycopg: pip install 'conda-indexd[postgresql]'") from None
+    return psycopg
 
 CHANNEL_ID_PATTERN = r"[a-z0-9_][a-z0-9_.-]*"  # conda-index's (CEP-26 path component)
 DEFAULT_DB_URL = "postgresql:///conda_index"  # conda-index's default
@@ -83,8 +88,7 @@ class PgCacheError(CacheError):
 
 def connect(url: str, application_name: str = "conda-indexd") -> Any:
     """An autocommit connection, or PgCacheError with one line."""
-    if psycopg is None:
-        raise PgCacheError("--db postgresql needs psycopg: pip install 'conda-indexd[postgresql]'")
+    psycopg = _psycopg()
     try:
         return psycopg.connect(conninfo(url), autocommit=True, connect_timeout=CONNECT_TIMEOUT, application_name=application_name)
     except psycopg.Error as exc:
@@ -100,6 +104,7 @@ def first_line(exc: BaseException) -> str:
 
 def ensure_schema(conn: Any, url: str, extra: Iterable[str] = ()) -> None:
     """Create what is missing (as conda-index's create_all does) or refuse tables that are not conda-index's."""
+    psycopg = _psycopg()
     try:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))

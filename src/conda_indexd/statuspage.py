@@ -33,9 +33,11 @@ def document(
     now: float | None = None,
     ignored: list[dict[str, str]] | None = None,
     role: dict[str, Any] | None = None,
+    sources: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """`ignored`: [{folder, reason}] of platform-like folders left out; `role`: the
-    leadership of a daemon in a pair (leader.py's describe())."""
+    leadership of a daemon in a pair (leader.py's describe()); `sources`: the pkgs dirs
+    served (--from-pkgs-dir), each as pkgsdir.DirReport.as_dict()."""
     now = time.time() if now is None else now
     return {
         "channel": channel,
@@ -48,6 +50,7 @@ def document(
         "pending": pending,
         "ignored": ignored or [],
         **({"role": role} if role else {}),
+        **({"pkgs_dirs": sources} if sources is not None else {}),
     }
 
 
@@ -120,9 +123,34 @@ def as_html(doc: dict[str, Any]) -> bytes:
 <h2>Pending work</h2>
 <table><thead><tr><th>subdir</th><th>files</th><th>full scan</th><th>why</th><th>waiting</th></tr></thead>
 <tbody>{"".join(pending) or '<tr><td colspan="5" class="ok">nothing pending</td></tr>'}</tbody></table>
-<h2>Folders ignored</h2>
+{_sources_html(doc.get("pkgs_dirs"))}<h2>Folders ignored</h2>
 <table><thead><tr><th>folder</th><th>why</th></tr></thead>
 <tbody>{"".join(ignored) or '<tr><td colspan="2" class="ok">none</td></tr>'}</tbody></table>
 </body></html>
 """
     return html.encode()
+
+
+def _sources_html(sources: list[dict[str, Any]] | None) -> str:
+    """The pkgs dirs a channel is made from: taken, duplicates, skipped, origins."""
+    if sources is None:
+        return ""
+    e = escape
+    rows, skipped = [], []
+    for d in sources:
+        origins = "<br>".join(f"<code>{e(url)}</code> ({n})" for url, n in d["origins"].items()) or "none"
+        problem = f'<br><span class="bad">{e(d["problem"])}</span>' if d.get("problem") else ""
+        rows.append(
+            f'<tr><td><code>{e(d["dir"])}</code>{problem}</td><td>{"writable" if d["writable"] else "read-only"}</td>'
+            f'<td class="n">{d["taken"]}</td><td class="n">{d["duplicates_dropped"]}</td>'
+            f'<td class="n">{len(d["skipped"])}</td><td>{origins}</td></tr>'
+        )
+        skipped += [f"<tr><td><code>{e(d['dir'])}</code></td><td><code>{e(s['path'])}</code></td><td>{e(s['reason'])}</td>"
+                    f"<td>{e(s['message'])}</td></tr>" for s in d["skipped"]]  # fmt: skip
+    return f"""<h2>Package caches served</h2>
+<table><thead><tr><th>pkgs dir</th><th>kind</th><th>packages taken</th><th>duplicates dropped</th><th>skipped</th><th>origins (urls.txt, by channel)</th></tr></thead>
+<tbody>{"".join(rows) or '<tr><td colspan="6">none</td></tr>'}</tbody></table>
+<h2>Package cache entries skipped</h2>
+<table><thead><tr><th>pkgs dir</th><th>entry</th><th>reason</th><th>detail</th></tr></thead>
+<tbody>{"".join(skipped) or '<tr><td colspan="4" class="ok">none</td></tr>'}</tbody></table>
+"""

@@ -111,6 +111,7 @@ class Worker:
         self.on_ready: Callable[[], None] = lambda: None
         self.pair: Callable[[Worker], None] | None = None  # leader.py's loop for a pair
         self._was_ready = False
+        self.on_start: Callable[[], None] | None = None  # once, before the first reconcile (in this thread)
 
     def subdirs(self) -> list[str]:
         return detect_subdirs(self.index, self.backends.packages.subdirs())
@@ -134,6 +135,9 @@ class Worker:
 
     def reconcile(self) -> bool:
         """A full listing of every subdir; False when stopped on the way."""
+        if self.on_start is not None:
+            start, self.on_start = self.on_start, None
+            start()
         for subdir in self._startup_subdirs():
             if self.stopping.is_set():
                 return False
