@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .backends import Backends, open_backends
-from .build import build_outputs
+from .build import Sections, build_from_sections
 from .cache import CacheCorrupt, Failure, FileState, SubdirCache
 from .config import IndexConfig
 from .extract import Progress, extract
@@ -129,10 +129,11 @@ class SubdirRun:
                 log.warning("skipped archive", subdir=subdir, path=failure.path, reason=failure.reason, detail=failure.message)
             memo = self.memo if self.memo is not None else RecordMemo()
             dirty = memo.refresh(cache, scope)
-            built = build_outputs(
+            built = build_from_sections(
                 config,
                 subdir,
-                memo.pieces(),
+                Sections(memo.order(), memo.entries),
+                memo.patched,
                 existing_instructions=b.outputs.read(key(subdir, PATCH_INSTRUCTIONS)),
                 run_exports=cache.run_exports() if config.run_exports else (),
             )
@@ -151,7 +152,8 @@ class SubdirRun:
         result.added = sorted(after.keys() - before.keys())
         result.removed = sorted(before.keys() - after.keys())
         result.changed = sorted(fn for fn in after.keys() & before.keys() if after[fn] != before[fn])
-        result.repodata_bytes = len(built.outputs[REPODATA])
+        repodata_json = built.outputs[REPODATA]
+        result.repodata_bytes = len(repodata_json) if isinstance(repodata_json, bytes) else repodata_json.size
         result.duration = time.monotonic() - started
         return result
 

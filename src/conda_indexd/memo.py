@@ -10,24 +10,33 @@ cancelled, or rebuilds a damaged cache. That rule lives in the daemon's SubdirSt
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Collection
 from typing import NamedTuple
 
 from . import repodata
 from .cache import ShardKey, SubdirCache
+from .names import section_of
+
+RESORT = 256  # more changes than this in one refresh: sort the sections again
 
 
 class MemoEntry(NamedTuple):
     sha256: str
-    piece: str  # '"filename":{record}' as it appears in repodata.json
+    piece: bytes  # b'"filename":{record}' as it appears in repodata.json (ASCII)
     name: str  # the package name (which shard it belongs to)
 
 
 class RecordMemo:
-    """{filename: MemoEntry} of every published package of one subdir."""
+    """{filename: MemoEntry} of every published package of one subdir, with each
+    section's filenames kept sorted (a one-package change is one insort, not a sort of
+    the subdir), and the patched pieces of the last build (`patched`, filled by build)."""
 
     def __init__(self) -> None:
         self.entries: dict[str, MemoEntry] = {}
+        self._order: dict[str, list[str]] | None = None  # {section: sorted filenames}
+        # {filename: (sha256 + its patch operations' digest, patched piece or None: removed)}
+        self.patched: dict[str, tuple[str, bytes | None]] = {}
 
     def refresh(self, cache: SubdirCache, paths: Collection[str] | None = None) -> set[str]:
         """Bring the entries in line with the cache; returns the names whose records
@@ -43,19 +52,46 @@ class RecordMemo:
         for fn in gone:
             changed.add(self.entries.pop(fn).name)
         misses = [fn for fn, sha in keys.items() if not sha or fn not in self.entries or self.entries[fn].sha256 != sha]
+        added = []
         for row in cache.records_for(misses):
             if row.path in self.entries:
                 changed.add(self.entries[row.path].name)
-            self.entries[row.path] = MemoEntry(keys[row.path] or "", repodata.record_piece(row.path, row.index_json), row.name)
+            else:
+                added.append(row.path)
+            self.entries[row.path] = MemoEntry(keys[row.path] or "", repodata.piece_bytes(row.path, row.index_json), row.name)
             changed.add(row.name)
+        self._reorder(gone, added)
         return changed
+
+    def _reorder(self, gone: Collection[str], added: list[str]) -> None:
+        if self._order is None or len(gone) + len(added) > RESORT:
+            self._order = None
+            return
+        for fn in gone:
+            order = self._order[section_of(fn) or ""]
+            i = bisect.bisect_left(order, fn)
+            if i < len(order) and order[i] == fn:
+                del order[i]
+        for fn in added:
+            bisect.insort(self._order[section_of(fn) or ""], fn)
+
+    def order(self) -> dict[str, list[str]]:
+        """{"packages": [...], "packages.conda": [...]}: each section's filenames, sorted."""
+        if self._order is None:
+            order: dict[str, list[str]] = {"packages": [], "packages.conda": [], "": []}
+            for fn in self.entries:
+                order[section_of(fn) or ""].append(fn)
+            for names in order.values():
+                names.sort()
+            self._order = order
+        return self._order
 
     def digests(self) -> dict[str, str]:
         return {fn: entry.sha256 for fn, entry in self.entries.items()}
 
     def pieces(self) -> list[tuple[str, str]]:
         """(filename, record piece) sorted by filename: the input of build_repodata."""
-        return sorted((fn, entry.piece) for fn, entry in self.entries.items())
+        return sorted((fn, entry.piece.decode("ascii")) for fn, entry in self.entries.items())
 
     def shard_keys(self) -> list[ShardKey]:
         """Ordered by name then filename, for shards."""
