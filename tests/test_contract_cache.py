@@ -112,3 +112,19 @@ def test_a_rolled_back_transaction_keeps_nothing(cache: SubdirCache) -> None:
         cache.replace_fs_state([a])
         raise RuntimeError("boom")
     assert cache.fs_state() == {}
+
+
+def test_pieces_persist_only_for_the_text_they_were_made_from(caches: Caches) -> None:
+    with caches.open("noarch") as c:
+        pieces = c.pieces()
+        if pieces is None:
+            pytest.skip("this cache keeps no pieces")
+        assert list(pieces.lookup([("a-1-0.conda", "a", '{"x": 1}')])) == [("a-1-0.conda", "a", '{"x": 1}', None)]
+        pieces.save([("a-1-0.conda", '{"x": 1}', b'"a-1-0.conda":{"x":1}'), ("b-1-0.conda", "{}", b'"b-1-0.conda":{}')])
+    with caches.open("noarch") as c:
+        pieces = c.pieces()
+        assert pieces is not None
+        rows = [("a-1-0.conda", "a", '{"x": 1}'), ("b-1-0.conda", "b", '{"y": 2}')]  # b's row was re-indexed
+        assert [r[3] for r in pieces.lookup(rows)] == [b'"a-1-0.conda":{"x":1}', None]
+        pieces.save([], keep=["b-1-0.conda"])  # a left the cache
+        assert [r[3] for r in pieces.lookup(rows[:1])] == [None]

@@ -3,7 +3,9 @@ runs so a one-package change costs one record, not the whole subdir.
 
 What the memo may assume (docs/architecture.md): an entry is valid while the package's
 archive sha256 is unchanged, because the sha256 fixes every byte of the metadata the
-record is built from. A memo is only ever refreshed against the cache it was filled
+record is built from. Pieces are also kept between processes (cache.pieces(), valid
+for the exact cached index_json text), so a restart or a one-shot run does not serialise
+unchanged records again. A memo is only ever refreshed against the cache it was filled
 from: the owner drops it (starts the next run without one) whenever a run fails, is
 cancelled, or rebuilds a damaged cache. That rule lives in the daemon's SubdirState.
 """
@@ -19,6 +21,7 @@ from .cache import ShardKey, SubdirCache
 from .names import section_of
 
 RESORT = 256  # more changes than this in one refresh: sort the sections again
+LOOKUP = 64  # more records to read than this: look for their kept pieces first
 
 
 class MemoEntry(NamedTuple):
@@ -53,13 +56,22 @@ class RecordMemo:
             changed.add(self.entries.pop(fn).name)
         misses = [fn for fn, sha in keys.items() if not sha or fn not in self.entries or self.entries[fn].sha256 != sha]
         added = []
-        for row in cache.records_for(misses):
-            if row.path in self.entries:
-                changed.add(self.entries[row.path].name)
+        store = cache.pieces()
+        rows = ((r.path, r.name, r.index_json) for r in cache.records_for(misses))
+        found = store.lookup(rows) if store is not None and len(misses) > LOOKUP else ((*r, None) for r in rows)
+        fresh = []
+        for path, name, text, piece in found:
+            if piece is None:
+                piece = repodata.piece_bytes(path, text)
+                fresh.append((path, text, piece))
+            if path in self.entries:
+                changed.add(self.entries[path].name)
             else:
-                added.append(row.path)
-            self.entries[row.path] = MemoEntry(keys[row.path] or "", repodata.piece_bytes(row.path, row.index_json), row.name)
-            changed.add(row.name)
+                added.append(path)
+            self.entries[path] = MemoEntry(keys[path] or "", piece, name)
+            changed.add(name)
+        if store is not None and (fresh or (paths is None and gone)):
+            store.save(fresh, keep=self.entries.keys() if paths is None and (gone or len(misses) > LOOKUP) else None)
         self._reorder(gone, added)
         return changed
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .cache import CacheCorrupt, CacheError, Failure, FileState, MetadataRejected, PublishedKey, RecordRow, ShardKey
 from .localstore import clean_stale_temps, same_content, write_atomic
 from .logs import get_logger
+from .sqlitepieces import PieceStore
 
 if TYPE_CHECKING:
     from .archive import PackageMetadata
@@ -109,6 +110,7 @@ class SqliteCache:
 
     def __init__(self, db_path: Path):
         self.db_path = db_path
+        self._pieces: PieceStore | None = None
         try:
             self._open()
         except sqlite3.DatabaseError as exc:
@@ -166,6 +168,13 @@ class SqliteCache:
 
     def close(self) -> None:
         self.db.close()
+        if self._pieces is not None:
+            self._pieces.close()
+
+    def pieces(self) -> PieceStore:
+        if self._pieces is None:
+            self._pieces = PieceStore(self.db_path.parent)
+        return self._pieces
 
     def __enter__(self) -> SqliteCache:
         return self
