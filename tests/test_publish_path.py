@@ -132,3 +132,31 @@ def test_a_streamed_zst_is_one_frame_a_single_frame_decoder_reads(tmp_path: Path
     (channel / "noarch" / f"{REPODATA}.zst").write_bytes(b"stale")  # repaired, nothing else rewritten
     assert publish_outputs(IndexConfig(channel, bz2=True), store, "noarch", {REPODATA_FROM_PACKAGES: doc, REPODATA: doc}) == [REPODATA + ".zst"]
     assert sorted(p.name for p in (channel / "noarch").iterdir() if p.name.startswith(".")) == []  # no temporaries
+
+
+def test_quiet_rescans_still_see_every_change(tmp_path: Path) -> None:
+    from conda_indexd.indexer import index_subdir
+
+    channel = tmp_path / "channel"
+    noarch = channel / "noarch"
+    for name in ("a", "b"):
+        make_package(noarch / f"{name}-1.0-0.conda", index_json(name, "1.0", "0", "noarch"))
+    config = IndexConfig(channel, threads=1)
+    memo = index_subdir(config, "noarch").memo
+    quiet = index_subdir(config, "noarch", memo=memo)
+    assert quiet.written == [] and quiet.packages == 2 and quiet.repodata_bytes == (noarch / REPODATA).stat().st_size
+    # a damaged output of the same size is repaired by the next rescan
+    zst = noarch / f"{REPODATA}.zst"
+    good = zst.read_bytes()
+    zst.write_bytes(b"\0" * len(good))
+    assert index_subdir(config, "noarch", memo=memo).written == [f"{REPODATA}.zst"] and zst.read_bytes() == good
+    # an event run, then a removal nobody reported: the rescan after it lists again
+    make_package(noarch / "c-1.0-0.conda", index_json("c", "1.0", "0", "noarch"))
+    assert index_subdir(config, "noarch", touched=["c-1.0-0.conda"], memo=memo).added == ["c-1.0-0.conda"]
+    (noarch / "c-1.0-0.conda").unlink()
+    rescan = index_subdir(config, "noarch", memo=memo)
+    assert rescan.removed == ["c-1.0-0.conda"] and "c-1.0-0.conda" not in (noarch / REPODATA).read_text()
+    # new patch instructions are an input too
+    (noarch / "patch_instructions.json").write_text(json.dumps({"packages.conda": {"a-1.0-0.conda": {"license": "X"}}}))
+    assert REPODATA in index_subdir(config, "noarch", memo=memo).written
+    assert json.loads((noarch / REPODATA).read_text())["packages.conda"]["a-1.0-0.conda"]["license"] == "X"

@@ -19,6 +19,7 @@ from typing import NamedTuple
 from . import repodata
 from .cache import ShardKey, SubdirCache
 from .names import section_of
+from .quiet import Quiet
 
 RESORT = 256  # more changes than this in one refresh: sort the sections again
 LOOKUP = 64  # more records to read than this: look for their kept pieces first
@@ -40,6 +41,9 @@ class RecordMemo:
         self._order: dict[str, list[str]] | None = None  # {section: sorted filenames}
         # {filename: (sha256 + its patch operations' digest, patched piece or None: removed)}
         self.patched: dict[str, tuple[str, bytes | None]] = {}
+        self.quiet = Quiet()  # what the run that filled it saw and published (quiet.py)
+        self.last: tuple[list[str], list[str], list[str]] = ([], [], [])  # the last refresh's (added, removed, replaced)
+        self._shard_keys: list[ShardKey] | None = None
 
     def refresh(self, cache: SubdirCache, paths: Collection[str] | None = None) -> set[str]:
         """Bring the entries in line with the cache; returns the names whose records
@@ -55,7 +59,7 @@ class RecordMemo:
         for fn in gone:
             changed.add(self.entries.pop(fn).name)
         misses = [fn for fn, sha in keys.items() if not sha or fn not in self.entries or self.entries[fn].sha256 != sha]
-        added = []
+        added, replaced = [], []
         store = cache.pieces()
         rows = ((r.path, r.name, r.index_json) for r in cache.records_for(misses))
         found = store.lookup(rows) if store is not None and len(misses) > LOOKUP else ((*r, None) for r in rows)
@@ -66,6 +70,8 @@ class RecordMemo:
                 fresh.append((path, text, piece))
             if path in self.entries:
                 changed.add(self.entries[path].name)
+                if self.entries[path].sha256 != (keys[path] or ""):
+                    replaced.append(path)
             else:
                 added.append(path)
             self.entries[path] = MemoEntry(keys[path] or "", piece, name)
@@ -73,6 +79,9 @@ class RecordMemo:
         if store is not None and (fresh or (paths is None and gone)):
             store.save(fresh, keep=self.entries.keys() if paths is None and (gone or len(misses) > LOOKUP) else None)
         self._reorder(gone, added)
+        self.last = (added, sorted(gone), replaced)
+        if changed:
+            self._shard_keys = None
         return changed
 
     def _reorder(self, gone: Collection[str], added: list[str]) -> None:
@@ -107,4 +116,6 @@ class RecordMemo:
 
     def shard_keys(self) -> list[ShardKey]:
         """Ordered by name then filename, for shards."""
-        return sorted(ShardKey(entry.name, fn, entry.sha256) for fn, entry in self.entries.items())
+        if self._shard_keys is None:
+            self._shard_keys = sorted(ShardKey(entry.name, fn, entry.sha256) for fn, entry in self.entries.items())
+        return self._shard_keys
