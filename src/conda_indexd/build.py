@@ -40,9 +40,13 @@ class Built:
 class Sections:
     """The unpatched pieces of each section, sorted by filename, and where they are."""
 
-    def __init__(self, order: dict[str, list[str]], piece_of: dict[str, Any]):
+    def __init__(self, order: dict[str, list[str]], piece_of: dict[str, Any], pieces: dict[str, list[bytes]] | None = None):
+        """`order`: {section: sorted filenames}; `piece_of`: {filename: MemoEntry};
+        `pieces`: {section: the pieces in that order} when the caller keeps them."""
         self.names = {s: order.get(s, []) for s in ("packages", "packages.conda")}
-        self.pieces = {s: [piece_of[fn].piece for fn in names] for s, names in self.names.items()}
+        if pieces is None:
+            pieces = {s: [piece_of[fn].piece for fn in names] for s, names in self.names.items()}
+        self.pieces = pieces
         self.piece_of = piece_of
 
     def document(self, subdir: str, base_url: str | None, *, removed: Iterable[str] = ()) -> repodata.Document:

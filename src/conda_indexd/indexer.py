@@ -150,7 +150,7 @@ class SubdirRun:
                 built = build_from_sections(
                     config,
                     subdir,
-                    Sections(memo.order(), memo.entries),
+                    Sections(memo.order(), memo.entries, {s: p for s, (_, p) in memo.sections().items()}),
                     memo.patched,
                     existing_instructions=instructions,
                     run_exports=cache.run_exports() if config.run_exports else (),

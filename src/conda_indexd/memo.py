@@ -38,7 +38,7 @@ class RecordMemo:
 
     def __init__(self) -> None:
         self.entries: dict[str, MemoEntry] = {}
-        self._order: dict[str, list[str]] | None = None  # {section: sorted filenames}
+        self._sections: dict[str, tuple[list[str], list[bytes]]] | None = None  # see sections()
         # {filename: (sha256 + its patch operations' digest, patched piece or None: removed)}
         self.patched: dict[str, tuple[str, bytes | None]] = {}
         self.quiet = Quiet()  # what the run that filled it saw and published (quiet.py)
@@ -56,8 +56,10 @@ class RecordMemo:
             keys = dict(cache.published_keys(paths))
             gone = {fn for fn in paths if fn in self.entries and fn not in keys}
         changed: set[str] = set()
+        before: dict[str, MemoEntry | None] = {}  # every filename touched, with its old entry
         for fn in gone:
-            changed.add(self.entries.pop(fn).name)
+            before[fn] = self.entries.pop(fn)
+            changed.add(before[fn].name)  # type: ignore[union-attr]
         misses = [fn for fn, sha in keys.items() if not sha or fn not in self.entries or self.entries[fn].sha256 != sha]
         added, replaced = [], []
         store = cache.pieces()
@@ -68,9 +70,10 @@ class RecordMemo:
             if piece is None:
                 piece = repodata.piece_bytes(path, text)
                 fresh.append((path, text, piece))
-            if path in self.entries:
-                changed.add(self.entries[path].name)
-                if self.entries[path].sha256 != (keys[path] or ""):
+            old = before[path] = self.entries.get(path)
+            if old is not None:
+                changed.add(old.name)
+                if old.sha256 != (keys[path] or ""):
                     replaced.append(path)
             else:
                 added.append(path)
@@ -78,34 +81,53 @@ class RecordMemo:
             changed.add(name)
         if store is not None and (fresh or (paths is None and gone)):
             store.save(fresh, keep=self.entries.keys() if paths is None and (gone or len(misses) > LOOKUP) else None)
-        self._reorder(gone, added)
+        self._update(before)
         self.last = (added, sorted(gone), replaced)
-        if changed:
-            self._shard_keys = None
         return changed
 
-    def _reorder(self, gone: Collection[str], added: list[str]) -> None:
-        if self._order is None or len(gone) + len(added) > RESORT:
-            self._order = None
+    def _update(self, before: dict[str, MemoEntry | None]) -> None:
+        """Keep the sorted sections and shard keys in step (a few changes: bisect; many:
+        sorted again when next asked for)."""
+        if len(before) > RESORT:
+            self._sections = self._shard_keys = None
             return
-        for fn in gone:
-            order = self._order[section_of(fn) or ""]
-            i = bisect.bisect_left(order, fn)
-            if i < len(order) and order[i] == fn:
-                del order[i]
-        for fn in added:
-            bisect.insort(self._order[section_of(fn) or ""], fn)
+        for fn, old in before.items():
+            new = self.entries.get(fn)
+            if self._sections is not None:
+                names, pieces = self._sections[section_of(fn) or ""]
+                i = bisect.bisect_left(names, fn)
+                present = i < len(names) and names[i] == fn
+                if new is None and present:
+                    del names[i], pieces[i]
+                elif new is not None and present:
+                    pieces[i] = new.piece
+                elif new is not None:
+                    names.insert(i, fn)
+                    pieces.insert(i, new.piece)
+            if self._shard_keys is not None:
+                keys = self._shard_keys
+                if old is not None:
+                    i = bisect.bisect_left(keys, ShardKey(old.name, fn, old.sha256))
+                    if i < len(keys) and keys[i] == (old.name, fn, old.sha256):
+                        del keys[i]
+                if new is not None:
+                    bisect.insort(keys, ShardKey(new.name, fn, new.sha256))
+
+    def sections(self) -> dict[str, tuple[list[str], list[bytes]]]:
+        """{section: (sorted filenames, their pieces)} for "packages" and "packages.conda"."""
+        if self._sections is None:
+            names: dict[str, list[str]] = {"packages": [], "packages.conda": [], "": []}
+            for fn in self.entries:
+                names[section_of(fn) or ""].append(fn)
+            self._sections = {}
+            for section, fns in names.items():
+                fns.sort()
+                self._sections[section] = (fns, [self.entries[fn].piece for fn in fns])
+        return self._sections
 
     def order(self) -> dict[str, list[str]]:
         """{"packages": [...], "packages.conda": [...]}: each section's filenames, sorted."""
-        if self._order is None:
-            order: dict[str, list[str]] = {"packages": [], "packages.conda": [], "": []}
-            for fn in self.entries:
-                order[section_of(fn) or ""].append(fn)
-            for names in order.values():
-                names.sort()
-            self._order = order
-        return self._order
+        return {section: names for section, (names, _) in self.sections().items()}
 
     def digests(self) -> dict[str, str]:
         return {fn: entry.sha256 for fn, entry in self.entries.items()}

@@ -382,10 +382,10 @@ class SqliteCache:
     def failures(self) -> list[Failure]:
         rows = self.db.execute(
             """
-            SELECT fs.path, bad.etag, bad.last_modified FROM stat AS fs
-            JOIN stat AS bad ON bad.path = fs.path AND bad.stage = 'failed'
+            SELECT fs.path, bad.etag, bad.last_modified FROM stat AS bad
+            CROSS JOIN stat AS fs ON fs.path = bad.path AND fs.stage = 'fs'
                  AND bad.mtime = fs.mtime AND bad.size = fs.size
-            WHERE fs.stage = 'fs' ORDER BY fs.path
+            WHERE bad.stage = 'failed' ORDER BY fs.path
             """
         )
         return [Failure(path, reason or "unreadable", message or "") for path, reason, message in rows]

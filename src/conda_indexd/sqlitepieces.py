@@ -11,6 +11,7 @@ and pieces of packages that left cache.db are dropped on a full refresh.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import sqlite3
 import zlib
 from collections.abc import Iterable, Iterator
@@ -21,6 +22,7 @@ from .logs import get_logger
 log = get_logger(__name__)
 
 PIECES_FILE = "conda-indexd-pieces.db"
+BATCH = 2000  # rows looked up per query
 _SCHEMA = "CREATE TABLE IF NOT EXISTS pieces (path TEXT PRIMARY KEY, crc INTEGER NOT NULL, piece BLOB NOT NULL)"
 
 
@@ -55,21 +57,20 @@ class PieceStore:
 
     def lookup(self, rows: Iterable[tuple[str, str, str]]) -> Iterator[tuple[str, str, str, bytes | None]]:
         """(path, name, index_json text) -> the same with the stored piece, or None when
-        absent or made from another text."""
-        rows = list(rows)
-        stored: dict[str, tuple[int, bytes]] = {}
-        try:
-            db = self._open()
-            for start in range(0, len(rows), 50_000):
-                paths = [r[0] for r in rows[start : start + 50_000]]
-                query = f"SELECT path, crc, piece FROM pieces WHERE path IN ({','.join('?' * len(paths))})"
-                stored.update((p, (c, bytes(b))) for p, c, b in db.execute(query, paths))
-        except sqlite3.Error as exc:
-            log.warning("record pieces unreadable; serialising again", path=str(self.path), error=str(exc))
-            self.reset()
-        for path, name, text in rows:
-            known = stored.get(path)
-            yield path, name, text, (known[1] if known is not None and known[0] == text_crc(text) else None)
+        absent or made from another text. Read in batches: memory stays bounded."""
+        it = iter(rows)
+        while batch := list(itertools.islice(it, BATCH)):
+            stored: dict[str, tuple[int, bytes]] = {}
+            try:
+                db = self._open()
+                query = f"SELECT path, crc, piece FROM pieces WHERE path IN ({','.join('?' * len(batch))})"
+                stored = {p: (c, bytes(b)) for p, c, b in db.execute(query, [r[0] for r in batch])}
+            except sqlite3.Error as exc:
+                log.warning("record pieces unreadable; serialising again", path=str(self.path), error=str(exc))
+                self.reset()
+            for path, name, text in batch:
+                known = stored.get(path)
+                yield path, name, text, (known[1] if known is not None and known[0] == text_crc(text) else None)
 
     def save(self, pieces: Iterable[tuple[str, str, bytes]], *, keep: Iterable[str] | None = None) -> None:
         """Keep (path, index_json text it was made from, piece); `keep`: every path still
