@@ -100,7 +100,7 @@ def build_from_sections(
     generator = patches.generator_path(config.channel, config.patch_generator)
     if generator is not None or existing_instructions is not None:
         doc = json.loads(from_packages.to_bytes()) if generator is not None else {}
-        instructions, fresh = patches.instructions_for(subdir, doc, generator, existing_instructions)
+        instructions, fresh = patches.instructions_for(subdir, doc, generator, existing_instructions, owned=True)
         del doc
         if fresh:
             outputs[PATCH_INSTRUCTIONS] = patches.serialize(instructions)

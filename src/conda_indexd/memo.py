@@ -13,6 +13,7 @@ cancelled, or rebuilds a damaged cache. That rule lives in the daemon's SubdirSt
 from __future__ import annotations
 
 import bisect
+import sys
 from collections.abc import Collection
 from typing import NamedTuple
 
@@ -77,7 +78,7 @@ class RecordMemo:
                     replaced.append(path)
             else:
                 added.append(path)
-            self.entries[path] = MemoEntry(keys[path] or "", piece, name)
+            self.entries[path] = MemoEntry(keys[path] or "", piece, sys.intern(name))
             changed.add(name)
         if store is not None and (fresh or (paths is None and gone)):
             store.save(fresh, keep=self.entries.keys() if paths is None and (gone or len(misses) > LOOKUP) else None)

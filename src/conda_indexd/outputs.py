@@ -116,7 +116,9 @@ def _open_stream(
             commits[n].append((n + suffix, w))
             writers.append(w)
         if suffix == ".zst":
-            zst = zstandard.ZstdCompressor(level=config.zst_level, write_content_size=True).compressobj(size=size)
+            # one worker thread: compression overlaps building and writing, still ONE frame
+            # (and the same bytes whatever the core count)
+            zst = zstandard.ZstdCompressor(level=config.zst_level, write_content_size=True, threads=1).compressobj(size=size)
             sinks.append((zst.compress, zst.flush, _Fanout(writers)))
         else:
             bz = bz2.BZ2Compressor()

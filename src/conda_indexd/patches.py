@@ -95,14 +95,15 @@ def from_package(path: Path, subdir: str) -> dict[str, Any]:
     return {}
 
 
-def from_generator(path: Path, repodata: dict[str, Any], subdir: str) -> dict[str, Any]:
+def from_generator(path: Path, repodata: dict[str, Any], subdir: str, *, owned: bool = False) -> dict[str, Any]:
+    """`owned`: the caller made `repodata` for this call only (no copy is needed)."""
     if not path.is_file():
         raise PatchError(f"patch generator {path} does not exist")
     if path.name.endswith(PACKAGE_EXTENSIONS):
         return from_package(path, subdir)
     module = _module(path)
     try:
-        return module._patch_repodata(copy.deepcopy(repodata), subdir)
+        return module._patch_repodata(repodata if owned else copy.deepcopy(repodata), subdir)
     except Exception as exc:  # noqa: BLE001 - user code
         raise PatchError(f"_patch_repodata failed for {subdir}: {type(exc).__name__}: {exc}") from exc
 
@@ -128,12 +129,12 @@ def check(instructions: Any, origin: str) -> dict[str, Any]:
 
 
 def instructions_for(
-    subdir: str, repodata: dict[str, Any], generator: Path | None, existing: bytes | None
+    subdir: str, repodata: dict[str, Any], generator: Path | None, existing: bytes | None, *, owned: bool = False
 ) -> tuple[dict[str, Any], bool]:
     """(instructions, fresh): fresh ones came from the generator and are to be written;
     else the `existing` patch_instructions.json (its bytes, None when absent) applies."""
     if generator is not None:
-        fresh = check(from_generator(generator, repodata, subdir), generator.name)
+        fresh = check(from_generator(generator, repodata, subdir, owned=owned), generator.name)
         if fresh:
             return fresh, True
     if existing is None:
