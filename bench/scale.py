@@ -13,7 +13,8 @@ process (peak RSS is that process's):
 - start: the worker's first run over an already published channel (a daemon restart);
 - +1: one added package with the previous run's memo (the daemon's event->publish minus
   the debounce), median of 10; steady RSS after them;
-- no-op rescan: the whole listing again with the memo;
+- no-op rescans: the whole listing again with the memo, right after the +1 events (fs
+  rows are compared) and once more (the listing equals the last full one: quiet.py);
 - patch change touching 1,000 records (a new patch_instructions.json; `plain` only);
 - one-shot `conda-indexd index` re-run after +1, as a subprocess;
 - with --peers: conda-index 0.13's re-run after +1 on a copy (rattler-index keeps no
@@ -136,6 +137,10 @@ def phase_worker(channel: Path, patch_change: bool) -> dict[str, float]:
     out["noop"] = time.perf_counter() - t
     assert not result.written, result.written
     memo = result.memo
+    t = time.perf_counter()  # a second one: nothing happened since the last full listing
+    result = index_subdir(config, SUBDIR, memo=memo, backends=backends)
+    out["noop_quiet"] = time.perf_counter() - t
+    assert not result.written, result.written
     if patch_change:
         fns = sorted(memo.digests())[::max(1, len(memo.digests()) // 1000)][:1000]
         instructions = {"patch_instructions_version": 1, "packages": {}, "packages.conda": {}}
@@ -202,7 +207,8 @@ ROWS = [
     ("worker +1 package, median of 10", "plus_one", "s"),
     ("worker steady RSS after +1s", "steady_rss", "MiB"),
     ("worker peak RSS (start included)", "peak_rss", "MiB"),
-    ("no-op rescan", "noop", "s"),
+    ("no-op rescan right after the +1 events", "noop", "s"),
+    ("no-op rescan after a no-op rescan", "noop_quiet", "s"),
     ("patch change touching 1,000 records", "patch_change", "s"),
     ("  shards re-encoded by it", "patch_change_shards", ""),
     ("one-shot `index` re-run after +1", "oneshot", "s"),

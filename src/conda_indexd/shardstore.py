@@ -7,7 +7,9 @@ shards.encode_shards; this class only reads and writes.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +17,8 @@ from . import shards
 from .cache import ShardKey, SubdirCache
 from .names import SHARD_INDEX, SHARD_STATE, SHARDS_DIR
 from .store import ChannelStore, key
+
+WRITERS = 8  # shard files written (and fsynced) at once
 
 
 @dataclass
@@ -52,9 +56,14 @@ class ShardStore:
             paths = [k.path for k in keys if k.name in plan.todo]
             encoded = shards.encode_shards(plan.todo, self.cache.records_for(paths), instructions)
             wrote = False
-            for name, (data, remembered) in encoded.items():
+            files = [(key(self.folder, shards.shard_file(r.digest)), data) for data, r in encoded.values()]
+            # each write fsyncs its file: many at once let the file system commit them together
+            with ThreadPoolExecutor(WRITERS) if len(files) > 8 else contextlib.nullcontext() as pool:
+                mapper = pool.map if pool is not None else map
+                done = list(mapper(lambda f: self.store.write(f[0], f[1], sync=False), files))  # same bytes: kept
+            for (name, (_, remembered)), fresh in zip(encoded.items(), done, strict=True):
                 filename = shards.shard_file(remembered.digest)
-                if self.store.write(key(self.folder, filename), data, sync=False):  # same bytes: kept
+                if fresh:
                     report.written.append(f"{SHARDS_DIR}/{filename}")
                     wrote = True
                 kept[name] = remembered
