@@ -142,6 +142,11 @@ def test_quiet_rescans_still_see_every_change(tmp_path: Path) -> None:
     for name in ("a", "b"):
         make_package(noarch / f"{name}-1.0-0.conda", index_json(name, "1.0", "0", "noarch"))
     config = IndexConfig(channel, threads=1)
+    assert index_subdir(config, "noarch").added == ["a-1.0-0.conda", "b-1.0-0.conda"]
+    make_package(noarch / "z-1.0-0.conda", index_json("z", "1.0", "0", "noarch"))
+    first = index_subdir(config, "noarch")  # a one-shot run reports against the cache's last publish
+    assert first.added == ["z-1.0-0.conda"] and first.removed == [] and first.changed == []
+    (noarch / "z-1.0-0.conda").unlink()
     memo = index_subdir(config, "noarch").memo
     quiet = index_subdir(config, "noarch", memo=memo)
     assert quiet.written == [] and quiet.packages == 2 and quiet.repodata_bytes == (noarch / REPODATA).stat().st_size

@@ -115,7 +115,8 @@ class SubdirRun:
         b.packages.prepare(subdir, recover=False)
         b.outputs.prepare(subdir, recover=full)
         with b.caches.open(subdir) as cache:
-            before: dict[str, str | None] = {}
+            # a one-shot run reports against what the cache published before it
+            before = cache.published_digests() if self.memo is None else {}
             listing, digest = self.listing, None
             if full and not self.hold:  # quiet.py: an unchanged listing changes no fs row
                 listing = b.packages.list_packages(subdir) if listing is None else listing
@@ -136,8 +137,6 @@ class SubdirRun:
             for failure in result.new_failures:
                 log.warning("skipped archive", subdir=subdir, path=failure.path, reason=failure.reason, detail=failure.message)
             memo = self.memo if self.memo is not None else RecordMemo()
-            if self.memo is None:
-                before = cache.published_digests()
             dirty = memo.refresh(cache, scope)
             memo.quiet.listing = None  # until this run has published
             result.skipped = cache.failures()
