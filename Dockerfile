@@ -24,7 +24,7 @@ RUN apt-get update \
     && groupadd --system --gid 10001 conda-indexd \
     && useradd --system --uid 10001 --gid conda-indexd --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin conda-indexd \
-    && mkdir -p /channel/noarch \
+    && mkdir -p /channel/noarch /channel/linux-64 /channel/linux-aarch64 /channel/osx-64 /channel/osx-arm64 /channel/win-64 \
     && chown -R conda-indexd:conda-indexd /channel
 COPY --from=build /opt/conda-indexd /opt/conda-indexd
 

@@ -121,3 +121,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture
 def long_mode(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--long")) or os.environ.get("CONDA_INDEXD_LONG") == "1"
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One throwaway PostgreSQL 15 cluster per session (tests/pgserver.py); skips without it."""
+    import pgserver
+
+    why = pgserver.unavailable()
+    if why:
+        pytest.skip(why)
+    with pgserver.running() as server:
+        yield server

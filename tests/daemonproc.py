@@ -47,22 +47,34 @@ def all_records(doc: dict) -> dict:
 
 
 class DaemonProcess:
-    def __init__(self, channel: Path, *extra: str, debounce: float = 0.3, settle: float = 0.5, log: Path | None = None):
+    def __init__(
+        self, channel: Path, *extra: str, debounce: float = 0.3, settle: float = 0.5, log: Path | None = None,
+        cgroup_procs: Path | None = None, user: str | None = None, python: str | None = None,
+        env: dict[str, str] | None = None,
+    ):  # fmt: skip
+        """cgroup_procs: a cgroup's `cgroup.procs` file the daemon joins before it starts
+        (through `sh`, so the daemon's first thread already runs there)."""
         self.channel = channel
         self.port = free_port()
         self.log_path = log or channel.parent / f"daemon-{self.port}.log"
+        self.user = user  # run as this user (with `python`, one that user may execute)
+        self.extra_env = env or {}
         self.args = [
-            sys.executable, "-m", "conda_indexd", "watch", str(channel),
+            python or sys.executable, "-m", "conda_indexd", "watch", str(channel),
             "--listen", f"127.0.0.1:{self.port}", "--debounce", str(debounce), "--settle", str(settle),
             "--log-format", "json", "--threads", "2", *extra,
         ]  # fmt: skip
+        if cgroup_procs is not None:
+            self.args = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cgroup_procs), *self.args]
         self.debounce = debounce
         self.proc: subprocess.Popen | None = None
 
     def start(self, wait_ready: bool = True, timeout: float = 60) -> DaemonProcess:
         self._log = open(self.log_path, "ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env}
+        self.proc = subprocess.Popen(
+            self.args, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, user=self.user
+        )
         if wait_ready:
             wait_for(lambda: self.get("/readyz")[0] == 200, timeout, what="/readyz 200")
         return self
@@ -122,7 +134,8 @@ class DaemonProcess:
         return self.proc.returncode
 
     def __enter__(self) -> DaemonProcess:
-        return self.start()
+        # `with DaemonProcess(...).start() as d` must not start a second daemon (the first leaked)
+        return self if self.proc is not None else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

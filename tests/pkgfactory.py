@@ -280,3 +280,81 @@ BROKEN_KINDS: list[Kind] = [
 ]
 
 BROKEN_BY_NAME = {k.name: k for k in BROKEN_KINDS}
+
+
+# --- names outside the install prefix (issue 17) ----------------------------------------------------
+
+UNSAFE_NAMES = {"absolute": "/tmp/conda-indexd-escape.txt", "dotdot": "lib/../../conda-indexd-escape.txt", "empty": ""}
+
+
+def paths_json_doc(paths: list[str]) -> dict[str, Any]:
+    """An info/paths.json declaring `paths` (hardlinks, sizes and hashes made up)."""
+    entries = [{"_path": p, "path_type": "hardlink", "sha256": "0" * 64, "size_in_bytes": 1} for p in paths]
+    return {"paths": entries, "paths_version": 1}
+
+
+def _unsafe_builder(name: str, ext: str, files: dict[str, bytes] | None = None, **kw: Any) -> Callable[[Path, str], str]:
+    def build(folder: Path, subdir: str) -> str:
+        fn = _fn(name, ext)
+        make_package(folder / fn, _idx(name, subdir), files if files is not None else {"lib/ok.txt": b"ok\n"}, **kw)
+        return fn
+
+    return build
+
+
+def _unsafe_kinds() -> list[Kind]:
+    kinds = []
+    for ext in (".tar.bz2", ".conda"):
+        short = "tb" if ext == ".tar.bz2" else "c"
+        for how, bad in UNSAFE_NAMES.items():
+            # a member of the part the reader walks (the info part / info component)
+            kinds.append(Kind(f"member-{how}-{short}", _unsafe_builder(f"unsafe-member-{how}-{short}", ext, extra_info=[(bad, b"x\n")]), "skipped", "unsafe-path"))
+            # a path paths.json declares
+            kinds.append(Kind(
+                f"paths-json-{how}-{short}",
+                _unsafe_builder(f"unsafe-pathsjson-{how}-{short}", ext, paths_json=paths_json_doc(["lib/ok.txt", bad])),
+                "skipped", "unsafe-path",
+            ))  # fmt: skip
+        for how in ("absolute", "dotdot"):  # blank lines in info/files are skipped, as conda does
+            kinds.append(Kind(
+                f"info-files-{how}-{short}",
+                _unsafe_builder(f"unsafe-files-{how}-{short}", ext, files={"lib/ok.txt": b"ok\n", "info/files": f"lib/ok.txt\n{UNSAFE_NAMES[how]}\n".encode()}),
+                "skipped", "unsafe-path",
+            ))  # fmt: skip
+        kinds.append(Kind(
+            f"paths-json-backslash-{short}",
+            _unsafe_builder(f"unsafe-backslash-{short}", ext, paths_json=paths_json_doc(["Library\\..\\..\\evil.dll"])),
+            "skipped", "unsafe-path",
+        ))  # fmt: skip
+        # names that only look odd, and stay inside the prefix
+        kinds.append(Kind(
+            f"safe-lookalikes-{short}",
+            _unsafe_builder(
+                f"safe-lookalikes-{short}", ext,
+                files={"lib/..hidden": b"1", "lib/a...b": b"2", "share/x/./y": b"3", "info/files": b"# comment\n\nlib/..hidden\nlib/a...b\n"},
+                paths_json=paths_json_doc(["lib/..hidden", "lib/a...b", "share/x/./y"]),
+                extra_info=[("./", b""), ("info/x..y", b"4")],
+            ),
+            "indexed",
+        ))  # fmt: skip
+    # a .tar.bz2 member after the info part (the reader walks to the last member)
+    kinds.append(Kind(
+        "pkg-member-dotdot-tb",
+        _unsafe_builder("unsafe-pkgmember-tb", ".tar.bz2", files={"lib/ok.txt": b"ok\n", "../../conda-indexd-escape.txt": b"x\n"}),
+        "skipped", "unsafe-path",
+    ))  # fmt: skip
+    for how, bad in UNSAFE_NAMES.items():  # a .conda's zip member names
+        kinds.append(Kind(f"zip-member-{how}-c", _unsafe_builder(f"unsafe-zip-{how}-c", ".conda", extra_zip=[(bad, b"x\n")]), "skipped", "unsafe-path"))
+    return kinds
+
+
+UNSAFE_KINDS: list[Kind] = _unsafe_kinds()
+# Not checked (docs/reliability.md): a .conda's pkg component is not decompressed, so a member
+# there that no paths.json or info/files declares is published. Kept here so the limit is pinned.
+UNCHECKED_KINDS: list[Kind] = [
+    Kind(
+        "pkg-component-member-dotdot-c",
+        _unsafe_builder("unchecked-pkgmember-c", ".conda", files={"lib/ok.txt": b"ok\n", "../../conda-indexd-escape.txt": b"x\n"}),
+        "indexed",
+    ),
+]

@@ -67,6 +67,8 @@ WORKS: list[tuple[list[str], Check]] = [
     (["--write-shards"], lambda c, t: (c / "noarch/repodata_shards.msgpack.zst").is_file()),
     (["--no-write-shards"], lambda c, t: not (c / "noarch/repodata_shards.msgpack.zst").exists()),
     (["--db", "sqlite3"], lambda c, t: (c / "noarch/.cache/cache.db").is_file()),
+    # ignored with sqlite3, as conda-index does; --db postgresql runs in test_pgcache.py
+    (["--db-url", "postgresql:///conda_index"], lambda c, t: (c / "noarch/.cache/cache.db").is_file()),
     (["--channeldata", "--html-dependencies"], lambda c, t: 'title="a"' in (c / "noarch/index.html").read_text()),
     (["--channeldata", "--no-html-dependencies"], lambda c, t: "title=" not in (c / "noarch/index.html").read_text()),
     (["--no-repodata-next"], lambda c, t: "v3" not in json.loads(_rd(c))),
@@ -79,9 +81,8 @@ REFUSED: list[tuple[list[str], list[str]]] = [
     (["--update-only"], ["--update-only", "packages on disk"]),
     (["--upstream-stage", "clone"], ["--upstream-stage clone", "'fs'"]),
     (["--no-write-monolithic"], ["--no-write-monolithic", "always writes repodata.json"]),
-    (["--db", "postgresql"], ["--db postgresql", "not supported yet"]),
-    (["--db", "mysql"], ["--db mysql", "sqlite3"]),
-    (["--db-url", "postgresql:///conda_index"], ["--db-url", "not supported yet"]),
+    (["--db", "mysql"], ["--db mysql", "sqlite3", "postgresql"]),
+    (["--db", "postgresql", "--db-url", "mysql://x/y"], ["--db-url", "expected a postgresql:// URL"]),
     (["--repodata-next"], ["--repodata-next", "not supported"]),
 ]
 

@@ -15,11 +15,20 @@ from conda_indexd.cache import Caches, FileState, MetadataRejected, SubdirCache
 from conda_indexd.sqlitecache import SqliteCaches
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgresql"])
 def caches(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Caches]:
+    (tmp_path / "noarch").mkdir()
     if request.param == "sqlite":
-        (tmp_path / "noarch").mkdir()
         yield SqliteCaches(tmp_path)
+    else:
+        from conda_indexd.pgcache import PostgresCaches
+
+        server = request.getfixturevalue("pg_server")
+        pg = PostgresCaches(tmp_path, server.createdb("contract"))
+        try:
+            yield pg
+        finally:
+            pg.close()
 
 
 @pytest.fixture

@@ -267,7 +267,9 @@ def test_compose_stack_serves_repodata_through_nginx(
         assert (
             http_get(f"{channel}/noarch/.cache/cache.db")[0] == 404
         )  # dotfiles refused
-        assert http_get(f"http://127.0.0.1:{indexd_port}/readyz")[0] == 200
+        # nginx serves noarch as soon as it is published; other subdirs may still be in
+        # the start-up reconcile
+        wait_for(lambda: http_get(f"http://127.0.0.1:{indexd_port}/readyz")[0] == 200, 30, what="/readyz 200")
 
         pkg = make_package(
             tmp_path / "served-2.0-0.conda", index_json("served", "2.0", "0")

@@ -127,10 +127,12 @@ def test_member_names_escaping_the_package_are_never_written(channel: Path, tmp_
         member("info/../../../escaped2.txt", b"z"), member("info/index.json", idx_bytes("escape")),
     ])  # fmt: skip
     conda_with_info(noarch / "onlyescape-1.0-0.conda", [member("../info/index.json", idx_bytes("onlyescape"))])
+    make_package(noarch / "good-1.0-0.conda", index_json("good", "1.0", "0"))
     before = sorted(p.name for p in tmp_path.rglob("*"))
     result = run_index(channel)
-    assert published(channel) == {"escape-1.0-0.conda"}  # only exact info/ names are read
-    assert skipped_reasons(result) == {"onlyescape-1.0-0.conda": "missing-index-json"}
+    assert published(channel) == {"good-1.0-0.conda"}
+    # issue 17: such names leave the package out (clients would extract them), whatever else it holds
+    assert skipped_reasons(result) == {"escape-1.0-0.conda": "unsafe-path", "onlyescape-1.0-0.conda": "unsafe-path"}
     after = sorted(p.name for p in tmp_path.rglob("*"))
     assert not [n for n in after if "escape" in n and n.endswith(".txt")]
     assert not Path("/tmp/absolute-escape.txt").exists()

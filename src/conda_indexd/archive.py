@@ -2,18 +2,19 @@
 
 `read_package(stream, filename)` returns a `PackageMetadata` or raises `ArchiveError` with a short
 machine-readable `reason` (used as a metrics label) and a one-line human message.
-Only the `info/` members conda-index caches are read; the stream is closed as soon as
-every wanted member has been seen. md5 and sha256 are computed together while the file
+Only the `info/` members conda-index caches are read, plus `info/files` for its paths.
+Every member name passed over, and every path `info/paths.json` and `info/files`
+declare, must stay inside the install prefix (`pathcheck`): a `.tar.bz2` is walked to
+its last member, a `.conda` through its zip directory and its whole info component (its
+pkg component is not decompressed). md5 and sha256 are computed together while the file
 is read once from start to end.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
 import tarfile
-import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,15 +22,18 @@ from typing import IO, Any
 
 from conda_package_streaming import package_streaming
 
+from . import pathcheck
 from .names import stem
+from .pkgmeta import post_install_flags, recipe_json
 
 INDEX_JSON = "info/index.json"
 ABOUT_JSON = "info/about.json"
 PATHS_JSON = "info/paths.json"
 RUN_EXPORTS_JSON = "info/run_exports.json"
 ICON_PNG = "info/icon.png"
+FILES = "info/files"
 RECIPE_MEMBERS = ("info/recipe/meta.yaml", "info/recipe/meta.yaml.rendered", "info/meta.yaml")
-WANTED = frozenset({INDEX_JSON, ABOUT_JSON, PATHS_JSON, RUN_EXPORTS_JSON, ICON_PNG, *RECIPE_MEMBERS})
+WANTED = frozenset({INDEX_JSON, ABOUT_JSON, PATHS_JSON, RUN_EXPORTS_JSON, ICON_PNG, FILES, *RECIPE_MEMBERS})
 
 # Keys conda-index drops from info/index.json (channel-format.md §2.2).
 FILTERED_KEYS = frozenset(
@@ -52,8 +56,8 @@ CHUNK = 1 << 20
 # Caps on what is read of one metadata member: memory stays bounded whatever an archive
 # declares or decompresses to. A package with a wanted member over its cap is left out
 # ("oversized-metadata"). Real index.json files are a few KiB; real paths.json files
-# reach tens of MiB for packages with ~100k files.
-MEMBER_CAPS = {INDEX_JSON: 4 << 20, PATHS_JSON: 256 << 20, ICON_PNG: 4 << 20}
+# reach tens of MiB for packages with ~100k files; info/files is a few MiB there.
+MEMBER_CAPS = {INDEX_JSON: 4 << 20, PATHS_JSON: 256 << 20, FILES: 64 << 20, ICON_PNG: 4 << 20}
 DEFAULT_MEMBER_CAP = 16 << 20
 # A .conda's info component holds metadata only (the files are in pkg-*.tar.zst): one
 # that unpacks to more than this is refused before its content is decompressed.
@@ -142,16 +146,19 @@ class _HashingReader:
 
 
 def _collect_members(filename: str, stream_source: Any) -> dict[str, bytes]:
-    """The wanted `info/` members, each read up to its cap."""
+    """The wanted `info/` members, each read up to its cap. Every member name passed over
+    is checked: the whole `.tar.bz2`, or a `.conda`'s zip directory and info component."""
     wanted = set(WANTED)
     members: dict[str, bytes] = {}
     unpacked, limit = 0, INFO_COMPONENT_CAP if filename.endswith(".conda") else None
-    stream = package_streaming.stream_conda_info(filename, stream_source)
+    stream = _member_stream(filename, stream_source)
     try:
         for tar, member in stream:
             unpacked += member.size  # tar headers give each size before its content
             if limit is not None and unpacked > limit:
                 raise ArchiveError("oversized-metadata", f"the info component unpacks to over {limit >> 20} MiB")
+            if why := pathcheck.why_unsafe(member.name):
+                raise _unsafe(pathcheck.describe("member", member.name, why))
             name = member.name.removeprefix("./")
             if name not in wanted:
                 continue
@@ -173,14 +180,27 @@ def _collect_members(filename: str, stream_source: Any) -> dict[str, bytes]:
                     if strict_json(data).get("icon") is None:
                         wanted.discard(ICON_PNG)
                 except (ValueError, AttributeError):
-                    break  # reported as bad index.json below
+                    pass  # reported as bad index.json once every name is checked
             if name in RECIPE_MEMBERS:
                 wanted.difference_update(RECIPE_MEMBERS)
-            if not wanted:
-                break
     finally:
         stream.close()
     return members
+
+
+def _member_stream(filename: str, stream_source: Any) -> Any:
+    """(tar, member) pairs: every member of a `.tar.bz2`, or a `.conda`'s info component
+    once its zip member names are checked."""
+    if not filename.endswith(".conda"):
+        return package_streaming.stream_conda_info(filename, stream_source)
+    zf = zipfile.ZipFile(stream_source)
+    if problem := pathcheck.first_unsafe((zi.filename for zi in zf.infolist()), "zip member"):
+        raise _unsafe(problem)
+    return package_streaming.stream_conda_component(filename, stream_source, "info", zf=zf)
+
+
+def _unsafe(message: str) -> ArchiveError:
+    return ArchiveError("unsafe-path", f"{message}: it would be written outside the install prefix")
 
 
 def member_cap(name: str) -> int:
@@ -300,7 +320,17 @@ def _check_index_json(index: Any) -> str | None:
     return None
 
 
+def _check_declared_paths(paths: Any, files_raw: bytes | None) -> None:
+    """Every path paths.json or info/files declares stays inside the install prefix."""
+    if problem := pathcheck.first_unsafe(pathcheck.paths_json_names(paths), "info/paths.json path"):
+        raise _unsafe(problem)
+    if files_raw is not None and (problem := pathcheck.first_unsafe(pathcheck.files_names(files_raw), "info/files path")):
+        raise _unsafe(problem)
+
+
 def _to_metadata(filename: str, members: dict[str, bytes], sums: _Checksums) -> PackageMetadata:
+    paths = _parse_paths(members.get(PATHS_JSON))
+    _check_declared_paths(paths, members.get(FILES))
     raw_index = members.get(INDEX_JSON)
     if raw_index is None:
         raise ArchiveError("missing-index-json", "archive has no info/index.json")
@@ -321,7 +351,7 @@ def _to_metadata(filename: str, members: dict[str, bytes], sums: _Checksums) -> 
         about=_json_text(members.get(ABOUT_JSON)),
         recipe=None if recipe_raw is None else recipe_json(recipe_raw),
         run_exports=_json_text(members.get(RUN_EXPORTS_JSON)),
-        post_install=post_install_json(members.get(PATHS_JSON)),
+        post_install=post_install_flags(paths),
         icon=members.get(ICON_PNG),
     )
 
@@ -342,64 +372,11 @@ def _json_text(raw: bytes | None) -> str | None:
     return text
 
 
-def post_install_json(paths_raw: bytes | None) -> str:
-    """conda-index's `post_install` flags, computed from info/paths.json (§3.2)."""
-    flags = {
-        "binary_prefix": False,
-        "text_prefix": False,
-        "activate.d": False,
-        "deactivate.d": False,
-        "pre_link": False,
-        "post_link": False,
-        "pre_unlink": False,
-    }
-    paths: list = []
-    if paths_raw:
-        try:
-            parsed = strict_json(paths_raw)
-            paths = parsed.get("paths", []) if isinstance(parsed, dict) else []
-        except ValueError:
-            paths = []
-    for entry in paths:
-        if not isinstance(entry, dict):
-            continue
-        if entry.get("prefix_placeholder"):
-            mode = entry.get("file_mode")
-            if mode == "binary":
-                flags["binary_prefix"] = True
-            elif mode == "text":
-                flags["text_prefix"] = True
-        p = str(entry.get("_path", ""))
-        for k in ("activate.d", "deactivate.d"):
-            if not flags[k] and p.startswith(f"etc/conda/{k}"):
-                flags[k] = True
-        for pat in ("pre-link", "post-link", "pre-unlink"):
-            key = pat.replace("-", "_")
-            if not flags[key] and fnmatch.fnmatch(p, f"*/.*-{pat}.*"):
-                flags[key] = True
-    return json.dumps(flags)
-
-
-_local = threading.local()
-
-
-def recipe_json(raw: bytes) -> str:
-    """The recipe parsed as conda-index parses it (ruamel safe, pure), as JSON; {} on error."""
-    import ruamel.yaml
-
-    parser = getattr(_local, "yaml", None)
-    if parser is None:  # ruamel's YAML objects are not thread-safe: one per thread
-        parser = _local.yaml = ruamel.yaml.YAML(typ="safe", pure=True)
+def _parse_paths(paths_raw: bytes | None) -> Any:
+    """info/paths.json parsed, or None when absent or not valid JSON (it is optional)."""
+    if not paths_raw:
+        return None
     try:
-        recipe = parser.load(raw)
-    except Exception:  # ruamel raises many error types on bad YAML (RecursionError too)
-        recipe = {}
-    try:
-        return json.dumps(recipe, allow_nan=False)
-    except (TypeError, ValueError):  # dates, NaN: sqlite's json() would refuse the row
-        try:
-            return json.dumps(recipe, default=str, allow_nan=False)
-        except (ValueError, RecursionError):
-            return "{}"
-    except RecursionError:
-        return "{}"
+        return strict_json(paths_raw)
+    except ValueError:
+        return None

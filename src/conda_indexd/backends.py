@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from .cache import Caches
 from .config import IndexConfig
+from .fence import Fence, FencedStore
 from .localstore import LocalStore
 from .sqlitecache import SqliteCaches
 from .store import ChannelStore
@@ -20,5 +21,16 @@ class Backends:
     caches: Caches
 
 
-def open_backends(config: IndexConfig) -> Backends:
-    return Backends(LocalStore(config.channel), LocalStore(config.output_root), SqliteCaches(config.channel))
+def open_backends(config: IndexConfig, fence: Fence | None = None, application_name: str = "conda-indexd") -> Backends:
+    """With a `fence` (a daemon in a pair), every output write and cache write is checked first."""
+    outputs: ChannelStore = LocalStore(config.output_root)
+    if fence is not None:
+        outputs = FencedStore(outputs, fence)
+    caches: Caches
+    if config.db == "postgresql":
+        from .pgcache import DEFAULT_DB_URL, PostgresCaches  # psycopg: the postgresql extra
+
+        caches = PostgresCaches(config.channel, config.db_url or DEFAULT_DB_URL, fence=fence, application_name=application_name)
+    else:
+        caches = SqliteCaches(config.channel)
+    return Backends(LocalStore(config.channel), outputs, caches)

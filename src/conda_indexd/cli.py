@@ -26,6 +26,7 @@ from .daemon import DEFAULT_HOST, DEFAULT_PORT, Daemon, WatchConfig
 from .indexer import SubdirResult, index_subdir
 from .lock import ChannelBusy, ChannelLock
 from .onready import after_ready
+from .pairlease import index_lease
 from .patches import PatchError
 from .progress import ProgressLine
 
@@ -107,7 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--listen", type=_listen, default=None, metavar="HOST:PORT", help=LISTEN_HELP)
     watch.add_argument("--debounce", type=_seconds, default=1.0, metavar="S", help="quiet time before a subdir is indexed (default 1)")
     watch.add_argument("--max-delay", type=_seconds, default=10.0, metavar="S", help="longest wait after a subdir's first event (default 10)")
-    watch.add_argument("--settle", type=_seconds, default=1.0, metavar="S", help="a file changed this recently is an upload in progress (default 1)")
+    watch.add_argument("--settle", type=_seconds, default=1.0, metavar="S",
+                       help="a file still changing across this many seconds is an upload in progress (default 1)")
+    watch.add_argument("--upload-timeout", type=_positive_seconds, default=600.0, metavar="S",
+                       help="a file opened for writing and never closed is read after this long unchanged (default 600)")
     watch.add_argument("--rescan-interval", type=_positive_seconds, default=600.0, metavar="S", help="full rescan backstop (default 600)")
     watch.add_argument("--polling", action="store_true", help="poll the folder instead of inotify (NFS/CIFS shares)")
     watch.add_argument("--poll-interval", type=_positive_seconds, default=1.0, metavar="S", help="polling interval (default 1)")
@@ -223,6 +227,8 @@ def config_from_args(args: argparse.Namespace) -> IndexConfig:
         threads=args.threads,
         write_shards=args.write_shards,
         shard_retention=args.shard_retention,
+        db=args.db,
+        db_url=args.db_url if args.db == "postgresql" else None,
     )
 
 
@@ -233,8 +239,8 @@ def run_index(args: argparse.Namespace) -> int:
     progress = ProgressLine()
     results: list[SubdirResult] = []
     failed: list[str] = []
-    backends = open_backends(config)
-    with ChannelLock(config.channel):
+    with ChannelLock(config.channel), index_lease(config) as fence:
+        backends = open_backends(config, fence, getattr(fence, "application_name", "conda-indexd"))
         if not config.subdirs:
             ignored.log_ignored(config.channel)
         for subdir in detect_subdirs(config, backends.packages.subdirs()):
@@ -299,6 +305,7 @@ def run_watch(args: argparse.Namespace) -> int:
         debounce=args.debounce,
         max_delay=args.max_delay,
         settle=args.settle,
+        upload_timeout=args.upload_timeout,
         rescan_interval=args.rescan_interval,
         polling=args.polling,
         poll_interval=args.poll_interval,
@@ -314,7 +321,7 @@ def _run_daemon(config: WatchConfig, *on_ready: Callable[[], object]) -> int:
         raise UsageError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
     if not config.index.subdirs:
         ignored.log_ignored(config.index.channel)
-    after_ready(daemon.ready, daemon.stopping, *on_ready)
+    after_ready(daemon.worker.reconciled, daemon.stopping, *on_ready)  # a standby runs them once it leads
     return daemon.run()
 
 
@@ -359,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 3
     except CacheError as exc:
-        print(f"{PROG}: error: cache.db: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {getattr(exc, 'label', 'cache.db')}: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
         where = f" {exc.filename}" if exc.filename else ""

@@ -9,6 +9,9 @@ conda-indexd implements itself (--output, --subdir, --bz2, ...) are in cli.py.
 from __future__ import annotations
 
 import argparse
+import os
+
+DEFAULT_DB_URL = "postgresql:///conda_index"  # conda-index's default (pgcache.py has the same)
 
 # (flag, value that is refused) -> the one line
 REFUSED: dict[tuple[str, object], str] = {
@@ -40,8 +43,11 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repodata-next", action=argparse.BooleanOptionalAction, default=False,
                    help="experimental v3 repodata (not supported; --repodata-next is refused)")
     p.add_argument("--db", default="sqlite3", metavar="{sqlite3,postgresql}",
-                   help="cache backend: sqlite3 (cache.db, the default); postgresql is not supported yet")
-    p.add_argument("--db-url", metavar="URL", help="for --db postgresql, which is not supported yet")
+                   help="cache backend: sqlite3 (<subdir>/.cache/cache.db, the default) or postgresql "
+                        "(conda-index's tables in --db-url's database; needs the postgresql extra)")
+    p.add_argument("--db-url", default=os.environ.get("CONDA_INDEX_DBURL", DEFAULT_DB_URL), metavar="URL",
+                   help="database URL for --db postgresql (default: $CONDA_INDEX_DBURL, else "
+                        f"{DEFAULT_DB_URL}); conda-index's SQLAlchemy URLs work too")
 
 
 def refusal(args: argparse.Namespace) -> str | None:
@@ -52,10 +58,8 @@ def refusal(args: argparse.Namespace) -> str | None:
     if args.upstream_stage != "fs":
         return (f"--upstream-stage {args.upstream_stage}: only 'fs' (the files on disk) is supported; "
                 "'clone' reads conda-forge's test database, which conda-indexd does not")  # fmt: skip
-    if args.db == "postgresql":
-        return "--db postgresql is not supported yet: the cache is sqlite3 (<subdir>/.cache/cache.db)"
-    if args.db != "sqlite3":
-        return f"--db {args.db}: choose sqlite3 (the default; postgresql is not supported yet)"
-    if args.db_url is not None:
-        return "--db-url is only for --db postgresql, which is not supported yet"
+    if args.db not in ("sqlite3", "postgresql"):
+        return f"--db {args.db}: choose sqlite3 (the default) or postgresql"
+    if args.db == "postgresql" and not args.db_url.startswith(("postgresql:", "postgres:", "postgresql+", "postgres+")):
+        return f"--db-url {args.db_url!r}: expected a postgresql:// URL"
     return None

@@ -60,6 +60,8 @@ class IndexConfig:
     current_index_versions: Path | None = None  # -m: YAML {name: [version, ...]} pins
     write_shards: bool = True
     shard_retention: float = DEFAULT_SHARD_RETENTION
+    db: str = "sqlite3"  # or "postgresql": the cache in db_url's database (pgcache.py)
+    db_url: str | None = None
 
     @property
     def output_root(self) -> Path:

@@ -22,10 +22,13 @@ from .config import KNOWN_SUBDIRS, IndexConfig
 from .debounce import DebounceQueue, EventKind, ScanReason
 from .httpserver import StatusServer, text
 from .ignored import ignored_folders
-from .lock import ChannelBusy, ChannelLock
+from .localstore import LocalStore
+from .lock import ChannelBusy, ChannelLock, NoLock
 from .logs import get_logger
 from .metrics import CONTENT_TYPE, Metrics
-from .watch import ChannelEventHandler, OverflowHook, make_observer
+from .pair import Pair
+from .pairlease import pair_leadership
+from .watch import ChannelEventHandler, OverflowHook, SymlinkedSubdirs, make_observer
 from .worker import Worker
 
 log = get_logger("conda_indexd.daemon")
@@ -42,6 +45,7 @@ class WatchConfig:
     debounce: float = 1.0
     max_delay: float = 10.0
     settle: float = 1.0
+    upload_timeout: float = 600.0  # an upload never closed is read after this long unchanged
     rescan_interval: float = 600.0
     polling: bool = False
     poll_interval: float = 1.0
@@ -53,13 +57,36 @@ class Daemon:
         self.metrics = Metrics()
         self.queue = DebounceQueue(config.debounce, config.max_delay)
         self.stopping = threading.Event()
+        self.leadership = pair_leadership(config.index)  # None unless --db postgresql
+        fence, app = (self.leadership, self.leadership.application_name) if self.leadership else (None, "conda-indexd")
         self.worker = Worker(
-            config.index, open_backends(config.index), self.queue, self.metrics, settle=config.settle, stopping=self.stopping
+            config.index,
+            open_backends(config.index, fence, app),
+            self.queue,
+            self.metrics,
+            settle=config.settle,
+            upload_timeout=config.upload_timeout,
+            close_events=not config.polling,
+            stopping=self.stopping,
         )
+        if self.leadership is not None:
+            self.worker.pair = Pair(self.leadership, self.metrics)
         self.worker_thread = threading.Thread(target=self.worker.run, name="worker", daemon=True)
         self.watched = frozenset(config.index.subdirs) if config.index.subdirs else KNOWN_SUBDIRS
-        self.handler = ChannelEventHandler(config.index.channel, self.watched, self._on_file, self._on_subdir)
+        outputs = getattr(self.worker.backends.outputs, "inner", self.worker.backends.outputs)  # under a FencedStore
+        heal = isinstance(outputs, LocalStore) and config.index.output_root == config.index.channel
+        window = 2 * config.poll_interval + 2 if config.polling else 2.0  # inotify: our writes are renames we recognise
+        self.handler = ChannelEventHandler(
+            config.index.channel,
+            self.watched,
+            self._on_file,
+            self._on_subdir,
+            on_output=self._on_output if heal else None,
+            own_change=lambda key: isinstance(outputs, LocalStore)
+            and outputs.changed_by_us(key, window, removals_only=not config.polling),
+        )
         self.observer = make_observer(config.index.channel, self.handler, config.polling, config.poll_interval)
+        self.symlinks = SymlinkedSubdirs(self.handler)
         self.root_id: tuple[int, int] | None = None
         self.root_missing = False
         self.exit_code = 0
@@ -79,6 +106,10 @@ class Daemon:
         self.metrics.events.labels(kind).inc()
         self.queue.add(subdir, name, kind)
         self.metrics.queue_pending.set(self.queue.pending_count())
+
+    def _on_output(self, subdir: str, file: str) -> None:
+        self.metrics.events.labels("output").inc()
+        self.queue.add_output(subdir, file)
 
     def _on_subdir(self, subdir: str) -> None:
         self.metrics.events.labels("subdir").inc()
@@ -117,7 +148,8 @@ class Daemon:
         ]  # fmt: skip
         seen = {s: st.status for s, st in list(self.worker.states.items()) if st.status.last_run or st.status.error}
         ignored = ignored_folders(self.config.index.channel)  # a folder made later shows too
-        return statuspage.document(str(self.config.index.channel), self.ready.is_set(), seen, pending, ignored=ignored)
+        role = self.leadership.describe() if self.leadership else None
+        return statuspage.document(str(self.config.index.channel), self.ready.is_set(), seen, pending, ignored=ignored, role=role)
 
     def _status_html(self) -> tuple[int, str, bytes]:
         return 200, "text/html; charset=utf-8", statuspage.as_html(self._status_doc())
@@ -126,6 +158,9 @@ class Daemon:
         return 200, "application/json", statuspage.as_json(self._status_doc())
 
     def _readyz(self) -> tuple[int, str, bytes]:
+        if self.leadership is not None:
+            role = self.leadership.role
+            return text(200, f"ready ({role})\n") if self.ready.is_set() else text(503, f"not ready ({role})\n")
         return text(200, "ready\n") if self.ready.is_set() else text(503, "start-up reconcile in progress\n")
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -181,6 +216,7 @@ class Daemon:
         old.join(timeout=5)
         self.observer = make_observer(self.config.index.channel, self.handler, self.config.polling, self.config.poll_interval)
         self.observer.start()
+        self.symlinks = SymlinkedSubdirs(self.handler)
         self.rescan(ScanReason.REPLACED)
 
     def _patch_identity(self) -> tuple[int, int] | None:
@@ -197,7 +233,7 @@ class Daemon:
 
     def run(self) -> int:
         channel: Path = self.config.index.channel
-        with ChannelLock(channel) as lock:
+        with (NoLock if self.leadership else ChannelLock)(channel) as lock:
             self.root_id = self._root_identity()
             self.patch_id = self._patch_identity()
             self._install_signals()
@@ -206,6 +242,7 @@ class Daemon:
             log.info("listening", host=host, port=port, channel=str(channel))
             self.overflow.install()
             self.observer.start()
+            self.symlinks.refresh(self.observer)
             self.metrics.rescans.labels(ScanReason.STARTUP).inc()
             self.worker_thread.start()
             ping = sdnotify.watchdog_interval()
@@ -216,6 +253,8 @@ class Daemon:
                     now = time.monotonic()
                     self._check_root(lock)
                     self._check_patches()
+                    for subdir in self.symlinks.refresh(self.observer) if not self.root_missing else ():
+                        self.queue.add_scan(subdir, ScanReason.NEW_SUBDIR)  # events before the watch were missed
                     if now >= next_rescan:
                         self.rescan(ScanReason.PERIODIC)
                         next_rescan = now + self.config.rescan_interval

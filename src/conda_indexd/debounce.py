@@ -23,6 +23,7 @@ class EventKind(StrEnum):
     CLOSED = "closed"
     MOVED = "moved"
     DELETED = "deleted"
+    LISTED = "listed"  # not an observed event: found by a listing, put back for another look
 
 
 class ScanReason(StrEnum):
@@ -48,15 +49,18 @@ class Pending:
     subdir: str
     first_event: float
     last_event: float
-    not_before: float = 0.0  # a retry that must wait (settle, empty-listing check)
+    not_before: float = 0.0  # a retry that must wait (backoff, empty-listing check)
+    hold_until: float = 0.0  # uploads put back for another look; a close ends the wait
     full_scan: bool = False
     scan_reason: ScanReason | None = None
     names: dict[str, EventKind] = field(default_factory=dict)  # name -> kind of its last event
     confirm_empty: bool = False
+    outputs: set[str] = field(default_factory=set)  # published files changed from outside
 
     def merge_names(self, names: Iterable[tuple[str, EventKind]]) -> None:
+        """Names put back for another look: an event that came meanwhile is newer."""
         for name, kind in names:
-            self.names[name] = kind
+            self.names.setdefault(name, kind)
 
 
 class DebounceQueue:
@@ -80,6 +84,17 @@ class DebounceQueue:
             entry = self._entry(subdir, now)
             entry.last_event = now
             entry.names[name] = kind
+            if kind in COMPLETE_KINDS:
+                entry.hold_until = 0.0  # a held upload was closed: look now
+            self._cond.notify_all()
+
+    def add_output(self, subdir: str, file: str) -> None:
+        """A published file (relative to the subdir) changed or removed by someone else."""
+        with self._cond:
+            now = self.clock()
+            entry = self._entry(subdir, now)
+            entry.last_event = now
+            entry.outputs.add(file)
             self._cond.notify_all()
 
     def add_scan(self, subdir: str, reason: ScanReason, *, delay: float = 0.0, confirm_empty: bool = False) -> None:
@@ -100,12 +115,12 @@ class DebounceQueue:
             now = self.clock()
             entry = self._entry(subdir, now)
             entry.merge_names(names.items())
-            entry.not_before = max(entry.not_before, now + delay)
+            entry.hold_until = max(entry.hold_until, now + delay)
             self._cond.notify_all()
 
     def _ready_at(self, entry: Pending) -> float:
         due = min(entry.last_event + self.debounce, entry.first_event + self.max_delay)
-        return max(due, entry.not_before)
+        return max(due, entry.not_before, entry.hold_until)
 
     def pending_count(self) -> int:
         with self._cond:

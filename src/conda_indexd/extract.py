@@ -28,16 +28,31 @@ Progress = Callable[[int, int], None]
 
 
 def read_one(store: ChannelStore, subdir: str, state: FileState) -> PackageMetadata | ArchiveError:
-    """One archive's metadata, or the reason it cannot be indexed."""
+    """One archive's metadata, or the reason it cannot be indexed. A read that fails on
+    a file that changed meanwhile (an upload going on) is "vanished", not broken: it is
+    looked at again on its next change."""
     try:
         with store.open_package(subdir, state.path) as stream:
             return read_package(stream, state.path, subdir=subdir)
     except ArchiveError as exc:
-        return exc
+        return _unless_changed(store, subdir, state, exc)
     except Unreadable as exc:
         return ArchiveError(exc.reason, exc.message)
     except OSError as exc:  # gone since the listing, or an I/O error
         return classify(state.path, exc)
+
+
+def _unless_changed(store: ChannelStore, subdir: str, state: FileState, exc: ArchiveError) -> ArchiveError:
+    if exc.reason == "vanished":
+        return exc
+    present, _ = store.stat_packages(subdir, [state.path])
+    if not present:
+        return ArchiveError("vanished", "file disappeared while reading")
+    now = present[0]
+    same_identity = not (now.identity and state.identity) or now.identity == state.identity
+    if (now.size, now.mtime) != (state.size, state.mtime) or not same_identity:
+        return ArchiveError("vanished", f"changed while being read ({exc.reason})")
+    return exc
 
 
 def extract(

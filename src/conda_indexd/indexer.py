@@ -94,6 +94,7 @@ class SubdirRun:
     memo: RecordMemo | None = None
     on_progress: Progress | None = None
     cancel: threading.Event | None = None
+    verify: Collection[str] = ()  # published files someone else changed (see ShardStore.publish)
 
     def execute(self) -> SubdirResult:
         try:
@@ -190,7 +191,7 @@ class SubdirRun:
             result.written += result.shards.written
             return None
         store = ShardStore(self.backends.outputs, cache, self.subdir)
-        store.publish(memo.shard_keys(), dirty, instructions, self.config.base_url, result.shards)
+        store.publish(memo.shard_keys(), dirty, instructions, self.config.base_url, result.shards, verify=self.verify)
         result.written += result.shards.written
         return store
 
@@ -206,7 +207,8 @@ def index_subdir(
     listing: list[FileState] | None = None,
     memo: RecordMemo | None = None,
     backends: Backends | None = None,
+    verify: Collection[str] = (),
 ) -> SubdirResult:
     """Bring one subdir's cache and outputs up to date (see SubdirRun)."""
-    run = SubdirRun(config, subdir, backends or open_backends(config), touched, hold, listing, memo, on_progress, cancel)
+    run = SubdirRun(config, subdir, backends or open_backends(config), touched, hold, listing, memo, on_progress, cancel, verify)
     return run.execute()

@@ -43,6 +43,21 @@ class LocalStore:
     def __init__(self, root: Path):
         self.root = root
         self.location = str(root)
+        self._ours: dict[str, float] = {}  # key -> monotonic time this store wrote or removed it
+
+    def changed_by_us(self, key: str, within: float, *, removals_only: bool = False) -> bool:
+        """Whether this store wrote (or removed) `key` less than `within` seconds ago: the
+        watcher's way to tell our own changes from someone else's."""
+        entry = self._ours.get(key)
+        return entry is not None and time.monotonic() - abs(entry) < within and (entry < 0 or not removals_only)
+
+    def _note(self, key: str, removed: bool) -> None:
+        now = time.monotonic()
+        self._ours[key] = -now if removed else now
+        if len(self._ours) > 4096:
+            for k, t in list(self._ours.items()):
+                if now - abs(t) > 60:
+                    self._ours.pop(k, None)
 
     def path(self, key: str) -> Path:
         return self.root / key
@@ -131,6 +146,7 @@ class LocalStore:
             write_atomic(path, data)
         if sync:
             fsync_dir(path.parent)
+        self._note(key, removed=False)
         return True
 
     def writer(self, key: str) -> AbstractContextManager[LocalWriter]:
@@ -141,6 +157,7 @@ class LocalStore:
             os.unlink(self.root / key)
         except FileNotFoundError:
             return False
+        self._note(key, removed=True)
         return True
 
     def sync(self, folder: str) -> None:
@@ -156,7 +173,7 @@ class LocalStore:
 
 
 def _state(name: str, st: os.stat_result) -> FileState:
-    return FileState(name, st.st_mtime, st.st_size, f"{st.st_ino}:{st.st_ctime_ns}")
+    return FileState(name, st.st_mtime, st.st_size, f"{st.st_ino}:{st.st_ctime_ns}", st.st_ctime)
 
 
 def _undecodable(name: str) -> bool:

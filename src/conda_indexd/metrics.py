@@ -58,7 +58,14 @@ class Metrics:
         self.shards_deleted = Counter(
             p + "shards_deleted_total", "Unreferenced shard files deleted after the retention", ["subdir"], registry=r
         )
+        self.uploads_in_progress = Gauge(
+            p + "uploads_in_progress", "Package files held back as still being written", ["subdir"], registry=r
+        )
         self.ready = Gauge(p + "ready", "1 once the start-up reconcile has published every subdir", registry=r)
+        self.leader = Gauge(p + "leader", "1 while this daemon is the leader of a pair (--db postgresql)", registry=r)
+        self.leadership_changes = Counter(
+            p + "leadership_changes_total", "Times this daemon took over (to=leader) or stepped down (to=standby)", ["to"], registry=r
+        )
         for reason in ("startup", "periodic", "overflow", "signal", "replaced", "patches"):
             self.rescans.labels(reason)
         for kind in ("created", "modified", "closed", "moved", "deleted", "subdir"):

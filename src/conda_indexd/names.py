@@ -29,6 +29,11 @@ SUBDIR_FILES = (REPODATA, REPODATA + ".zst", REPODATA + ".bz2", REPODATA_FROM_PA
                 REPODATA_FROM_PACKAGES + ".zst", REPODATA_FROM_PACKAGES + ".bz2", PATCH_INSTRUCTIONS,
                 CURRENT, SHARD_INDEX, RUN_EXPORTS)  # fmt: skip
 
+# every file the indexer publishes in a subdir (shards aside): watched for outside changes
+PUBLISHED_NAMES = frozenset(
+    [*(n + sfx for n in COMPRESSED for sfx in ("", *COMPRESSED_SUFFIXES)), SHARD_INDEX, RUN_EXPORTS, PATCH_INSTRUCTIONS]
+)
+
 
 def is_package_name(name: str) -> bool:
     """A file name that counts as a package: `*.conda` or `*.tar.bz2`, not a dotfile."""

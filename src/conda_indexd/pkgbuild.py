@@ -83,8 +83,10 @@ def info_members(
     run_exports: Any = None,
     paths_json: Any = None,
     recipe_yaml: str | bytes | None = None,
+    extra_info: list[tuple[str, bytes]] | None = None,
 ) -> list[tuple[str, bytes]]:
-    """The `info/` members in archive order: index.json first, then the rest sorted."""
+    """The `info/` members in archive order: index.json first, then the rest sorted, then
+    `extra_info` verbatim (any name at all: `/abs`, `../x`, ``; unsafe-path cases)."""
     members: dict[str, bytes] = {}
     if index is not None:
         members["info/index.json"] = as_bytes(index)
@@ -101,7 +103,7 @@ def info_members(
             members[name] = data
     first = [(n, d) for n, d in members.items() if n == "info/index.json"]
     rest = sorted((n, d) for n, d in members.items() if n != "info/index.json")
-    return first + rest
+    return first + rest + list(extra_info or [])
 
 
 def pkg_members(files: dict[str, bytes] | None) -> list[tuple[str, bytes]]:
@@ -166,10 +168,12 @@ def tar_bz2_bytes(
     paths_json: Any = None,
     recipe_yaml: str | bytes | None = None,
     member_prefix: str = "",
+    extra_info: list[tuple[str, bytes]] | None = None,
 ) -> bytes:
     members = info_members(
-        index, files, about=about, run_exports=run_exports, paths_json=paths_json, recipe_yaml=recipe_yaml
-    ) + pkg_members(files)
+        index, files, about=about, run_exports=run_exports, paths_json=paths_json, recipe_yaml=recipe_yaml,
+        extra_info=extra_info,
+    ) + pkg_members(files)  # fmt: skip
     return bz2.compress(tar_bytes(members, prefix=member_prefix), 9)
 
 
@@ -183,6 +187,7 @@ def make_tar_bz2(
     paths_json: Any = None,
     recipe_yaml: str | bytes | None = None,
     member_prefix: str = "",
+    extra_info: list[tuple[str, bytes]] | None = None,
 ) -> Path:
     """A `.tar.bz2` package: info/ members first, then the package files."""
     return write_file(
@@ -195,6 +200,7 @@ def make_tar_bz2(
             paths_json=paths_json,
             recipe_yaml=recipe_yaml,
             member_prefix=member_prefix,
+            extra_info=extra_info,
         ),
     )
 
@@ -213,24 +219,30 @@ def conda_bytes(
     folder: str = "",
     with_info: bool = True,
     info_component: bytes | None = None,
+    extra_info: list[tuple[str, bytes]] | None = None,
+    extra_zip: list[tuple[str, bytes]] | None = None,
 ) -> bytes:
     """The bytes of a `.conda` named `filename` (only its stem is used).
 
     Knobs for broken variants: `component_stem` names the inner components after
     another stem, `folder` nests them in a zip folder, `with_info=False` leaves the
-    info component out, `info_component` replaces its (zstd) bytes.
+    info component out, `info_component` replaces its (zstd) bytes, `extra_info` adds
+    members to the info component and `extra_zip` entries to the zip, names verbatim.
     """
     stem = component_stem if component_stem is not None else conda_stem(filename)
     info_tar = tar_bytes(
-        info_members(index, files, about=about, run_exports=run_exports, paths_json=paths_json, recipe_yaml=recipe_yaml),
+        info_members(
+            index, files, about=about, run_exports=run_exports, paths_json=paths_json, recipe_yaml=recipe_yaml,
+            extra_info=extra_info,
+        ),
         prefix=member_prefix,
-    )
+    )  # fmt: skip
     pkg_tar = tar_bytes(pkg_members(files), prefix=member_prefix)
     entries = [("metadata.json", json.dumps({"conda_pkg_format_version": 2}).encode())]
     entries.append((f"{folder}pkg-{stem}.tar.zst", zstd_bytes(pkg_tar)))
     if with_info:
         entries.append((f"{folder}info-{stem}.tar.zst", info_component if info_component is not None else zstd_bytes(info_tar)))
-    return zip_bytes(entries)
+    return zip_bytes(entries + list(extra_zip or []))
 
 
 def make_conda(
@@ -247,6 +259,8 @@ def make_conda(
     folder: str = "",
     with_info: bool = True,
     info_component: bytes | None = None,
+    extra_info: list[tuple[str, bytes]] | None = None,
+    extra_zip: list[tuple[str, bytes]] | None = None,
 ) -> Path:
     """A `.conda` package (CEP-35): stored zip of metadata.json, pkg- and info- components."""
     path = Path(path)
@@ -265,6 +279,8 @@ def make_conda(
             folder=folder,
             with_info=with_info,
             info_component=info_component,
+            extra_info=extra_info,
+            extra_zip=extra_zip,
         ),
     )
 

@@ -8,7 +8,9 @@ shards.encode_shards; this class only reads and writes.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,9 +49,16 @@ class ShardStore:
         instructions: dict[str, Any] | None,
         base_url: str | None,
         report: ShardsReport,
+        verify: Collection[str] = (),
     ) -> None:
-        """Steps 1-3: new shard files, one durability barrier, then the index."""
+        """Steps 1-3: new shard files, one durability barrier, then the index. `verify`:
+        shard files (`shards/<digest>.msgpack.zst`) someone else may have changed; one
+        whose bytes no longer hash to its name counts as missing, so it is rewritten."""
         self.on_disk = shards.shard_digests(self.store.list_files(self.folder))
+        for file in verify:
+            digest = file.removeprefix(SHARDS_DIR + "/").removesuffix(".msgpack.zst")
+            if digest in self.on_disk and not self._intact(digest):
+                del self.on_disk[digest]
         plan = shards.plan_shards(self.state, keys, changed, instructions, self.on_disk)
         kept = plan.kept
         if plan.todo:
@@ -78,6 +87,10 @@ class ShardStore:
         if not shards.index_is_current(self.store.read(index_key), self.subdir, digests, base_url):
             self.store.write(index_key, shards.encode_index(self.subdir, digests, base_url=base_url))
             report.written.append(SHARD_INDEX)
+
+    def _intact(self, digest: str) -> bool:
+        data = self.store.read(key(self.folder, shards.shard_file(digest)))
+        return data is not None and hashlib.sha256(data).hexdigest() == digest
 
     def collect(self, retention: float, report: ShardsReport, now: float | None = None) -> None:
         """Step 4: delete shard files unreferenced for longer than `retention` seconds."""

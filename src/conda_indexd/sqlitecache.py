@@ -1,8 +1,13 @@
 """conda-index 0.13's per-subdir `cache.db` (channel-format.md §3.4): the sqlite `Caches`.
 
-`failed` rows (ours) keep the short reason label in the row's `etag` column and the
-one-line message in `last_modified` (both unused by conda-index for local files).
-conda-index only queries the stages it knows, so it ignores these rows.
+Change identity (the store's `FileState.identity`, inode+ctime locally): `fs` and
+`indexed` rows keep it in the `etag` column, which conda-index leaves empty for local
+files, so a file rewritten with the same size and mtime (rsync --times, cp -p) is read
+again. A row without one (written by conda-index) is trusted once and then given the
+current identity. `failed` rows (ours) keep the short reason label in `etag`, the
+one-line message in `last_modified` and the identity in `md5` (meaningless for a file
+that could not be read). conda-index only queries the stages it knows and compares
+mtime and size, so it ignores all of this.
 
 Unlike conda-index, the output only contains files whose `indexed` row matches the
 current `fs` row: a package replaced by a broken file drops out instead of being served
@@ -20,9 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
 import sqlite3
-import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -30,66 +33,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .cache import CacheCorrupt, CacheError, Failure, FileState, MetadataRejected, PublishedKey, RecordRow, ShardKey
 from .localstore import clean_stale_temps, same_content, write_atomic
 from .logs import get_logger
+from .sqliteschema import METADATA_TABLES, is_corrupt, migrate, quarantine
 from .sqlitepieces import PieceStore
 
 if TYPE_CHECKING:
     from .archive import PackageMetadata
 
 log = get_logger(__name__)
-
-USER_VERSION = 2
-METADATA_TABLES = ("about", "index_json", "recipe", "recipe_log", "run_exports", "post_install", "icon")
-
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS about (path TEXT PRIMARY KEY, about BLOB)",
-    """CREATE TABLE IF NOT EXISTS index_json (
-            path TEXT PRIMARY KEY, index_json BLOB,
-            name AS (json_extract(index_json, '$.name')),
-            sha256 AS (json_extract(index_json, '$.sha256'))
-        )""",
-    "CREATE TABLE IF NOT EXISTS recipe (path TEXT PRIMARY KEY, recipe BLOB)",
-    "CREATE TABLE IF NOT EXISTS recipe_log (path TEXT PRIMARY KEY, recipe_log BLOB)",
-    "CREATE TABLE IF NOT EXISTS run_exports (path TEXT PRIMARY KEY, run_exports BLOB)",
-    "CREATE TABLE IF NOT EXISTS post_install (path TEXT PRIMARY KEY, post_install BLOB)",
-    "CREATE TABLE IF NOT EXISTS icon (path TEXT PRIMARY KEY, icon_png BLOB)",
-    """CREATE TABLE IF NOT EXISTS stat (
-                stage TEXT NOT NULL DEFAULT 'indexed',
-                path TEXT NOT NULL,
-                mtime NUMBER,
-                size INTEGER,
-                sha256 TEXT,
-                md5 TEXT,
-                last_modified TEXT,
-                etag TEXT
-            )""",
-    "CREATE UNIQUE INDEX IF NOT EXISTS idx_stat ON stat (path, stage)",
-    "CREATE INDEX IF NOT EXISTS idx_stat_stage ON stat (stage, path)",
-)
-
-
-# sqlite result codes for a damaged file (sqlite3.h)
-_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
-
-
-def is_corrupt(exc: BaseException) -> bool:
-    """A cache.db that sqlite cannot read as a database (not disk full, not locked)."""
-    return isinstance(exc, sqlite3.DatabaseError) and (
-        getattr(exc, "sqlite_errorcode", None) in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
-        or "malformed" in str(exc)
-        or "not a database" in str(exc)
-    )
-
-
-def quarantine(db_path: Path) -> Path:
-    """Move a damaged cache.db (and its journal) aside, keeping it for inspection; the
-    next open starts an empty cache that is rebuilt from the packages."""
-    target = db_path.with_name(f"{db_path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
-    for suffix in ("", "-journal", "-wal", "-shm"):
-        src = db_path.with_name(db_path.name + suffix)
-        if src.exists():
-            os.replace(src, target.with_name(target.name + suffix))
-    return target
-
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -183,24 +133,8 @@ class SqliteCache:
         self.close()
 
     def _migrate(self) -> None:
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        if version > USER_VERSION:
-            raise CacheError(f"{self.db_path}: cache version {version} is newer than {USER_VERSION}")
         with self.transaction():
-            for statement in _SCHEMA:
-                self.db.execute(statement)
-            if version < 1:  # conda-index migration 1: bare filenames as paths
-                self.db.create_function("basename", 1, lambda p: p.rsplit("/", 1)[-1] if isinstance(p, str) else p)
-                for table in (*METADATA_TABLES, "stat"):
-                    self.db.execute(f"UPDATE OR IGNORE {table} SET path = basename(path) WHERE instr(path, '/')")
-            if version < 2:  # migration 2: generated columns (present in our CREATE)
-                columns = {row[1] for row in self.db.execute("PRAGMA table_xinfo(index_json)")}
-                if "name" not in columns:
-                    self.db.execute("ALTER TABLE index_json ADD COLUMN name AS (json_extract(index_json, '$.name'))")
-                if "sha256" not in columns:
-                    self.db.execute("ALTER TABLE index_json ADD COLUMN sha256 AS (json_extract(index_json, '$.sha256'))")
-            if version < USER_VERSION:
-                self.db.execute(f"PRAGMA user_version = {USER_VERSION}")
+            migrate(self.db, self.db_path)
 
     def transaction(self) -> _Transaction:
         return _Transaction(self)
@@ -214,7 +148,7 @@ class SqliteCache:
         new = {f.path: f for f in files}
         old = self.fs_state()
         gone = old.keys() - new.keys()
-        changed = [f for path, f in new.items() if path not in old or old[path][1:3] != f[1:3]]
+        changed = [f for path, f in new.items() if path not in old or old[path][1:4] != f[1:4]]
         if not gone and not changed:
             return
         with self.transaction():
@@ -228,17 +162,23 @@ class SqliteCache:
             self.db.executemany("DELETE FROM stat WHERE stage = 'fs' AND path = ?", ((p,) for p in gone))
 
     def _upsert_fs(self, files: Iterable[FileState]) -> None:
+        files = list(files)
         self.db.executemany(
-            "INSERT INTO stat (stage, path, mtime, size) VALUES ('fs', ?, ?, ?) "
-            "ON CONFLICT (path, stage) DO UPDATE SET mtime = excluded.mtime, size = excluded.size",
-            ((f.path, f.mtime, f.size) for f in files),
+            "INSERT INTO stat (stage, path, mtime, size, etag) VALUES ('fs', ?, ?, ?, ?) "
+            "ON CONFLICT (path, stage) DO UPDATE SET mtime = excluded.mtime, size = excluded.size, etag = excluded.etag",
+            ((f.path, f.mtime, f.size, f.identity or None) for f in files),
+        )
+        # rows conda-index wrote have no identity: trusted once (same mtime and size), then given one
+        self.db.executemany(
+            "UPDATE stat SET etag = ? WHERE stage = 'indexed' AND path = ? AND etag IS NULL AND mtime = ? AND size = ?",
+            ((f.identity, f.path, f.mtime, f.size) for f in files if f.identity),
         )
 
     @_guarded
     def fs_state(self) -> dict[str, FileState]:
         return {
-            path: FileState(path, mtime, size)
-            for path, mtime, size in self.db.execute("SELECT path, mtime, size FROM stat WHERE stage = 'fs'")
+            path: FileState(path, mtime, size, etag or "")
+            for path, mtime, size, etag in self.db.execute("SELECT path, mtime, size, etag FROM stat WHERE stage = 'fs'")
         }
 
     # --- what to extract ---------------------------------------------------------------
@@ -246,12 +186,12 @@ class SqliteCache:
     @_guarded
     def changed_packages(self, paths: Iterable[str] | None = None) -> list[FileState]:
         query = """
-            SELECT fs.path, fs.mtime, fs.size FROM stat AS fs
+            SELECT fs.path, fs.mtime, fs.size, coalesce(fs.etag, '') FROM stat AS fs
             LEFT JOIN stat AS ix ON ix.path = fs.path AND ix.stage = 'indexed'
             LEFT JOIN stat AS bad ON bad.path = fs.path AND bad.stage = 'failed'
             WHERE fs.stage = 'fs'
-              AND (ix.path IS NULL OR ix.mtime != fs.mtime OR ix.size != fs.size)
-              AND (bad.path IS NULL OR bad.mtime != fs.mtime OR bad.size != fs.size)
+              AND (ix.path IS NULL OR ix.mtime != fs.mtime OR ix.size != fs.size OR ix.etag IS NOT fs.etag)
+              AND (bad.path IS NULL OR bad.mtime != fs.mtime OR bad.size != fs.size OR bad.md5 IS NOT fs.etag)
         """
         query, params = _limit(query, "fs.path", paths)
         return [FileState(*row) for row in self.db.execute(query + " ORDER BY fs.path", params)]
@@ -285,8 +225,8 @@ class SqliteCache:
                     (path, json.dumps(index)),
                 )
                 self.db.execute(
-                    "INSERT OR REPLACE INTO stat (stage, path, mtime, size, sha256, md5) VALUES ('indexed', ?, ?, ?, ?, ?)",
-                    (path, state.mtime, state.size, index["sha256"], index["md5"]),
+                    "INSERT OR REPLACE INTO stat (stage, path, mtime, size, sha256, md5, etag) VALUES ('indexed', ?, ?, ?, ?, ?, ?)",
+                    (path, state.mtime, state.size, index["sha256"], index["md5"], state.identity or None),
                 )
                 self.db.execute("DELETE FROM stat WHERE stage = 'failed' AND path = ?", (path,))
         except sqlite3.OperationalError as exc:
@@ -302,9 +242,9 @@ class SqliteCache:
                 self.db.execute(f"DELETE FROM {table} WHERE path = ?", (path,))
             self.db.execute("DELETE FROM stat WHERE stage = 'indexed' AND path = ?", (path,))
             self.db.execute(
-                "INSERT OR REPLACE INTO stat (stage, path, mtime, size, etag, last_modified) "
-                "VALUES ('failed', ?, ?, ?, ?, ?)",
-                (path, state.mtime, state.size, reason, message),
+                "INSERT OR REPLACE INTO stat (stage, path, mtime, size, etag, last_modified, md5) "
+                "VALUES ('failed', ?, ?, ?, ?, ?, ?)",
+                (path, state.mtime, state.size, reason, message, state.identity or None),
             )
 
     # --- reads for the outputs -------------------------------------------------------------
@@ -312,7 +252,7 @@ class SqliteCache:
     _PUBLISHED = """
             FROM stat AS fs
             JOIN stat AS ix ON ix.path = fs.path AND ix.stage = 'indexed'
-                 AND ix.mtime = fs.mtime AND ix.size = fs.size
+                 AND ix.mtime = fs.mtime AND ix.size = fs.size AND ix.etag IS fs.etag
             JOIN index_json ON index_json.path = fs.path
     """
 
@@ -337,7 +277,7 @@ class SqliteCache:
         query = """
             SELECT fs.path, ix.sha256 FROM stat AS fs
             JOIN stat AS ix ON ix.path = fs.path AND ix.stage = 'indexed'
-                 AND ix.mtime = fs.mtime AND ix.size = fs.size
+                 AND ix.mtime = fs.mtime AND ix.size = fs.size AND ix.etag IS fs.etag
             WHERE fs.stage = 'fs'
         """
         return (PublishedKey(*row) for row in self._rows(*_limit(query, "fs.path", paths)))
@@ -384,7 +324,7 @@ class SqliteCache:
             """
             SELECT fs.path, bad.etag, bad.last_modified FROM stat AS bad
             CROSS JOIN stat AS fs ON fs.path = bad.path AND fs.stage = 'fs'
-                 AND bad.mtime = fs.mtime AND bad.size = fs.size
+                 AND bad.mtime = fs.mtime AND bad.size = fs.size AND bad.md5 IS fs.etag
             WHERE bad.stage = 'failed' ORDER BY fs.path
             """
         )

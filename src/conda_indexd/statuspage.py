@@ -32,8 +32,10 @@ def document(
     pending: list[dict[str, Any]],
     now: float | None = None,
     ignored: list[dict[str, str]] | None = None,
+    role: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """`ignored`: [{folder, reason}] of platform-like folders left out."""
+    """`ignored`: [{folder, reason}] of platform-like folders left out; `role`: the
+    leadership of a daemon in a pair (leader.py's describe())."""
     now = time.time() if now is None else now
     return {
         "channel": channel,
@@ -45,6 +47,7 @@ def document(
         ],
         "pending": pending,
         "ignored": ignored or [],
+        **({"role": role} if role else {}),
     }
 
 
@@ -64,6 +67,16 @@ th,td{text-align:left;padding:.3em .6em;border-bottom:1px solid #ddd;vertical-al
 th{background:#f4f4f4}td.n{text-align:right;font-variant-numeric:tabular-nums}
 .ok{color:#17692a}.warn{color:#8a5a00}.bad{color:#a31515}code{font-size:.92em}
 """
+
+
+def _role_html(role: dict[str, Any] | None) -> str:
+    if not role:
+        return ""
+    css = {"leader": "ok", "standby": "ok"}.get(role["role"], "bad")
+    token = f", fencing token {role['token']}" if role.get("token") is not None else ""
+    error = f' <span class="bad">{escape(role["error"])}</span>' if role.get("error") else ""
+    return (f'\n<p>Role in the pair: <span class="{css}">{escape(role["role"])}</span>{token}; '
+            f'this daemon is <code>{escape(role["holder"])}</code>, database <code>{escape(role["database"])}</code>.{error}</p>')  # fmt: skip
 
 
 def as_html(doc: dict[str, Any]) -> bytes:
@@ -97,7 +110,7 @@ def as_html(doc: dict[str, Any]) -> bytes:
 <body>
 <h1>conda-indexd</h1>
 <p>Channel <code>{e(doc["channel"])}</code>: {state}. Generated {e(doc["generated_at"])}.
-<a href="/status.json">status.json</a> · <a href="/metrics">metrics</a></p>
+<a href="/status.json">status.json</a> · <a href="/metrics">metrics</a></p>{_role_html(doc.get("role"))}
 <h2>Subdirs</h2>
 <table><thead><tr><th>subdir</th><th>packages published</th><th>last publish</th><th>last run took</th><th>skipped</th></tr></thead>
 <tbody>{"".join(rows) or '<tr><td colspan="5">none yet</td></tr>'}</tbody></table>

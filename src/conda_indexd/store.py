@@ -24,12 +24,17 @@ from typing import IO, NamedTuple, Protocol
 
 class FileState(NamedTuple):
     """One package file as the store lists it. The cache's `fs` rows keep path, mtime
-    (LastModified remotely) and size; `identity` is the store's change identity."""
+    (LastModified remotely), size and `identity`, the store's change identity: any
+    rewrite of the file gives it a new one, whatever its size and mtime (inode+ctime
+    locally, the ETag remotely). `changed_at` is when the store saw the file change
+    last, on its own clock (ctime locally, LastModified remotely), unlike an mtime a
+    writer may set; it tells an upload in progress from a settled file."""
 
     path: str
     mtime: float
     size: int
     identity: str = ""
+    changed_at: float = 0.0
 
 
 class Unreadable(Exception):

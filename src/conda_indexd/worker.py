@@ -5,6 +5,9 @@ observer: a test can build a Worker over a channel and drive `process()` directl
 
 from __future__ import annotations
 
+import errno
+import os
+import pwd
 import threading
 import time
 from collections.abc import Callable
@@ -21,11 +24,24 @@ from .logs import get_logger
 from .memo import RecordMemo
 from .metrics import Metrics
 from .statuspage import SubdirStatus
+from .uploads import UploadTracker
 
 log = get_logger("conda_indexd.daemon")
 
 EMPTY_CONFIRM_DELAY = 1.5  # seconds before a second listing may confirm an emptied subdir
 MAX_RETRY_DELAY = 60.0
+NOT_WRITABLE_RETRY = 10.0  # a folder we may not write is looked at again this often, quietly
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def not_writable(exc: BaseException) -> OSError | None:
+    """The permission error behind a failed run (the cache wraps its own), if that is it."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _NOT_WRITABLE:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 @dataclass
@@ -40,6 +56,7 @@ class SubdirState:
     subdir: str
     memo: RecordMemo | None = None
     failures_in_a_row: int = 0
+    not_writable: bool = False  # reported once; retried quietly until fixed
     published: int = 0  # records in the last publish
     status: SubdirStatus = field(init=False)
 
@@ -47,8 +64,11 @@ class SubdirState:
         self.status = SubdirStatus(self.subdir)
 
     def succeeded(self, result: SubdirResult) -> None:
+        if self.not_writable:
+            log.info("subdir is writable again; published", subdir=self.subdir)
         self.memo = result.memo
         self.failures_in_a_row = 0
+        self.not_writable = False
         self.published = result.packages
         st = self.status
         st.packages, st.last_duration, st.last_run, st.error = result.packages, result.duration, time.time(), None
@@ -73,6 +93,8 @@ class Worker:
         metrics: Metrics,
         *,
         settle: float = 1.0,
+        upload_timeout: float = 600.0,
+        close_events: bool = True,
         stopping: threading.Event | None = None,
     ):
         self.index = index
@@ -80,10 +102,14 @@ class Worker:
         self.queue = queue
         self.metrics = metrics
         self.settle = settle
+        self.uploads = UploadTracker(settle, upload_timeout, close_events)
         self.stopping = stopping or threading.Event()
         self.ready = threading.Event()
+        self.reconciled = threading.Event()  # published every subdir once (after-ready steps wait for it)
         self.states: dict[str, SubdirState] = {}
         self.on_ready: Callable[[], None] = lambda: None
+        self.pair: Callable[[Worker], None] | None = None  # leader.py's loop for a pair
+        self._was_ready = False
 
     def subdirs(self) -> list[str]:
         return detect_subdirs(self.index, self.backends.packages.subdirs())
@@ -96,20 +122,40 @@ class Worker:
     # --- the loop ---------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Reconcile every subdir, become ready, then take work until stopped."""
+        """Reconcile every subdir, become ready, then take work until stopped. With a
+        `pair` (leader.py's active/standby loop), that loop drives the steps below."""
+        if self.pair is not None:
+            self.pair(self)
+            return
+        if self.reconcile():
+            self.became_ready()
+            self.serve()
+
+    def reconcile(self) -> bool:
+        """A full listing of every subdir; False when stopped on the way."""
         for subdir in self.subdirs():
             if self.stopping.is_set():
-                return
+                return False
             now = time.monotonic()
             self.process(Pending(subdir, now, now, full_scan=True, scan_reason=ScanReason.STARTUP))
-        if self.stopping.is_set():
-            return
+        return not self.stopping.is_set()
+
+    def became_ready(self, reconciled: bool = True) -> None:
+        """Ready (/readyz 200). `reconciled`: this daemon published every subdir (False
+        for a standby of a pair, which is ready without publishing)."""
+        first = not self._was_ready
+        self._was_ready = True
+        if reconciled:
+            self.reconciled.set()
         self.ready.set()
         self.metrics.ready.set(1)
         sdnotify.notify("READY=1\nSTATUS=watching " + self.backends.packages.location)
         log.info("ready", subdirs=sorted(s for s, st in self.states.items() if st.status.last_run is not None))
-        self.on_ready()
-        while not self.stopping.is_set():
+        if first:
+            self.on_ready()
+
+    def serve(self, keep_going: Callable[[], bool] = lambda: True) -> None:
+        while not self.stopping.is_set() and keep_going():
             item = self.queue.take(timeout=0.5)
             self.metrics.queue_pending.set(self.queue.pending_count())
             if item is not None:
@@ -122,11 +168,20 @@ class Worker:
             log.warning("subdir lists empty; waiting for a second listing", subdir=subdir)
             self.queue.add_scan(subdir, ScanReason.EMPTY_CHECK, delay=EMPTY_CONFIRM_DELAY, confirm_empty=True)
             return
-        hold = self._hold(item, listing)
+        hold, recheck = self._hold(item, listing)
+        for _ in range(3):  # at start-up, files found changing get their second look first,
+            if not hold or item.scan_reason != ScanReason.STARTUP or set(hold.values()) != {EventKind.LISTED}:
+                break  # so the first publish already holds them (an open upload never waits)
+            if self.stopping.wait(recheck):
+                return
+            listing = self.backends.packages.list_packages(subdir)
+            hold, recheck = self._hold(item, listing)
         if hold:
-            self.queue.retry(subdir, hold, self.settle)
+            self.queue.retry(subdir, hold, recheck)
             log.debug("upload in progress", subdir=subdir, files=sorted(hold))
         state = self.state(subdir)
+        if item.outputs:
+            log.info("published files changed from outside; restoring them", subdir=subdir, files=sorted(item.outputs)[:20])
         try:
             result = index_subdir(
                 self.index,
@@ -137,8 +192,12 @@ class Worker:
                 listing=listing,
                 memo=state.memo,
                 backends=self.backends,
+                verify=item.outputs,
             )
         except Exception as exc:  # one subdir's trouble never stops the others
+            if (denied := not_writable(exc)) is not None:
+                self._not_writable(state, denied)
+                return
             delay = state.failed(exc)
             self.metrics.subdir_errors.labels(subdir, type(exc).__name__).inc()
             log.error("subdir failed; will retry", subdir=subdir, retry_in=delay, error=f"{type(exc).__name__}: {exc}")
@@ -153,21 +212,45 @@ class Worker:
                 self.metrics.subdir_errors.labels("channel", type(exc).__name__).inc()
                 log.error("channel files failed", error=f"{type(exc).__name__}: {exc}")
 
+    def _not_writable(self, state: SubdirState, denied: OSError) -> None:
+        """One error line and one count per episode, a status entry saying what to do, and
+        a slow quiet retry: a permission problem is fixed by a person, not by retrying."""
+        state.failed(denied)
+        folder = f"{self.backends.packages.location}/{state.subdir}"
+        user = _user()
+        state.status.error = (
+            f"not writable: {folder} ({denied.strerror}). The daemon runs as {user}: "
+            f"chown -R {user} {folder}, or create platform folders before copying into them "
+            "(docker compose exec conda-indexd mkdir /channel/<subdir>)"
+        )
+        if not state.not_writable:
+            state.not_writable = True
+            self.metrics.subdir_errors.labels(state.subdir, "not-writable").inc()
+            log.error("subdir is not writable; retrying quietly until fixed", subdir=state.subdir, folder=str(folder),
+                      user=user, retry_every=NOT_WRITABLE_RETRY)  # fmt: skip
+        self.queue.add_scan(state.subdir, ScanReason.RETRY, delay=NOT_WRITABLE_RETRY)
+
     # --- rules before a run -------------------------------------------------------------------
 
-    def _hold(self, item: Pending, listing: list[FileState] | None) -> dict[str, EventKind]:
-        """Files still being written: changed within --settle seconds, no close/rename seen."""
+    def _hold(self, item: Pending, listing: list[FileState] | None) -> tuple[dict[str, EventKind], float]:
+        """Uploads still in progress (see uploads.py): {name: kind to put back}, and when
+        to look again."""
         if self.settle <= 0:
-            return {}
+            return {}, 0.0
+        kinds: dict[str, EventKind] = dict(item.names)
+        present: dict[str, FileState] = {}
         now = time.time()
-        candidates = dict(item.names)
         if listing is not None:
+            tracked = self.uploads.tracked(item.subdir)
             for f in listing:
-                if now - f.mtime < self.settle and candidates.get(f.path) not in COMPLETE_KINDS:
-                    candidates.setdefault(f.path, EventKind.MODIFIED)
-        unfinished = [name for name, kind in candidates.items() if kind not in COMPLETE_KINDS]
-        present, _ = self.backends.packages.stat_packages(item.subdir, unfinished)
-        return {f.path: candidates[f.path] for f in present if now - f.mtime < self.settle}
+                if f.path in kinds or f.path in tracked or 0 <= now - f.changed_at < self.settle:
+                    kinds.setdefault(f.path, EventKind.LISTED)
+                    present[f.path] = f
+        unlooked = [name for name, kind in kinds.items() if name not in present and kind not in COMPLETE_KINDS]
+        present.update((f.path, f) for f in self.backends.packages.stat_packages(item.subdir, unlooked)[0])
+        held = self.uploads.hold(item.subdir, kinds, present, now, time.monotonic())
+        self.metrics.uploads_in_progress.labels(item.subdir).set(len(held))
+        return {name: kinds[name] for name in held}, min(held.values(), default=0.0)
 
     def _looks_unmounted(self, item: Pending, listing: list[FileState] | None) -> bool:
         """A subdir that had packages and now lists empty waits for a second listing."""
@@ -197,3 +280,8 @@ class Worker:
             log.info("published", **result.log_fields())
 
 
+def _user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())

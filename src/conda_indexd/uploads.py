@@ -1,0 +1,83 @@
+"""Which package files are still being written, so the worker holds them back.
+
+- With inotify (close events): a file with modify events and no close or rename after
+  them is open for writing. It is held until it is closed,
+  or until it has stayed unchanged for `cap` seconds (a writer that never closes). A
+  file moved in from outside the channel only shows as "created" (so does a FIFO): it
+  gets the two looks below.
+- Without close events (polling), and for files found by a listing: a file is still
+  changing while two looks `settle` seconds apart see a different size, mtime or
+  identity. Only a file the store saw change within `settle` (ctime locally: the
+  server's clock, not an mtime a writer set) is looked at twice, so an mtime in the
+  future is no reason to wait.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .debounce import COMPLETE_KINDS, EventKind
+from .logs import get_logger
+from .store import FileState
+
+log = get_logger("conda_indexd.daemon")
+
+MAX_OPEN_RECHECK = 30.0  # seconds between looks at a file held open (its close wakes us sooner)
+
+
+@dataclass
+class _Seen:
+    signature: tuple[int, float, str]  # size, mtime, identity
+    since: float  # monotonic time the signature last changed
+
+
+class UploadTracker:
+    def __init__(self, settle: float, cap: float, close_events: bool):
+        self.settle = settle
+        self.cap = cap
+        self.close_events = close_events
+        self._seen: dict[tuple[str, str], _Seen] = {}
+
+    def tracked(self, subdir: str) -> set[str]:
+        return {name for (s, name) in self._seen if s == subdir}
+
+    def hold(
+        self,
+        subdir: str,
+        kinds: Mapping[str, EventKind | None],
+        present: Mapping[str, FileState],
+        now: float,
+        clock: float,
+    ) -> dict[str, float]:
+        """{name: seconds until the next look} for the files to hold back.
+
+        `kinds`: each candidate's last event kind (None: found by a listing); `present`:
+        their current state (absent: gone); `now`: wall clock; `clock`: monotonic."""
+        held: dict[str, float] = {}
+        for name, kind in kinds.items():
+            key = (subdir, name)
+            state = present.get(name)
+            if state is None or kind in COMPLETE_KINDS or self.settle <= 0:
+                self._seen.pop(key, None)
+                continue
+            signature = (state.size, state.mtime, state.identity)
+            seen = self._seen.get(key)
+            first_look = seen is None
+            if seen is None or seen.signature != signature:
+                seen = self._seen[key] = _Seen(signature, clock)
+            unchanged_for = clock - seen.since
+            if self.close_events and kind == EventKind.MODIFIED:
+                if unchanged_for < self.cap:
+                    held[name] = min(MAX_OPEN_RECHECK, self.cap - unchanged_for)
+                    continue
+                log.warning("upload never closed; reading it as it is", subdir=subdir, path=name, unchanged_seconds=round(unchanged_for))
+            elif first_look:
+                if 0 <= now - state.changed_at < self.settle:
+                    held[name] = self.settle
+                    continue
+            elif unchanged_for < self.settle:
+                held[name] = self.settle - unchanged_for
+                continue
+            self._seen.pop(key, None)
+        return held
