@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .cache import CacheCorrupt, CacheError, Failure, FileState, MetadataRejected, PublishedKey, RecordRow, ShardKey
 from .localstore import clean_stale_temps, same_content, write_atomic
 from .logs import get_logger
-from .sqliteschema import METADATA_TABLES, is_corrupt, migrate, quarantine
 from .sqlitepieces import PieceStore
+from .sqliteschema import METADATA_TABLES, is_corrupt, migrate, quarantine
 
 if TYPE_CHECKING:
     from .archive import PackageMetadata
