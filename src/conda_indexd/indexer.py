@@ -143,7 +143,8 @@ class SubdirRun:
             result.skipped = cache.failures()
             instructions = b.outputs.read(key(subdir, PATCH_INSTRUCTIONS))
             token = inputs_token(config, instructions)
-            if not dirty and memo.quiet.outputs is not None and memo.quiet.outputs == (token, outputs_state(b.outputs, subdir)):
+            quiet = not dirty and not self.verify and memo.quiet.outputs is not None  # verify: shards changed outside
+            if quiet and memo.quiet.outputs == (token, outputs_state(b.outputs, subdir)):
                 built = None  # nothing to build: the outputs are as this memo's last run left them
             else:
                 memo.quiet.outputs = None
@@ -163,6 +164,7 @@ class SubdirRun:
                 if store is not None:
                     store.collect(config.shard_retention, result.shards)
                     store.save()
+                    memo.shards = store.carry
                 memo.quiet.outputs = (token, outputs_state(b.outputs, subdir))
             memo.quiet.listing = digest
         result.memo = memo
@@ -190,7 +192,11 @@ class SubdirRun:
                 result.shards.written.append(SHARD_INDEX)
             result.written += result.shards.written
             return None
-        store = ShardStore(self.backends.outputs, cache, self.subdir)
+        # a run over touched names carries the last run's shard state and listing (full
+        # runs read both again)
+        carried = memo.shards if self.touched is not None else None
+        memo.shards = None  # until this run has saved
+        store = ShardStore(self.backends.outputs, cache, self.subdir, carried)
         store.publish(memo.shard_keys(), dirty, instructions, self.config.base_url, result.shards, verify=self.verify)
         result.written += result.shards.written
         return store

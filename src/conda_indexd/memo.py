@@ -15,7 +15,7 @@ from __future__ import annotations
 import bisect
 import sys
 from collections.abc import Collection
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from . import repodata
 from .cache import ShardKey, SubdirCache
@@ -45,6 +45,7 @@ class RecordMemo:
         self.quiet = Quiet()  # what the run that filled it saw and published (quiet.py)
         self.last: tuple[list[str], list[str], list[str]] = ([], [], [])  # the last refresh's (added, removed, replaced)
         self._shard_keys: list[ShardKey] | None = None
+        self.shards: Any = None  # shardstore.Carried: what the last run's shard upkeep ended with
 
     def refresh(self, cache: SubdirCache, paths: Collection[str] | None = None) -> set[str]:
         """Bring the entries in line with the cache; returns the names whose records
