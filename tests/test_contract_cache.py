@@ -125,7 +125,6 @@ def test_a_rolled_back_transaction_keeps_nothing(cache: SubdirCache) -> None:
     assert cache.fs_state() == {}
 
 
-
 def test_an_identity_change_alone_is_a_change(cache: SubdirCache) -> None:
     """Same size, same LastModified second, new ETag (an S3 re-upload): read again, and
     the old record is not served for the new bytes."""
@@ -141,3 +140,19 @@ def test_an_identity_change_alone_is_a_change(cache: SubdirCache) -> None:
     assert [f.path for f in cache.failures()] == ["a-1-0.conda"] and cache.changed_packages() == []
     cache.update_fs_state([b._replace(identity="etag-3")], [])
     assert [f.path for f in cache.changed_packages()] == ["a-1-0.conda"]
+
+
+def test_pieces_persist_only_for_the_text_they_were_made_from(caches: Caches) -> None:
+    with caches.open("noarch") as c:
+        pieces = c.pieces()
+        if pieces is None:
+            pytest.skip("this cache keeps no pieces")
+        assert list(pieces.lookup([("a-1-0.conda", "a", '{"x": 1}')])) == [("a-1-0.conda", "a", '{"x": 1}', None)]
+        pieces.save([("a-1-0.conda", '{"x": 1}', b'"a-1-0.conda":{"x":1}'), ("b-1-0.conda", "{}", b'"b-1-0.conda":{}')])
+    with caches.open("noarch") as c:
+        pieces = c.pieces()
+        assert pieces is not None
+        rows = [("a-1-0.conda", "a", '{"x": 1}'), ("b-1-0.conda", "b", '{"y": 2}')]  # b's row was re-indexed
+        assert [r[3] for r in pieces.lookup(rows)] == [b'"a-1-0.conda":{"x":1}', None]
+        pieces.save([], keep=["b-1-0.conda"])  # a left the cache
+        assert [r[3] for r in pieces.lookup(rows[:1])] == [None]

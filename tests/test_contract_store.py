@@ -112,3 +112,39 @@ def test_open_package_is_a_seekable_stream(store: ChannelStore) -> None:
 def test_channel_level_files(store: ChannelStore) -> None:
     assert store.write("channeldata.json", b"{}")
     assert store.read("channeldata.json") == b"{}"
+
+
+def test_writer_publishes_on_commit_only_when_bytes_differ(store: ChannelStore) -> None:
+    store.prepare("noarch", recover=False)
+    with store.writer("noarch/repodata.json") as w:
+        w.write(b'{"a":')
+        w.write(b"1}")
+        assert store.read("noarch/repodata.json") is None  # nothing visible before commit
+        assert w.commit() is True
+    assert store.read("noarch/repodata.json") == b'{"a":1}'
+    with store.writer("noarch/repodata.json") as w:  # same bytes in other pieces
+        for piece in (b"{", b'"a":1', b"}"):
+            w.write(piece)
+        assert w.commit() is False
+    for longer in (b'{"a":1}x', b'{"a":'):  # a prefix or an extension of the old bytes
+        with store.writer("noarch/repodata.json") as w:
+            w.write(longer)
+            assert w.commit() is True
+        assert store.read("noarch/repodata.json") == longer
+    assert store.list_files("noarch") == {"repodata.json": 5}  # no temporaries left
+
+
+def test_writer_without_commit_or_failing_leaves_the_old_file(store: ChannelStore) -> None:
+    store.prepare("noarch", recover=False)
+    store.write("noarch/repodata.json", b"old")
+    with store.writer("noarch/repodata.json") as w:
+        w.write(b"new, never committed")
+    with pytest.raises(RuntimeError), store.writer("noarch/repodata.json") as w:
+        w.write(b"new")
+        raise RuntimeError("the build failed half way")
+    assert store.read("noarch/repodata.json") == b"old"
+    with store.writer("noarch/shards/x.msgpack.zst") as w:  # folders below a subdir are made
+        w.write(b"x")
+        assert w.commit(sync=False)
+    assert store.list_files("noarch") == {"repodata.json": 3}
+    assert store.list_files("noarch/shards") == {"x.msgpack.zst": 1}

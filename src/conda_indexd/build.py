@@ -1,12 +1,22 @@
-"""Stage 3: every output file of a subdir as bytes, from the memo's records (pure but for
-the user's patch generator, which is called here).
+"""Stage 3: every output file of a subdir, from the memo's records (pure but for the
+user's patch generator, which is called here).
+
+repodata_from_packages.json and repodata.json are `repodata.Document`s: streams of the
+records' serialised pieces, never one string. Patches are applied per record
+(patches.per_record): only the records an instruction names are parsed, patched and
+serialised again, and a record's patched piece is kept (in the memo's `patched`) until its
+archive or its instructions change. Instructions that change no record (conda-index's
+`{"name": {}}` entries) cost reading them. A patch *generator* is user code that is given
+the whole unpatched document, so with one the document is parsed once per build.
 
 Order of the result is the publish order (§8.2): repodata_from_packages.json, fresh
-patch_instructions.json, repodata.json, then the files derived from it.
+patch_instructions.json, repodata.json, then the files derived from it. Without patches
+the two documents are the same object (published from one pass).
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -14,13 +24,33 @@ from typing import Any
 
 from . import current, origin, patches, repodata
 from .config import IndexConfig
-from .names import CURRENT, PATCH_INSTRUCTIONS, REPODATA, REPODATA_FROM_PACKAGES, RUN_EXPORTS, compact_json
+from .names import CURRENT, PATCH_INSTRUCTIONS, REPODATA, REPODATA_FROM_PACKAGES, RUN_EXPORTS, compact_json, section_of
+
+Output = bytes | repodata.Document
+Patched = dict[str, tuple[str, bytes | None]]  # see RecordMemo.patched
 
 
 @dataclass
 class Built:
-    outputs: dict[str, bytes]  # {filename: bytes} in publish order
+    outputs: dict[str, Output]  # {filename: bytes or a Document} in publish order
     instructions: dict[str, Any] = field(default_factory=dict)  # patches applied (also to shards)
+    patched_records: int = 0  # records whose piece the patches changed
+
+
+class Sections:
+    """The unpatched pieces of each section, sorted by filename, and where they are."""
+
+    def __init__(self, order: dict[str, list[str]], piece_of: dict[str, Any], pieces: dict[str, list[bytes]] | None = None):
+        """`order`: {section: sorted filenames}; `piece_of`: {filename: MemoEntry};
+        `pieces`: {section: the pieces in that order} when the caller keeps them."""
+        self.names = {s: order.get(s, []) for s in ("packages", "packages.conda")}
+        if pieces is None:
+            pieces = {s: [piece_of[fn].piece for fn in names] for s, names in self.names.items()}
+        self.pieces = pieces
+        self.piece_of = piece_of
+
+    def document(self, subdir: str, base_url: str | None, *, removed: Iterable[str] = ()) -> repodata.Document:
+        return repodata.Document(subdir, self.pieces["packages"], self.pieces["packages.conda"], base_url=base_url, removed=removed)
 
 
 def build_outputs(
@@ -32,29 +62,116 @@ def build_outputs(
     run_exports: Iterable[tuple[str, str | None]] = (),
     overlay: dict[str, Any] | None = None,
 ) -> Built:
-    """`pieces`: (filename, record piece) sorted by filename (RecordMemo.pieces);
+    """`pieces`: (filename, record piece) sorted by filename (RecordMemo.pieces); the
+    other arguments as build_from_sections."""
+
+    class _Entry:
+        sha256 = ""
+
+        def __init__(self, piece: str):
+            self.piece = piece.encode("ascii")
+
+    piece_of = {fn: _Entry(p) for fn, p in pieces}
+    order: dict[str, list[str]] = {"packages": [], "packages.conda": []}
+    for fn in sorted(piece_of):
+        if (section := section_of(fn)) is not None:
+            order[section].append(fn)
+    return build_from_sections(
+        config, subdir, Sections(order, piece_of), {}, existing_instructions=existing_instructions, run_exports=run_exports, overlay=overlay
+    )
+
+
+def build_from_sections(
+    config: IndexConfig,
+    subdir: str,
+    sections: Sections,
+    patched: Patched,
+    *,
+    existing_instructions: bytes | None,
+    run_exports: Iterable[tuple[str, str | None]] = (),
+    overlay: dict[str, Any] | None = None,
+) -> Built:
+    """`sections`: the memo's records (RecordMemo.order and .entries); `patched`: the
+    patched pieces of the last build (RecordMemo.patched), brought up to date here;
     `existing_instructions`: the subdir's published patch_instructions.json, if any;
     `run_exports`: the rows of run_exports.json when config.run_exports;
     `overlay`: origin metadata as patch instructions (origin.py), applied under the patches.
     Raises PatchError before anything is published when the patch source fails."""
-    from_packages = repodata.build_repodata(subdir, pieces, base_url=config.base_url)
-    outputs: dict[str, bytes] = {REPODATA_FROM_PACKAGES: from_packages}
-    patched: bytes = from_packages
+    from_packages = sections.document(subdir, config.base_url)
+    outputs: dict[str, Output] = {REPODATA_FROM_PACKAGES: from_packages}
+    patched_doc: Output = from_packages
     instructions: dict[str, Any] = {}
-    doc: dict[str, Any] | None = None  # the parsed (then patched) document, parsed once
+    count = 0
     generator = patches.generator_path(config.channel, config.patch_generator)
     if generator is not None or existing_instructions is not None or overlay:
-        doc = json.loads(from_packages)
-        instructions, fresh = patches.instructions_for(subdir, doc, generator, existing_instructions)
+        doc = json.loads(from_packages.to_bytes()) if generator is not None else {}
+        instructions, fresh = patches.instructions_for(subdir, doc, generator, existing_instructions, owned=True)
+        del doc
         if fresh:
             outputs[PATCH_INSTRUCTIONS] = patches.serialize(instructions)
         instructions = origin.layer(overlay, instructions)  # never written to patch_instructions.json
-        if instructions:
-            patched = compact_json(patches.apply(doc, instructions)).encode("ascii")
-    outputs[REPODATA] = patched
+        ops = patches.per_record(instructions)
+        if ops:
+            patched_doc, count = _patched_document(config, subdir, sections, patched, ops)
+    if not count:
+        patched.clear()
+    outputs[REPODATA] = patched_doc
     if config.current_repodata:  # derived files after repodata.json (§8.2)
-        doc = json.loads(patched) if doc is None else doc
-        outputs[CURRENT] = compact_json(current.build(doc, current.load_pins(config.current_index_versions) if config.current_index_versions else {})).encode("ascii")
+        data = patched_doc if isinstance(patched_doc, bytes) else patched_doc.to_bytes()
+        pins = current.load_pins(config.current_index_versions) if config.current_index_versions else {}
+        outputs[CURRENT] = compact_json(current.build(json.loads(data), pins)).encode("ascii")
     if config.run_exports:  # never patched (CEP-12)
         outputs[RUN_EXPORTS] = repodata.build_run_exports(subdir, run_exports)
-    return Built(outputs, instructions)
+    return Built(outputs, instructions, count)
+
+
+def _patched_document(
+    config: IndexConfig, subdir: str, sections: Sections, patched: Patched, ops: dict[str, list[patches.Op]]
+) -> tuple[repodata.Document, int]:
+    """repodata.json with each named record patched; the others keep their piece."""
+    replaced: dict[str, bytes | None] = {}
+    fresh: Patched = {}
+    for fn, record_ops in ops.items():
+        entry = sections.piece_of.get(fn)
+        if entry is None:
+            continue
+        stamp = f"{entry.sha256}+{patches.ops_digest(record_ops)}"
+        known = patched.get(fn)
+        if known is None or known[0] != stamp:
+            known = (stamp, _patch_piece(fn, entry.piece, record_ops))
+        replaced[fn] = known[1]
+        fresh[fn] = known
+    patched.clear()
+    patched.update(fresh)
+    changed = {fn: piece for fn, piece in replaced.items() if piece != sections.piece_of[fn].piece}
+    if not changed:
+        return sections.document(subdir, config.base_url), 0
+    out: dict[str, list[bytes]] = {}
+    removed = []
+    for section, names in sections.names.items():
+        pieces = list(sections.pieces[section])
+        gone = []
+        for fn in changed:
+            if section_of(fn) != section:
+                continue
+            i = bisect.bisect_left(names, fn)
+            piece = changed[fn]
+            if piece is None:
+                gone.append(i)
+                removed.append(fn)
+            else:
+                pieces[i] = piece
+        for i in sorted(gone, reverse=True):
+            del pieces[i]
+        out[section] = pieces
+    doc = repodata.Document(subdir, out["packages"], out["packages.conda"], base_url=config.base_url, removed=removed)
+    return doc, len(changed)
+
+
+def _patch_piece(fn: str, piece: bytes, ops: list[patches.Op]) -> bytes | None:
+    """A record's patched piece (None when the instructions remove it)."""
+    prefix = len(json.dumps(fn)) + 1
+    record = json.loads(piece[prefix:])
+    if patches.patch_record(record, ops):
+        return None
+    return piece[:prefix] + compact_json(record).encode("ascii")

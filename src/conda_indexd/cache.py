@@ -71,6 +71,19 @@ class ShardKey(NamedTuple):
     sha256: str
 
 
+class Pieces(Protocol):
+    """Record pieces kept between processes (sqlitepieces.PieceStore), each valid only
+    for the exact index_json text it was made from."""
+
+    def lookup(self, rows: Iterable[tuple[str, str, str]]) -> Iterator[tuple[str, str, str, bytes | None]]:
+        """(path, name, index_json text) -> the same with the stored piece or None."""
+        ...
+
+    def save(self, pieces: Iterable[tuple[str, str, bytes]], *, keep: Iterable[str] | None = None) -> None:
+        """(path, index_json text, piece); `keep`: all published paths (drop the rest)."""
+        ...
+
+
 class SubdirCache(Protocol):
     """One subdir's cache, used from one thread at a time (the indexer's writer)."""
 
@@ -125,6 +138,10 @@ class SubdirCache(Protocol):
 
     def failures(self) -> list[Failure]:
         """Archives currently skipped (a `failed` row matching the fs row), by path."""
+        ...
+
+    def pieces(self) -> Pieces | None:
+        """Where serialised records are kept between processes (None: nowhere)."""
         ...
 
     # what later runs remember beside the cache rows (the shard upkeep's state)

@@ -10,11 +10,11 @@ A single daemon or `index` uses `NoFence`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from contextlib import AbstractContextManager
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import IO, Any, Protocol
 
-from .store import ChannelStore, FileState
+from .store import ChannelStore, FileState, StreamWriter
 
 
 class Fenced(Exception):
@@ -56,6 +56,9 @@ class FencedStore:
         self._check(key)
         return self.inner.write(key, data, sync=sync)
 
+    def writer(self, key: str) -> AbstractContextManager[StreamWriter]:
+        return _fenced_writer(self, key)
+
     def remove(self, key: str) -> bool:
         self._check(key)
         return self.inner.remove(key)
@@ -88,3 +91,24 @@ class FencedStore:
 
     def list_files(self, folder: str) -> dict[str, int]:
         return self.inner.list_files(folder)
+
+
+class _FencedWriter:
+    """A streamed write checked when it starts and again right before its commit."""
+
+    def __init__(self, store: FencedStore, key: str, inner: StreamWriter):
+        self.store, self.key, self.inner = store, key, inner
+
+    def write(self, data: bytes) -> None:
+        self.inner.write(data)
+
+    def commit(self, *, sync: bool = True) -> bool:
+        self.store._check(self.key)
+        return self.inner.commit(sync=sync)
+
+
+@contextmanager
+def _fenced_writer(store: FencedStore, key: str) -> Iterator[StreamWriter]:
+    store._check(key)
+    with store.inner.writer(key) as inner:
+        yield _FencedWriter(store, key, inner)

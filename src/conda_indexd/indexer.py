@@ -16,7 +16,7 @@ from typing import Any
 
 from . import origin
 from .backends import Backends, open_backends
-from .build import build_outputs
+from .build import Sections, build_from_sections
 from .cache import CacheCorrupt, Failure, FileState, SubdirCache
 from .config import IndexConfig
 from .extract import Progress, extract
@@ -25,6 +25,7 @@ from .logs import get_logger
 from .memo import RecordMemo
 from .names import PATCH_INSTRUCTIONS, REPODATA, SHARD_INDEX, SHARDS_DIR
 from .outputs import publish_outputs, withdraw_current
+from .quiet import inputs_token, listing_digest, outputs_state
 from .shardstore import ShardsReport, ShardStore, withdraw
 from .store import key
 
@@ -116,8 +117,16 @@ class SubdirRun:
         b.packages.prepare(subdir, recover=False)
         b.outputs.prepare(subdir, recover=full)
         with b.caches.open(subdir) as cache:
-            before = self.memo.digests() if self.memo is not None else cache.published_digests()
-            looked_at = update_fs_stage(cache, b.packages, subdir, touched=self.touched, hold=self.hold, listing=self.listing)
+            # a one-shot run reports against what the cache published before it
+            before = cache.published_digests() if self.memo is None else {}
+            listing, digest = self.listing, None
+            if full and not self.hold:  # quiet.py: an unchanged listing changes no fs row
+                listing = b.packages.list_packages(subdir) if listing is None else listing
+                digest = listing_digest(listing)
+            if self.memo is not None and digest is not None and digest == self.memo.quiet.listing:
+                looked_at: set[str] | None = set()
+            else:
+                looked_at = update_fs_stage(cache, b.packages, subdir, touched=self.touched, hold=self.hold, listing=listing)
             # With touched names and the previous run's memo, nothing else can have changed
             # (a failed or cancelled run drops the memo, so the next run is full).
             scope = looked_at if self.memo is not None else None
@@ -131,30 +140,50 @@ class SubdirRun:
                 log.warning("skipped archive", subdir=subdir, path=failure.path, reason=failure.reason, detail=failure.message)
             memo = self.memo if self.memo is not None else RecordMemo()
             dirty = memo.refresh(cache, scope)
-            built = build_outputs(
-                config,
-                subdir,
-                memo.pieces(),
-                existing_instructions=b.outputs.read(key(subdir, PATCH_INSTRUCTIONS)),
-                run_exports=cache.run_exports() if config.run_exports else (),
-                overlay=origin.parse(b.packages.read(origin.overlay_key(subdir))) if config.origin_overlay else None,
-            )
+            memo.quiet.listing = None  # until this run has published
             result.skipped = cache.failures()
-            # §8.2: shard files, then the shard index, then repodata.json and the rest.
-            store = self._publish_shards(cache, memo, dirty, built.instructions, result)
-            after = memo.digests()
-            result.written += publish_outputs(config, b.outputs, subdir, built.outputs)
-            if not config.current_repodata:
-                result.written += withdraw_current(b.outputs, subdir)
-            if store is not None:
-                store.collect(config.shard_retention, result.shards)
-                store.save()
+            instructions = b.outputs.read(key(subdir, PATCH_INSTRUCTIONS))
+            overlay_bytes = b.packages.read(origin.overlay_key(subdir)) if config.origin_overlay else None
+            token = inputs_token(config, instructions, overlay_bytes)
+            quiet = not dirty and not self.verify and memo.quiet.outputs is not None  # verify: shards changed outside
+            if quiet and memo.quiet.outputs == (token, outputs_state(b.outputs, subdir)):
+                built = None  # nothing to build: the outputs are as this memo's last run left them
+            else:
+                memo.quiet.outputs = None
+                built = build_from_sections(
+                    config,
+                    subdir,
+                    Sections(memo.order(), memo.entries, {s: p for s, (_, p) in memo.sections().items()}),
+                    memo.patched,
+                    existing_instructions=instructions,
+                    run_exports=cache.run_exports() if config.run_exports else (),
+                    overlay=origin.parse(overlay_bytes) if overlay_bytes is not None else None,
+                )
+                # §8.2: shard files, then the shard index, then repodata.json and the rest.
+                store = self._publish_shards(cache, memo, dirty, built.instructions, result)
+                result.written += publish_outputs(config, b.outputs, subdir, built.outputs)
+                if not config.current_repodata:
+                    result.written += withdraw_current(b.outputs, subdir)
+                if store is not None:
+                    store.collect(config.shard_retention, result.shards)
+                    store.save()
+                    memo.shards = store.carry
+                memo.quiet.outputs = (token, outputs_state(b.outputs, subdir))
+            memo.quiet.listing = digest
         result.memo = memo
-        result.packages = len(after)
-        result.added = sorted(after.keys() - before.keys())
-        result.removed = sorted(before.keys() - after.keys())
-        result.changed = sorted(fn for fn in after.keys() & before.keys() if after[fn] != before[fn])
-        result.repodata_bytes = len(built.outputs[REPODATA])
+        result.packages = len(memo.entries)
+        if self.memo is None:
+            after = memo.digests()
+            result.added = sorted(after.keys() - before.keys())
+            result.removed = sorted(before.keys() - after.keys())
+            result.changed = sorted(fn for fn in after.keys() & before.keys() if after[fn] != before[fn])
+        else:
+            result.added, result.removed, result.changed = (sorted(files) for files in memo.last)
+        if built is not None:
+            repodata_json = built.outputs[REPODATA]
+            result.repodata_bytes = len(repodata_json) if isinstance(repodata_json, bytes) else repodata_json.size
+        else:
+            result.repodata_bytes = next((f.size for f in memo.quiet.outputs[1] if f.path == REPODATA), 0) if memo.quiet.outputs else 0
         result.duration = time.monotonic() - started
         return result
 
@@ -166,7 +195,11 @@ class SubdirRun:
                 result.shards.written.append(SHARD_INDEX)
             result.written += result.shards.written
             return None
-        store = ShardStore(self.backends.outputs, cache, self.subdir)
+        # a run over touched names carries the last run's shard state and listing (full
+        # runs read both again)
+        carried = memo.shards if self.touched is not None else None
+        memo.shards = None  # until this run has saved
+        store = ShardStore(self.backends.outputs, cache, self.subdir, carried)
         store.publish(memo.shard_keys(), dirty, instructions, self.config.base_url, result.shards, verify=self.verify)
         result.written += result.shards.written
         return store

@@ -22,9 +22,11 @@ import secrets
 import stat
 import time
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO
 
+from .localstream import LocalWriter, local_writer
 from .logs import get_logger
 from .names import is_package_name
 from .store import FileState, Unreadable
@@ -146,6 +148,9 @@ class LocalStore:
             fsync_dir(path.parent)
         self._note(key, removed=False)
         return True
+
+    def writer(self, key: str) -> AbstractContextManager[LocalWriter]:
+        return local_writer(self.root, key)
 
     def remove(self, key: str) -> bool:
         try:

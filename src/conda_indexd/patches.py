@@ -22,6 +22,7 @@ caller publishes nothing for that subdir, so its last good repodata stays.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import Any
 
 from conda_package_streaming import package_streaming
 
-from .names import PACKAGE_EXTENSIONS, PATCH_INSTRUCTIONS, compact_json, conda_twin
+from .names import CONDA, PACKAGE_EXTENSIONS, PATCH_INSTRUCTIONS, TAR_BZ2, compact_json, conda_twin
 
 INSTRUCTIONS = PATCH_INSTRUCTIONS
 REVOKED_DEP = "package_has_been_revoked"
@@ -94,14 +95,15 @@ def from_package(path: Path, subdir: str) -> dict[str, Any]:
     return {}
 
 
-def from_generator(path: Path, repodata: dict[str, Any], subdir: str) -> dict[str, Any]:
+def from_generator(path: Path, repodata: dict[str, Any], subdir: str, *, owned: bool = False) -> dict[str, Any]:
+    """`owned`: the caller made `repodata` for this call only (no copy is needed)."""
     if not path.is_file():
         raise PatchError(f"patch generator {path} does not exist")
     if path.name.endswith(PACKAGE_EXTENSIONS):
         return from_package(path, subdir)
     module = _module(path)
     try:
-        return module._patch_repodata(copy.deepcopy(repodata), subdir)
+        return module._patch_repodata(repodata if owned else copy.deepcopy(repodata), subdir)
     except Exception as exc:  # noqa: BLE001 - user code
         raise PatchError(f"_patch_repodata failed for {subdir}: {type(exc).__name__}: {exc}") from exc
 
@@ -127,12 +129,12 @@ def check(instructions: Any, origin: str) -> dict[str, Any]:
 
 
 def instructions_for(
-    subdir: str, repodata: dict[str, Any], generator: Path | None, existing: bytes | None
+    subdir: str, repodata: dict[str, Any], generator: Path | None, existing: bytes | None, *, owned: bool = False
 ) -> tuple[dict[str, Any], bool]:
     """(instructions, fresh): fresh ones came from the generator and are to be written;
     else the `existing` patch_instructions.json (its bytes, None when absent) applies."""
     if generator is not None:
-        fresh = check(from_generator(generator, repodata, subdir), generator.name)
+        fresh = check(from_generator(generator, repodata, subdir, owned=owned), generator.name)
         if fresh:
             return fresh, True
     if existing is None:
@@ -190,3 +192,55 @@ def apply(repodata: dict[str, Any], instructions: dict[str, Any]) -> dict[str, A
                 removed.append(name)
     removed.sort()
     return repodata
+
+
+# --- per record: the same instructions, indexed by the record file they touch -----------
+#
+# `apply` on a whole document and `patch_record` on each record give the same records:
+# every instruction names one file (or its .tar.bz2/.conda twin) and changes only that
+# record, and per record the operations run in `apply`'s order (the `packages` fix, its
+# `.tar.bz2` twin's fix for a `.conda`, the `packages.conda` fix, revokes, removes).
+
+Op = tuple[str, Any]  # ("merge", fix) | ("revoke", None) | ("remove", None)
+
+
+def per_record(instructions: dict[str, Any] | None) -> dict[str, list[Op]]:
+    """{record filename: its operations}; records without any are left out, so empty
+    instructions (conda-index's `{"name": {}}` entries, `{}` fixes) give nothing."""
+    ops: dict[str, list[Op]] = {}
+    if not instructions:
+        return ops
+    fixes = instructions.get("packages", {})
+    for fn, fix in fixes.items():  # apply(): .tar.bz2 records first
+        if fix and fn.endswith(TAR_BZ2):
+            ops.setdefault(fn, []).append(("merge", fix))
+    for fn, fix in fixes.items():  # then their .conda twins
+        if fix and fn.endswith(TAR_BZ2):
+            ops.setdefault(conda_twin(fn), []).append(("merge", fix))
+    for fn, fix in instructions.get("packages.conda", {}).items():
+        if fix and fn.endswith(CONDA):
+            ops.setdefault(fn, []).append(("merge", fix))
+    for kind in ("revoke", "remove"):
+        for fn in instructions.get(kind, ()):
+            for name in {fn, conda_twin(fn)}:
+                if name.endswith(PACKAGE_EXTENSIONS):
+                    ops.setdefault(name, []).append((kind, None))
+    return ops
+
+
+def patch_record(record: dict[str, Any], ops: list[Op]) -> bool:
+    """Patch one record in place; True when an instruction removes it."""
+    for kind, fix in ops:
+        if kind == "merge":
+            _merge(record, copy.deepcopy(fix))
+        elif kind == "revoke":
+            record["revoked"] = True
+            record.setdefault("depends", []).append(REVOKED_DEP)
+        else:
+            return True
+    return False
+
+
+def ops_digest(ops: list[Op]) -> str:
+    """What a record's operations are, for shard fingerprints."""
+    return hashlib.sha256(compact_json(ops).encode()).hexdigest()[:16]

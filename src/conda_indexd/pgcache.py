@@ -301,6 +301,10 @@ class PgCache:
 
     # --- the shard upkeep's state, in our own table (shared with a standby) -----------------
 
+    def pieces(self) -> None:
+        """Record pieces are kept only beside sqlite caches (sqlitepieces.py)."""
+        return None
+
     def load_state(self, name: str) -> bytes | None:
         rows = self._rows("SELECT data FROM conda_indexd_state WHERE path = %s", (self._p(name),))
         return bytes(rows[0][0]) if rows else None

@@ -9,7 +9,7 @@ one at a time (and, later, kept serialised between runs).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from .names import compact_json, section_of
@@ -35,6 +35,45 @@ def subdir_info(subdir: str, base_url: str | None) -> dict[str, str]:
 def record_piece(filename: str, index_json_text: str) -> str:
     """One `"filename":{record}` member of a repodata.json section."""
     return f"{json.dumps(filename)}:{serialize_record(index_json_text)}"
+
+
+def piece_bytes(filename: str, index_json_text: str) -> bytes:
+    """record_piece as the ASCII bytes the memo keeps."""
+    return record_piece(filename, index_json_text).encode("ascii")
+
+
+CHUNK = 2000  # pieces per streamed chunk (about 1 MB)
+
+
+class Document:
+    """repodata.json as a stream of chunks: the skeleton around the record pieces of each
+    section, never joined into one string. `size` is known before streaming (a zstd
+    frame header carries it). The same bytes as build_repodata."""
+
+    def __init__(
+        self, subdir: str, tar: Sequence[bytes], conda: Sequence[bytes], *, base_url: str | None = None, removed: Iterable[str] = ()
+    ):
+        version = 2 if base_url else 1
+        self.head = b'{"info":' + compact_json(subdir_info(subdir, base_url)).encode("ascii") + b',"packages":{'
+        self.middle = b'},"packages.conda":{'
+        self.tail = (',"removed":' + compact_json(sorted(removed)) + ',"repodata_version":' + str(version) + "}").encode("ascii")
+        self.sections = (tar, conda)
+        self.size = len(self.head) + len(self.middle) + 1 + len(self.tail)
+        for pieces in self.sections:
+            self.size += sum(map(len, pieces)) + max(len(pieces) - 1, 0)
+
+    def chunks(self) -> Iterator[bytes]:
+        yield self.head
+        for i, pieces in enumerate(self.sections):
+            if i:
+                yield self.middle
+            for start in range(0, len(pieces), CHUNK):
+                chunk = b",".join(pieces[start : start + CHUNK])
+                yield b"," + chunk if start else chunk
+        yield b"}" + self.tail
+
+    def to_bytes(self) -> bytes:
+        return b"".join(self.chunks())
 
 
 def build_repodata(

@@ -32,11 +32,12 @@ import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager
 from typing import IO, Any, Protocol
 from urllib.parse import urlsplit
 
 from .names import is_package_name
-from .store import FileState, StoreError
+from .store import FileState, StoreError, StreamWriter
 
 SPOOL_IN_MEMORY = 32 << 20  # packages up to this size are read into memory, bigger ones to a temp file
 CHUNK = 1 << 20
@@ -325,6 +326,11 @@ class S3Store:
     def delete(self, key: str) -> None:
         self._call("delete_object", Key=self._full(key))
 
+    def writer(self, key: str) -> AbstractContextManager[StreamWriter]:
+        """A streamed write, buffered: one PUT of the whole object at commit (a multipart
+        upload would keep memory flat for very large repodata; not done yet)."""
+        return _buffered(self, key)
+
     def remove(self, key: str) -> bool:
         if self._head(key) is None:
             return False
@@ -377,3 +383,19 @@ def make_client() -> Any:
     if style is None and "amazonaws.com" not in (client.meta.endpoint_url or ""):
         client = session.client("s3", config=Config(**base, s3={"addressing_style": "path"}))
     return client
+
+
+class _Buffer:
+    def __init__(self, store: S3Store, key: str):
+        self.store, self.key, self.parts = store, key, list[bytes]()
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(bytes(data))
+
+    def commit(self, *, sync: bool = True) -> bool:
+        return self.store.write(self.key, b"".join(self.parts), sync=sync)
+
+
+@contextmanager
+def _buffered(store: S3Store, key: str) -> Iterator[StreamWriter]:
+    yield _Buffer(store, key)

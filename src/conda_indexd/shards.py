@@ -73,15 +73,23 @@ def shard_document(rows: Iterable[tuple[str, str, str | None]]) -> dict[str, dic
 
 
 def encode_shard(
-    rows: Iterable[tuple[str, str, str | None]], instructions: dict[str, Any] | None = None
+    rows: Iterable[tuple[str, str, str | None]], instructions: dict[str, Any] | None = None, *, ops: dict[str, list[patches.Op]] | None = None
 ) -> tuple[bytes, bytes]:
     """(compressed shard bytes, its 32-byte sha256); patched when `instructions` are
-    given (a `removed` list only when something was removed, as conda-index)."""
+    given (or their patches.per_record `ops`), record by record; a `removed` list only
+    when something was removed, as conda-index."""
     doc = shard_document(rows)
-    if instructions:
-        patches.apply(doc, instructions)
-        if not doc["removed"]:
-            del doc["removed"]
+    ops = patches.per_record(instructions) if ops is None else ops
+    if ops:
+        removed = []
+        for section in ("packages", "packages.conda"):
+            records = doc[section]
+            for fn in [fn for fn in records if fn in ops]:
+                if patches.patch_record(records[fn], ops[fn]):
+                    del records[fn]
+                    removed.append(fn)
+        if removed:
+            doc["removed"] = sorted(removed)  # type: ignore[assignment]
     data = zstd.compress(msgpack.packb(doc))
     return data, hashlib.sha256(data).digest()
 
@@ -114,8 +122,9 @@ def decode(data: bytes) -> Any:
 
 
 def fingerprint(rows: Iterable[tuple[str, str]], salt: str = "") -> str:
-    """What a name's shard depends on: its (filename, archive sha256) pairs, and `salt`
-    (the digest of the patch instructions applied to every shard).
+    """What a name's shard depends on: its (filename, archive sha256) pairs, each sha256
+    followed by the digest of the patch operations on that file when there are any
+    (fingerprints(ops=...)), and `salt`.
 
     The archive's sha256 fixes every byte of its metadata, so equal fingerprints mean
     an equal shard (for the same ENCODING), and the shard need not be re-encoded.
@@ -126,10 +135,14 @@ def fingerprint(rows: Iterable[tuple[str, str]], salt: str = "") -> str:
     return h.hexdigest()[:32]
 
 
-def fingerprints(keys: Iterable[tuple[str, str, str]], salt: str = "") -> dict[str, str]:
-    """{name: fingerprint} from (name, filename, sha256) rows ordered by name."""
+def fingerprints(
+    keys: Iterable[tuple[str, str, str]], salt: str = "", ops: dict[str, list[patches.Op]] | None = None
+) -> dict[str, str]:
+    """{name: fingerprint} from (name, filename, sha256) rows ordered by name; `ops`
+    (patches.per_record) salts only the names whose files they touch."""
+    ops = ops or {}
     return {
-        name: fingerprint(((fn, sha) for _, fn, sha in rows), salt)
+        name: fingerprint(((fn, f"{sha}+{patches.ops_digest(ops[fn])}" if fn in ops else sha) for _, fn, sha in rows), salt)
         for name, rows in itertools.groupby(keys, key=lambda r: r[0])
     }
 
@@ -154,7 +167,7 @@ class ShardState:
 
     remembered: dict[str, Remembered] = field(default_factory=dict)
     unreferenced: dict[str, float] = field(default_factory=dict)  # digest -> since
-    salt: str = ""  # digest of the patch instructions the remembered shards carry
+    salt: str = ""  # digest of the patch instructions the remembered fingerprints saw
 
     @classmethod
     def from_bytes(cls, data: bytes | None) -> ShardState:
@@ -192,8 +205,10 @@ class ShardPlan:
     todo: dict[str, str]  # names to encode -> their new fingerprint
 
 
-def salt_of(instructions: dict[str, Any] | None) -> str:
-    return hashlib.sha256(patches.serialize(instructions)).hexdigest()[:16] if instructions else ""
+def ops_salt(ops: dict[str, list[patches.Op]]) -> str:
+    """Which per-record patches the fingerprints were computed with ("" for none: the
+    same fingerprints as an unpatched channel)."""
+    return hashlib.sha256(compact_json(sorted(ops.items())).encode()).hexdigest()[:16] if ops else ""
 
 
 def plan_shards(
@@ -205,15 +220,18 @@ def plan_shards(
 ) -> ShardPlan:
     """Which names keep their shard. `keys`: (name, filename, sha256) of every published
     package ordered by name; `changed`: the only names whose files changed since the
-    state was saved (None: any), the others keep their remembered fingerprint."""
-    salt = salt_of(instructions)
+    state was saved (None: any), the others keep their remembered fingerprint.
+    Patches salt only the fingerprints of the names whose files they touch, so a patch
+    change re-encodes only those names' shards."""
+    ops = patches.per_record(instructions)
+    salt = ops_salt(ops)
     if salt != state.salt:
-        changed = None  # other patches: every shard's content may differ
+        changed = None  # other patches: every fingerprint is computed again
     if changed is None:
-        current = fingerprints(keys, salt)
+        current = fingerprints(keys, ops=ops)
     else:
         remembered = state.remembered
-        current = fingerprints((k for k in keys if k.name in changed or k.name not in remembered), salt)
+        current = fingerprints((k for k in keys if k.name in changed or k.name not in remembered), ops=ops)
         current.update({k.name: remembered[k.name].fingerprint for k in keys if k.name not in current})
     kept, todo = plan(current, state.remembered, on_disk)
     return ShardPlan(salt, kept, todo)
@@ -238,9 +256,10 @@ def encode_shards(
 ) -> dict[str, tuple[bytes, Remembered]]:
     """{name: (shard bytes, what to remember)} for the names to encode, from their rows."""
     encoded = {}
+    ops = patches.per_record(instructions)
     ordered = sorted((row for row in rows if row.name in todo), key=lambda r: (r.name, r.path))
     for name, group in itertools.groupby(ordered, key=lambda r: r.name):
-        data, digest = encode_shard(((r.path, r.index_json, r.run_exports) for r in group), instructions)
+        data, digest = encode_shard(((r.path, r.index_json, r.run_exports) for r in group), ops=ops)
         encoded[name] = (data, Remembered(todo[name], digest.hex(), len(data)))
     return encoded
 

@@ -7,9 +7,11 @@ shards.encode_shards; this class only reads and writes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +19,9 @@ from . import shards
 from .cache import ShardKey, SubdirCache
 from .names import SHARD_INDEX, SHARD_STATE, SHARDS_DIR
 from .store import ChannelStore, key
+
+WRITERS = 8  # shard files written (and fsynced) at once
+Carried = tuple[shards.ShardState, dict[str, int]]  # (state, {digest: size} on disk)
 
 
 @dataclass
@@ -30,13 +35,24 @@ class ShardsReport:
 class ShardStore:
     """The shards of one subdir's outputs and what was remembered about them."""
 
-    def __init__(self, store: ChannelStore, cache: SubdirCache, subdir: str):
+    def __init__(self, store: ChannelStore, cache: SubdirCache, subdir: str, carried: Carried | None = None):
+        """`carried`: the state and shard listing the previous successful run of this
+        subdir ended with (the daemon keeps them in the memo; nothing else wrote shards
+        since, but for the files `publish(verify=)` names): neither is read again."""
         self.store = store
         self.cache = cache
         self.subdir = subdir
         self.folder = key(subdir, SHARDS_DIR)
-        self.state = shards.ShardState.from_bytes(cache.load_state(SHARD_STATE))
-        self.on_disk: dict[str, int] = {}  # {digest: size} seen by publish()
+        self.carried = carried is not None
+        if carried is not None:
+            self.state, self.on_disk = carried
+        else:
+            self.state = shards.ShardState.from_bytes(cache.load_state(SHARD_STATE))
+            self.on_disk = {}  # {digest: size} seen by publish()
+
+    @property
+    def carry(self) -> Carried:
+        return self.state, self.on_disk
 
     def publish(
         self,
@@ -50,7 +66,8 @@ class ShardStore:
         """Steps 1-3: new shard files, one durability barrier, then the index. `verify`:
         shard files (`shards/<digest>.msgpack.zst`) someone else may have changed; one
         whose bytes no longer hash to its name counts as missing, so it is rewritten."""
-        self.on_disk = shards.shard_digests(self.store.list_files(self.folder))
+        if not self.carried:
+            self.on_disk = shards.shard_digests(self.store.list_files(self.folder))
         for file in verify:
             digest = file.removeprefix(SHARDS_DIR + "/").removesuffix(".msgpack.zst")
             if digest in self.on_disk and not self._intact(digest):
@@ -61,9 +78,14 @@ class ShardStore:
             paths = [k.path for k in keys if k.name in plan.todo]
             encoded = shards.encode_shards(plan.todo, self.cache.records_for(paths), instructions)
             wrote = False
-            for name, (data, remembered) in encoded.items():
+            files = [(key(self.folder, shards.shard_file(r.digest)), data) for data, r in encoded.values()]
+            # each write fsyncs its file: many at once let the file system commit them together
+            with ThreadPoolExecutor(WRITERS) if len(files) > 8 else contextlib.nullcontext() as pool:
+                mapper = pool.map if pool is not None else map
+                done = list(mapper(lambda f: self.store.write(f[0], f[1], sync=False), files))  # same bytes: kept
+            for (name, (_, remembered)), fresh in zip(encoded.items(), done, strict=True):
                 filename = shards.shard_file(remembered.digest)
-                if self.store.write(key(self.folder, filename), data, sync=False):  # same bytes: kept
+                if fresh:
                     report.written.append(f"{SHARDS_DIR}/{filename}")
                     wrote = True
                 kept[name] = remembered
@@ -93,6 +115,7 @@ class ShardStore:
                 continue
             since = self.state.unreferenced.get(digest, now)
             if now - since >= retention:
+                self.on_disk.pop(digest, None)
                 if self.store.remove(key(self.folder, shards.shard_file(digest))):
                     report.deleted.append(f"{SHARDS_DIR}/{shards.shard_file(digest)}")
             else:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .cache import CacheCorrupt, CacheError, Failure, FileState, MetadataRejected, PublishedKey, RecordRow, ShardKey
 from .localstore import clean_stale_temps, same_content, write_atomic
 from .logs import get_logger
+from .sqlitepieces import PieceStore
 from .sqliteschema import METADATA_TABLES, is_corrupt, migrate, quarantine
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ class SqliteCache:
 
     def __init__(self, db_path: Path):
         self.db_path = db_path
+        self._pieces: PieceStore | None = None
         try:
             self._open()
         except sqlite3.DatabaseError as exc:
@@ -116,6 +118,13 @@ class SqliteCache:
 
     def close(self) -> None:
         self.db.close()
+        if self._pieces is not None:
+            self._pieces.close()
+
+    def pieces(self) -> PieceStore:
+        if self._pieces is None:
+            self._pieces = PieceStore(self.db_path.parent)
+        return self._pieces
 
     def __enter__(self) -> SqliteCache:
         return self
@@ -313,10 +322,10 @@ class SqliteCache:
     def failures(self) -> list[Failure]:
         rows = self.db.execute(
             """
-            SELECT fs.path, bad.etag, bad.last_modified FROM stat AS fs
-            JOIN stat AS bad ON bad.path = fs.path AND bad.stage = 'failed'
+            SELECT fs.path, bad.etag, bad.last_modified FROM stat AS bad
+            CROSS JOIN stat AS fs ON fs.path = bad.path AND fs.stage = 'fs'
                  AND bad.mtime = fs.mtime AND bad.size = fs.size AND bad.md5 IS fs.etag
-            WHERE fs.stage = 'fs' ORDER BY fs.path
+            WHERE bad.stage = 'failed' ORDER BY fs.path
             """
         )
         return [Failure(path, reason or "unreadable", message or "") for path, reason, message in rows]

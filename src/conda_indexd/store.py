@@ -6,7 +6,10 @@ files at the top). The indexer only talks to a `ChannelStore`; `LocalStore`
 - a listing may be paged and is only a snapshot; `FileState.identity` is whatever tells
   one version of a file from the next (inode+ctime locally, the ETag remotely);
 - `write` is all-or-nothing for readers (a rename locally, one PUT remotely) and is
-  skipped when the key already holds exactly those bytes;
+  skipped when the key already holds exactly those bytes; `writer` is the same for a
+  file streamed in pieces (repodata.json of a big subdir is never one bytes object):
+  locally a temporary file compared with the old one as it grows, remotely a multipart
+  upload or a spooled file PUT on `commit`;
 - `sync` is the barrier between "these files exist" and "publish what names them"
   (a folder fsync locally, nothing remotely, where a PUT is durable when it returns).
 The shared contract every store must pass is tests/test_contract_store.py.
@@ -85,6 +88,11 @@ class ChannelStore(Protocol):
         sync=False leaves the durability barrier to a later `sync` of its folder."""
         ...
 
+    def writer(self, key: str) -> AbstractContextManager[StreamWriter]:
+        """`write` for a file too big to hold: its bytes arrive in pieces (see
+        StreamWriter). The same rules: atomic for readers, skipped when equal."""
+        ...
+
     def remove(self, key: str) -> bool:
         """Delete a published file. True if it was there."""
         ...
@@ -106,3 +114,14 @@ class ChannelStore(Protocol):
 def key(*parts: str) -> str:
     """A store key from its parts (`key("noarch", "shards", name)`)."""
     return "/".join(p for p in parts if p)
+
+
+class StreamWriter(Protocol):
+    """One file being written in pieces (ChannelStore.writer). Nothing is visible to
+    readers until `commit`, which publishes it atomically, only when the bytes differ
+    from what the key holds (True if written). Leaving the writer's context without a
+    commit (or on an exception) discards it."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def commit(self, *, sync: bool = True) -> bool: ...

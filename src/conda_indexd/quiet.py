@@ -1,0 +1,62 @@
+"""No-op rescans do almost nothing (issue 13): what a memo remembers about the run that
+filled it, so the next full rescan can tell that nothing changed without rewriting the
+fs rows, rebuilding repodata.json and comparing it byte by byte.
+
+- `listing`: a digest of the last full listing (None after a run over touched names
+  only: events updated fs rows since). An equal listing means every fs row is as that
+  run left it, so no package can have changed.
+- `outputs`: the inputs the outputs were built from (patch instructions' bytes, the
+  patch generator's and pins file's identity, the output settings) and the state
+  (size, mtime, identity) of every output file right after publishing. When both are
+  unchanged and no record changed, the outputs are what a rebuild would write.
+Shards unreferenced past their retention are then collected at the next publish.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from . import patches
+from .config import IndexConfig
+from .names import COMPRESSED, COMPRESSED_SUFFIXES, CURRENT, PATCH_INSTRUCTIONS, REPODATA, REPODATA_FROM_PACKAGES, RUN_EXPORTS, SHARD_INDEX
+from .store import ChannelStore, FileState
+
+
+@dataclass
+class Quiet:
+    listing: str | None = None
+    outputs: tuple[str, tuple[FileState, ...]] | None = None
+
+
+def listing_digest(listing: Iterable[FileState]) -> str:
+    h = hashlib.sha256()
+    for f in sorted(listing):
+        h.update(f"{f.path}\0{f.mtime!r}\0{f.size}\0{f.identity}\n".encode())
+    return h.hexdigest()
+
+
+OUTPUT_NAMES = sorted(
+    {REPODATA_FROM_PACKAGES, PATCH_INSTRUCTIONS, REPODATA, CURRENT, RUN_EXPORTS, SHARD_INDEX}
+    | {name + suffix for name in COMPRESSED for suffix in COMPRESSED_SUFFIXES}
+)  # every file a publish may write, withdraw or leave alone
+
+
+def inputs_token(config: IndexConfig, instructions: bytes | None, overlay: bytes | None = None) -> str:
+    """What the outputs depend on besides the records (`overlay`: the pkgs-dir origin records)."""
+    generator = patches.generator_path(config.channel, config.patch_generator)
+    parts = [
+        hashlib.sha256(instructions).hexdigest() if instructions is not None else "-",
+        hashlib.sha256(overlay).hexdigest() if overlay is not None else "-",
+        str(generator), repr(patches.identity(generator)),
+        str(config.current_index_versions), repr(patches.identity(config.current_index_versions)),
+        repr((config.base_url, config.zst, config.zst_level, config.bz2, config.run_exports, config.current_repodata,
+              config.write_shards, config.channel_name)),
+    ]  # fmt: skip
+    return "\n".join(parts)
+
+
+def outputs_state(store: ChannelStore, subdir: str) -> tuple[FileState, ...]:
+    present, _ = store.stat_packages(subdir, OUTPUT_NAMES)
+    return tuple(sorted(present))
