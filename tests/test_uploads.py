@@ -41,20 +41,32 @@ def published_sha(channel: Path, fn: str = FN, subdir: str = "noarch") -> str | 
     return None if record is None else record["sha256"]
 
 
-def same_times(path: Path, like: os.stat_result) -> None:
-    os.utime(path, ns=(like.st_atime_ns, like.st_mtime_ns))
-
-
-@pytest.mark.parametrize("how", ["rename", "in-place"])
-def test_same_size_same_mtime_replacement_is_rehashed(tmp_path: Path, how: str) -> None:
+def settled_package(tmp_path: Path) -> tuple[Path, Path, bytes, bytes, os.stat_result]:
+    """A channel holding FN, settled (mtime 10 s back), and a same-size replacement."""
     channel = tmp_path / "channel"
     noarch = channel / "noarch"
     noarch.mkdir(parents=True)
     first, second = twin_bytes()
     (noarch / FN).write_bytes(first)
     old = (noarch / FN).stat()
-    os.utime(noarch / FN, ns=(old.st_atime_ns, old.st_mtime_ns - 10**10))  # settled
-    old = (noarch / FN).stat()
+    os.utime(noarch / FN, ns=(old.st_atime_ns, old.st_mtime_ns - 10**10))
+    return channel, noarch, first, second, (noarch / FN).stat()
+
+
+def rewrite_in_place(path: Path, data: bytes, like: os.stat_result) -> None:
+    """cp -p over a file: rewritten in place, then the old mtime restored."""
+    with open(path, "r+b") as f:
+        f.write(data)
+    same_times(path, like)
+
+
+def same_times(path: Path, like: os.stat_result) -> None:
+    os.utime(path, ns=(like.st_atime_ns, like.st_mtime_ns))
+
+
+@pytest.mark.parametrize("how", ["rename", "in-place"])
+def test_same_size_same_mtime_replacement_is_rehashed(tmp_path: Path, how: str) -> None:
+    channel, noarch, first, second, old = settled_package(tmp_path)
     with DaemonProcess(channel, debounce=0.2, settle=0.3) as d:
         assert published_sha(channel) == sha(first)
         if how == "rename":  # rsync --times: a temp name, the old mtime, renamed over
@@ -62,48 +74,28 @@ def test_same_size_same_mtime_replacement_is_rehashed(tmp_path: Path, how: str) 
             tmp.write_bytes(second)
             same_times(tmp, old)
             os.replace(tmp, noarch / FN)
-        else:  # cp -p over the file: rewritten in place, then the old mtime restored
-            with open(noarch / FN, "r+b") as f:
-                f.write(second)
-            same_times(noarch / FN, old)
+        else:
+            rewrite_in_place(noarch / FN, second, old)
         new = (noarch / FN).stat()
         assert (new.st_size, new.st_mtime_ns) == (old.st_size, old.st_mtime_ns)
         wait_for(lambda: published_sha(channel) == sha(second), d.debounce + 2, what="the new sha256 published")
 
 
 def test_replacement_while_stopped_is_rehashed_at_start(tmp_path: Path) -> None:
-    channel = tmp_path / "channel"
-    noarch = channel / "noarch"
-    noarch.mkdir(parents=True)
-    first, second = twin_bytes()
-    (noarch / FN).write_bytes(first)
-    old = (noarch / FN).stat()
-    os.utime(noarch / FN, ns=(old.st_atime_ns, old.st_mtime_ns - 10**10))
-    old = (noarch / FN).stat()
+    channel, noarch, first, second, old = settled_package(tmp_path)
     with DaemonProcess(channel, debounce=0.2, settle=0.3):
         assert published_sha(channel) == sha(first)
-    with open(noarch / FN, "r+b") as f:
-        f.write(second)
-    same_times(noarch / FN, old)
+    rewrite_in_place(noarch / FN, second, old)
     time.sleep(0.4)  # past --settle: not an upload in progress any more
     with DaemonProcess(channel, debounce=0.2, settle=0.3):  # ready = start-up reconcile done
         assert published_sha(channel) == sha(second)
 
 
 def test_polling_sees_a_same_size_same_mtime_rewrite(tmp_path: Path) -> None:
-    channel = tmp_path / "channel"
-    noarch = channel / "noarch"
-    noarch.mkdir(parents=True)
-    first, second = twin_bytes()
-    (noarch / FN).write_bytes(first)
-    old = (noarch / FN).stat()
-    os.utime(noarch / FN, ns=(old.st_atime_ns, old.st_mtime_ns - 10**10))
-    old = (noarch / FN).stat()
+    channel, noarch, first, second, old = settled_package(tmp_path)
     with DaemonProcess(channel, "--polling", "--poll-interval", "0.3", debounce=0.2, settle=0.3) as d:
         assert published_sha(channel) == sha(first)
-        with open(noarch / FN, "r+b") as f:
-            f.write(second)
-        same_times(noarch / FN, old)
+        rewrite_in_place(noarch / FN, second, old)
         wait_for(lambda: published_sha(channel) == sha(second), d.debounce + 0.3 + 2, what="the new sha256 published")
 
 
