@@ -50,7 +50,7 @@ class DaemonProcess:
     def __init__(
         self, channel: Path, *extra: str, debounce: float = 0.3, settle: float = 0.5, log: Path | None = None,
         cgroup_procs: Path | None = None, user: str | None = None, python: str | None = None,
-        env: dict[str, str] | None = None,
+        env: dict[str, str] | None = None, wrapper: list[str] | None = None,
     ):  # fmt: skip
         """cgroup_procs: a cgroup's `cgroup.procs` file the daemon joins before it starts
         (through `sh`, so the daemon's first thread already runs there)."""
@@ -64,6 +64,8 @@ class DaemonProcess:
             "--listen", f"127.0.0.1:{self.port}", "--debounce", str(debounce), "--settle", str(settle),
             "--log-format", "json", "--threads", "2", *extra,
         ]  # fmt: skip
+        if wrapper:  # e.g. setpriv, to drop capabilities before the daemon starts
+            self.args = [*wrapper, *self.args]
         if cgroup_procs is not None:
             self.args = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cgroup_procs), *self.args]
         self.debounce = debounce

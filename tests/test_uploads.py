@@ -207,42 +207,49 @@ def test_a_symlinked_subdir_made_later_and_a_broken_one(tmp_path: Path) -> None:
         assert d.get("/healthz")[0] == 200
 
 
-def _nobody_python() -> tuple[str, dict[str, str]]:
-    """A Python the `nobody` user can run, with this checkout and its dependencies."""
+def _without_write_rights() -> tuple[dict[str, object], str, str]:
+    """How to run a daemon that may not write a folder it does not own: as `nobody` when
+    that user can run this checkout's Python (then root owns the subdir), else as root
+    without its override capabilities (setpriv; then nobody owns the subdir). Returns the
+    DaemonProcess arguments, the subdir's owner, and the user the daemon runs as."""
+    import shutil as sh
     import site
     import subprocess
 
     import conda_indexd
 
     if os.geteuid() != 0:
-        pytest.skip("needs root to run the daemon as another user")
+        pytest.skip("needs root to run the daemon with fewer rights")
     src = str(Path(conda_indexd.__file__).resolve().parents[1])
     env = {"PYTHONPATH": os.pathsep.join([src, *site.getsitepackages()])}
     python = "/usr/bin/python3"
-    probe = subprocess.run([python, "-c", "import conda_indexd.cli, zstandard, watchdog.observers"], user="nobody",
+    probe = subprocess.run([python, "-c", "import conda_indexd.cli, zstandard, watchdog.observers, structlog"], user="nobody",
                            env={**os.environ, **env}, capture_output=True, text=True, cwd="/")  # fmt: skip
-    if probe.returncode != 0:
-        pytest.skip(f"the nobody user cannot run {python} with this checkout: {probe.stderr.strip().splitlines()[-1:]}")
-    return python, env
+    if probe.returncode == 0:
+        return {"user": "nobody", "python": python, "env": env}, "root", "nobody"
+    if sh.which("setpriv") is None:
+        pytest.skip(f"nobody cannot run {python} with this checkout ({probe.stderr.strip().splitlines()[-1:]}) and setpriv is absent")
+    drop = "-dac_override,-dac_read_search,-fowner"
+    return {"wrapper": ["setpriv", "--bounding-set", drop, "--inh-caps", drop]}, "nobody", "root"
 
 
 def test_a_subdir_the_daemon_may_not_write(tmp_path: Path) -> None:
     import pwd
     import shutil
 
-    python, env = _nobody_python()
-    nobody = pwd.getpwnam("nobody")
+    how, owner, user = _without_write_rights()
     base = Path("/var/tmp") / f"conda-indexd-notwritable-{os.getpid()}"  # pytest's tmp is 0700 root
     channel = base / "channel"
     try:
         (channel / "noarch").mkdir(parents=True)
         for p in (base, channel, channel / "noarch"):
-            os.chown(p, nobody.pw_uid, nobody.pw_gid)
-        linux = channel / "linux-64"  # made by root (docker cp, a careless mkdir): 0755 root
+            shutil.chown(p, user, pwd.getpwnam(user).pw_gid)
+        linux = channel / "linux-64"  # made by someone else (docker cp, a careless mkdir): 0755, not ours
         linux.mkdir()
         data, _ = twin_bytes("lib-1.0-0.conda", "linux-64")
         (linux / "lib-1.0-0.conda").write_bytes(data)
-        with DaemonProcess(channel, debounce=0.2, settle=0.2, user="nobody", python=python, env=env, log=base / "daemon.log") as d:
+        shutil.chown(linux, owner, pwd.getpwnam(owner).pw_gid)
+        with DaemonProcess(channel, debounce=0.2, settle=0.2, log=base / "daemon.log", **how) as d:  # type: ignore[arg-type]
             started = time.monotonic()
             wait_for(lambda: d.metric("conda_indexd_subdir_errors_total", subdir="linux-64", reason="not-writable") == 1, 5)
             status = d.get("/status.json")[1].decode()
@@ -252,7 +259,7 @@ def test_a_subdir_the_daemon_may_not_write(tmp_path: Path) -> None:
             assert len(lines) == 1 and lines[0]["subdir"] == "linux-64", lines  # no retry storm
             assert d.metric("conda_indexd_subdir_errors_total", subdir="linux-64", reason="not-writable") == 1
             assert published_sha(channel, "lib-1.0-0.conda", "linux-64") is None
-            shutil.chown(linux, nobody.pw_uid, nobody.pw_gid)  # the fix the status page names
+            shutil.chown(linux, user, pwd.getpwnam(user).pw_gid)  # the fix the status page names
             wait_for(lambda: published_sha(channel, "lib-1.0-0.conda", "linux-64") == sha(data), 10 + 2, what="published once fixed")
             assert "not writable" not in d.get("/status.json")[1].decode()
     finally:
