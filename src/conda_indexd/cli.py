@@ -24,6 +24,7 @@ from .current import available as current_available
 from .current import load_pins
 from .daemon import DEFAULT_HOST, DEFAULT_PORT, Daemon, WatchConfig
 from .indexer import SubdirResult, index_subdir
+from .localstore import writable_folder
 from .lock import ChannelBusy
 from .onready import after_ready
 from .pairlease import index_lease
@@ -232,13 +233,8 @@ def config_from_args(args: argparse.Namespace) -> IndexConfig:
     if channel_url is None:  # (a bucket's state folder was made and checked by remote_settings)
         _check_channel_folder(channel, args.channel)
     output = Path(args.output).absolute() if args.output and output_url is None else None
-    if output is not None:
-        try:
-            output.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"cannot create output folder {args.output}: {exc.strerror or exc}") from None
-        if not os.access(output, os.W_OK):
-            raise UsageError(f"output folder is not writable: {args.output}")
+    if output is not None and (problem := writable_folder(output)):
+        raise UsageError(f"output folder: {problem}")
     patch_generator = None
     if args.patch_generator:
         patch_generator = Path(args.patch_generator).absolute()

@@ -172,6 +172,15 @@ class LocalStore:
             clean_stale_temps(folder / "shards")
 
 
+def writable_folder(path: Path) -> str | None:
+    """Create `path` (with its parents) if needed; why it cannot be written, or None."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create {path}: {exc.strerror or exc}"
+    return None if os.access(path, os.W_OK) else f"not writable: {path}"
+
+
 def _state(name: str, st: os.stat_result) -> FileState:
     return FileState(name, st.st_mtime, st.st_size, f"{st.st_ino}:{st.st_ctime_ns}", st.st_ctime)
 

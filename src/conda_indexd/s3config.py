@@ -11,6 +11,7 @@ import importlib.util
 import os
 from pathlib import Path
 
+from .localstore import writable_folder
 from .s3store import is_s3_url, parse_s3_url
 
 
@@ -41,10 +42,6 @@ def remote_settings(channel: str, output: str | None, cache_dir: str | None) -> 
             raise ValueError("--cache-dir is only for s3:// channels (a local channel keeps cache.db in <subdir>/.cache)")
         return Path(channel).absolute(), None, output_url
     state = state_folder(channel_url, cache_dir)
-    try:
-        state.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ValueError(f"cannot create the cache folder {state}: {exc.strerror or exc}") from None
-    if not os.access(state, os.W_OK):
-        raise ValueError(f"the cache folder is not writable: {state}")
+    if problem := writable_folder(state):
+        raise ValueError(f"the cache folder: {problem}")
     return state, channel_url, output_url
