@@ -110,7 +110,7 @@ class Daemon:
         self.root_missing = False
         self.exit_code = 0
         self.patch_id: tuple[int, int] | None = None
-        self.overflow = OverflowHook(lambda: self.rescan(ScanReason.OVERFLOW))
+        self.overflow = OverflowHook(self._on_overflow)
         self.pkgs: PkgsWatch | None = None  # --from-pkgs-dir: the package caches this channel is made from
         if config.index.pkgs_dirs:
             from .pkgswatch import PkgsWatch
@@ -139,6 +139,13 @@ class Daemon:
     def _on_output(self, subdir: str, file: str) -> None:
         self.metrics.events.labels("output").inc()
         self.queue.add_output(subdir, file)
+
+    def _on_overflow(self) -> None:
+        """Inotify dropped events: closes may be among them, so no file is held as an
+        open upload on the strength of events seen before, and everything is listed."""
+        self.queue.distrust_events()
+        self.worker.uploads.events_lost()
+        self.rescan(ScanReason.OVERFLOW)
 
     def _on_subdir(self, subdir: str) -> None:
         self.metrics.events.labels("subdir").inc()

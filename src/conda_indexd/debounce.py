@@ -97,6 +97,15 @@ class DebounceQueue:
             entry.outputs.add(file)
             self._cond.notify_all()
 
+    def distrust_events(self) -> None:
+        """The event queue overflowed: a pending "modified" may have lost its close, so
+        pending names only ask for a look (uploads.py then judges them by two looks)."""
+        with self._cond:
+            for entry in self._pending.values():
+                for name, kind in entry.names.items():
+                    if kind in (EventKind.CREATED, EventKind.MODIFIED):
+                        entry.names[name] = EventKind.LISTED
+
     def add_scan(self, subdir: str, reason: ScanReason, *, delay: float = 0.0, confirm_empty: bool = False) -> None:
         """A full listing of the subdir (start-up, rescans, a new subdir folder)."""
         with self._cond:

@@ -30,6 +30,7 @@ MAX_OPEN_RECHECK = 30.0  # seconds between looks at a file held open (its close 
 class _Seen:
     signature: tuple[int, float, str]  # size, mtime, identity
     since: float  # monotonic time the signature last changed
+    events_lost: bool = False  # an inotify overflow since: its close may never come
 
 
 class UploadTracker:
@@ -38,6 +39,12 @@ class UploadTracker:
         self.cap = cap
         self.close_events = close_events
         self._seen: dict[tuple[str, str], _Seen] = {}
+
+    def events_lost(self) -> None:
+        """The event queue overflowed: a file seen open may have been closed unseen, so
+        it is judged by two looks from now on, like a listed file."""
+        for seen in list(self._seen.values()):
+            seen.events_lost = True
 
     def tracked(self, subdir: str) -> set[str]:
         return {name for (s, name) in self._seen if s == subdir}
@@ -65,9 +72,9 @@ class UploadTracker:
             seen = self._seen.get(key)
             first_look = seen is None
             if seen is None or seen.signature != signature:
-                seen = self._seen[key] = _Seen(signature, clock)
+                seen = self._seen[key] = _Seen(signature, clock, seen.events_lost if seen else False)
             unchanged_for = clock - seen.since
-            if self.close_events and kind == EventKind.MODIFIED:
+            if self.close_events and kind == EventKind.MODIFIED and not seen.events_lost:
                 if unchanged_for < self.cap:
                     held[name] = min(MAX_OPEN_RECHECK, self.cap - unchanged_for)
                     continue
