@@ -190,17 +190,17 @@ def test_unreferenced_shards_are_kept_for_the_retention_then_deleted(channel: Pa
     noarch = channel / "noarch"
     pkg(noarch, "keep", "1.0")
     gone = pkg(noarch, "gone", "1.0")
-    run_index(channel, "--shard-retention", "2s")
+    run_index(channel, "--shard-retention", "8s")
     old = set(shard_files(noarch))
     gone.unlink()
-    run_index(channel, "--shard-retention", "2s")
+    run_index(channel, "--shard-retention", "8s")
     index, _ = published(noarch)
     assert list(index["shards"]) == ["keep"]
     assert set(shard_files(noarch)) == old  # still there for clients holding the old index
-    run_index(channel, "--shard-retention", "2s")
+    run_index(channel, "--shard-retention", "8s")
     assert set(shard_files(noarch)) == old
-    time.sleep(2.2)
-    result = run_index(channel, "--shard-retention", "2s")
+    time.sleep(8.2)
+    result = run_index(channel, "--shard-retention", "8s")
     assert set(shard_files(noarch)) == {f"{index['shards']['keep'].hex()}.msgpack.zst"}
     assert result.subdir("noarch")["shards_deleted"] == 1
     # the default retention is a week: nothing goes at once

@@ -44,13 +44,13 @@ def test_worker_publishes_and_keeps_the_memo(tmp_path: Path) -> None:
     w.process(full("noarch"))
     state = w.states["noarch"]
     assert published(channel) == ["a-1.0-0.conda"]
-    assert state.memo is not None and list(state.memo.entries) == ["a-1.0-0.conda"]
+    assert state.memo is not None and list(state.memo.filenames()) == ["a-1.0-0.conda"]
     assert state.published == 1 and state.status.error is None
 
     make_package(channel / "noarch" / "b-1.0-0.tar.bz2", index_json("b", "1.0", "0"))
     w.process(touched("noarch", "b-1.0-0.tar.bz2"))
     assert published(channel) == ["a-1.0-0.conda", "b-1.0-0.tar.bz2"]
-    assert sorted(state.memo.entries) == ["a-1.0-0.conda", "b-1.0-0.tar.bz2"]
+    assert sorted(state.memo.filenames()) == ["a-1.0-0.conda", "b-1.0-0.tar.bz2"]
     assert w.metrics.packages.labels("noarch")._value.get() == 2
 
 

@@ -16,7 +16,6 @@ the two documents are the same object (published from one pass).
 
 from __future__ import annotations
 
-import bisect
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,10 +23,11 @@ from typing import Any
 
 from . import current, origin, patches, repodata
 from .config import IndexConfig
-from .names import CURRENT, PATCH_INSTRUCTIONS, REPODATA, REPODATA_FROM_PACKAGES, RUN_EXPORTS, compact_json, section_of
+from .memo import RecordMemo, from_pieces
+from .names import CURRENT, PATCH_INSTRUCTIONS, REPODATA, REPODATA_FROM_PACKAGES, RUN_EXPORTS, compact_json
 
 Output = bytes | repodata.Document
-Patched = dict[str, tuple[str, bytes | None]]  # see RecordMemo.patched
+Patched = dict[str, tuple[str, bytes | None]]  # see RecordMemo.patched (b"": unchanged by its patch)
 
 
 @dataclass
@@ -35,22 +35,6 @@ class Built:
     outputs: dict[str, Output]  # {filename: bytes or a Document} in publish order
     instructions: dict[str, Any] = field(default_factory=dict)  # patches applied (also to shards)
     patched_records: int = 0  # records whose piece the patches changed
-
-
-class Sections:
-    """The unpatched pieces of each section, sorted by filename, and where they are."""
-
-    def __init__(self, order: dict[str, list[str]], piece_of: dict[str, Any], pieces: dict[str, list[bytes]] | None = None):
-        """`order`: {section: sorted filenames}; `piece_of`: {filename: MemoEntry};
-        `pieces`: {section: the pieces in that order} when the caller keeps them."""
-        self.names = {s: order.get(s, []) for s in ("packages", "packages.conda")}
-        if pieces is None:
-            pieces = {s: [piece_of[fn].piece for fn in names] for s, names in self.names.items()}
-        self.pieces = pieces
-        self.piece_of = piece_of
-
-    def document(self, subdir: str, base_url: str | None, *, removed: Iterable[str] = ()) -> repodata.Document:
-        return repodata.Document(subdir, self.pieces["packages"], self.pieces["packages.conda"], base_url=base_url, removed=removed)
 
 
 def build_outputs(
@@ -63,41 +47,28 @@ def build_outputs(
     overlay: dict[str, Any] | None = None,
 ) -> Built:
     """`pieces`: (filename, record piece) sorted by filename (RecordMemo.pieces); the
-    other arguments as build_from_sections."""
-
-    class _Entry:
-        sha256 = ""
-
-        def __init__(self, piece: str):
-            self.piece = piece.encode("ascii")
-
-    piece_of = {fn: _Entry(p) for fn, p in pieces}
-    order: dict[str, list[str]] = {"packages": [], "packages.conda": []}
-    for fn in sorted(piece_of):
-        if (section := section_of(fn)) is not None:
-            order[section].append(fn)
-    return build_from_sections(
-        config, subdir, Sections(order, piece_of), {}, existing_instructions=existing_instructions, run_exports=run_exports, overlay=overlay
+    other arguments as build_from_memo."""
+    return build_from_memo(
+        config, subdir, from_pieces(pieces), existing_instructions=existing_instructions, run_exports=run_exports, overlay=overlay
     )
 
 
-def build_from_sections(
+def build_from_memo(
     config: IndexConfig,
     subdir: str,
-    sections: Sections,
-    patched: Patched,
+    memo: RecordMemo,
     *,
     existing_instructions: bytes | None,
     run_exports: Iterable[tuple[str, str | None]] = (),
     overlay: dict[str, Any] | None = None,
 ) -> Built:
-    """`sections`: the memo's records (RecordMemo.order and .entries); `patched`: the
-    patched pieces of the last build (RecordMemo.patched), brought up to date here;
+    """`memo`: the records; its `patched` pieces of the last build are brought up to date here;
     `existing_instructions`: the subdir's published patch_instructions.json, if any;
     `run_exports`: the rows of run_exports.json when config.run_exports;
     `overlay`: origin metadata as patch instructions (origin.py), applied under the patches.
     Raises PatchError before anything is published when the patch source fails."""
-    from_packages = sections.document(subdir, config.base_url)
+    patched = memo.patched
+    from_packages = memo.document(subdir, config.base_url)
     outputs: dict[str, Output] = {REPODATA_FROM_PACKAGES: from_packages}
     patched_doc: Output = from_packages
     instructions: dict[str, Any] = {}
@@ -112,7 +83,9 @@ def build_from_sections(
         instructions = origin.layer(overlay, instructions)  # never written to patch_instructions.json
         ops = patches.per_record(instructions)
         if ops:
-            patched_doc, count = _patched_document(config, subdir, sections, patched, ops)
+            doc_patched, count = _patched_document(config, subdir, memo, ops)
+            if count:
+                patched_doc = doc_patched
     if not count:
         patched.clear()
     outputs[REPODATA] = patched_doc
@@ -125,47 +98,26 @@ def build_from_sections(
     return Built(outputs, instructions, count)
 
 
-def _patched_document(
-    config: IndexConfig, subdir: str, sections: Sections, patched: Patched, ops: dict[str, list[patches.Op]]
-) -> tuple[repodata.Document, int]:
+def _patched_document(config: IndexConfig, subdir: str, memo: RecordMemo, ops: dict[str, list[patches.Op]]) -> tuple[repodata.Document, int]:
     """repodata.json with each named record patched; the others keep their piece."""
-    replaced: dict[str, bytes | None] = {}
+    patched = memo.patched
     fresh: Patched = {}
+    changed: dict[str, bytes | None] = {}
     for fn, record_ops in ops.items():
-        entry = sections.piece_of.get(fn)
-        if entry is None:
+        if fn not in memo:
             continue
-        stamp = f"{entry.sha256}+{patches.ops_digest(record_ops)}"
+        stamp = f"{memo.sha256(fn)}+{patches.ops_digest(record_ops)}"
         known = patched.get(fn)
         if known is None or known[0] != stamp:
-            known = (stamp, _patch_piece(fn, entry.piece, record_ops))
-        replaced[fn] = known[1]
+            piece = memo.piece(fn)
+            new = _patch_piece(fn, piece, record_ops)
+            known = (stamp, b"" if new == piece else new)  # b"": the patch changes nothing
         fresh[fn] = known
+        if known[1] != b"":
+            changed[fn] = known[1]
     patched.clear()
     patched.update(fresh)
-    changed = {fn: piece for fn, piece in replaced.items() if piece != sections.piece_of[fn].piece}
-    if not changed:
-        return sections.document(subdir, config.base_url), 0
-    out: dict[str, list[bytes]] = {}
-    removed = []
-    for section, names in sections.names.items():
-        pieces = list(sections.pieces[section])
-        gone = []
-        for fn in changed:
-            if section_of(fn) != section:
-                continue
-            i = bisect.bisect_left(names, fn)
-            piece = changed[fn]
-            if piece is None:
-                gone.append(i)
-                removed.append(fn)
-            else:
-                pieces[i] = piece
-        for i in sorted(gone, reverse=True):
-            del pieces[i]
-        out[section] = pieces
-    doc = repodata.Document(subdir, out["packages"], out["packages.conda"], base_url=config.base_url, removed=removed)
-    return doc, len(changed)
+    return memo.document(subdir, config.base_url, changed), len(changed)
 
 
 def _patch_piece(fn: str, piece: bytes, ops: list[patches.Op]) -> bytes | None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from .store import FileState
@@ -142,6 +143,15 @@ class SubdirCache(Protocol):
 
     def pieces(self) -> Pieces | None:
         """Where serialised records are kept between processes (None: nowhere)."""
+        ...
+
+    def memo_folder(self) -> Path | None:
+        """A local folder for the record memo's files (None: a temporary file, not kept)."""
+        ...
+
+    def generation(self) -> str | None:
+        """Changes whenever another process may have changed the records (a saved memo
+        is used only while it is equal; None: never)."""
         ...
 
     # what later runs remember beside the cache rows (the shard upkeep's state)

@@ -14,9 +14,9 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import origin
+from . import memofile, origin
 from .backends import Backends, open_backends
-from .build import Sections, build_from_sections
+from .build import build_from_memo
 from .cache import CacheCorrupt, Failure, FileState, SubdirCache
 from .config import IndexConfig
 from .extract import Progress, extract
@@ -117,19 +117,23 @@ class SubdirRun:
         b.packages.prepare(subdir, recover=False)
         b.outputs.prepare(subdir, recover=full)
         with b.caches.open(subdir) as cache:
-            # a one-shot run reports against what the cache published before it
-            before = cache.published_digests() if self.memo is None else {}
+            # without the previous run's memo: the one saved by the last run (memofile.py),
+            # else a new one, and a one-shot run reports against what the cache published
+            memo = self.memo if self.memo is not None else (memofile.load(cache) or RecordMemo(cache.memo_folder()))
+            before = cache.published_digests() if self.memo is None and not memo.loaded else {}
             listing, digest = self.listing, None
             if full and not self.hold:  # quiet.py: an unchanged listing changes no fs row
                 listing = b.packages.list_packages(subdir) if listing is None else listing
                 digest = listing_digest(listing)
-            if self.memo is not None and digest is not None and digest == self.memo.quiet.listing:
+            if digest is not None and digest == memo.quiet.listing:
                 looked_at: set[str] | None = set()
             else:
                 looked_at = update_fs_stage(cache, b.packages, subdir, touched=self.touched, hold=self.hold, listing=listing)
             # With touched names and the previous run's memo, nothing else can have changed
             # (a failed or cancelled run drops the memo, so the next run is full).
             scope = looked_at if self.memo is not None else None
+            if looked_at == set() and memo.saved is not None and memo.saved[0] == cache.generation():
+                scope = set()  # the listing is as it was, and nothing wrote the cache since the memo was saved
             changed = cache.changed_packages(scope)
             if changed:
                 log.debug("extracting", subdir=subdir, count=len(changed))
@@ -138,7 +142,6 @@ class SubdirRun:
             )
             for failure in result.new_failures:
                 log.warning("skipped archive", subdir=subdir, path=failure.path, reason=failure.reason, detail=failure.message)
-            memo = self.memo if self.memo is not None else RecordMemo()
             dirty = memo.refresh(cache, scope)
             memo.quiet.listing = None  # until this run has published
             result.skipped = cache.failures()
@@ -146,15 +149,15 @@ class SubdirRun:
             overlay_bytes = b.packages.read(origin.overlay_key(subdir)) if config.origin_overlay else None
             token = inputs_token(config, instructions, overlay_bytes)
             quiet = not dirty and not self.verify and memo.quiet.outputs is not None  # verify: shards changed outside
-            if quiet and memo.quiet.outputs == (token, outputs_state(b.outputs, subdir)):
+            quiet = quiet and time.time() < memo.quiet.collect_at
+            if quiet and memo.quiet.outputs == (token, outputs_state(b.outputs, subdir, cache)):
                 built = None  # nothing to build: the outputs are as this memo's last run left them
             else:
                 memo.quiet.outputs = None
-                built = build_from_sections(
+                built = build_from_memo(
                     config,
                     subdir,
-                    Sections(memo.order(), memo.entries, {s: p for s, (_, p) in memo.sections().items()}),
-                    memo.patched,
+                    memo,
                     existing_instructions=instructions,
                     run_exports=cache.run_exports() if config.run_exports else (),
                     overlay=origin.parse(overlay_bytes) if overlay_bytes is not None else None,
@@ -166,13 +169,16 @@ class SubdirRun:
                     result.written += withdraw_current(b.outputs, subdir)
                 if store is not None:
                     store.collect(config.shard_retention, result.shards)
+                    memo.quiet.collect_at = min(store.state.unreferenced.values(), default=float("inf")) + config.shard_retention
                     store.save()
                     memo.shards = store.carry
-                memo.quiet.outputs = (token, outputs_state(b.outputs, subdir))
+                memo.quiet.outputs = (token, outputs_state(b.outputs, subdir, cache))
             memo.quiet.listing = digest
+            if built is not None or dirty or memo.saved != (cache.generation(), digest):
+                memofile.save(cache, memo)
         result.memo = memo
-        result.packages = len(memo.entries)
-        if self.memo is None:
+        result.packages = len(memo)
+        if self.memo is None and not memo.loaded:
             after = memo.digests()
             result.added = sorted(after.keys() - before.keys())
             result.removed = sorted(before.keys() - after.keys())
@@ -200,7 +206,7 @@ class SubdirRun:
         carried = memo.shards if self.touched is not None else None
         memo.shards = None  # until this run has saved
         store = ShardStore(self.backends.outputs, cache, self.subdir, carried)
-        store.publish(memo.shard_keys(), dirty, instructions, self.config.base_url, result.shards, verify=self.verify)
+        store.publish(memo, dirty, instructions, self.config.base_url, result.shards, verify=self.verify)
         result.written += result.shards.written
         return store
 

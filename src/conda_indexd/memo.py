@@ -4,142 +4,282 @@ runs so a one-package change costs one record, not the whole subdir.
 What the memo may assume (docs/architecture.md): an entry is valid while the package's
 archive sha256 is unchanged, because the sha256 fixes every byte of the metadata the
 record is built from. Pieces are also kept between processes (cache.pieces(), valid
-for the exact cached index_json text), so a restart or a one-shot run does not serialise
-unchanged records again. A memo is only ever refreshed against the cache it was filled
-from: the owner drops it (starts the next run without one) whenever a run fails, is
-cancelled, or rebuilds a damaged cache. That rule lives in the daemon's SubdirState.
+for the exact cached index_json text; and the whole memo, memofile.py), so a restart or
+a one-shot run does not serialise unchanged records again. A memo is only ever
+refreshed against the cache it was filled from: the owner drops it (starts the next run
+without one) whenever a run fails, is cancelled, or rebuilds a damaged cache. That rule
+lives in the daemon's SubdirState.
+
+Memory: the pieces live in a heap file (pieceheap.py); per record the memo keeps its
+filename and four array slots, so a million records cost about 150 MB, not gigabytes.
 """
 
 from __future__ import annotations
 
 import bisect
 import sys
-from collections.abc import Collection
-from typing import Any, NamedTuple
+from collections.abc import Collection, Iterable, Iterator
+from pathlib import Path
+from typing import Any
 
 from . import repodata
 from .cache import ShardKey, SubdirCache
 from .names import section_of
+from .pieceheap import PieceHeap, Section, SectionView
 from .quiet import Quiet
 
-RESORT = 256  # more changes than this in one refresh: sort the sections again
+RESORT = 256  # more changes than this in one refresh: merge the sections in one pass
+BATCH = 2000  # pieces appended to the heap (and saved) at once
 LOOKUP = 64  # more records to read than this: look for their kept pieces first
+SECTIONS = ("packages", "packages.conda")
+NO_SHA = bytes(32)  # a published row without a sha256 (always read again)
 
 
-class MemoEntry(NamedTuple):
-    sha256: str
-    piece: bytes  # b'"filename":{record}' as it appears in repodata.json (ASCII)
-    name: str  # the package name (which shard it belongs to)
+def _sha_bytes(sha: str | None) -> bytes:
+    try:
+        raw = bytes.fromhex(sha or "")
+    except ValueError:
+        return NO_SHA
+    return raw if len(raw) == 32 and raw != NO_SHA else NO_SHA
 
 
 class RecordMemo:
-    """{filename: MemoEntry} of every published package of one subdir, with each
-    section's filenames kept sorted (a one-package change is one insort, not a sort of
-    the subdir), and the patched pieces of the last build (`patched`, filled by build)."""
+    """Every published package of one subdir: per section, sorted filenames with their
+    sha256, package name and piece (in `heap`); the patched pieces of the last build
+    (`patched`, filled by build); what the last run saw (`quiet`, `shards`, `last`)."""
 
-    def __init__(self) -> None:
-        self.entries: dict[str, MemoEntry] = {}
-        self._sections: dict[str, tuple[list[str], list[bytes]]] | None = None  # see sections()
+    def __init__(self, folder: Path | None = None, *, heap: PieceHeap | None = None) -> None:
+        """`folder`: where the heap file lives (None: a temporary file)."""
+        self.heap = heap if heap is not None else PieceHeap(folder)
+        self.sections = {s: Section() for s in SECTIONS}
+        self.names: list[str] = []  # name ids -> package names
+        self.name_ids: dict[str, int] = {}
+        self.by_name: dict[str, list[str]] = {}  # package name -> its filenames, sorted
         # {filename: (sha256 + its patch operations' digest, patched piece or None: removed)}
         self.patched: dict[str, tuple[str, bytes | None]] = {}
         self.quiet = Quiet()  # what the run that filled it saw and published (quiet.py)
         self.last: tuple[list[str], list[str], list[str]] = ([], [], [])  # the last refresh's (added, removed, replaced)
-        self._shard_keys: list[ShardKey] | None = None
         self.shards: Any = None  # shardstore.Carried: what the last run's shard upkeep ended with
+        self.loaded = False  # filled from a saved memo (memofile.load)
+        self.saved: tuple[str, str | None] | None = None  # (cache generation, quiet listing) when last saved (memofile)
+
+    # --- reading -------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.sections.values())
+
+    def _find(self, fn: str) -> tuple[Section, int] | None:
+        section = section_of(fn)
+        if section is None:
+            return None
+        s = self.sections[section]
+        i = s.find(fn)
+        return (s, i) if i >= 0 else None
+
+    def __contains__(self, fn: object) -> bool:
+        return isinstance(fn, str) and self._find(fn) is not None
+
+    def filenames(self) -> Iterator[str]:
+        for s in self.sections.values():
+            yield from s.fns
+
+    def sha256(self, fn: str) -> str:
+        """The archive sha256 (hex; "" when the cache had none), KeyError when absent."""
+        found = self._find(fn)
+        if found is None:
+            raise KeyError(fn)
+        sha = found[0].sha(found[1])
+        return "" if sha == NO_SHA else sha.hex()
+
+    def piece(self, fn: str) -> bytes:
+        found = self._find(fn)
+        if found is None:
+            raise KeyError(fn)
+        s, i = found
+        return self.heap.read(s.offs[i], s.lens[i])
+
+    def digests(self) -> dict[str, str]:
+        return {fn: self.sha256(fn) for fn in self.filenames()}
+
+    def view(self, section: str, replace: dict[str, bytes | None] | None = None) -> SectionView:
+        """One section of repodata.json as a stream (`replace`: patched pieces, None: left out)."""
+        return SectionView(self.heap, self.sections[section], replace)
+
+    def document(self, subdir: str, base_url: str | None, replace: dict[str, bytes | None] | None = None) -> repodata.Document:
+        replace = replace or {}
+        removed = sorted(fn for fn, p in replace.items() if p is None and fn in self)
+        views = [self.view(s, {fn: p for fn, p in replace.items() if section_of(fn) == s}) for s in SECTIONS]
+        return repodata.Document(subdir, views[0], views[1], base_url=base_url, removed=removed)
+
+    def pieces(self) -> list[tuple[str, str]]:
+        """(filename, record piece) sorted by filename (small subdirs and tests)."""
+        return sorted((fn, self.piece(fn).decode("ascii")) for fn in self.filenames())
+
+    def shard_names(self) -> list[str]:
+        return sorted(self.by_name)
+
+    def shard_keys(self, names: Iterable[str] | None = None) -> Iterator[ShardKey]:
+        """(name, filename, sha256) ordered by name then filename, of `names` (None: all)."""
+        for name in sorted(self.by_name) if names is None else sorted(names):
+            for fn in self.by_name.get(name, ()):
+                yield ShardKey(name, fn, self.sha256(fn))
+
+    # --- updating ------------------------------------------------------------------
 
     def refresh(self, cache: SubdirCache, paths: Collection[str] | None = None) -> set[str]:
         """Bring the entries in line with the cache; returns the names whose records
         were added, replaced or removed. `paths`: the only files that can have changed
         since the last refresh (None: look at every published package)."""
+        seen = {s: bytearray(len(sec) if paths is None else 0) for s, sec in self.sections.items()}
+        returned: set[str] = set()
+        cursor = dict.fromkeys(SECTIONS, 0)
+        misses: dict[str, str] = {}  # filename -> its sha256 (hex, "" for none)
+        for fn, sha in cache.published_keys(paths):
+            section = section_of(fn)
+            if section is None:
+                continue
+            if paths is not None:
+                returned.add(fn)
+            s = self.sections[section]
+            i = cursor[section]
+            if not (i < len(s.fns) and s.fns[i] == fn):
+                i = s.find(fn)
+            if i >= 0:
+                cursor[section] = i + 1
+                if paths is None:
+                    seen[section][i] = 1
+                raw = _sha_bytes(sha)
+                if raw != NO_SHA and s.shas[i * 32 : i * 32 + 32] == raw:
+                    continue
+            misses[fn] = sha or ""
+        gone: list[str] = []
         if paths is None:
-            keys = dict(cache.published_keys())
-            gone = self.entries.keys() - keys.keys()
+            for section, flags in seen.items():
+                fns = self.sections[section].fns
+                i = flags.find(0)
+                while i >= 0:
+                    gone.append(fns[i])
+                    i = flags.find(0, i + 1)
         else:
-            keys = dict(cache.published_keys(paths))
-            gone = {fn for fn in paths if fn in self.entries and fn not in keys}
+            gone = [fn for fn in paths if fn not in returned and fn in self]
+        del seen, returned
         changed: set[str] = set()
-        before: dict[str, MemoEntry | None] = {}  # every filename touched, with its old entry
-        for fn in gone:
-            before[fn] = self.entries.pop(fn)
-            changed.add(before[fn].name)  # type: ignore[union-attr]
-        misses = [fn for fn, sha in keys.items() if not sha or fn not in self.entries or self.entries[fn].sha256 != sha]
-        added, replaced = [], []
+        bulk = len(misses) + len(gone) > RESORT
+        added = [fn for fn in misses if fn not in self]
+        replaced = [fn for fn in misses if fn in self and self.sha256(fn) != (misses[fn] if _sha_bytes(misses[fn]) != NO_SHA else "")]
+        drop = set(gone) | (set(misses) - set(added))
+        for fn in sorted(drop):
+            entry = self._find(fn)
+            if entry is not None:
+                changed.add(self.names[entry[0].ids[entry[1]]])
+        if bulk:
+            self._drop_bulk(drop)
+        else:
+            for fn in drop:
+                self._remove(fn)
+        pending = {s: Section() for s in SECTIONS}
+        fresh: list[tuple[str, str, bytes]] = []
         store = cache.pieces()
-        rows = ((r.path, r.name, r.index_json) for r in cache.records_for(misses))
+        rows = ((r.path, r.name, r.index_json) for r in cache.records_for(list(misses)))
         found = store.lookup(rows) if store is not None and len(misses) > LOOKUP else ((*r, None) for r in rows)
-        fresh = []
+        batch: list[tuple[str, str, bytes]] = []
         for path, name, text, piece in found:
             if piece is None:
                 piece = repodata.piece_bytes(path, text)
                 fresh.append((path, text, piece))
-            old = before[path] = self.entries.get(path)
-            if old is not None:
-                changed.add(old.name)
-                if old.sha256 != (keys[path] or ""):
-                    replaced.append(path)
-            else:
-                added.append(path)
-            self.entries[path] = MemoEntry(keys[path] or "", piece, sys.intern(name))
-            changed.add(name)
+            batch.append((path, name, piece))
+            if len(batch) >= BATCH:
+                self._add(batch, misses, changed, pending if bulk else None)
+                batch = []
+            if len(fresh) >= BATCH and store is not None:
+                store.save(fresh)
+                fresh = []
+        self._add(batch, misses, changed, pending if bulk else None)
+        if bulk:
+            for section, new in pending.items():
+                self.sections[section] = self.sections[section].merged(new)
         if store is not None and (fresh or (paths is None and gone)):
-            store.save(fresh, keep=self.entries.keys() if paths is None and (gone or len(misses) > LOOKUP) else None)
-        self._update(before)
+            store.save(fresh, keep=self.filenames() if paths is None and (gone or len(misses) > LOOKUP) else None)
         self.last = (added, sorted(gone), replaced)
+        self.compact(force=len(misses) > RESORT)  # pieces arrive in the cache's order: sort them once
         return changed
 
-    def _update(self, before: dict[str, MemoEntry | None]) -> None:
-        """Keep the sorted sections and shard keys in step (a few changes: bisect; many:
-        sorted again when next asked for)."""
-        if len(before) > RESORT:
-            self._sections = self._shard_keys = None
+    def _add(self, batch: list[tuple[str, str, bytes]], misses: dict[str, str], changed: set[str], pending: dict[str, Section] | None) -> None:
+        offsets = self.heap.append([piece for _, _, piece in batch])
+        for (path, name, piece), off in zip(batch, offsets, strict=True):
+            section = section_of(path)
+            if section is None:
+                continue
+            name = sys.intern(name)
+            changed.add(name)
+            name_id = self.name_ids.get(name)
+            if name_id is None:
+                name_id = self.name_ids[name] = len(self.names)
+                self.names.append(name)
+            sha = _sha_bytes(misses.get(path))
+            if pending is None:
+                self.sections[section].insert(path, sha, name_id, off, len(piece))
+                bisect.insort(self.by_name.setdefault(name, []), path)
+            else:
+                pending[section].append(path, sha, name_id, off, len(piece))
+                self.by_name.setdefault(name, []).append(path)
+        if pending is not None:
+            for fns in self.by_name.values():
+                if len(fns) > 1 and fns[-1] < fns[-2]:
+                    fns.sort()
+
+    def _remove(self, fn: str) -> None:
+        found = self._find(fn)
+        if found is None:
             return
-        for fn, old in before.items():
-            new = self.entries.get(fn)
-            if self._sections is not None:
-                names, pieces = self._sections[section_of(fn) or ""]
-                i = bisect.bisect_left(names, fn)
-                present = i < len(names) and names[i] == fn
-                if new is None and present:
-                    del names[i], pieces[i]
-                elif new is not None and present:
-                    pieces[i] = new.piece
-                elif new is not None:
-                    names.insert(i, fn)
-                    pieces.insert(i, new.piece)
-            if self._shard_keys is not None:
-                keys = self._shard_keys
-                if old is not None:
-                    i = bisect.bisect_left(keys, ShardKey(old.name, fn, old.sha256))
-                    if i < len(keys) and keys[i] == (old.name, fn, old.sha256):
-                        del keys[i]
-                if new is not None:
-                    bisect.insort(keys, ShardKey(new.name, fn, new.sha256))
+        s, i = found
+        name = self.names[s.ids[i]]
+        s.delete(i)
+        self._unname(name, fn)
 
-    def sections(self) -> dict[str, tuple[list[str], list[bytes]]]:
-        """{section: (sorted filenames, their pieces)} for "packages" and "packages.conda"."""
-        if self._sections is None:
-            names: dict[str, list[str]] = {"packages": [], "packages.conda": [], "": []}
-            for fn in self.entries:
-                names[section_of(fn) or ""].append(fn)
-            self._sections = {}
-            for section, fns in names.items():
-                fns.sort()
-                self._sections[section] = (fns, [self.entries[fn].piece for fn in fns])
-        return self._sections
+    def _unname(self, name: str, fn: str) -> None:
+        fns = self.by_name[name]
+        fns.remove(fn)
+        if not fns:
+            del self.by_name[name]
 
-    def order(self) -> dict[str, list[str]]:
-        """{"packages": [...], "packages.conda": [...]}: each section's filenames, sorted."""
-        return {section: names for section, (names, _) in self.sections().items()}
+    def _drop_bulk(self, drop: set[str]) -> None:
+        for section, s in self.sections.items():
+            mine = {fn for fn in drop if section_of(fn) == section}
+            if not mine:
+                continue
+            for fn in mine:
+                i = s.find(fn)
+                if i >= 0:
+                    self._unname(self.names[s.ids[i]], fn)
+            self.sections[section] = s.without(mine)
 
-    def digests(self) -> dict[str, str]:
-        return {fn: entry.sha256 for fn, entry in self.entries.items()}
+    def live_bytes(self) -> int:
+        return sum(sum(s.lens) + len(s) for s in self.sections.values())
 
-    def pieces(self) -> list[tuple[str, str]]:
-        """(filename, record piece) sorted by filename: the input of build_repodata."""
-        return sorted((fn, entry.piece.decode("ascii")) for fn, entry in self.entries.items())
+    def compact(self, force: bool = False) -> None:
+        """Rewrite the heap in sorted order once it holds twice what is live (and more
+        than 16 MB of dead pieces): sections are then read in a few long runs."""
+        live = self.live_bytes()
+        if not force and self.heap.size <= max(2 * live, live + (16 << 20)):
+            return
+        old = self.heap
+        new = PieceHeap(old.folder)
+        for s in self.sections.values():
+            at = new.size
+            for chunk in old.runs(s.offs, s.lens, 0, len(s)):
+                new.append_raw(chunk)
+            offs = s.offs
+            for i in range(len(s)):
+                offs[i] = at
+                at += s.lens[i] + 1
+        self.heap = new
+        old.close()
 
-    def shard_keys(self) -> list[ShardKey]:
-        """Ordered by name then filename, for shards."""
-        if self._shard_keys is None:
-            self._shard_keys = sorted(ShardKey(entry.name, fn, entry.sha256) for fn, entry in self.entries.items())
-        return self._shard_keys
+
+def from_pieces(pieces: Iterable[tuple[str, str]]) -> RecordMemo:
+    """A memo of (filename, record piece) pairs with no cache behind it (build_outputs)."""
+    memo = RecordMemo()
+    items = [(fn, p.encode("ascii")) for fn, p in pieces if section_of(fn) is not None]
+    memo._add([(fn, fn.rsplit("-", 2)[0], p) for fn, p in items], {}, set(), None)
+    return memo

@@ -96,11 +96,11 @@ class Pair:
         try:
             for subdir in worker.subdirs():
                 state = worker.state(subdir)
-                memo = state.memo if state.memo is not None else RecordMemo()
                 with worker.backends.caches.open(subdir) as cache:
+                    memo = state.memo if state.memo is not None else RecordMemo(cache.memo_folder())
                     memo.refresh(cache)
                 state.memo = memo
-                state.status.packages = len(memo.entries)
+                state.status.packages = len(memo)
                 if self.leadership.is_leader() or worker.stopping.is_set():
                     break
         except Exception as exc:  # noqa: BLE001 - unreachable database, restarted server

@@ -305,6 +305,12 @@ class PgCache:
         """Record pieces are kept only beside sqlite caches (sqlitepieces.py)."""
         return None
 
+    def memo_folder(self) -> None:
+        return None
+
+    def generation(self) -> None:
+        return None
+
     def load_state(self, name: str) -> bytes | None:
         rows = self._rows("SELECT data FROM conda_indexd_state WHERE path = %s", (self._p(name),))
         return bytes(rows[0][0]) if rows else None

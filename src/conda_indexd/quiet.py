@@ -9,7 +9,8 @@ fs rows, rebuilding repodata.json and comparing it byte by byte.
   patch generator's and pins file's identity, the output settings) and the state
   (size, mtime, identity) of every output file right after publishing. When both are
   unchanged and no record changed, the outputs are what a rebuild would write.
-Shards unreferenced past their retention are then collected at the next publish.
+- `collect_at`: a quiet run is not quiet from then on, so unreferenced shards are still
+  deleted once their retention has passed.
 """
 
 from __future__ import annotations
@@ -19,15 +20,28 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from . import patches
+from .cache import SubdirCache
 from .config import IndexConfig
-from .names import COMPRESSED, COMPRESSED_SUFFIXES, CURRENT, PATCH_INSTRUCTIONS, REPODATA, REPODATA_FROM_PACKAGES, RUN_EXPORTS, SHARD_INDEX
-from .store import ChannelStore, FileState
+from .names import (
+    COMPRESSED,
+    COMPRESSED_SUFFIXES,
+    CURRENT,
+    PATCH_INSTRUCTIONS,
+    REPODATA,
+    REPODATA_FROM_PACKAGES,
+    RUN_EXPORTS,
+    SHARD_INDEX,
+    SHARD_STATE,
+    SHARDS_DIR,
+)
+from .store import ChannelStore, FileState, key
 
 
 @dataclass
 class Quiet:
     listing: str | None = None
     outputs: tuple[str, tuple[FileState, ...]] | None = None
+    collect_at: float = float("inf")  # when the first unreferenced shard's retention ends
 
 
 def listing_digest(listing: Iterable[FileState]) -> str:
@@ -57,6 +71,12 @@ def inputs_token(config: IndexConfig, instructions: bytes | None, overlay: bytes
     return "\n".join(parts)
 
 
-def outputs_state(store: ChannelStore, subdir: str) -> tuple[FileState, ...]:
+def outputs_state(store: ChannelStore, subdir: str, cache: SubdirCache) -> tuple[FileState, ...]:
+    """Every output file's (size, mtime, identity), plus the shard files' names and sizes
+    and the shard upkeep's saved state (a truncated or deleted shard, or a lost state,
+    is then noticed by a restart too)."""
     present, _ = store.stat_packages(subdir, OUTPUT_NAMES)
-    return tuple(sorted(present))
+    shard_files = hashlib.sha256(repr(sorted(store.list_files(key(subdir, SHARDS_DIR)).items())).encode()).hexdigest()
+    state = cache.load_state(SHARD_STATE)
+    shard_state = hashlib.sha256(state).hexdigest() if state is not None else "-"
+    return (*sorted(present), FileState(SHARDS_DIR + "/", 0.0, 0, shard_files), FileState(SHARD_STATE, 0.0, 0, shard_state))

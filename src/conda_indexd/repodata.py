@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from .names import compact_json, section_of
 
@@ -45,31 +45,58 @@ def piece_bytes(filename: str, index_json_text: str) -> bytes:
 CHUNK = 2000  # pieces per streamed chunk (about 1 MB)
 
 
+class Pieces(Protocol):
+    """One section's records, streamed: `size` bytes of pieces joined by commas."""
+
+    size: int
+
+    def __len__(self) -> int: ...
+    def chunks(self) -> Iterator[bytes]: ...
+
+
+class PieceList:
+    """Pieces held as a list of bytes (small documents, tests)."""
+
+    def __init__(self, pieces: Sequence[bytes]):
+        self.pieces = pieces
+        self.size = sum(map(len, pieces)) + max(len(pieces) - 1, 0)
+
+    def __len__(self) -> int:
+        return len(self.pieces)
+
+    def chunks(self) -> Iterator[bytes]:
+        for start in range(0, len(self.pieces), CHUNK):
+            chunk = b",".join(self.pieces[start : start + CHUNK])
+            yield b"," + chunk if start else chunk
+
+
 class Document:
     """repodata.json as a stream of chunks: the skeleton around the record pieces of each
     section, never joined into one string. `size` is known before streaming (a zstd
     frame header carries it). The same bytes as build_repodata."""
 
     def __init__(
-        self, subdir: str, tar: Sequence[bytes], conda: Sequence[bytes], *, base_url: str | None = None, removed: Iterable[str] = ()
+        self,
+        subdir: str,
+        tar: Sequence[bytes] | Pieces,
+        conda: Sequence[bytes] | Pieces,
+        *,
+        base_url: str | None = None,
+        removed: Iterable[str] = (),
     ):
         version = 2 if base_url else 1
         self.head = b'{"info":' + compact_json(subdir_info(subdir, base_url)).encode("ascii") + b',"packages":{'
         self.middle = b'},"packages.conda":{'
         self.tail = (',"removed":' + compact_json(sorted(removed)) + ',"repodata_version":' + str(version) + "}").encode("ascii")
-        self.sections = (tar, conda)
-        self.size = len(self.head) + len(self.middle) + 1 + len(self.tail)
-        for pieces in self.sections:
-            self.size += sum(map(len, pieces)) + max(len(pieces) - 1, 0)
+        self.sections: tuple[Pieces, Pieces] = tuple(p if hasattr(p, "chunks") else PieceList(p) for p in (tar, conda))  # type: ignore[assignment,arg-type]
+        self.size = len(self.head) + len(self.middle) + 1 + len(self.tail) + sum(p.size for p in self.sections)
 
     def chunks(self) -> Iterator[bytes]:
         yield self.head
         for i, pieces in enumerate(self.sections):
             if i:
                 yield self.middle
-            for start in range(0, len(pieces), CHUNK):
-                chunk = b",".join(pieces[start : start + CHUNK])
-                yield b"," + chunk if start else chunk
+            yield from pieces.chunks()
         yield b"}" + self.tail
 
     def to_bytes(self) -> bytes:

@@ -26,9 +26,9 @@ import hashlib
 import itertools
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack
 
@@ -211,28 +211,52 @@ def ops_salt(ops: dict[str, list[patches.Op]]) -> str:
     return hashlib.sha256(compact_json(sorted(ops.items())).encode()).hexdigest()[:16] if ops else ""
 
 
+class Keys(Protocol):
+    """The published (name, filename, sha256) keys, by name (RecordMemo, KeyList)."""
+
+    def shard_names(self) -> list[str]: ...
+    def shard_keys(self, names: Iterable[str] | None = None) -> Iterator[ShardKey]: ...
+
+
+class KeyList:
+    """Keys held as a list ordered by name."""
+
+    def __init__(self, keys: Iterable[ShardKey]):
+        self.keys = sorted(keys)
+
+    def shard_names(self) -> list[str]:
+        return sorted({k.name for k in self.keys})
+
+    def shard_keys(self, names: Iterable[str] | None = None) -> Iterator[ShardKey]:
+        wanted = None if names is None else set(names)
+        return (k for k in self.keys if wanted is None or k.name in wanted)
+
+
 def plan_shards(
     state: ShardState,
-    keys: list[ShardKey],
+    keys: Keys | list[ShardKey],
     changed: set[str] | None,
     instructions: dict[str, Any] | None,
     on_disk: dict[str, int],
 ) -> ShardPlan:
     """Which names keep their shard. `keys`: (name, filename, sha256) of every published
-    package ordered by name; `changed`: the only names whose files changed since the
+    package; `changed`: the only names whose files changed since the
     state was saved (None: any), the others keep their remembered fingerprint.
     Patches salt only the fingerprints of the names whose files they touch, so a patch
     change re-encodes only those names' shards."""
+    if isinstance(keys, list):
+        keys = KeyList(keys)
     ops = patches.per_record(instructions)
     salt = ops_salt(ops)
     if salt != state.salt:
         changed = None  # other patches: every fingerprint is computed again
     if changed is None:
-        current = fingerprints(keys, ops=ops)
+        current = fingerprints(keys.shard_keys(), ops=ops)
     else:
         remembered = state.remembered
-        current = fingerprints((k for k in keys if k.name in changed or k.name not in remembered), ops=ops)
-        current.update({k.name: remembered[k.name].fingerprint for k in keys if k.name not in current})
+        names = keys.shard_names()
+        current = fingerprints(keys.shard_keys([n for n in names if n in changed or n not in remembered]), ops=ops)
+        current.update({n: remembered[n].fingerprint for n in names if n not in current})
     kept, todo = plan(current, state.remembered, on_disk)
     return ShardPlan(salt, kept, todo)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import shards
-from .cache import ShardKey, SubdirCache
+from .cache import SubdirCache
 from .names import SHARD_INDEX, SHARD_STATE, SHARDS_DIR
 from .store import ChannelStore, key
 
@@ -56,7 +56,7 @@ class ShardStore:
 
     def publish(
         self,
-        keys: list[ShardKey],
+        keys: shards.Keys,
         changed: set[str] | None,
         instructions: dict[str, Any] | None,
         base_url: str | None,
@@ -75,7 +75,7 @@ class ShardStore:
         plan = shards.plan_shards(self.state, keys, changed, instructions, self.on_disk)
         kept = plan.kept
         if plan.todo:
-            paths = [k.path for k in keys if k.name in plan.todo]
+            paths = [k.path for k in keys.shard_keys(plan.todo)]
             encoded = shards.encode_shards(plan.todo, self.cache.records_for(paths), instructions)
             wrote = False
             files = [(key(self.folder, shards.shard_file(r.digest)), data) for data, r in encoded.values()]

@@ -121,6 +121,19 @@ class SqliteCache:
         if self._pieces is not None:
             self._pieces.close()
 
+    def memo_folder(self) -> Path:
+        return self.db_path.parent
+
+    @_guarded
+    def generation(self) -> str:
+        """Row counts and highest rowids of the record tables: conda-index writes rows
+        with INSERT OR REPLACE (a new rowid), so any write by it shows here."""
+        row = self.db.execute(
+            "SELECT (SELECT count(*) FROM index_json), (SELECT max(rowid) FROM index_json),"
+            " (SELECT count(*) FROM stat), (SELECT max(rowid) FROM stat)"
+        ).fetchone()
+        return ":".join(map(str, row))
+
     def pieces(self) -> PieceStore:
         if self._pieces is None:
             self._pieces = PieceStore(self.db_path.parent)
