@@ -1,0 +1,98 @@
+"""The compact record memo (issue 13): pieces in a heap file, the memo kept between
+processes, and what makes a saved memo unusable (conda-index writing the cache, a damaged
+file). Every case checks the published bytes against a run that starts from nothing."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from conda_indexd import memofile
+from conda_indexd.config import IndexConfig
+from conda_indexd.indexer import index_subdir
+from conda_indexd.memo import RecordMemo
+from conda_indexd.pieceheap import HEAP_FILE
+from conda_indexd.sqlitecache import SqliteCache
+from pkgfactory import index_json, make_package
+
+
+def channel_with(tmp_path: Path, count: int) -> Path:
+    channel = tmp_path / "channel"
+    for i in range(count):
+        make_package(channel / "noarch" / f"p{i % 7}-1.{i}-0.{'conda' if i % 3 else 'tar.bz2'}", index_json(f"p{i % 7}", f"1.{i}", "0"))
+    return channel
+
+
+def fresh_bytes(channel: Path, tmp_path: Path) -> bytes:
+    """repodata.json as a run from an empty cache writes it (another copy of the packages)."""
+    other = tmp_path / "fresh"
+    (other / "noarch").mkdir(parents=True)
+    for f in (channel / "noarch").iterdir():
+        if f.name.endswith((".conda", ".tar.bz2")):
+            (other / "noarch" / f.name).write_bytes(f.read_bytes())
+    index_subdir(IndexConfig(other), "noarch")
+    return (other / "noarch" / "repodata.json").read_bytes()
+
+
+def test_a_restart_uses_the_saved_memo_and_rewrites_nothing(tmp_path: Path) -> None:
+    channel = channel_with(tmp_path, 30)
+    config = IndexConfig(channel)
+    first = index_subdir(config, "noarch")
+    assert not first.memo.loaded and first.packages == 30
+    again = index_subdir(config, "noarch")  # a new process would do the same: no memo handed over
+    assert again.memo.loaded and again.written == [] and again.added == again.removed == again.changed == []
+    make_package(channel / "noarch" / "new-1.0-0.conda", index_json("new", "1.0", "0"))
+    plus = index_subdir(config, "noarch")
+    assert plus.memo.loaded and plus.added == ["new-1.0-0.conda"] and plus.extracted == 1
+    assert (channel / "noarch" / "repodata.json").read_bytes() == fresh_bytes(channel, tmp_path)
+
+
+def test_conda_index_writing_the_cache_makes_the_saved_memo_unusable(tmp_path: Path) -> None:
+    channel = channel_with(tmp_path, 10)
+    config = IndexConfig(channel)
+    index_subdir(config, "noarch")
+    db = channel / "noarch" / ".cache" / "cache.db"
+    with sqlite3.connect(db) as conn:  # as conda-index stores a record: INSERT OR REPLACE, same archive
+        path, text = conn.execute("SELECT path, index_json FROM index_json ORDER BY path LIMIT 1").fetchone()
+        record = json.loads(text)
+        record["license"] = "rewritten-by-conda-index"
+        conn.execute("INSERT OR REPLACE INTO index_json (path, index_json) VALUES (?, json(?))", (path, json.dumps(record)))
+    result = index_subdir(config, "noarch")
+    assert not result.memo.loaded
+    published = json.loads((channel / "noarch" / "repodata.json").read_bytes())
+    section = "packages.conda" if path.endswith(".conda") else "packages"
+    assert published[section][path]["license"] == "rewritten-by-conda-index"
+
+
+def test_damaged_memo_files_only_cost_a_rebuild(tmp_path: Path) -> None:
+    channel = channel_with(tmp_path, 12)
+    config = IndexConfig(channel)
+    index_subdir(config, "noarch")
+    expected = (channel / "noarch" / "repodata.json").read_bytes()
+    cache_dir = channel / "noarch" / ".cache"
+    for damage in (
+        lambda: (cache_dir / HEAP_FILE).write_bytes((cache_dir / HEAP_FILE).read_bytes()[:100]),
+        lambda: (cache_dir / memofile.INDEX_FILE).write_bytes(b"\x93not msgpack"),
+        lambda: (cache_dir / HEAP_FILE).unlink(),
+    ):
+        damage()
+        (channel / "noarch" / "repodata.json").unlink()  # so the run must publish again
+        result = index_subdir(config, "noarch")
+        assert not result.memo.loaded
+        assert (channel / "noarch" / "repodata.json").read_bytes() == expected
+
+
+def test_heap_compaction_keeps_every_piece(tmp_path: Path) -> None:
+    channel = channel_with(tmp_path, 40)
+    config = IndexConfig(channel)
+    memo = index_subdir(config, "noarch").memo
+    with SqliteCache(channel / "noarch" / ".cache" / "cache.db") as cache:
+        before = memo.pieces()
+        memo.compact(force=True)
+        assert memo.pieces() == before
+        ranges = list(memo.heap.runs(memo.sections["packages.conda"].offs, memo.sections["packages.conda"].lens, 0, len(memo.sections["packages.conda"])))
+        assert len(ranges) == 1  # sorted: one run per section
+        reloaded = RecordMemo(cache.memo_folder())
+        reloaded.refresh(cache)
+        assert reloaded.pieces() == before
