@@ -8,11 +8,14 @@ import json
 import sqlite3
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from conda_indexd import memofile
 from conda_indexd.config import IndexConfig
 from conda_indexd.indexer import index_subdir
 from conda_indexd.memo import RecordMemo
-from conda_indexd.pieceheap import HEAP_FILE
+from conda_indexd.pieceheap import HEAP_FILE, PieceHeap, Section, SectionView
 from conda_indexd.sqlitecache import SqliteCache
 from pkgfactory import index_json, make_package
 
@@ -91,8 +94,38 @@ def test_heap_compaction_keeps_every_piece(tmp_path: Path) -> None:
         before = memo.pieces()
         memo.compact(force=True)
         assert memo.pieces() == before
-        ranges = list(memo.heap.runs(memo.sections["packages.conda"].offs, memo.sections["packages.conda"].lens, 0, len(memo.sections["packages.conda"])))
-        assert len(ranges) == 1  # sorted: one run per section
+        conda = memo.sections["packages.conda"]
+        assert conda.brk.count(1) == 1  # sorted: one run per section
+        assert b"".join(memo.heap.runs(conda, 0, len(conda)))[:-1] == b",".join(p.encode() for fn, p in before if fn.endswith(".conda"))
         reloaded = RecordMemo(cache.memo_folder())
         reloaded.refresh(cache)
         assert reloaded.pieces() == before
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 30), st.integers(1, 40)), max_size=60), st.integers(0, 4))
+def test_a_section_streams_its_pieces_in_order_whatever_the_edits(ops: list[tuple[bool, int, int]], compact_every: int) -> None:
+    heap = PieceHeap(None)
+    section = Section()
+    expected: dict[str, bytes] = {}
+    for k, (add, n, size) in enumerate(ops):
+        fn = f"f{n:03d}.conda"
+        if fn in expected:
+            section.delete(section.find(fn))
+            del expected[fn]
+        if add:
+            piece = f'"{fn}":{{"x":"{"y" * size}"}}'.encode()
+            (off,) = heap.append([piece])
+            section.insert(fn, bytes(32), 0, off, len(piece))
+            expected[fn] = piece
+        if compact_every and k % compact_every == 0:  # what RecordMemo.compact does
+            new = PieceHeap(None)
+            at = new.size
+            for chunk in heap.runs(section, 0, len(section)):
+                new.append_raw(chunk)
+            section.placed(at)
+            heap = new
+    assert section.fns == sorted(expected)
+    assert section.brk == bytearray(section._follows(i) for i in range(len(section)))
+    joined = b"".join(SectionView(heap, section).chunks())
+    assert joined == b",".join(expected[fn] for fn in sorted(expected))

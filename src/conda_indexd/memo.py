@@ -267,12 +267,9 @@ class RecordMemo:
         new = PieceHeap(old.folder)
         for s in self.sections.values():
             at = new.size
-            for chunk in old.runs(s.offs, s.lens, 0, len(s)):
+            for chunk in old.runs(s, 0, len(s)):
                 new.append_raw(chunk)
-            offs = s.offs
-            for i in range(len(s)):
-                offs[i] = at
-                at += s.lens[i] + 1
+            s.placed(at)
         self.heap = new
         old.close()
 

@@ -29,7 +29,7 @@ from .store import FileState
 log = get_logger(__name__)
 
 INDEX_FILE = "conda-indexd-memo.idx"
-VERSION = 1
+VERSION = 2
 
 
 def save(cache: SubdirCache, memo: RecordMemo) -> None:
@@ -38,7 +38,7 @@ def save(cache: SubdirCache, memo: RecordMemo) -> None:
     if folder is None or generation is None or memo.heap.folder != folder:
         return
     sections = {
-        name: [s.fns, bytes(s.shas), s.ids.tobytes(), s.offs.tobytes(), s.lens.tobytes()] for name, s in memo.sections.items()
+        name: [s.fns, bytes(s.shas), s.ids.tobytes(), s.offs.tobytes(), s.lens.tobytes(), bytes(s.brk)] for name, s in memo.sections.items()
     }
     quiet = memo.quiet
     outputs = [quiet.outputs[0], [list(f) for f in quiet.outputs[1]]] if quiet.outputs is not None else None
@@ -92,13 +92,13 @@ def _fill(memo: RecordMemo, state: dict) -> None:  # type: ignore[type-arg]
     memo.name_ids = {n: i for i, n in enumerate(memo.names)}
     end = 0
     for name in SECTIONS:
-        fns, shas, ids, offs, lens = state["sections"][name]
+        fns, shas, ids, offs, lens, brk = state["sections"][name]
         s = Section()
-        s.fns, s.shas = list(fns), bytearray(shas)
+        s.fns, s.shas, s.brk = list(fns), bytearray(shas), bytearray(brk)
         s.ids.frombytes(ids)
         s.offs.frombytes(offs)
         s.lens.frombytes(lens)
-        if not (len(s.fns) == len(s.ids) == len(s.offs) == len(s.lens) == len(s.shas) // 32):
+        if not (len(s.fns) == len(s.ids) == len(s.offs) == len(s.lens) == len(s.brk) == len(s.shas) // 32):
             raise ValueError("arrays of different lengths")
         if s.fns and max(s.ids) >= len(memo.names):
             raise ValueError("unknown name id")

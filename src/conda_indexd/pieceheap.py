@@ -83,21 +83,22 @@ class PieceHeap:
             raise OSError(f"record pieces file {self.path or '(temporary)'} is short")
         return data
 
-    def runs(self, offs: array, lens: array, start: int, stop: int) -> Iterator[bytes]:
-        """The pieces [start, stop) joined by commas, with a trailing comma, in chunks."""
+    def runs(self, section: Section, start: int, stop: int) -> Iterator[bytes]:
+        """The pieces [start, stop) of `section` joined by commas, with a trailing comma,
+        in chunks of at most READ bytes (a chunk may end inside a piece)."""
         fd = self.file.fileno()
+        offs, lens, brk = section.offs, section.lens, section.brk
         i = start
         while i < stop:
-            first = offs[i]
-            end = first + lens[i] + 1
-            j = i + 1
-            while j < stop and offs[j] == end and end - first < READ:
-                end += lens[j] + 1
-                j += 1
-            data = os.pread(fd, end - first, first)
-            if len(data) != end - first:
-                raise OSError(f"record pieces file {self.path or '(temporary)'} is short")
-            yield data
+            j = brk.find(1, i + 1, stop)  # the next record that does not follow in the file
+            j = stop if j < 0 else j
+            at, end = offs[i], offs[j - 1] + lens[j - 1] + 1
+            while at < end:
+                data = os.pread(fd, min(READ, end - at), at)
+                if not data:
+                    raise OSError(f"record pieces file {self.path or '(temporary)'} is short")
+                yield data
+                at += len(data)
             i = j
 
     def close(self) -> None:
@@ -107,7 +108,8 @@ class PieceHeap:
 class Section:
     """One section's records ("packages" or "packages.conda"), sorted by filename, as
     parallel compact arrays: filename, sha256 (32 bytes each), name id, piece offset and
-    length in the heap."""
+    length in the heap, and `brk`: 1 where a record's piece does not directly follow the
+    previous record's in the heap (a section is read in runs between them)."""
 
     def __init__(self) -> None:
         self.fns: list[str] = []
@@ -115,6 +117,7 @@ class Section:
         self.ids = array("I")
         self.offs = array("Q")
         self.lens = array("I")
+        self.brk = bytearray()
 
     def __len__(self) -> int:
         return len(self.fns)
@@ -127,9 +130,15 @@ class Section:
     def sha(self, i: int) -> bytes:
         return bytes(self.shas[i * 32 : i * 32 + 32])
 
+    def _follows(self, i: int) -> int:
+        """brk[i]: 0 when record i's piece directly follows record i-1's."""
+        return 0 if i > 0 and self.offs[i] == self.offs[i - 1] + self.lens[i - 1] + 1 else 1
+
     def delete(self, i: int) -> None:
-        del self.fns[i], self.ids[i], self.offs[i], self.lens[i]
+        del self.fns[i], self.ids[i], self.offs[i], self.lens[i], self.brk[i]
         del self.shas[i * 32 : i * 32 + 32]
+        if i < len(self.fns):
+            self.brk[i] = self._follows(i)
 
     def insert(self, fn: str, sha: bytes, name_id: int, off: int, length: int) -> None:
         i = bisect.bisect_left(self.fns, fn)
@@ -138,14 +147,18 @@ class Section:
         self.ids.insert(i, name_id)
         self.offs.insert(i, off)
         self.lens.insert(i, length)
+        self.brk.insert(i, self._follows(i))
+        if i + 1 < len(self.fns):
+            self.brk[i + 1] = self._follows(i + 1)
 
     def append(self, fn: str, sha: bytes | bytearray, name_id: int, off: int, length: int) -> None:
-        """Add at the end (unsorted: `merged` sorts)."""
+        """Add at the end (`merged` sorts unsorted ones)."""
         self.fns.append(fn)
         self.shas += sha
         self.ids.append(name_id)
         self.offs.append(off)
         self.lens.append(length)
+        self.brk.append(self._follows(len(self.fns) - 1))
 
     def _take(self, other: Section, i: int) -> None:
         self.append(other.fns[i], other.shas[i * 32 : i * 32 + 32], other.ids[i], other.offs[i], other.lens[i])
@@ -175,6 +188,16 @@ class Section:
             i += 1
         return out
 
+    def placed(self, start: int) -> None:
+        """The pieces now lie in order from heap offset `start` (after a compaction)."""
+        offs, lens, at = self.offs, self.lens, start
+        for i in range(len(offs)):
+            offs[i] = at
+            at += lens[i] + 1
+        self.brk = bytearray(len(offs))
+        if offs:
+            self.brk[0] = 1
+
     def nbytes(self) -> int:
         """The bytes of the section's pieces joined by commas."""
         return sum(self.lens) + max(len(self.fns) - 1, 0)
@@ -202,7 +225,7 @@ class SectionView:
         pending = b""
         at = 0
         for i, piece in [*self.replace, (len(s), None)]:
-            for chunk in self.heap.runs(s.offs, s.lens, at, i):
+            for chunk in self.heap.runs(s, at, i):
                 if pending:
                     yield pending
                 pending = chunk
