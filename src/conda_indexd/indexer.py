@@ -150,7 +150,8 @@ class SubdirRun:
             token = inputs_token(config, instructions, overlay_bytes)
             quiet = not dirty and not self.verify and memo.quiet.outputs is not None  # verify: shards changed outside
             quiet = quiet and time.time() < memo.quiet.collect_at
-            if quiet and memo.quiet.outputs == (token, outputs_state(b.outputs, subdir, cache)):
+            carried = memo.shards[1] if memo.shards is not None and self.memo is not None else None  # the shard upkeep's listing
+            if quiet and memo.quiet.outputs == (token, outputs_state(b.outputs, subdir, cache, carried)):
                 built = None  # nothing to build: the outputs are as this memo's last run left them
             else:
                 memo.quiet.outputs = None
@@ -172,7 +173,7 @@ class SubdirRun:
                     memo.quiet.collect_at = min(store.state.unreferenced.values(), default=float("inf")) + config.shard_retention
                     store.save()
                     memo.shards = store.carry
-                memo.quiet.outputs = (token, outputs_state(b.outputs, subdir, cache))
+                memo.quiet.outputs = (token, outputs_state(b.outputs, subdir, cache, store.on_disk if store is not None else None))
             memo.quiet.listing = digest
             if built is not None or dirty or memo.saved != (cache.generation(), digest):
                 memofile.save(cache, memo)

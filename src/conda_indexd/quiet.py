@@ -19,7 +19,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from . import patches
+from . import patches, shards
 from .cache import SubdirCache
 from .config import IndexConfig
 from .names import (
@@ -71,12 +71,15 @@ def inputs_token(config: IndexConfig, instructions: bytes | None, overlay: bytes
     return "\n".join(parts)
 
 
-def outputs_state(store: ChannelStore, subdir: str, cache: SubdirCache) -> tuple[FileState, ...]:
+def outputs_state(store: ChannelStore, subdir: str, cache: SubdirCache, shard_files: dict[str, int] | None = None) -> tuple[FileState, ...]:
     """Every output file's (size, mtime, identity), plus the shard files' names and sizes
     and the shard upkeep's saved state (a truncated or deleted shard, or a lost state,
-    is then noticed by a restart too)."""
+    is then noticed by a restart too). `shard_files`: {digest: size} the caller knows to
+    be on disk (the shard upkeep's), else the folder is listed."""
     present, _ = store.stat_packages(subdir, OUTPUT_NAMES)
-    shard_files = hashlib.sha256(repr(sorted(store.list_files(key(subdir, SHARDS_DIR)).items())).encode()).hexdigest()
+    if shard_files is None:
+        shard_files = shards.shard_digests(store.list_files(key(subdir, SHARDS_DIR)))
+    files = hashlib.sha256(repr(sorted(shard_files.items())).encode()).hexdigest()
     state = cache.load_state(SHARD_STATE)
     shard_state = hashlib.sha256(state).hexdigest() if state is not None else "-"
-    return (*sorted(present), FileState(SHARDS_DIR + "/", 0.0, 0, shard_files), FileState(SHARD_STATE, 0.0, 0, shard_state))
+    return (*sorted(present), FileState(SHARDS_DIR + "/", 0.0, 0, files), FileState(SHARD_STATE, 0.0, 0, shard_state))
