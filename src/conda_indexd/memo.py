@@ -115,12 +115,29 @@ class RecordMemo:
         """(filename, record piece) sorted by filename (small subdirs and tests)."""
         return sorted((fn, self.piece(fn).decode("ascii")) for fn in self.filenames())
 
+    def name_of(self, fn: str) -> str | None:
+        found = self._find(fn)
+        return self.names[found[0].ids[found[1]]] if found is not None else None
+
     def shard_names(self) -> list[str]:
         return sorted(self.by_name)
 
     def shard_keys(self, names: Iterable[str] | None = None) -> Iterator[ShardKey]:
         """(name, filename, sha256) ordered by name then filename, of `names` (None: all)."""
-        for name in sorted(self.by_name) if names is None else sorted(names):
+        wanted = None if names is None else set(names)
+        if wanted is None or len(wanted) > len(self.by_name) // 8:  # many: one pass over the arrays
+            keys = []
+            for s in self.sections.values():
+                shas, ids, names_ = s.shas, s.ids, self.names
+                for i, fn in enumerate(s.fns):
+                    name = names_[ids[i]]
+                    if wanted is None or name in wanted:
+                        sha = shas[i * 32 : i * 32 + 32]
+                        keys.append(ShardKey(name, fn, "" if sha == NO_SHA else sha.hex()))
+            keys.sort()
+            yield from keys
+            return
+        for name in sorted(wanted):
             for fn in self.by_name.get(name, ()):
                 yield ShardKey(name, fn, self.sha256(fn))
 

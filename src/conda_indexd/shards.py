@@ -168,6 +168,7 @@ class ShardState:
     remembered: dict[str, Remembered] = field(default_factory=dict)
     unreferenced: dict[str, float] = field(default_factory=dict)  # digest -> since
     salt: str = ""  # digest of the patch instructions the remembered fingerprints saw
+    patched: set[str] | None = None  # the names those instructions touched (None: not known)
 
     @classmethod
     def from_bytes(cls, data: bytes | None) -> ShardState:
@@ -183,6 +184,7 @@ class ShardState:
                 {name: Remembered(*entry) for name, entry in state["names"].items()},
                 {h: float(t) for h, t in state["unreferenced"].items()},
                 str(state.get("salt", "")),
+                set(state["patched"]) if isinstance(state.get("patched"), list) else None,
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("ignoring unreadable shard state; shards are checked again", error=str(exc))
@@ -192,6 +194,7 @@ class ShardState:
         state = {
             "names": {name: [r.fingerprint, r.digest, r.size] for name, r in self.remembered.items()},
             "salt": self.salt,
+            **({"patched": sorted(self.patched)} if self.patched is not None else {}),
             "unreferenced": self.unreferenced,
             "version": 1,
         }
@@ -201,6 +204,7 @@ class ShardState:
 @dataclass
 class ShardPlan:
     salt: str
+    patched: set[str]  # the names the instructions touch
     kept: dict[str, Remembered]  # names whose shard stays as it is
     todo: dict[str, str]  # names to encode -> their new fingerprint
 
@@ -216,6 +220,7 @@ class Keys(Protocol):
 
     def shard_names(self) -> list[str]: ...
     def shard_keys(self, names: Iterable[str] | None = None) -> Iterator[ShardKey]: ...
+    def name_of(self, fn: str) -> str | None: ...
 
 
 class KeyList:
@@ -226,6 +231,9 @@ class KeyList:
 
     def shard_names(self) -> list[str]:
         return sorted({k.name for k in self.keys})
+
+    def name_of(self, fn: str) -> str | None:
+        return next((k.name for k in self.keys if k.path == fn), None)
 
     def shard_keys(self, names: Iterable[str] | None = None) -> Iterator[ShardKey]:
         wanted = None if names is None else set(names)
@@ -248,8 +256,11 @@ def plan_shards(
         keys = KeyList(keys)
     ops = patches.per_record(instructions)
     salt = ops_salt(ops)
+    patched = {name for fn in ops if (name := keys.name_of(fn)) is not None}
     if salt != state.salt:
-        changed = None  # other patches: every fingerprint is computed again
+        # other patches: the names the old or the new ones touch get other fingerprints
+        # (an untouched name's fingerprint has no patch in it)
+        changed = None if changed is None or state.patched is None else changed | state.patched | patched
     if changed is None:
         current = fingerprints(keys.shard_keys(), ops=ops)
     else:
@@ -258,7 +269,7 @@ def plan_shards(
         current = fingerprints(keys.shard_keys([n for n in names if n in changed or n not in remembered]), ops=ops)
         current.update({n: remembered[n].fingerprint for n in names if n not in current})
     kept, todo = plan(current, state.remembered, on_disk)
-    return ShardPlan(salt, kept, todo)
+    return ShardPlan(salt, patched, kept, todo)
 
 
 def plan(

@@ -93,7 +93,7 @@ class ShardStore:
                 report.encoded += 1
             if wrote:
                 self.store.sync(self.folder)  # every shard is durable before the index names it
-        self.state.remembered, self.state.salt = kept, plan.salt
+        self.state.remembered, self.state.salt, self.state.patched = kept, plan.salt, plan.patched
         report.names = len(kept)
         digests = {name: bytes.fromhex(r.digest) for name, r in kept.items()}
         index_key = key(self.subdir, SHARD_INDEX)
