@@ -148,3 +148,51 @@ def test_writer_without_commit_or_failing_leaves_the_old_file(store: ChannelStor
         assert w.commit(sync=False)
     assert store.list_files("noarch") == {"repodata.json": 3}
     assert store.list_files("noarch/shards") == {"x.msgpack.zst": 1}
+
+
+def test_copy_publishes_the_same_bytes_under_a_second_key(store: ChannelStore) -> None:
+    store.prepare("noarch", recover=False)
+    store.write("noarch/repodata_from_packages.json", b'{"a":1}')
+    assert store.copy("noarch/repodata_from_packages.json", "noarch/repodata.json") is True
+    assert store.read("noarch/repodata.json") == b'{"a":1}'
+    assert store.copy("noarch/repodata_from_packages.json", "noarch/repodata.json") is False  # already there
+    # a later write of either name replaces only that name
+    assert store.write("noarch/repodata.json", b'{"b":2}') is True
+    assert store.read("noarch/repodata_from_packages.json") == b'{"a":1}'
+    with store.writer("noarch/repodata_from_packages.json") as w:
+        w.write(b'{"c":3}')
+        assert w.commit() is True
+    assert store.read("noarch/repodata.json") == b'{"b":2}'
+    assert store.copy("noarch/repodata_from_packages.json", "noarch/repodata.json") is True
+    assert store.read("noarch/repodata.json") == b'{"c":3}'
+    assert store.list_files("noarch") == {"repodata_from_packages.json": 7, "repodata.json": 7}  # no temporaries
+
+
+def test_copy_is_skipped_when_the_key_holds_those_bytes_and_needs_a_source(store: ChannelStore) -> None:
+    store.prepare("noarch", recover=False)
+    store.write("noarch/a.json", b"same bytes")
+    store.write("noarch/b.json", b"same bytes")  # written on its own, not a copy
+    assert store.copy("noarch/a.json", "noarch/b.json") is False
+    store.write("noarch/b.json", b"other byte")  # the same size
+    assert store.copy("noarch/a.json", "noarch/b.json") is True and store.read("noarch/b.json") == b"same bytes"
+    with pytest.raises(FileNotFoundError):
+        store.copy("noarch/gone.json", "noarch/b.json")
+    assert store.read("noarch/b.json") == b"same bytes"
+    assert store.copy("noarch/a.json", "noarch/shards/a.json") is True  # folders below a subdir are made
+    assert store.read("noarch/shards/a.json") == b"same bytes"
+
+
+def test_writer_size_hint_is_only_a_shortcut(store: ChannelStore) -> None:
+    store.prepare("noarch", recover=False)
+    store.write("noarch/repodata.json", b'{"a":1}')
+    with store.writer("noarch/repodata.json", size=7) as w:  # right: still compared, equal
+        w.write(b'{"a":1}')
+        assert w.commit() is False
+    with store.writer("noarch/repodata.json", size=99) as w:  # wrong: the bytes still decide
+        w.write(b'{"a":1}')
+        assert w.commit() is False
+    assert store.read("noarch/repodata.json") == b'{"a":1}'
+    with store.writer("noarch/repodata.json", size=7) as w:
+        w.write(b'{"a":2}')
+        assert w.commit() is True
+    assert store.read("noarch/repodata.json") == b'{"a":2}'

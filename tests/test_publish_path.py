@@ -5,6 +5,7 @@ only the shards of the names it touches, and a streamed .zst is one frame."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import msgpack
@@ -122,6 +123,8 @@ def test_a_streamed_zst_is_one_frame_a_single_frame_decoder_reads(tmp_path: Path
     written = publish_outputs(IndexConfig(channel, bz2=True), store, "noarch", {REPODATA_FROM_PACKAGES: doc, REPODATA: doc})
     assert written == [REPODATA_FROM_PACKAGES, REPODATA_FROM_PACKAGES + ".zst", REPODATA_FROM_PACKAGES + ".bz2",
                        REPODATA, REPODATA + ".zst", REPODATA + ".bz2"]  # fmt: skip
+    for suffix in ("", ".zst", ".bz2"):  # streamed once: the second name is the same file
+        assert os.path.samefile(channel / "noarch" / (REPODATA + suffix), channel / "noarch" / (REPODATA_FROM_PACKAGES + suffix))
     for name in (REPODATA, REPODATA_FROM_PACKAGES):
         assert (channel / "noarch" / name).read_bytes() == data
         blob = (channel / "noarch" / f"{name}.zst").read_bytes()
@@ -129,8 +132,14 @@ def test_a_streamed_zst_is_one_frame_a_single_frame_decoder_reads(tmp_path: Path
         one = zstandard.ZstdDecompressor().decompressobj()  # stops at the end of the first frame
         assert one.decompress(blob) == data and one.eof and one.unused_data == b""
     assert publish_outputs(IndexConfig(channel, bz2=True), store, "noarch", {REPODATA_FROM_PACKAGES: doc, REPODATA: doc}) == []
-    (channel / "noarch" / f"{REPODATA}.zst").write_bytes(b"stale")  # repaired, nothing else rewritten
+    stale = channel / "noarch" / "stale"
+    stale.write_bytes(b"stale")
+    stale.replace(channel / "noarch" / f"{REPODATA}.zst")  # as tools replace a file: repaired, nothing else rewritten
     assert publish_outputs(IndexConfig(channel, bz2=True), store, "noarch", {REPODATA_FROM_PACKAGES: doc, REPODATA: doc}) == [REPODATA + ".zst"]
+    (channel / "noarch" / f"{REPODATA}.zst").write_bytes(b"stale")  # in place: the twin names share the file, both repaired
+    assert publish_outputs(IndexConfig(channel, bz2=True), store, "noarch", {REPODATA_FROM_PACKAGES: doc, REPODATA: doc}) == [
+        REPODATA_FROM_PACKAGES + ".zst", REPODATA + ".zst"]  # fmt: skip
+    assert zstandard.ZstdDecompressor().decompress((channel / "noarch" / f"{REPODATA}.zst").read_bytes()) == data
     assert sorted(p.name for p in (channel / "noarch").iterdir() if p.name.startswith(".")) == []  # no temporaries
 
 
@@ -153,8 +162,9 @@ def test_quiet_rescans_still_see_every_change(tmp_path: Path) -> None:
     # a damaged output of the same size is repaired by the next rescan
     zst = noarch / f"{REPODATA}.zst"
     good = zst.read_bytes()
-    zst.write_bytes(b"\0" * len(good))
-    assert index_subdir(config, "noarch", memo=memo).written == [f"{REPODATA}.zst"] and zst.read_bytes() == good
+    zst.write_bytes(b"\0" * len(good))  # in place: repodata_from_packages.json.zst is the same file
+    repaired = index_subdir(config, "noarch", memo=memo).written
+    assert repaired == [f"{REPODATA_FROM_PACKAGES}.zst", f"{REPODATA}.zst"] and zst.read_bytes() == good
     # an event run, then a removal nobody reported: the rescan after it lists again
     make_package(noarch / "c-1.0-0.conda", index_json("c", "1.0", "0", "noarch"))
     assert index_subdir(config, "noarch", touched=["c-1.0-0.conda"], memo=memo).added == ["c-1.0-0.conda"]

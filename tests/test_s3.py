@@ -157,6 +157,45 @@ def test_index_s3_gives_the_local_index_bytes(tmp_path: Path, s3: Any, bucket: s
     assert all(r["written"] == [] and r["shards_written"] == 0 for r in again.events("subdir indexed"))
 
 
+class Requests:
+    """The store's request counter (its S3Stats)."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def request(self, operation: str, status: str) -> None:
+        self.seen.append(operation)
+
+    def transferred(self, direction: str, count: int) -> None:
+        pass
+
+
+def test_copy_is_one_server_side_copy_with_the_destinations_headers(s3: Any, bucket: str) -> None:
+    from conda_indexd.s3store import S3Store
+
+    requests = Requests()
+    store = S3Store(f"s3://{bucket}/chan", stats=requests)
+    data = b'{"info":{}}' * 1000
+    store.write("noarch/repodata_from_packages.json.zst", data)  # an application/zstd object
+    requests.seen.clear()
+    assert store.copy("noarch/repodata_from_packages.json.zst", "noarch/notes.json")
+    assert "put_object" not in requests.seen and requests.seen.count("copy_object") == 1
+    head = s3.head_object(Bucket=bucket, Key="chan/noarch/notes.json")
+    assert (head["ContentType"], head["CacheControl"]) == ("application/json", "public, max-age=60")
+    assert head["Metadata"]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert get(s3, bucket, "chan/noarch/notes.json") == data
+    requests.seen.clear()
+    assert store.copy("noarch/repodata_from_packages.json.zst", "noarch/notes.json") is False
+    assert requests.seen == ["head_object", "head_object"]
+    s3.put_object(Bucket=bucket, Key="chan/noarch/repodata.json", Body=data)  # by another tool: no sha256
+    assert store.copy("noarch/repodata_from_packages.json.zst", "noarch/repodata.json") is False  # the same ETag
+    s3.put_object(Bucket=bucket, Key="chan/noarch/repodata.json", Body=data[::-1])
+    assert store.copy("noarch/repodata_from_packages.json.zst", "noarch/repodata.json") is True
+    head = s3.head_object(Bucket=bucket, Key="chan/noarch/repodata.json")
+    assert (head["ContentType"], head["CacheControl"]) == ("application/json", REVALIDATE)
+    assert get(s3, bucket, "chan/noarch/repodata.json") == data
+
+
 def test_same_size_reupload_is_rehashed(tmp_path: Path, s3: Any, bucket: str, index: Any) -> None:
     a = package(tmp_path / "a", "same", b"A" * 4000)
     b = package(tmp_path / "b", "same", b"B" * 4000)

@@ -56,8 +56,12 @@ class FencedStore:
         self._check(key)
         return self.inner.write(key, data, sync=sync)
 
-    def writer(self, key: str) -> AbstractContextManager[StreamWriter]:
-        return _fenced_writer(self, key)
+    def writer(self, key: str, *, size: int | None = None) -> AbstractContextManager[StreamWriter]:
+        return _fenced_writer(self, key, size)
+
+    def copy(self, src: str, dst: str, *, sync: bool = True) -> bool:
+        self._check(dst)
+        return self.inner.copy(src, dst, sync=sync)
 
     def remove(self, key: str) -> bool:
         self._check(key)
@@ -108,7 +112,7 @@ class _FencedWriter:
 
 
 @contextmanager
-def _fenced_writer(store: FencedStore, key: str) -> Iterator[StreamWriter]:
+def _fenced_writer(store: FencedStore, key: str, size: int | None) -> Iterator[StreamWriter]:
     store._check(key)
-    with store.inner.writer(key) as inner:
+    with store.inner.writer(key, size=size) as inner:
         yield _FencedWriter(store, key, inner)

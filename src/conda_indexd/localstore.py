@@ -4,7 +4,11 @@ Writes (channel-format.md §2.3, §8.2; ops-notes nginx): a file is only replace
 bytes differ. The new bytes go to `.<name>.<8 hex>.tmp` in the same folder, are fsynced,
 get an mtime at least one whole second newer than the file they replace (nginx's ETag is
 mtime-seconds + size), are renamed over the old name, and the folder is fsynced. A
-reader never sees a partial file. `prepare(recover=True)` removes temporaries a killed
+reader never sees a partial file. `copy` (a second name for the same bytes, as
+repodata.json of an unpatched subdir) hard-links the file to a temporary name and renames
+that over the old one, so both names share one inode (a plain copy where the file system
+has no hard links); conda-index and every writer here replace a file by rename, never in
+place, so a later rewrite of one name leaves the other intact. `prepare(recover=True)` removes temporaries a killed
 writer left (call it only while holding the channel lock, with no write running).
 
 Reads of packages never follow a symlink or block on a FIFO under a package name, and
@@ -26,7 +30,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO
 
-from .localstream import LocalWriter, local_writer
+from .localstream import LocalWriter, link_atomic, local_writer, same_files
 from .logs import get_logger
 from .names import is_package_name
 from .store import FileState, Unreadable
@@ -149,8 +153,28 @@ class LocalStore:
         self._note(key, removed=False)
         return True
 
-    def writer(self, key: str) -> AbstractContextManager[LocalWriter]:
-        return local_writer(self.root, key)
+    def writer(self, key: str, *, size: int | None = None) -> AbstractContextManager[LocalWriter]:
+        return local_writer(self.root, key, size)
+
+    def copy(self, src: str, dst: str, *, sync: bool = True) -> bool:
+        source, path = self.root / src, self.root / dst
+        st = os.stat(source)  # FileNotFoundError when absent
+        try:
+            old: os.stat_result | None = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            old = None
+        if old is not None and (os.path.samestat(st, old) or (old.st_size == st.st_size and same_files(source, path))):
+            return False
+        if not path.parent.is_dir():  # as write(): the file's own folder, never the ones above
+            if path.parent == self.root or not path.parent.parent.is_dir():
+                raise FileNotFoundError(f"{path.parent}: no such folder")
+            path.parent.mkdir(exist_ok=True)
+        if link_atomic(source, path, None if old is None else old.st_mtime):
+            self._note(src, removed=False)  # its mtime moved with the shared inode's
+        if sync:
+            fsync_dir(path.parent)
+        self._note(dst, removed=False)
+        return True
 
     def remove(self, key: str) -> bool:
         try:

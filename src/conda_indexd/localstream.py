@@ -1,24 +1,31 @@
-"""LocalStore.writer: a published file written in pieces (the ChannelStore `writer`).
+"""LocalStore.writer and LocalStore.copy: a published file written in pieces (the
+ChannelStore `writer`), or given a second name (`copy`: see link_atomic).
 
 The bytes go to the same temporary name as LocalStore.write (`.<name>.<8 hex>.tmp`, so a
 killed writer's leftovers are cleaned the same way), while they are compared with the file
-they would replace. On commit: equal bytes drop the temporary (nothing fsynced, nothing
-renamed, False); otherwise fsync, an mtime past the old file's whole seconds (nginx ETags),
-rename, folder fsync (True). A reader never sees a partial file.
+they would replace: the comparison stops at the first difference, and the old file is not
+read at all when the caller's `size` hint already differs from its size. On commit: equal
+bytes drop the temporary (nothing fsynced, nothing renamed, False); otherwise fsync, an
+mtime past the old file's whole seconds (nginx ETags), rename, folder fsync (True). A
+reader never sees a partial file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+CHUNK = 1 << 20
+
 
 class LocalWriter:
-    def __init__(self, path: Path, temp: Path, fd: int):
+    def __init__(self, path: Path, temp: Path, fd: int, size: int | None = None):
         self.path = path
         self.temp = temp
         self.fd = fd
@@ -26,16 +33,28 @@ class LocalWriter:
         self.old_mtime: float | None = None
         self.same = True
         self.size = 0
+        self.old_size = -1
+        self.unread = False  # the old file was not compared: the size hint said it differs
         try:
             self.old = open(path, "rb")  # noqa: SIM115 - closed in close()
             st = os.fstat(self.old.fileno())
             self.old_mtime, self.old_size = st.st_mtime, st.st_size
         except (FileNotFoundError, IsADirectoryError):
             self.same = False
+        if size is not None and self.old is not None and size != self.old_size:
+            self._differs()
+            self.unread = True
+
+    def _differs(self) -> None:
+        """The new bytes differ from the old file's: stop reading it."""
+        self.same = False
+        if self.old is not None:
+            self.old.close()
+            self.old = None
 
     def write(self, data: bytes) -> None:
-        if self.same and self.old is not None:
-            self.same = self.old.read(len(data)) == data
+        if self.same and self.old is not None and self.old.read(len(data)) != data:
+            self._differs()
         view = memoryview(data)
         while view:
             view = view[os.write(self.fd, view) :]
@@ -44,7 +63,10 @@ class LocalWriter:
     def commit(self, *, sync: bool = True) -> bool:
         from .localstore import fsync_dir, next_mtime
 
-        if self.same and self.old is not None and self.old_size == self.size:
+        same = self.same and self.old is not None and self.old_size == self.size
+        if self.unread and self.size == self.old_size:  # a wrong hint: compare now
+            same = same_files(self.temp, self.path)
+        if same:
             self.close()
             return False
         os.fsync(self.fd)
@@ -72,7 +94,7 @@ class LocalWriter:
 
 
 @contextlib.contextmanager
-def local_writer(root: Path, key: str) -> Iterator[LocalWriter]:
+def local_writer(root: Path, key: str, size: int | None = None) -> Iterator[LocalWriter]:
     from .localstore import temp_name
 
     path = root / key
@@ -86,8 +108,63 @@ def local_writer(root: Path, key: str) -> Iterator[LocalWriter]:
             raise
         path.parent.mkdir(exist_ok=True)
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    writer = LocalWriter(path, temp, fd)
+    writer = LocalWriter(path, temp, fd, size)
     try:
         yield writer
     finally:
         writer.close()
+
+
+def same_files(a: Path, b: Path) -> bool:
+    """Whether two files hold the same bytes (read until the first difference)."""
+    try:
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            while True:
+                chunk = fa.read(CHUNK)
+                if chunk != fb.read(CHUNK):
+                    return False
+                if not chunk:
+                    return True
+    except (FileNotFoundError, IsADirectoryError):
+        return False
+
+
+_NO_LINK = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP)
+
+
+def link_atomic(source: Path, path: Path, old_mtime: float | None) -> bool:
+    """`path` becomes a second name of `source`'s inode: a hard link under a temporary name
+    renamed over `path` (where the file system refuses links, a copy, fsynced). Its mtime
+    must pass the old file's whole seconds (nginx ETags): then the shared inode's mtime
+    moves forward, and True says `source`'s moved too. The folder's fsync is the caller's."""
+    from .localstore import next_mtime, temp_name
+
+    mtime = os.stat(source).st_mtime
+    bumped = next_mtime(old_mtime, mtime)
+    tmp = temp_name(path)
+    shared = True
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError as exc:
+            if exc.errno not in _NO_LINK:
+                raise
+            shared = False
+            _copy_file(source, tmp)
+        if bumped != mtime:
+            os.utime(tmp, (bumped, bumped))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return shared and bumped != mtime
+
+
+def _copy_file(source: Path, tmp: Path) -> None:
+    shutil.copy2(source, tmp)  # sendfile where the kernel has it; the mode and mtime too
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

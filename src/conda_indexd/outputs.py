@@ -3,11 +3,15 @@ followed by its compressed copies (.zst one frame, .bz2), only where bytes chang
 
 A `repodata.Document` is streamed: its chunks go to the JSON's writer and, in the same
 pass, through one zstd compressor (ONE frame with the content size: rattler's decoder
-stops at the end of the first frame) and the bz2 compressor into their writers
-(ChannelStore.writer). Documents that are the same object (repodata.json without
-patches is repodata_from_packages.json) are built and compressed once and written to
-both names. Every writer compares as it writes, so an unchanged file is not replaced
-and a stale or corrupt compressed copy is repaired. Commits keep the publish order.
+stops at the end of the first frame; ZSTD_THREADS workers compress it, which gives the
+same bytes whatever their number) and the bz2 compressor into their writers
+(ChannelStore.writer). A document published under a second name (repodata.json without
+patches is the same object as repodata_from_packages.json) is not streamed again: when
+its turn in the publish order comes, the first name's JSON and compressed copies are
+given the second name too (ChannelStore.copy: one inode locally, a server-side copy in a
+bucket). Every writer compares as it writes, so an unchanged file is not replaced and a
+stale or corrupt compressed copy is repaired; a copy is skipped when the name already
+holds those bytes.
 """
 
 from __future__ import annotations
@@ -22,6 +26,11 @@ from .config import IndexConfig
 from .names import COMPRESSED, CURRENT
 from .repodata import Document
 from .store import ChannelStore, StreamWriter, key
+
+# worker threads compressing a streamed .zst: still ONE frame, and the same bytes for any
+# count >= 1 (zstd's multithreaded format does not depend on it); they overlap building
+# and writing the JSON
+ZSTD_THREADS = 2
 
 
 def compress_zst(data: bytes, level: int) -> bytes:
@@ -41,96 +50,79 @@ def holds(blob: bytes | None, suffix: str, data: bytes) -> bool:
         return False
 
 
-class _Fanout:
-    """Chunks of one stream written to several writers."""
-
-    def __init__(self, writers: list[StreamWriter]):
-        self.writers = writers
-
-    def write(self, data: bytes) -> None:
-        if data:
-            for w in self.writers:
-                w.write(data)
-
-
 def publish_outputs(config: IndexConfig, store: ChannelStore, subdir: str, outputs: dict[str, bytes | Document]) -> list[str]:
     """Publish in order; compressed copies follow their JSON. Returns the names written."""
     written: list[str] = []
-    done: set[str] = set()
-    names = list(outputs)
-    for i, name in enumerate(names):
-        if name in done:
-            continue
-        data = outputs[name]
+    streamed: list[tuple[bytes | Document, str]] = []  # (document, the name it was streamed to)
+    for name, data in outputs.items():
         if name not in COMPRESSED:
-            if isinstance(data, Document):
-                data = data.to_bytes()
-            if store.write(key(subdir, name), data):
+            blob = data.to_bytes() if isinstance(data, Document) else data
+            if store.write(key(subdir, name), blob):
                 written.append(name)
             continue
-        # the same document under later names (repodata.json without patches): one pass,
-        # committed in publish order (the names between them are plain files, written
-        # after the first's commits and before the next's)
-        group = [n for n in names[i:] if n in COMPRESSED and outputs[n] is data]
-        for suffix, enabled in ((".zst", config.zst), (".bz2", config.bz2)):
+        files = [name] + [name + suffix for suffix, enabled in _suffixes(config) if enabled]
+        for suffix, enabled in _suffixes(config):
             if not enabled:
-                for n in group:
-                    store.remove(key(subdir, n + suffix))
-        with ExitStack() as stack:
-            commits = _open_stream(config, store, subdir, group, data, stack)
-            for n in group:
-                if n != name:  # plain files between the group's names go first (§8.2)
-                    for between in names[names.index(name) + 1 : names.index(n)]:
-                        if between not in COMPRESSED and between not in done:
-                            blob = outputs[between]
-                            blob = blob.to_bytes() if isinstance(blob, Document) else blob
-                            if store.write(key(subdir, between), blob):
-                                written.append(between)
-                            done.add(between)
-                for label, writer in commits[n]:
+                store.remove(key(subdir, name + suffix))
+        first = next((n for doc, n in streamed if doc is data), None)
+        if first is None:
+            streamed.append((data, name))
+            with ExitStack() as stack:
+                for label, writer in zip(files, _open_stream(config, store, subdir, name, data, stack), strict=True):
                     if writer.commit():
                         written.append(label)
-                done.add(n)
+        else:  # the same bytes as `first`'s files, committed before the names between
+            for label in files:
+                if store.copy(key(subdir, first + label[len(name) :]), key(subdir, label)):
+                    written.append(label)
     return written
 
 
+def _suffixes(config: IndexConfig) -> tuple[tuple[str, bool], ...]:
+    return ((".zst", config.zst), (".bz2", config.bz2))
+
+
+class _Sink:
+    """One compressed copy being written: its compressor's calls and its writer."""
+
+    def __init__(self, compress: Callable[[bytes], bytes], flush: Callable[[], bytes], writer: StreamWriter):
+        self.compress, self.flush, self.writer = compress, flush, writer
+
+    def write(self, chunk: bytes) -> None:
+        if out := self.compress(chunk):
+            self.writer.write(out)
+
+    def close(self) -> None:
+        if out := self.flush():
+            self.writer.write(out)
+
+
 def _open_stream(
-    config: IndexConfig, store: ChannelStore, subdir: str, group: list[str], data: bytes | Document, stack: ExitStack
-) -> dict[str, list[tuple[str, StreamWriter]]]:
-    """Stream `data` into uncommitted writers of every name in `group` and their
-    compressed copies; returns {name: [(file, writer)]} (JSON first, then .zst, .bz2)."""
-    commits: dict[str, list[tuple[str, StreamWriter]]] = {n: [] for n in group}
-    sinks: list[tuple[Callable[[bytes], bytes], Callable[[], bytes], _Fanout]] = []
-    plain: list[StreamWriter] = []
-    for n in group:
-        w = stack.enter_context(store.writer(key(subdir, n)))
-        commits[n].append((n, w))
-        plain.append(w)
+    config: IndexConfig, store: ChannelStore, subdir: str, name: str, data: bytes | Document, stack: ExitStack
+) -> list[StreamWriter]:
+    """Stream `data` into uncommitted writers of `name` and its enabled compressed copies;
+    returns them in commit order (JSON first, then .zst, .bz2)."""
     size = data.size if isinstance(data, Document) else len(data)
-    for suffix, enabled in ((".zst", config.zst), (".bz2", config.bz2)):
+    plain = stack.enter_context(store.writer(key(subdir, name), size=size))
+    sinks: list[_Sink] = []
+    for suffix, enabled in _suffixes(config):
         if not enabled:
             continue
-        writers = []
-        for n in group:
-            w = stack.enter_context(store.writer(key(subdir, n + suffix)))
-            commits[n].append((n + suffix, w))
-            writers.append(w)
+        writer = stack.enter_context(store.writer(key(subdir, name + suffix)))
         if suffix == ".zst":
-            # one worker thread: compression overlaps building and writing, still ONE frame
-            # (and the same bytes whatever the core count)
-            zst = zstandard.ZstdCompressor(level=config.zst_level, write_content_size=True, threads=1).compressobj(size=size)
-            sinks.append((zst.compress, zst.flush, _Fanout(writers)))
+            zst = zstandard.ZstdCompressor(level=config.zst_level, write_content_size=True, threads=ZSTD_THREADS).compressobj(size=size)
+            sinks.append(_Sink(zst.compress, zst.flush, writer))
         else:
             bz = bz2.BZ2Compressor()
-            sinks.append((bz.compress, bz.flush, _Fanout(writers)))
-    out = _Fanout(plain)
+            sinks.append(_Sink(bz.compress, bz.flush, writer))
     for chunk in data.chunks() if isinstance(data, Document) else (data,):
-        out.write(chunk)
-        for compress, _, fan in sinks:
-            fan.write(compress(chunk))
-    for _, flush, fan in sinks:
-        fan.write(flush())
-    return commits
+        if chunk:
+            plain.write(chunk)
+            for sink in sinks:
+                sink.write(chunk)
+    for sink in sinks:
+        sink.close()
+    return [plain, *(sink.writer for sink in sinks)]
 
 
 def withdraw_current(store: ChannelStore, subdir: str) -> list[str]:

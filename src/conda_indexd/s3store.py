@@ -15,6 +15,9 @@
   bytes by construction). Content-Type and Cache-Control follow
   deploy/nginx/conda-channel.conf (repodata and index: revalidate; shards and packages:
   immutable). A PUT is durable and atomic when it returns, so `sync` does nothing.
+- `copy` is one server-side CopyObject with the destination's own headers and the
+  source's sha256, skipped when the destination already holds the bytes (same size and
+  sha256, or same ETag).
 - `write(..., sync=False)` (the shards) only queues the PUT on a small thread pool;
   `sync(folder)` waits for every queued PUT under it and raises the first failure, so
   the shard index is never written before its shards are in the bucket.
@@ -326,10 +329,24 @@ class S3Store:
     def delete(self, key: str) -> None:
         self._call("delete_object", Key=self._full(key))
 
-    def writer(self, key: str) -> AbstractContextManager[StreamWriter]:
+    def writer(self, key: str, *, size: int | None = None) -> AbstractContextManager[StreamWriter]:
         """A streamed write, buffered: one PUT of the whole object at commit (a multipart
         upload would keep memory flat for very large repodata; not done yet)."""
         return _buffered(self, key)
+
+    def copy(self, src: str, dst: str, *, sync: bool = True) -> bool:
+        """A server-side copy: the bytes do not travel again. Durable when it returns."""
+        head = self._head(src)
+        if head is None:
+            raise FileNotFoundError(f"{self.url}/{src}")
+        old = self._head(dst)
+        if old is not None and _same_object(head, old):
+            return False
+        ctype, cache_control = object_headers(dst)
+        self._call("copy_object", Key=self._full(dst), CopySource={"Bucket": self.bucket, "Key": self._full(src)},
+                   MetadataDirective="REPLACE", ContentType=ctype, CacheControl=cache_control,
+                   Metadata=dict(head.get("Metadata") or {}))  # fmt: skip
+        return True
 
     def remove(self, key: str) -> bool:
         if self._head(key) is None:
@@ -364,6 +381,16 @@ def _holds(head: dict[str, Any], data: bytes, digest: str) -> bool:
         return bool(remembered == digest)
     etag = _etag(head.get("ETag"))
     return "-" not in etag and etag == hashlib.md5(data).hexdigest()  # noqa: S324 - S3's ETag
+
+
+def _same_object(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two HEADs describe the same bytes: size, then our sha256, else the ETag."""
+    if int(a.get("ContentLength", -1)) != int(b.get("ContentLength", -2)):
+        return False
+    sha_a, sha_b = (h.get("Metadata", {}).get(SHA256_META) for h in (a, b))
+    if sha_a and sha_b:
+        return bool(sha_a == sha_b)
+    return bool(_etag(a.get("ETag"))) and _etag(a.get("ETag")) == _etag(b.get("ETag"))
 
 
 def make_client() -> Any:

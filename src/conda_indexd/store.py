@@ -10,6 +10,9 @@ files at the top). The indexer only talks to a `ChannelStore`; `LocalStore`
   file streamed in pieces (repodata.json of a big subdir is never one bytes object):
   locally a temporary file compared with the old one as it grows, remotely a multipart
   upload or a spooled file PUT on `commit`;
+- `copy` publishes what one key holds under a second key without sending the bytes again
+  (repodata.json of an unpatched subdir is repodata_from_packages.json): a hard link
+  renamed over the old name locally, a server-side CopyObject remotely;
 - `sync` is the barrier between "these files exist" and "publish what names them"
   (a folder fsync locally, nothing remotely, where a PUT is durable when it returns).
 The shared contract every store must pass is tests/test_contract_store.py.
@@ -88,9 +91,20 @@ class ChannelStore(Protocol):
         sync=False leaves the durability barrier to a later `sync` of its folder."""
         ...
 
-    def writer(self, key: str) -> AbstractContextManager[StreamWriter]:
+    def writer(self, key: str, *, size: int | None = None) -> AbstractContextManager[StreamWriter]:
         """`write` for a file too big to hold: its bytes arrive in pieces (see
-        StreamWriter). The same rules: atomic for readers, skipped when equal."""
+        StreamWriter). The same rules: atomic for readers, skipped when equal. `size`, when
+        the caller knows the total up front, lets the store skip comparing with an old file
+        of another size (a wrong hint only costs that shortcut: commit goes by the bytes)."""
+        ...
+
+    def copy(self, src: str, dst: str, *, sync: bool = True) -> bool:
+        """Publish the bytes `src` holds under `dst` too, atomically for readers, without
+        sending them again; skipped when `dst` already holds them. True if `dst` changed.
+        `src` must be committed (a write queued with sync=False is synced first); raises
+        FileNotFoundError when it is absent. A later write of either key replaces only
+        that key (locally both names may share one inode: every writer here and
+        conda-index's replace a file by renaming a new one over it, never in place)."""
         ...
 
     def remove(self, key: str) -> bool:
