@@ -15,6 +15,8 @@
   bytes by construction). Content-Type and Cache-Control follow
   deploy/nginx/conda-channel.conf (repodata and index: revalidate; shards and packages:
   immutable). A PUT is durable and atomic when it returns, so `sync` does nothing.
+- `writer` (repodata.json and the other big outputs) spools to a temporary file and
+  uploads a large object in parts (s3upload.py): memory stays flat at any size.
 - `write(..., sync=False)` (the shards) only queues the PUT on a small thread pool;
   `sync(folder)` waits for every queued PUT under it and raises the first failure, so
   the shard index is never written before its shards are in the bucket.
@@ -30,13 +32,14 @@ import os
 import re
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from typing import IO, Any, Protocol
 from urllib.parse import urlsplit
 
 from .names import is_package_name
+from .s3upload import MULTIPART_THRESHOLD, PART_SIZE
 from .store import FileState, StoreError, StreamWriter
 
 SPOOL_IN_MEMORY = 32 << 20  # packages up to this size are read into memory, bigger ones to a temp file
@@ -44,7 +47,6 @@ CHUNK = 1 << 20
 STAT_THREADS = 8
 WRITE_THREADS = 8  # PUTs in flight for writes queued with sync=False
 SHA256_META = "sha256"  # x-amz-meta-sha256: what `write` compares before a PUT
-
 
 
 class S3Stats(Protocol):
@@ -57,6 +59,7 @@ class S3Stats(Protocol):
     def transferred(self, direction: str, count: int) -> None:
         """Bytes of object bodies, direction "read" or "written"."""
         ...
+
 
 _SHARD = re.compile(r"(^|/)[0-9a-f]{64}\.msgpack\.zst$")
 _REVALIDATE = re.compile(r"(^|/)(repodata[a-z_]*|current_repodata|run_exports|channeldata|patch_instructions)\.(json|json\.zst|json\.bz2|msgpack\.zst)$")
@@ -111,8 +114,11 @@ class S3Store:
     by threads); picklable for the extract stage's process pool (the client is made anew
     in the child)."""
 
-    def __init__(self, url: str, *, stats: S3Stats | None = None):
+    def __init__(self, url: str, *, stats: S3Stats | None = None, multipart_threshold: int = MULTIPART_THRESHOLD, part_size: int = PART_SIZE):
+        """`multipart_threshold`: a `writer` holds up to this many bytes in memory and PUTs
+        them at once; a bigger object goes through a file, in parts of `part_size`."""
         self.url = url.rstrip("/")
+        self.multipart_threshold, self.part_size = multipart_threshold, part_size
         self.bucket, self.prefix = parse_s3_url(url)
         self.location = self.url
         self.stats = stats
@@ -123,10 +129,10 @@ class S3Store:
         self._queued: dict[str, list[Future[bool]]] = {}  # folder -> PUTs queued by write(sync=False)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"url": self.url}
+        return {"url": self.url, "multipart_threshold": self.multipart_threshold, "part_size": self.part_size}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["url"])  # type: ignore[misc]
+        self.__init__(state.pop("url"), **state)  # type: ignore[misc]
 
     # --- the client -----------------------------------------------------------------------------
 
@@ -300,7 +306,7 @@ class S3Store:
             params["IfNoneMatch"] = "*"
         else:
             head = self._head(key)
-            if head is not None and _holds(head, data, digest):
+            if head is not None and holds(head, len(data), digest, lambda: hashlib.md5(data).hexdigest()):  # noqa: S324 - S3's ETag
                 return False
         return self._call("put_object", written=len(data), **params) is not None
 
@@ -327,9 +333,11 @@ class S3Store:
         self._call("delete_object", Key=self._full(key))
 
     def writer(self, key: str) -> AbstractContextManager[StreamWriter]:
-        """A streamed write, buffered: one PUT of the whole object at commit (a multipart
-        upload would keep memory flat for very large repodata; not done yet)."""
-        return _buffered(self, key)
+        """A streamed write through a temporary file: one PUT up to `multipart_threshold`,
+        a multipart upload above (s3upload.py)."""
+        from .s3upload import spooled
+
+        return spooled(self, key)
 
     def remove(self, key: str) -> bool:
         if self._head(key) is None:
@@ -356,14 +364,17 @@ def _usable(name: str) -> bool:
     return "/" not in name and is_package_name(name) and name.isprintable()
 
 
-def _holds(head: dict[str, Any], data: bytes, digest: str) -> bool:
-    if int(head.get("ContentLength", -1)) != len(data):
+def holds(head: dict[str, Any], size: int, digest: str, md5: Callable[[], str]) -> bool:
+    """Whether the object HEAD describes holds bytes of this size and sha256: our sha256
+    in its metadata, else the ETag of a single-part object as their MD5 (`md5()`, only
+    computed then)."""
+    if int(head.get("ContentLength", -1)) != size:
         return False
     remembered = head.get("Metadata", {}).get(SHA256_META)
     if remembered:
         return bool(remembered == digest)
     etag = _etag(head.get("ETag"))
-    return "-" not in etag and etag == hashlib.md5(data).hexdigest()  # noqa: S324 - S3's ETag
+    return "-" not in etag and etag == md5()
 
 
 def make_client() -> Any:
@@ -383,19 +394,3 @@ def make_client() -> Any:
     if style is None and "amazonaws.com" not in (client.meta.endpoint_url or ""):
         client = session.client("s3", config=Config(**base, s3={"addressing_style": "path"}))
     return client
-
-
-class _Buffer:
-    def __init__(self, store: S3Store, key: str):
-        self.store, self.key, self.parts = store, key, list[bytes]()
-
-    def write(self, data: bytes) -> None:
-        self.parts.append(bytes(data))
-
-    def commit(self, *, sync: bool = True) -> bool:
-        return self.store.write(self.key, b"".join(self.parts), sync=sync)
-
-
-@contextmanager
-def _buffered(store: S3Store, key: str) -> Iterator[StreamWriter]:
-    yield _Buffer(store, key)
