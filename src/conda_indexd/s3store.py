@@ -27,7 +27,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import re
 import tempfile
@@ -39,6 +38,7 @@ from typing import IO, Any, Protocol
 from urllib.parse import urlsplit
 
 from .names import is_package_name
+from .s3client import make_client
 from .s3upload import MULTIPART_THRESHOLD, PART_SIZE
 from .store import FileState, StoreError, StreamWriter
 
@@ -375,22 +375,3 @@ def holds(head: dict[str, Any], size: int, digest: str, md5: Callable[[], str]) 
         return bool(remembered == digest)
     etag = _etag(head.get("ETag"))
     return "-" not in etag and etag == md5()
-
-
-def make_client() -> Any:
-    """A boto3 S3 client from the standard AWS chain, path-style for non-AWS endpoints."""
-    try:
-        import boto3
-        from botocore.config import Config
-    except ImportError:
-        raise StoreError("s3:// channels need boto3: pip install 'conda-indexd[s3]'") from None
-    for name in ("boto3", "botocore", "s3transfer", "urllib3"):  # their INFO lines are not ours to log
-        logging.getLogger(name).setLevel(logging.WARNING)
-    session = boto3.session.Session()
-    s3_settings = session._session.get_scoped_config().get("s3", {})  # the profile's [s3] section
-    style = s3_settings.get("addressing_style") if isinstance(s3_settings, dict) else None
-    base = {"connect_timeout": 5, "read_timeout": 60, "retries": {"mode": "standard"}, "max_pool_connections": 16}
-    client = session.client("s3", config=Config(**base, s3={"addressing_style": style or "auto"}))
-    if style is None and "amazonaws.com" not in (client.meta.endpoint_url or ""):
-        client = session.client("s3", config=Config(**base, s3={"addressing_style": "path"}))
-    return client
