@@ -24,7 +24,7 @@ import zstandard
 from daemonproc import wait_for
 from faultproxy import FaultProxy, Rule
 from rgwserver import RgwCluster
-from test_s3 import check_consistent, get, package, records, s3_daemon, upload_tree
+from test_s3 import check_consistent, get, package, s3_daemon, upload_tree
 
 RETRIES = {"AWS_MAX_ATTEMPTS": "2", "AWS_RETRY_MODE": "standard"}
 
@@ -56,6 +56,16 @@ def published(s3: Any, bucket: str, subdir: str = "noarch") -> dict[str, Any]:
     assert packed is not None and json.loads(zstandard.ZstdDecompressor().decompress(packed)) == doc
     check_consistent(s3, bucket, subdir)
     assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    return {**doc.get("packages", {}), **doc.get("packages.conda", {})}
+
+
+def packed_records(s3: Any, bucket: str, subdir: str = "noarch") -> dict[str, Any]:
+    """The records of repodata.json.zst: PUT after repodata.json, so a publish is whole
+    (for a reader polling a daemon) once they are in it."""
+    packed = get(s3, bucket, f"chan/{subdir}/repodata.json.zst")
+    if packed is None:
+        return {}
+    doc = json.loads(zstandard.ZstdDecompressor().decompress(packed))
     return {**doc.get("packages", {}), **doc.get("packages.conda", {})}
 
 
@@ -100,7 +110,7 @@ def test_watch_survives_a_fault_and_publishes_once_it_clears(tmp_path: Path, s3:
     daemon.extra_env.update({"AWS_ENDPOINT_URL": proxy.endpoint, **RETRIES})
     daemon.start()
     try:
-        wait_for(lambda: len(records(s3, bucket, "chan/noarch/repodata.json")) == 3, 10.0, what="first publish")
+        wait_for(lambda: len(packed_records(s3, bucket)) == 3, 10.0, what="first publish")
         before = get(s3, bucket, "chan/noarch/repodata.json")
         errors = daemon.metric("conda_indexd_subdir_errors_total", subdir="noarch", reason="StoreError")
         proxy.fail(Rule("PUT", r"/repodata\.json$", status=503))
@@ -119,7 +129,7 @@ def test_watch_survives_a_fault_and_publishes_once_it_clears(tmp_path: Path, s3:
         assert "subdir failed; will retry" in daemon.log_text()
 
         proxy.clear()
-        wait_for(lambda: p.name in records(s3, bucket, "chan/noarch/repodata.json"), 30.0, what="published after the fault")
+        wait_for(lambda: p.name in packed_records(s3, bucket), 30.0, what="published after the fault")
         assert len(published(s3, bucket)) == 4
         wait_for(lambda: "ServiceUnavailable" not in daemon.get("/status.json")[1].decode(), 5.0, what="the error cleared from the status")
         assert daemon.get("/readyz")[0] == 200
