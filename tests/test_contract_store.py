@@ -25,7 +25,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ChannelSto
     else:  # a prefix in a fresh bucket on the session's Ceph RGW (skips without it)
         from conda_indexd.s3store import S3Store
 
-        yield S3Store(f"s3://{request.getfixturevalue('bucket')}/some/channel")
+        # a writer above 1 MiB goes through a file and a multipart upload (5 MiB parts)
+        yield S3Store(f"s3://{request.getfixturevalue('bucket')}/some/channel", multipart_threshold=1 << 20, part_size=5 << 20)
 
 
 def test_missing_subdir_lists_nothing(store: ChannelStore) -> None:
@@ -146,6 +147,7 @@ def test_writer_without_commit_or_failing_leaves_the_old_file(store: ChannelStor
     with store.writer("noarch/shards/x.msgpack.zst") as w:  # folders below a subdir are made
         w.write(b"x")
         assert w.commit(sync=False)
+    store.sync("noarch/shards")  # an unsynced write may still be on its way (S3's queued PUTs)
     assert store.list_files("noarch") == {"repodata.json": 3}
     assert store.list_files("noarch/shards") == {"x.msgpack.zst": 1}
 
@@ -196,3 +198,32 @@ def test_writer_size_hint_is_only_a_shortcut(store: ChannelStore) -> None:
         w.write(b'{"a":2}')
         assert w.commit() is True
     assert store.read("noarch/repodata.json") == b'{"a":2}'
+
+
+def test_writer_of_a_file_bigger_than_memory(store: ChannelStore) -> None:
+    """11 MiB in 64 KiB pieces: above the S3 fixture's threshold (three parts of at most
+    5 MiB); the same rules as a small writer."""
+    import os
+
+    store.prepare("noarch", recover=False)
+    pieces = [os.urandom(64 << 10) for _ in range(176)]
+    big = b"".join(pieces)
+    store.write("noarch/repodata.json", b"old")
+    with store.writer("noarch/repodata.json") as w:
+        for piece in pieces:
+            w.write(piece)
+        assert store.read("noarch/repodata.json") == b"old"  # nothing visible before commit
+        assert w.commit() is True
+    assert store.read("noarch/repodata.json") == big
+    with store.writer("noarch/repodata.json") as w:  # the same bytes: not written again
+        w.write(big)
+        assert w.commit() is False
+    with pytest.raises(RuntimeError), store.writer("noarch/repodata.json") as w:
+        w.write(big[:-1] + b"x")
+        raise RuntimeError("the build failed half way")
+    assert store.read("noarch/repodata.json") == big
+    with store.writer("noarch/repodata.json") as w:  # one byte differs at the end
+        w.write(big[:-1] + b"x")
+        assert w.commit() is True
+    assert store.read("noarch/repodata.json") == big[:-1] + b"x"
+    assert store.list_files("noarch") == {"repodata.json": len(big)}  # no temporaries left

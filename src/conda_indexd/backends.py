@@ -49,9 +49,11 @@ def open_backends(
         outputs = FencedStore(outputs, fence)
     caches: Caches
     if config.db == "postgresql":
+        from .channelid import channel_identity
         from .pgcache import DEFAULT_DB_URL, PostgresCaches  # psycopg: the postgresql extra
 
-        caches = PostgresCaches(config.channel, config.db_url or DEFAULT_DB_URL, fence=fence, application_name=application_name)
+        caches = PostgresCaches(config.channel, config.db_url or DEFAULT_DB_URL, fence=fence, application_name=application_name,
+                                identify=channel_identity(config))  # fmt: skip
     elif config.remote:  # a bucket's caches live in the local state folder (`channel`)
         caches = SqliteCaches(config.channel, folder="")
     else:

@@ -5,14 +5,14 @@ run, so it never publishes beside a running leader."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 from collections.abc import Iterator
 
+from .channelid import channel_identity
 from .config import IndexConfig
 from .leader import DEFAULT_LEASE, Leadership
 from .lock import ChannelBusy
-from .pgschema import DEFAULT_DB_URL, PgCacheError, channel_id
+from .pgschema import DEFAULT_DB_URL, PgCacheError
 
 LEASE_ENV = "CONDA_INDEXD_LEASE"  # seconds (tests shorten it)
 
@@ -27,7 +27,7 @@ def lease_seconds() -> float:
 def pair_leadership(config: IndexConfig) -> Leadership | None:
     if config.db != "postgresql":
         return None
-    return Leadership(config.db_url or DEFAULT_DB_URL, functools.cache(lambda: channel_id(config.channel)), lease=lease_seconds())
+    return Leadership(config.db_url or DEFAULT_DB_URL, channel_identity(config), lease=lease_seconds())
 
 
 @contextlib.contextmanager
@@ -41,7 +41,7 @@ def index_lease(config: IndexConfig) -> Iterator[Leadership | None]:
     if not leadership.try_acquire():
         if not leadership.connected:
             raise PgCacheError(leadership.last_error or "database unreachable")
-        raise ChannelBusy(f"{config.channel} is being indexed by a conda-indexd leader (see its /status.json)")
+        raise ChannelBusy(f"{config.location} is being indexed by a conda-indexd leader (see its /status.json)")
     leadership.start()
     try:
         yield leadership

@@ -329,8 +329,12 @@ class PostgresCaches:
     """Every subdir of one channel in one PostgreSQL database (the `Caches` seam). Holds
     one connection, made on first use and again after it broke (a restarted server)."""
 
-    def __init__(self, channel: Path, url: str, *, fence: Fence | None = None, application_name: str = "conda-indexd"):
+    def __init__(self, channel: Path, url: str, *, fence: Fence | None = None, application_name: str = "conda-indexd",
+                 identify: Callable[[], str] | None = None):  # fmt: skip
+        """`identify`: where the channel id comes from (channelid.py: a bucket's), else
+        `channel`'s .cache/cache.json."""
         self.channel = channel
+        self._identify = identify or (lambda: channel_id(channel))
         self.url = url
         self.location = safe_url(url)
         self.fence: Fence = fence or NoFence()
@@ -341,7 +345,7 @@ class PostgresCaches:
     @property
     def channel_id(self) -> str:
         if self._channel_id is None:
-            self._channel_id = channel_id(self.channel)
+            self._channel_id = self._identify()
         return self._channel_id
 
     def connection(self) -> Any:

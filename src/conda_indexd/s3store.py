@@ -18,6 +18,8 @@
 - `copy` is one server-side CopyObject with the destination's own headers and the
   source's sha256, skipped when the destination already holds the bytes (same size and
   sha256, or same ETag).
+- `writer` (repodata.json and the other big outputs) spools to a temporary file and
+  uploads a large object in parts (s3upload.py): memory stays flat at any size.
 - `write(..., sync=False)` (the shards) only queues the PUT on a small thread pool;
   `sync(folder)` waits for every queued PUT under it and raises the first failure, so
   the shard index is never written before its shards are in the bucket.
@@ -28,18 +30,19 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import re
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from typing import IO, Any, Protocol
 from urllib.parse import urlsplit
 
 from .names import is_package_name
+from .s3client import make_client
+from .s3upload import MULTIPART_THRESHOLD, PART_SIZE
 from .store import FileState, StoreError, StreamWriter
 
 SPOOL_IN_MEMORY = 32 << 20  # packages up to this size are read into memory, bigger ones to a temp file
@@ -47,7 +50,6 @@ CHUNK = 1 << 20
 STAT_THREADS = 8
 WRITE_THREADS = 8  # PUTs in flight for writes queued with sync=False
 SHA256_META = "sha256"  # x-amz-meta-sha256: what `write` compares before a PUT
-
 
 
 class S3Stats(Protocol):
@@ -60,6 +62,7 @@ class S3Stats(Protocol):
     def transferred(self, direction: str, count: int) -> None:
         """Bytes of object bodies, direction "read" or "written"."""
         ...
+
 
 _SHARD = re.compile(r"(^|/)[0-9a-f]{64}\.msgpack\.zst$")
 _REVALIDATE = re.compile(r"(^|/)(repodata[a-z_]*|current_repodata|run_exports|channeldata|patch_instructions)\.(json|json\.zst|json\.bz2|msgpack\.zst)$")
@@ -114,8 +117,11 @@ class S3Store:
     by threads); picklable for the extract stage's process pool (the client is made anew
     in the child)."""
 
-    def __init__(self, url: str, *, stats: S3Stats | None = None):
+    def __init__(self, url: str, *, stats: S3Stats | None = None, multipart_threshold: int = MULTIPART_THRESHOLD, part_size: int = PART_SIZE):
+        """`multipart_threshold`: a `writer` holds up to this many bytes in memory and PUTs
+        them at once; a bigger object goes through a file, in parts of `part_size`."""
         self.url = url.rstrip("/")
+        self.multipart_threshold, self.part_size = multipart_threshold, part_size
         self.bucket, self.prefix = parse_s3_url(url)
         self.location = self.url
         self.stats = stats
@@ -126,10 +132,10 @@ class S3Store:
         self._queued: dict[str, list[Future[bool]]] = {}  # folder -> PUTs queued by write(sync=False)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"url": self.url}
+        return {"url": self.url, "multipart_threshold": self.multipart_threshold, "part_size": self.part_size}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["url"])  # type: ignore[misc]
+        self.__init__(state.pop("url"), **state)  # type: ignore[misc]
 
     # --- the client -----------------------------------------------------------------------------
 
@@ -303,7 +309,7 @@ class S3Store:
             params["IfNoneMatch"] = "*"
         else:
             head = self._head(key)
-            if head is not None and _holds(head, data, digest):
+            if head is not None and holds(head, len(data), digest, lambda: hashlib.md5(data).hexdigest()):  # noqa: S324 - S3's ETag
                 return False
         return self._call("put_object", written=len(data), **params) is not None
 
@@ -330,9 +336,11 @@ class S3Store:
         self._call("delete_object", Key=self._full(key))
 
     def writer(self, key: str, *, size: int | None = None) -> AbstractContextManager[StreamWriter]:
-        """A streamed write, buffered: one PUT of the whole object at commit (a multipart
-        upload would keep memory flat for very large repodata; not done yet)."""
-        return _buffered(self, key)
+        """A streamed write through a temporary file: one PUT up to `multipart_threshold`,
+        a multipart upload above (s3upload.py)."""
+        from .s3upload import spooled
+
+        return spooled(self, key)
 
     def copy(self, src: str, dst: str, *, sync: bool = True) -> bool:
         """A server-side copy: the bytes do not travel again. Durable when it returns."""
@@ -373,14 +381,17 @@ def _usable(name: str) -> bool:
     return "/" not in name and is_package_name(name) and name.isprintable()
 
 
-def _holds(head: dict[str, Any], data: bytes, digest: str) -> bool:
-    if int(head.get("ContentLength", -1)) != len(data):
+def holds(head: dict[str, Any], size: int, digest: str, md5: Callable[[], str]) -> bool:
+    """Whether the object HEAD describes holds bytes of this size and sha256: our sha256
+    in its metadata, else the ETag of a single-part object as their MD5 (`md5()`, only
+    computed then)."""
+    if int(head.get("ContentLength", -1)) != size:
         return False
     remembered = head.get("Metadata", {}).get(SHA256_META)
     if remembered:
         return bool(remembered == digest)
     etag = _etag(head.get("ETag"))
-    return "-" not in etag and etag == hashlib.md5(data).hexdigest()  # noqa: S324 - S3's ETag
+    return "-" not in etag and etag == md5()
 
 
 def _same_object(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -391,38 +402,3 @@ def _same_object(a: dict[str, Any], b: dict[str, Any]) -> bool:
     if sha_a and sha_b:
         return bool(sha_a == sha_b)
     return bool(_etag(a.get("ETag"))) and _etag(a.get("ETag")) == _etag(b.get("ETag"))
-
-
-def make_client() -> Any:
-    """A boto3 S3 client from the standard AWS chain, path-style for non-AWS endpoints."""
-    try:
-        import boto3
-        from botocore.config import Config
-    except ImportError:
-        raise StoreError("s3:// channels need boto3: pip install 'conda-indexd[s3]'") from None
-    for name in ("boto3", "botocore", "s3transfer", "urllib3"):  # their INFO lines are not ours to log
-        logging.getLogger(name).setLevel(logging.WARNING)
-    session = boto3.session.Session()
-    s3_settings = session._session.get_scoped_config().get("s3", {})  # the profile's [s3] section
-    style = s3_settings.get("addressing_style") if isinstance(s3_settings, dict) else None
-    base = {"connect_timeout": 5, "read_timeout": 60, "retries": {"mode": "standard"}, "max_pool_connections": 16}
-    client = session.client("s3", config=Config(**base, s3={"addressing_style": style or "auto"}))
-    if style is None and "amazonaws.com" not in (client.meta.endpoint_url or ""):
-        client = session.client("s3", config=Config(**base, s3={"addressing_style": "path"}))
-    return client
-
-
-class _Buffer:
-    def __init__(self, store: S3Store, key: str):
-        self.store, self.key, self.parts = store, key, list[bytes]()
-
-    def write(self, data: bytes) -> None:
-        self.parts.append(bytes(data))
-
-    def commit(self, *, sync: bool = True) -> bool:
-        return self.store.write(self.key, b"".join(self.parts), sync=sync)
-
-
-@contextmanager
-def _buffered(store: S3Store, key: str) -> Iterator[StreamWriter]:
-    yield _Buffer(store, key)
