@@ -26,10 +26,10 @@ def update_fs_stage(
     keep their previous fs row.
     """
     if touched is None:
-        files = [f for f in (store.list_packages(subdir) if listing is None else listing) if f.path not in hold]
+        files = store.list_packages(subdir) if listing is None else listing
         if hold:
             old = cache.fs_state()
-            files += [old[name] for name in hold if name in old]
+            files = [f for f in files if f.path not in hold] + [old[name] for name in hold if name in old]
         cache.replace_fs_state(files)
         return None
     names = {n for n in touched if is_package_name(n) and n not in hold}

@@ -72,25 +72,34 @@ class LocalStore:
         return sorted(entry.name for entry in os.scandir(self.root) if entry.is_dir())
 
     def list_packages(self, subdir: str) -> list[FileState]:
-        files = []
+        """Sorted by name (a digest of the listing then sorts it in linear time). One
+        `lstat` per package, relative to the open folder: that syscall is the per-file
+        cost, so little else is done per file (names only are listed, no DirEntry)."""
         try:
-            entries = list(os.scandir(self.root / subdir))
+            fd = os.open(self.root / subdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
             return []
-        for entry in entries:
-            if not is_package_name(entry.name):
-                continue
-            if not entry.name.isprintable() or _undecodable(entry.name):
-                log.warning("skipped file with an unusable name", subdir=subdir, path=repr(entry.name))
-                continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            # Anything but a folder is listed, without following symlinks: a symlink, FIFO
-            # or socket under a package name is then refused with a reason by the reader.
-            if not stat.S_ISDIR(st.st_mode):
-                files.append(_state(entry.name, st))
+        files = []
+        lstat, is_dir = os.lstat, stat.S_ISDIR
+        try:
+            names = os.listdir(fd)
+            names.sort()
+            for name in names:
+                if not is_package_name(name):
+                    continue
+                if not name.isprintable() or (not name.isascii() and _undecodable(name)):
+                    log.warning("skipped file with an unusable name", subdir=subdir, path=repr(name))
+                    continue
+                try:
+                    st = lstat(name, dir_fd=fd)
+                except FileNotFoundError:
+                    continue
+                # Anything but a folder is listed, without following symlinks: a symlink, FIFO
+                # or socket under a package name is then refused with a reason by the reader.
+                if not is_dir(st.st_mode):
+                    files.append(_state(name, st))
+        finally:
+            os.close(fd)
         return files
 
     def stat_packages(self, subdir: str, names: Iterable[str]) -> tuple[list[FileState], list[str]]:
@@ -308,12 +317,16 @@ def fsync_dir(folder: Path) -> None:
 
 
 def clean_stale_temps(folder: Path) -> int:
-    """Remove temporary files a killed writer left behind (`.<name>.<8 hex>.tmp`)."""
+    """Remove temporary files a killed writer left behind (`.<name>.<8 hex>.tmp`).
+    Names only are listed (a 100k-package subdir is looked at on every full run); only
+    the few candidates are checked further."""
     removed = 0
-    with contextlib.suppress(FileNotFoundError):
-        for entry in os.scandir(folder):
-            if _TEMP.match(entry.name) and entry.is_file(follow_symlinks=False):
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for name in os.listdir(folder):
+            if name[0] == "." and name.endswith(".tmp") and _TEMP.match(name):
+                path = folder / name
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
-                    removed += 1
+                    if stat.S_ISREG(os.lstat(path).st_mode):
+                        os.unlink(path)
+                        removed += 1
     return removed

@@ -16,6 +16,7 @@ fs rows, rebuilding repodata.json and comparing it byte by byte.
 from __future__ import annotations
 
 import hashlib
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -45,9 +46,20 @@ class Quiet:
 
 
 def listing_digest(listing: Iterable[FileState]) -> str:
-    h = hashlib.sha256()
-    for f in sorted(listing):
-        h.update(f"{f.path}\0{f.mtime!r}\0{f.size}\0{f.identity}\n".encode())
+    """A digest of the listing's (path, mtime, size, identity) rows, in path order: each
+    column is hashed as one piece (paths and identities NUL-joined, mtimes and sizes as
+    packed numbers), not one formatted string per file. A store's listing is usually
+    sorted already, which makes the sort linear."""
+    files = sorted(listing)
+    h = hashlib.sha256(b"%d\n" % len(files))
+    if files:
+        paths, mtimes, sizes, identities, _ = zip(*files, strict=True)
+        joined = "\0".join(paths).encode()
+        h.update(b"%d\n" % len(joined))
+        h.update(joined)
+        h.update(array("d", mtimes).tobytes())
+        h.update(array("q", sizes).tobytes())
+        h.update("\0".join(identities).encode())
     return h.hexdigest()
 
 

@@ -157,11 +157,17 @@ class SqliteCache:
     @_guarded
     def replace_fs_state(self, files: Iterable[FileState]) -> None:
         """Only the difference is written: on a big subdir where little changed,
-        rewriting every row costs more than the listing itself."""
-        new = {f.path: f for f in files}
-        old = self.fs_state()
-        gone = old.keys() - new.keys()
-        changed = [f for path, f in new.items() if path not in old or old[path][1:4] != f[1:4]]
+        rewriting every row costs more than the listing itself. The old rows are
+        compared as they are read, as plain tuples (never all held at once)."""
+        pending = {f.path: f for f in files}  # listed files not yet matched with their row
+        gone, changed = [], []
+        for row in self.db.execute(_FS_ROWS):
+            f = pending.pop(row[0], None)
+            if f is None:
+                gone.append(row[0])
+            elif f[:4] != row:
+                changed.append(f)
+        changed += pending.values()  # files without a row
         if not gone and not changed:
             return
         with self.transaction():
@@ -189,10 +195,7 @@ class SqliteCache:
 
     @_guarded
     def fs_state(self) -> dict[str, FileState]:
-        return {
-            path: FileState(path, mtime, size, etag or "")
-            for path, mtime, size, etag in self.db.execute("SELECT path, mtime, size, etag FROM stat WHERE stage = 'fs'")
-        }
+        return {row[0]: FileState(*row) for row in self.db.execute(_FS_ROWS)}
 
     # --- what to extract ---------------------------------------------------------------
 
@@ -285,15 +288,16 @@ class SqliteCache:
             + "ORDER BY index_json.name, fs.path"
         )
 
-    def published_keys(self, paths: Iterable[str] | None = None) -> Iterator[PublishedKey]:
-        """From the stat rows alone (no JSON is read)."""
-        query = """
+    _PUBLISHED_KEYS = """
             SELECT fs.path, ix.sha256 FROM stat AS fs
             JOIN stat AS ix ON ix.path = fs.path AND ix.stage = 'indexed'
                  AND ix.mtime = fs.mtime AND ix.size = fs.size AND ix.etag IS fs.etag
             WHERE fs.stage = 'fs'
-        """
-        return (PublishedKey(*row) for row in self._rows(*_limit(query, "fs.path", paths)))
+    """
+
+    def published_keys(self, paths: Iterable[str] | None = None) -> Iterator[PublishedKey]:
+        """From the stat rows alone (no JSON is read)."""
+        return map(PublishedKey._make, self._rows(*_limit(self._PUBLISHED_KEYS, "fs.path", paths)))
 
     def records_for(self, paths: Iterable[str]) -> Iterator[RecordRow]:
         rows = self._rows(
@@ -319,8 +323,9 @@ class SqliteCache:
         ).fetchone()
         return tuple(row) if row else (None, None, None, None, None)
 
+    @_guarded
     def published_digests(self) -> dict[str, str | None]:
-        return dict(self.published_keys())
+        return dict(self.db.execute(self._PUBLISHED_KEYS))  # straight from the cursor: no Python code per row
 
     def run_exports(self) -> Iterator[tuple[str, str | None]]:
         return self._rows(
@@ -373,6 +378,9 @@ class SqliteCaches:
 
     def open(self, subdir: str) -> SqliteCache:
         return SqliteCache(self.db_path(subdir))
+
+
+_FS_ROWS = "SELECT path, mtime, size, coalesce(etag, '') FROM stat WHERE stage = 'fs'"  # FileState's first four
 
 
 def _limit(query: str, column: str, paths: Iterable[str] | None) -> tuple[str, tuple[str, ...]]:
