@@ -97,8 +97,9 @@ class SubdirCache(Protocol):
         ...
 
     # fs stage
-    def replace_fs_state(self, files: Iterable[FileState]) -> None:
-        """A full listing: the fs stage becomes exactly these files."""
+    def replace_fs_state(self, files: Iterable[FileState]) -> set[str]:
+        """A full listing: the fs stage becomes exactly these files. Returns the paths
+        whose rows changed (added, removed or different)."""
         ...
 
     def update_fs_state(self, present: Iterable[FileState], gone: Iterable[str]) -> None:

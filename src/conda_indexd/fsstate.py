@@ -17,9 +17,9 @@ def update_fs_stage(
     touched: Collection[str] | None,
     hold: Collection[str] = (),
     listing: list[FileState] | None = None,
-) -> set[str] | None:
-    """Bring the fs rows in line with the store; returns the names looked at (None: the
-    whole subdir was listed).
+) -> tuple[set[str] | None, set[str]]:
+    """Bring the fs rows in line with the store; returns (the names looked at (None: the
+    whole subdir was listed), the names whose rows changed).
 
     touched=None lists the whole subdir (or takes the caller's fresh `listing`);
     otherwise only the named files are stat'ed. Names in `hold` (uploads in progress)
@@ -30,9 +30,8 @@ def update_fs_stage(
         if hold:
             old = cache.fs_state()
             files = [f for f in files if f.path not in hold] + [old[name] for name in hold if name in old]
-        cache.replace_fs_state(files)
-        return None
+        return None, cache.replace_fs_state(files)
     names = {n for n in touched if is_package_name(n) and n not in hold}
     present, gone = store.stat_packages(subdir, names)
     cache.update_fs_state(present, gone)
-    return names
+    return names, names

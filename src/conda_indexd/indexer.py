@@ -127,13 +127,18 @@ class SubdirRun:
                 digest = listing_digest(listing)
             if digest is not None and digest == memo.quiet.listing:
                 looked_at: set[str] | None = set()
+                rows_changed: set[str] = set()
             else:
-                looked_at = update_fs_stage(cache, b.packages, subdir, touched=self.touched, hold=self.hold, listing=listing)
+                looked_at, rows_changed = update_fs_stage(cache, b.packages, subdir, touched=self.touched, hold=self.hold, listing=listing)
             # With touched names and the previous run's memo, nothing else can have changed
-            # (a failed or cancelled run drops the memo, so the next run is full).
-            scope = looked_at if self.memo is not None else None
-            if looked_at == set() and memo.saved is not None and memo.saved[0] == cache.generation():
-                scope = set()  # the listing is as it was, and nothing wrote the cache since the memo was saved
+            # (a failed or cancelled run drops the memo, so the next run is full). A cache
+            # only this process writes (one with a memo folder: sqlite under the channel
+            # lock), or one whose saved memo matched its generation at load, changed only
+            # in the rows this fs stage wrote.
+            if self.memo is not None:
+                scope = looked_at if looked_at is not None or cache.memo_folder() is None else rows_changed
+            else:
+                scope = rows_changed if memo.loaded else None
             changed = cache.changed_packages(scope)
             if changed:
                 log.debug("extracting", subdir=subdir, count=len(changed))
@@ -175,7 +180,7 @@ class SubdirRun:
                     memo.shards = store.carry
                 memo.quiet.outputs = (token, outputs_state(b.outputs, subdir, cache, store.on_disk if store is not None else None))
             memo.quiet.listing = digest
-            if built is not None or dirty or memo.saved != (cache.generation(), digest):
+            if built is not None or dirty or rows_changed or result.extracted or result.new_failures or memo.saved is None or memo.saved[1] != digest:
                 memofile.save(cache, memo)
         result.memo = memo
         result.packages = len(memo)

@@ -127,13 +127,14 @@ class PgCache:
 
     # --- fs stage -------------------------------------------------------------------
 
-    def replace_fs_state(self, files: Iterable[FileState]) -> None:
+    def replace_fs_state(self, files: Iterable[FileState]) -> set[str]:
         new = {f.path: (f.mtime, f.size, f.identity) for f in files}
         old = {p: (f.mtime, f.size, f.identity) for p, f in self.fs_state().items()}
         gone = old.keys() - new.keys()
         changed = [(p, *v) for p, v in new.items() if old.get(p) != v]
         if gone or changed:
             self._write_fs(changed, gone)
+        return {*gone, *(row[0] for row in changed)}
 
     def update_fs_state(self, present: Iterable[FileState], gone: Iterable[str]) -> None:
         self._write_fs([(f.path, f.mtime, f.size, f.identity) for f in present], list(gone))

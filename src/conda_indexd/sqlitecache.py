@@ -155,7 +155,7 @@ class SqliteCache:
     # --- fs stage -------------------------------------------------------------------
 
     @_guarded
-    def replace_fs_state(self, files: Iterable[FileState]) -> None:
+    def replace_fs_state(self, files: Iterable[FileState]) -> set[str]:
         """Only the difference is written: on a big subdir where little changed,
         rewriting every row costs more than the listing itself. The old rows are
         compared as they are read, as plain tuples (never all held at once)."""
@@ -169,10 +169,11 @@ class SqliteCache:
                 changed.append(f)
         changed += pending.values()  # files without a row
         if not gone and not changed:
-            return
+            return set()
         with self.transaction():
             self.db.executemany("DELETE FROM stat WHERE stage = 'fs' AND path = ?", ((p,) for p in gone))
             self._upsert_fs(changed)
+        return {*gone, *(f.path for f in changed)}
 
     @_guarded
     def update_fs_state(self, present: Iterable[FileState], gone: Iterable[str]) -> None:
