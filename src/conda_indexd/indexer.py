@@ -185,10 +185,14 @@ class SubdirRun:
         result.memo = memo
         result.packages = len(memo)
         if self.memo is None and not memo.loaded:
-            after = memo.digests()
-            result.added = sorted(after.keys() - before.keys())
-            result.removed = sorted(before.keys() - after.keys())
-            result.changed = sorted(fn for fn in after.keys() & before.keys() if after[fn] != before[fn])
+            added, differ = [], []
+            for fn, sha in memo.items():
+                old = before.pop(fn, None) if fn in before else False
+                if old is False:
+                    added.append(fn)
+                elif (old or "") != sha:
+                    differ.append(fn)
+            result.added, result.removed, result.changed = sorted(added), sorted(before), sorted(differ)
         else:
             result.added, result.removed, result.changed = (sorted(files) for files in memo.last)
         if built is not None:

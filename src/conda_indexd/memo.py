@@ -98,8 +98,16 @@ class RecordMemo:
         s, i = found
         return self.heap.read(s.offs[i], s.lens[i])
 
+    def items(self) -> Iterator[tuple[str, str]]:
+        """(filename, sha256 hex or "") of every record, section by section."""
+        for s in self.sections.values():
+            shas = s.shas
+            for i, fn in enumerate(s.fns):
+                sha = shas[i * 32 : i * 32 + 32]
+                yield fn, "" if sha == NO_SHA else sha.hex()
+
     def digests(self) -> dict[str, str]:
-        return {fn: self.sha256(fn) for fn in self.filenames()}
+        return dict(self.items())
 
     def view(self, section: str, replace: dict[str, bytes | None] | None = None) -> SectionView:
         """One section of repodata.json as a stream (`replace`: patched pieces, None: left out)."""
@@ -182,8 +190,11 @@ class RecordMemo:
         del seen, returned
         changed: set[str] = set()
         bulk = len(misses) + len(gone) > RESORT
-        added = [fn for fn in misses if fn not in self]
-        replaced = [fn for fn in misses if fn in self and self.sha256(fn) != (misses[fn] if _sha_bytes(misses[fn]) != NO_SHA else "")]
+        if len(self):
+            added = [fn for fn in misses if fn not in self]
+            replaced = [fn for fn in misses if fn in self and self.sha256(fn) != (misses[fn] if _sha_bytes(misses[fn]) != NO_SHA else "")]
+        else:  # a new memo (start-up): everything is added
+            added, replaced = list(misses), []
         drop = set(gone) | (set(misses) - set(added))
         for fn in sorted(drop):
             entry = self._find(fn)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import shards
-from .cache import SubdirCache
+from .cache import ShardKey, SubdirCache
 from .names import SHARD_INDEX, SHARD_STATE, SHARDS_DIR
 from .store import ChannelStore, key
 
@@ -74,10 +74,10 @@ class ShardStore:
                 del self.on_disk[digest]
         plan = shards.plan_shards(self.state, keys, changed, instructions, self.on_disk)
         kept = plan.kept
-        if plan.todo:
-            paths = [k.path for k in keys.shard_keys(plan.todo)]
+        wrote = False
+        for batch in _batches(keys, plan.todo):
+            paths = [k.path for k in batch]
             encoded = shards.encode_shards(plan.todo, self.cache.records_for(paths), instructions)
-            wrote = False
             files = [(key(self.folder, shards.shard_file(r.digest)), data) for data, r in encoded.values()]
             # each write fsyncs its file: many at once let the file system commit them together
             with ThreadPoolExecutor(WRITERS) if len(files) > 8 else contextlib.nullcontext() as pool:
@@ -91,8 +91,8 @@ class ShardStore:
                 kept[name] = remembered
                 self.on_disk[remembered.digest] = remembered.size
                 report.encoded += 1
-            if wrote:
-                self.store.sync(self.folder)  # every shard is durable before the index names it
+        if wrote:
+            self.store.sync(self.folder)  # every shard is durable before the index names it
         self.state.remembered, self.state.salt, self.state.patched = kept, plan.salt, plan.patched
         report.names = len(kept)
         digests = {name: bytes.fromhex(r.digest) for name, r in kept.items()}
@@ -124,6 +124,21 @@ class ShardStore:
 
     def save(self) -> None:
         self.cache.save_state(SHARD_STATE, self.state.to_bytes())
+
+
+BATCH = 5000  # records encoded at once (whole names): memory stays bounded on a full build
+
+
+def _batches(keys: shards.Keys, todo: dict[str, str]) -> Iterator[list[ShardKey]]:
+    """The keys of the names to encode, in batches of whole names of about BATCH records."""
+    batch: list[ShardKey] = []
+    for k in keys.shard_keys(todo):
+        if len(batch) >= BATCH and k.name != batch[-1].name:
+            yield batch
+            batch = []
+        batch.append(k)
+    if batch:
+        yield batch
 
 
 def withdraw(store: ChannelStore, subdir: str) -> bool:
