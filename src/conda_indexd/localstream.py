@@ -18,6 +18,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
@@ -73,7 +74,7 @@ class LocalWriter:
         self._close_files()
         mtime = next_mtime(self.old_mtime, time.time())
         os.utime(self.temp, (mtime, mtime))
-        os.replace(self.temp, self.path)
+        replace_freeing_later(self.temp, self.path, self.old_size)
         if sync:
             fsync_dir(self.path.parent)
         return True
@@ -129,6 +130,37 @@ def same_files(a: Path, b: Path) -> bool:
         return False
 
 
+BIG = 32 << 20  # an old file this big is freed after the rename, off the publish path
+_reaper = ThreadPoolExecutor(1, thread_name_prefix="conda-indexd-unlink")
+
+
+def replace_freeing_later(tmp: Path, path: Path, old_size: int | None = None) -> None:
+    """os.replace(tmp, path), except that a big old file's blocks are freed in the
+    background: freeing 460 MB takes the file system about half a second, which readers
+    need not wait for. The old inode keeps a temporary name until then (a crash leaves it
+    to the stale-temporary clean-up)."""
+    from .localstore import temp_name
+
+    if old_size is None:
+        with contextlib.suppress(OSError):
+            old_size = os.stat(path, follow_symlinks=False).st_size
+    trash = None
+    if old_size is not None and old_size >= BIG:
+        trash = temp_name(path)
+        try:
+            os.link(path, trash)
+        except OSError:
+            trash = None
+    os.replace(tmp, path)
+    if trash is not None:
+        _reaper.submit(_unlink, trash)
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
 _NO_LINK = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP)
 
 
@@ -153,7 +185,7 @@ def link_atomic(source: Path, path: Path, old_mtime: float | None) -> bool:
             _copy_file(source, tmp)
         if bumped != mtime:
             os.utime(tmp, (bumped, bumped))
-        os.replace(tmp, path)
+        replace_freeing_later(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
