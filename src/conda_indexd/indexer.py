@@ -121,24 +121,25 @@ class SubdirRun:
             # else a new one, and a one-shot run reports against what the cache published
             memo = self.memo if self.memo is not None else (memofile.load(cache) or RecordMemo(cache.memo_folder()))
             before = cache.published_digests() if self.memo is None and not memo.loaded else {}
+            # the memo was filled from this very cache, and nothing else wrote it since
+            # (a recreated or rebuilt cache.db, or conda-index, moves the generation)
+            trusted = memo.saved is not None and memo.saved[0] == cache.generation()
             listing, digest = self.listing, None
             if full and not self.hold:  # quiet.py: an unchanged listing changes no fs row
                 listing = b.packages.list_packages(subdir) if listing is None else listing
                 digest = listing_digest(listing)
-            if digest is not None and digest == memo.quiet.listing:
+            if digest is not None and digest == memo.quiet.listing and (trusted or cache.memo_folder() is None):
                 looked_at: set[str] | None = set()
                 rows_changed: set[str] = set()
             else:
                 looked_at, rows_changed = update_fs_stage(cache, b.packages, subdir, touched=self.touched, hold=self.hold, listing=listing)
             # With touched names and the previous run's memo, nothing else can have changed
-            # (a failed or cancelled run drops the memo, so the next run is full). A cache
-            # only this process writes (one with a memo folder: sqlite under the channel
-            # lock), or one whose saved memo matched its generation at load, changed only
-            # in the rows this fs stage wrote.
-            if self.memo is not None:
-                scope = looked_at if looked_at is not None or cache.memo_folder() is None else rows_changed
-            else:
-                scope = rows_changed if memo.loaded else None
+            # (a failed or cancelled run drops the memo, so the next run is full). A full
+            # listing over a trusted memo (saved at this cache's generation) changed only
+            # the rows this fs stage wrote.
+            scope: set[str] | None = rows_changed if trusted else None
+            if looked_at is not None and self.memo is not None:
+                scope = looked_at
             changed = cache.changed_packages(scope)
             if changed:
                 log.debug("extracting", subdir=subdir, count=len(changed))

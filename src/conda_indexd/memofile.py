@@ -72,8 +72,15 @@ def load(cache: SubdirCache) -> RecordMemo | None:
     path = folder / INDEX_FILE
     try:
         state = msgpack.unpackb(path.read_bytes(), strict_map_key=False)
-        if state.get("version") != VERSION or state.get("generation") != cache.generation():
-            return None
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - a cache of a cache: anything unreadable starts again
+        log.debug("saved record memo not used", path=str(path), error=f"{type(exc).__name__}: {exc}")
+        return None
+    # the cache's own errors (damage found and moved aside) are the caller's, never swallowed
+    if not isinstance(state, dict) or state.get("version") != VERSION or state.get("generation") != cache.generation():
+        return None
+    try:
         heap = PieceHeap(folder, reuse=state["heap"])
         memo = RecordMemo(folder, heap=heap)
         _fill(memo, state)
