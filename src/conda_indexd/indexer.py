@@ -123,7 +123,7 @@ class SubdirRun:
             before = cache.published_digests() if self.memo is None and not memo.loaded else {}
             # the memo was filled from this very cache, and nothing else wrote it since
             # (a recreated or rebuilt cache.db, or conda-index, moves the generation)
-            trusted = memo.saved is not None and memo.saved[0] == cache.generation()
+            trusted = memo.loaded if self.memo is None else memo.saved is not None and memo.saved[0] == cache.generation()
             listing, digest = self.listing, None
             if full and not self.hold:  # quiet.py: an unchanged listing changes no fs row
                 listing = b.packages.list_packages(subdir) if listing is None else listing

@@ -226,6 +226,8 @@ class RecordMemo:
         if bulk:
             for section, new in pending.items():
                 self.sections[section] = self.sections[section].merged(new)
+            for fns in self.by_name.values():
+                fns.sort()
         if store is not None and (fresh or (paths is None and gone)):
             store.save(fresh, keep=self.filenames() if paths is None and (gone or len(misses) > LOOKUP) else None)
         self.last = (added, sorted(gone), replaced)
@@ -250,11 +252,7 @@ class RecordMemo:
                 bisect.insort(self.by_name.setdefault(name, []), path)
             else:
                 pending[section].append(path, sha, name_id, off, len(piece))
-                self.by_name.setdefault(name, []).append(path)
-        if pending is not None:
-            for fns in self.by_name.values():
-                if len(fns) > 1 and fns[-1] < fns[-2]:
-                    fns.sort()
+                self.by_name.setdefault(name, []).append(path)  # sorted once the bulk refresh has merged
 
     def _remove(self, fn: str) -> None:
         found = self._find(fn)

@@ -19,7 +19,7 @@ import secrets
 
 import msgpack
 
-from .cache import SubdirCache
+from .cache import CacheError, SubdirCache
 from .logs import get_logger
 from .memo import SECTIONS, RecordMemo
 from .pieceheap import PieceHeap, Section
@@ -72,20 +72,14 @@ def load(cache: SubdirCache) -> RecordMemo | None:
     path = folder / INDEX_FILE
     try:
         state = msgpack.unpackb(path.read_bytes(), strict_map_key=False)
-    except FileNotFoundError:
-        return None
-    except Exception as exc:  # noqa: BLE001 - a cache of a cache: anything unreadable starts again
-        log.debug("saved record memo not used", path=str(path), error=f"{type(exc).__name__}: {exc}")
-        return None
-    # the cache's own errors (damage found and moved aside) are the caller's, never swallowed
-    if not isinstance(state, dict) or state.get("version") != VERSION or state.get("generation") != cache.generation():
-        return None
-    try:
-        heap = PieceHeap(folder, reuse=state["heap"])
-        memo = RecordMemo(folder, heap=heap)
+        if state.get("version") != VERSION or state.get("generation") != cache.generation():
+            return None
+        memo = RecordMemo(folder, heap=PieceHeap(folder, reuse=state["heap"]))
         _fill(memo, state)
     except FileNotFoundError:
         return None
+    except CacheError:  # damage found (and moved aside) while asking: the caller's
+        raise
     except Exception as exc:  # noqa: BLE001 - a cache of a cache: anything unreadable starts again
         log.debug("saved record memo not used", path=str(path), error=f"{type(exc).__name__}: {exc}")
         return None

@@ -198,10 +198,6 @@ class Section:
         if offs:
             self.brk[0] = 1
 
-    def nbytes(self) -> int:
-        """The bytes of the section's pieces joined by commas."""
-        return sum(self.lens) + max(len(self.fns) - 1, 0)
-
 
 class SectionView:
     """A section of repodata.json streamed from the heap (repodata.Document's `Pieces`),
@@ -212,9 +208,8 @@ class SectionView:
         self.section = section
         self.replace = sorted((i, p) for fn, p in (replace or {}).items() if (i := section.find(fn)) >= 0)
         self.count = len(section) - sum(1 for _, p in self.replace if p is None)
-        self.size = sum(section.lens) + sum(len(p) - section.lens[i] for i, p in self.replace if p is not None)
-        self.size -= sum(section.lens[i] for i, p in self.replace if p is None)
-        self.size += max(self.count - 1, 0)
+        pieces = sum(section.lens) + sum((len(p) if p is not None else 0) - section.lens[i] for i, p in self.replace)
+        self.size = pieces + max(self.count - 1, 0)  # and the commas between them
 
     def __len__(self) -> int:
         return self.count
