@@ -126,11 +126,13 @@ class SqliteCache:
 
     @_guarded
     def generation(self) -> str:
-        """Row counts and highest rowids of the record tables: conda-index writes rows
-        with INSERT OR REPLACE (a new rowid), so any write by it shows here."""
+        """Row counts and highest rowids of the record tables (conda-index writes rows
+        with INSERT OR REPLACE: a new rowid), and the stat rows' mtime and size totals
+        (an fs row updated in place, as by a cancelled run, shows here too)."""
         row = self.db.execute(
             "SELECT (SELECT count(*) FROM index_json), (SELECT max(rowid) FROM index_json),"
-            " (SELECT count(*) FROM stat), (SELECT max(rowid) FROM stat)"
+            " (SELECT count(*) FROM stat), (SELECT max(rowid) FROM stat),"
+            " (SELECT total(mtime) || '/' || total(size) FROM stat)"  # rows updated in place
         ).fetchone()
         return ":".join(map(str, row))
 
