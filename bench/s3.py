@@ -5,8 +5,9 @@
     python bench/s3.py --sizes 10000 100000
 
 For each size it starts a throwaway RGW (tests/rgwserver.py, beast with tcp_nodelay),
-builds a synthetic channel of real archives (bench/synth.py), uploads it to two buckets
-(one per tool; only conda-indexd's sends notifications), then measures:
+builds a synthetic channel of real archives (bench/synth.py), uploads it once, then
+measures, conda-indexd first and rattler-index on the same prefix once conda-indexd is done
+(conda-indexd's outputs and the bucket notification are removed before rattler runs):
 - conda-indexd: cold `index s3://`, a no-op re-run, and the daemon's PUT -> published
   time through a real RGW bucket notification (median of 10 single-package PUTs);
 - rattler-index (py-rattler `rattler.index.index_s3`, zst + shards): cold, and a re-run
@@ -56,9 +57,15 @@ def client(cluster: RgwCluster, service: str = "s3") -> Any:
 
 
 def upload(s3: Any, bucket: str, prefix: str, folder: Path) -> int:
+    """One PutObject per file (the archives are small: upload_file's transfer manager costs
+    more than the PUT)."""
     files = [p for p in folder.rglob("*") if p.is_file()]
+
+    def put(p: Path) -> None:
+        s3.put_object(Bucket=bucket, Key=f"{prefix}/{p.relative_to(folder).as_posix()}", Body=p.read_bytes())
+
     with ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda p: s3.upload_file(str(p), bucket, f"{prefix}/{p.relative_to(folder).as_posix()}"), files))
+        list(pool.map(put, files))
     return len(files)
 
 
@@ -99,11 +106,9 @@ def bench_size(n: int, work: Path) -> dict[str, float]:
         env = {**os.environ, **cluster.env()}
         s3 = client(cluster)
         s3.create_bucket(Bucket="bench")
-        s3.create_bucket(Bucket="bench-rattler")
         t = time.monotonic()
         upload(s3, "bench", "ours", channel)
-        upload(s3, "bench-rattler", "rattler", channel)
-        print(f"uploaded 2 x {n} in {time.monotonic() - t:.0f} s", flush=True)
+        print(f"uploaded {n} in {time.monotonic() - t:.0f} s", flush=True)
         cli = [sys.executable, "-m", "conda_indexd", "index", "s3://bench/ours", "--cache-dir", str(work / "state"), "--log-format", "json"]
         for what, step in (
             ("conda-indexd cold index s3://", lambda: {"": timed(cli, env)}),
@@ -155,6 +160,32 @@ def event_to_publish(cluster: RgwCluster, s3: Any, env: dict[str, str], work: Pa
     finally:
         daemon.terminate()
         daemon.wait(30)
+        drop_notifications(cluster, "bench")
+
+
+def clear_outputs(s3: Any, bucket: str, prefix: str) -> None:
+    """Delete everything under the prefix but the archives (conda-indexd's outputs, shards
+    and `.cache/`)."""
+    doomed = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/"):
+        doomed += [o["Key"] for o in page.get("Contents", []) if not o["Key"].endswith((".conda", ".tar.bz2"))]
+    for i in range(0, len(doomed), 1000):
+        s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in doomed[i : i + 1000]], "Quiet": True})
+
+
+def drop_notifications(cluster: RgwCluster, bucket: str) -> None:
+    """RGW's `DELETE /BUCKET?notification` (an empty PutBucketNotificationConfiguration is
+    MalformedXML on RGW 16), signed with botocore's SigV4."""
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    env = cluster.env()
+    request = AWSRequest(method="DELETE", url=f"{cluster.endpoint}/{bucket}?notification")
+    S3SigV4Auth(Credentials(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]), "s3", env["AWS_DEFAULT_REGION"]).add_auth(request)
+    with urllib.request.urlopen(urllib.request.Request(request.url, method="DELETE", headers=dict(request.headers)), timeout=30) as resp:
+        if resp.status not in (200, 204):
+            raise SystemExit(f"could not remove the bucket notification: HTTP {resp.status}")
 
 
 def rattler_runs(cluster: RgwCluster, s3: Any, work: Path, subdir: str) -> dict[str, float]:
@@ -171,7 +202,7 @@ def rattler_runs(cluster: RgwCluster, s3: Any, work: Path, subdir: str) -> dict[
         with precondition checks gets 412 on every conditional PUT and retries on)."""
 
         async def bounded() -> None:
-            await asyncio.wait_for(index_s3("s3://bench-rattler/rattler", credentials=creds, write_zst=True, write_shards=True,
+            await asyncio.wait_for(index_s3("s3://bench/ours", credentials=creds, write_zst=True, write_shards=True,
                                             precondition_checks=checks), limit)  # fmt: skip
 
         started = time.monotonic()
@@ -181,13 +212,14 @@ def rattler_runs(cluster: RgwCluster, s3: Any, work: Path, subdir: str) -> dict[
             return float("inf")
         return time.monotonic() - started
 
+    clear_outputs(s3, "bench", "ours")  # a cold run: its conditional PUTs would get 412 on ours
     out = {"cold index_s3": run()}
     print(f"  rattler-index cold: {out['cold index_s3']:.2f} s", flush=True)
     fn, rec = next(iter(archive_records(1, subdir, seed=98)))
     folder = work / "rattler-extra"
     folder.mkdir()
     write_archive(folder, fn, rec)
-    s3.upload_file(str(folder / fn), "bench-rattler", f"rattler/{subdir}/{fn}")
+    s3.upload_file(str(folder / fn), "bench", f"ours/{subdir}/{fn}")
     out["re-run after one PUT"] = run(limit=60)
     if out["re-run after one PUT"] == float("inf"):
         out["re-run after one PUT, precondition_checks=False"] = run(checks=False)

@@ -255,7 +255,8 @@ def test_lock_signals_metrics_health(channel: Path) -> None:
         (channel / "noarch" / "broken-1.0-0.conda").write_bytes(b"not a zip")
         (channel / "noarch" / "fine-1.0-0.conda").write_bytes(pkg_bytes("fine-1.0-0.conda"))
         wait_for(lambda: "fine-1.0-0.conda" in all_records(repodata(channel, "noarch")), d.debounce + 2)
-        assert d.metric("conda_indexd_package_errors_total", subdir="noarch", reason="not-a-zip") == 1
+        # counted when the run that published "fine" returns, a moment after the rename
+        wait_for(lambda: d.metric("conda_indexd_package_errors_total", subdir="noarch", reason="not-a-zip") == 1, 5)
         skipped = [r for r in d.log_records() if r.get("event") == "skipped archive"]
         assert skipped and skipped[0]["path"] == "broken-1.0-0.conda" and skipped[0]["reason"] == "not-a-zip"
 

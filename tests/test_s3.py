@@ -457,9 +457,9 @@ def test_endpoint_stopped_and_restarted(tmp_path: Path, rgw: RgwCluster, s3: Any
         try:
             daemon.start(wait_ready=False)
             wait_for(lambda: daemon.get("/healthz")[0] == 200, 10, what="listener up")
-            time.sleep(2.0)
+            # botocore's standard retries (3 attempts, jittered backoff) come first
+            wait_for(lambda: "channel store unavailable; will retry" in daemon.log_text(), 20, what="the retry logged")
             assert daemon.get("/readyz")[0] == 503 and daemon.get("/healthz")[0] == 200
-            assert "channel store unavailable; will retry" in daemon.log_text()
         finally:
             rgw.start_rgw()
         wait_for(lambda: daemon.get("/readyz")[0] == 200, 20, what="ready once the endpoint is back")

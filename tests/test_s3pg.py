@@ -1,6 +1,6 @@
 """A channel in a bucket with its cache in PostgreSQL (`--db postgresql --db-url`), against
 the real RGW (tests/rgwserver.py) and a real PostgreSQL (tests/pgserver.py): the same
-repodata.json bytes as with the local sqlite caches; the channel id kept in the bucket
+repodata.json bytes as a local index with its sqlite caches; the channel id kept in the bucket
 (`<prefix>/.cache/cache.json`), so another host with its own state folder shares the
 cache and the pair lease; and a PUT published by `watch` through the RGW notification.
 """
@@ -8,6 +8,7 @@ cache and the pair lease; and a PUT published by `watch` through the RGW notific
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -19,16 +20,19 @@ from test_s3 import CORPUS, generated_channel, get, package, records, s3_daemon,
 
 def test_index_with_the_cache_in_postgresql_gives_the_sqlite_bytes(tmp_path: Path, s3: Any, bucket: str, index: Any, pg_server: Any) -> None:
     source = CORPUS if CORPUS.is_dir() else generated_channel(tmp_path / "generated")
-    upload_tree(s3, bucket, "sq", source)
     upload_tree(s3, bucket, "pg", source)
     url = pg_server.createdb("s3")
-    first = index(f"s3://{bucket}/sq", "--cache-dir", tmp_path / "sqlite-state")
+    # the reference: a local index with its sqlite caches (test_s3 shows a bucket with
+    # sqlite caches gives these same bytes)
+    local = tmp_path / "local"
+    shutil.copytree(source, local, ignore=shutil.ignore_patterns("*.tsv", "*.md"))
+    first = index(local)
     ours = index(f"s3://{bucket}/pg", "--cache-dir", tmp_path / "state", "--db", "postgresql", "--db-url", url)
     subdirs = [r["subdir"] for r in ours.events("subdir indexed")]
     assert subdirs == [r["subdir"] for r in first.events("subdir indexed")] and ours.summary["extracted"] > 0
     for subdir in subdirs:
         for name in ("repodata.json", "repodata_from_packages.json"):
-            assert get(s3, bucket, f"pg/{subdir}/{name}") == get(s3, bucket, f"sq/{subdir}/{name}"), (subdir, name)
+            assert get(s3, bucket, f"pg/{subdir}/{name}") == (local / subdir / name).read_bytes(), (subdir, name)
     # the cache is in the database, under the id the bucket holds; nothing in the state folder but that
     held = get(s3, bucket, "pg/.cache/cache.json")
     assert held is not None
