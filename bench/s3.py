@@ -10,7 +10,9 @@ measures, conda-indexd first and rattler-index on the same prefix once conda-ind
 (conda-indexd's outputs and the bucket notification are removed before rattler runs):
 - conda-indexd: cold `index s3://`, a no-op re-run, and the daemon's PUT -> published
   time through a real RGW bucket notification (median of 10 single-package PUTs);
-- rattler-index (py-rattler `rattler.index.index_s3`, zst + shards): cold, and a re-run
+- rattler-index (py-rattler `rattler.index.index_s3`, zst + shards): cold (when the channel
+  holds a record rattler rejects, the run it stops, then a cold run without those keys),
+  and a re-run
   after one package was added (what a batch indexer costs per upload); on Ceph RGW 16
   that re-run does not finish with its precondition checks on (every conditional PUT
   gets 412: RGW wants If-Match unquoted), so it is also run without them.
@@ -93,7 +95,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def bench_size(n: int, work: Path) -> dict[str, float]:
+def invalid_for_rattler(layout: dict[str, int]) -> list[str]:
+    """Keys of archives whose `noarch` is neither python nor generic: real records (rattler's
+    own test data has `"noarch": "notempty-this-should-fail"`) that conda-index and
+    conda-indexd publish and rattler-index stops the whole run on."""
+    bad = []
+    for seed, (subdir, count) in enumerate(sorted(layout.items())):
+        for fn, rec in archive_records(count, subdir, seed=seed):
+            noarch = rec.get("noarch")
+            if isinstance(noarch, str) and noarch not in ("", "python", "generic"):
+                bad.append(f"{subdir}/{fn}")
+    return bad
+
+
+def bench_size(n: int, work: Path, tools: list[str]) -> dict[str, float]:
     layout = LAYOUTS.get(n) or {"linux-64": n // 2, "noarch": n - n // 2}
     big = max(layout, key=lambda k: layout[k])
     channel = work / "channel"
@@ -110,12 +125,14 @@ def bench_size(n: int, work: Path) -> dict[str, float]:
         upload(s3, "bench", "ours", channel)
         print(f"uploaded {n} in {time.monotonic() - t:.0f} s", flush=True)
         cli = [sys.executable, "-m", "conda_indexd", "index", "s3://bench/ours", "--cache-dir", str(work / "state"), "--log-format", "json"]
-        for what, step in (
+        steps = [
             ("conda-indexd cold index s3://", lambda: {"": timed(cli, env)}),
             ("conda-indexd no-op re-run", lambda: {"": timed(cli, env)}),
             ("conda-indexd daemon", lambda: event_to_publish(cluster, s3, env, work, big)),
-            ("rattler-index", lambda: rattler_runs(cluster, s3, work, big)),
-        ):
+        ] if "conda-indexd" in tools else []  # fmt: skip
+        if "rattler-index" in tools:
+            steps.append(("rattler-index", lambda: rattler_runs(cluster, s3, work, big, invalid_for_rattler(layout))))
+        for what, step in steps:
             for name, seconds in step().items():
                 out[f"{what} {name}".strip()] = seconds
                 print(f"  {what} {name}: {seconds:.2f} s", flush=True)
@@ -188,7 +205,7 @@ def drop_notifications(cluster: RgwCluster, bucket: str) -> None:
             raise SystemExit(f"could not remove the bucket notification: HTTP {resp.status}")
 
 
-def rattler_runs(cluster: RgwCluster, s3: Any, work: Path, subdir: str) -> dict[str, float]:
+def rattler_runs(cluster: RgwCluster, s3: Any, work: Path, subdir: str, invalid: list[str]) -> dict[str, float]:
     try:
         from rattler.index import S3Credentials, index_s3
     except ImportError:
@@ -213,7 +230,18 @@ def rattler_runs(cluster: RgwCluster, s3: Any, work: Path, subdir: str) -> dict[
         return time.monotonic() - started
 
     clear_outputs(s3, "bench", "ours")  # a cold run: its conditional PUTs would get 412 on ours
-    out = {"cold index_s3": run()}
+    out: dict[str, float] = {}
+    if invalid:
+        started = time.monotonic()
+        try:
+            run()
+        except Exception as exc:  # noqa: BLE001 - what rattler says is the figure
+            out[f"cold index_s3 stops on {len(invalid)} invalid record(s) ({type(exc).__name__})"] = time.monotonic() - started
+            print(f"  rattler-index stops: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+        for key in invalid:  # then without them, for its times
+            s3.delete_object(Bucket="bench", Key=f"ours/{key}")
+        clear_outputs(s3, "bench", "ours")
+    out["cold index_s3"] = run()
     print(f"  rattler-index cold: {out['cold index_s3']:.2f} s", flush=True)
     fn, rec = next(iter(archive_records(1, subdir, seed=98)))
     folder = work / "rattler-extra"
@@ -229,6 +257,7 @@ def rattler_runs(cluster: RgwCluster, s3: Any, work: Path, subdir: str) -> dict[
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000])
+    parser.add_argument("--tools", nargs="+", choices=["conda-indexd", "rattler-index"], default=["conda-indexd", "rattler-index"])
     args = parser.parse_args()
     missing = missing_tools()
     if missing:
@@ -236,7 +265,7 @@ def main() -> int:
         return 2
     for n in args.sizes:
         with tempfile.TemporaryDirectory(prefix="conda-indexd-s3bench-") as tmp:
-            results = bench_size(n, Path(tmp))
+            results = bench_size(n, Path(tmp), args.tools)
         print(f"\n{n} archives")
         for what, seconds in results.items():
             print(f"  {what:<62} {seconds:8.2f} s")
