@@ -12,8 +12,7 @@ measures, conda-indexd first and rattler-index on the same prefix once conda-ind
   time through a real RGW bucket notification (median of 10 single-package PUTs);
 - rattler-index (py-rattler `rattler.index.index_s3`, zst + shards): cold (without the
   archives whose records rattler rejects: it stops the whole run on the first one), and a
-  re-run
-  after one package was added (what a batch indexer costs per upload); on Ceph RGW 16
+  re-run after one package was added (what a batch indexer costs per upload); on Ceph RGW 16
   that re-run does not finish with its precondition checks on (every conditional PUT
   gets 412: RGW wants If-Match unquoted), so it is also run without them.
 Needs radosgw, ceph-mon, ceph-osd, boto3 and py-rattler.
