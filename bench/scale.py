@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from archives import write_archive  # noqa: E402
-from conda_indexd.sqlitecache import SqliteCache  # noqa: E402
+from conda_indexd.caches.sqlite.cache import SqliteCache  # noqa: E402
 from run import measured, tools  # noqa: E402
 from synth import add_row, archive_records, records  # noqa: E402
 
@@ -110,9 +110,8 @@ def peak_rss() -> float:
 
 def phase_worker(channel: Path, patch_change: bool) -> dict[str, float]:
     """The daemon's worker path in-process: start, +1 x 10, no-op rescan, patch change."""
-    from conda_indexd.backends import open_backends
+    from conda_indexd.backends import index_subdir, open_backends
     from conda_indexd.config import IndexConfig
-    from conda_indexd.indexer import index_subdir
 
     config = IndexConfig(channel, threads=2)
     backends = open_backends(config)

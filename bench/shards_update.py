@@ -18,9 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from conda_indexd.localstore import LocalStore
-from conda_indexd.shardstore import ShardsReport, ShardStore
-from conda_indexd.sqlitecache import SqliteCache
+from conda_indexd.caches.sqlite.cache import SqliteCache
+from conda_indexd.pipeline.shardstore import ShardsReport, ShardStore
+from conda_indexd.stores.local import LocalStore
 from synth import add_row, fill_cache, records
 
 SUBDIR = "linux-64"

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from conda_indexd.sqlitecache import SqliteCache  # noqa: E402
+from conda_indexd.caches.sqlite.cache import SqliteCache  # noqa: E402
 
 CORPUS = Path(os.environ.get("CONDA_INDEXD_SHARED", ROOT.parent / "shared")) / "corpus" / "repodata"
 DROP = ("md5", "sha256", "size", "subdir", "arch", "platform")

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from conda_indexd.pkgbuild import conda_bytes, index_json, tar_bz2_bytes
+from conda_indexd.demo.pkgbuild import conda_bytes, index_json, tar_bz2_bytes
 
 ORIGIN = "https://origin.example.org/conda-forge"
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from conda_indexd.archive import PackageMetadata
-from conda_indexd.cache import Caches, FileState, MetadataRejected, SubdirCache
-from conda_indexd.sqlitecache import SqliteCaches
+from conda_indexd.archive.reader import PackageMetadata
+from conda_indexd.caches.base import Caches, FileState, MetadataRejected, SubdirCache
+from conda_indexd.caches.sqlite.cache import SqliteCaches
 
 
 @pytest.fixture(params=["sqlite", "sqlite-state-folder", "postgresql"])
@@ -23,7 +23,7 @@ def caches(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Caches]:
     elif request.param == "sqlite-state-folder":  # an S3 channel's caches, in a local state folder
         yield SqliteCaches(tmp_path, folder="")
     else:
-        from conda_indexd.pgcache import PostgresCaches
+        from conda_indexd.caches.pg.cache import PostgresCaches
 
         server = request.getfixturevalue("pg_server")
         pg = PostgresCaches(tmp_path, server.createdb("contract"))

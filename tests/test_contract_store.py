@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conda_indexd.localstore import LocalStore
-from conda_indexd.store import ChannelStore, FileState
+from conda_indexd.stores.base import ChannelStore, FileState
+from conda_indexd.stores.local import LocalStore
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -23,7 +23,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ChannelSto
         root.mkdir()
         yield LocalStore(root)
     else:  # a prefix in a fresh bucket on the session's Ceph RGW (skips without it)
-        from conda_indexd.s3store import S3Store
+        from conda_indexd.stores.s3.store import S3Store
 
         # a writer above 1 MiB goes through a file and a multipart upload (5 MiB parts)
         yield S3Store(f"s3://{request.getfixturevalue('bucket')}/some/channel", multipart_threshold=1 << 20, part_size=5 << 20)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from conda_indexd import shards
+from conda_indexd.formats import shards
 from daemonproc import DaemonProcess, all_records, wait_for
 from pkgfactory import conda_bytes, index_json, tar_bz2_bytes
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conda_indexd.debounce import DebounceQueue
+from conda_indexd.daemon.queue import DebounceQueue
 from daemonproc import DaemonProcess
 from pkgfactory import index_json, make_package
 

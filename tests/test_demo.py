@@ -90,7 +90,7 @@ def test_demo_runs_and_adds_a_package(tmp_path: Path) -> None:
 def test_demo_packages_solve_with_rattler(tmp_path: Path) -> None:
     """The generated packages are real: py-rattler solves demo-app and installs it."""
     rattler = pytest.importorskip("rattler", reason="py-rattler is a test dependency: pip install -e '.[test]'")
-    from conda_indexd import demo
+    from conda_indexd.demo import channel as demo
 
     folder = tmp_path / "demo-channel"
     demo.prepare(folder)
@@ -109,7 +109,7 @@ def test_demo_packages_solve_with_rattler(tmp_path: Path) -> None:
 
 
 def test_demo_add_twice_and_bad_folders(tmp_path: Path) -> None:
-    from conda_indexd import demo
+    from conda_indexd.demo import channel as demo
 
     folder = tmp_path / "demo-channel"
     demo.prepare(folder)

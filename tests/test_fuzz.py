@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
+from conda_indexd.backends import index_subdir
 from conda_indexd.config import IndexConfig
-from conda_indexd.indexer import index_subdir
 from conda_indexd.names import is_package_name
 from daemonproc import DaemonProcess, wait_for
 from pkgfactory import conda_bytes, index_json, tar_bz2_bytes

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from conda_indexd import shards
+from conda_indexd.formats import shards
 from daemonproc import DaemonProcess, wait_for
 from pkgfactory import index_json, make_package
 

@@ -169,8 +169,8 @@ def test_unreadable_file_is_skipped_for_a_non_root_indexer(tmp_path: Path) -> No
     dropped to `nobody` (the daemon's situation under systemd)."""
     if os.geteuid() != 0:
         pytest.skip("needs root to hand the channel to another user")
+    from conda_indexd.backends import index_subdir
     from conda_indexd.config import IndexConfig
-    from conda_indexd.indexer import index_subdir
 
     nobody = pwd.getpwnam("nobody")
     base = Path("/var/tmp") / f"conda-indexd-perm-{os.getpid()}"  # pytest's tmp is 0700 root
@@ -178,7 +178,7 @@ def test_unreadable_file_is_skipped_for_a_non_root_indexer(tmp_path: Path) -> No
     try:
         make_package(channel / "noarch" / "good-1.0-0.conda", index_json("good", "1.0", "0"))
         locked = make_package(channel / "noarch" / "locked-1.0-0.conda", index_json("locked", "1.0", "0"))
-        from conda_indexd.archive import read_file
+        from conda_indexd.archive.reader import read_file
 
         read_file(locked)  # warm lazy imports (codecs, ruamel): the stdlib is under /root here
         for p in [base, *base.rglob("*")]:

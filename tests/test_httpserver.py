@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from conda_indexd.httpserver import StatusServer, text
+from conda_indexd.daemon.http.server import StatusServer, text
 
 pytestmark = pytest.mark.timeout(60)
 BIG = b"x" * (8 << 20)  # bigger than the socket buffers

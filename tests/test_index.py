@@ -693,7 +693,7 @@ def test_reader_never_sees_partial_repodata(channel: Path) -> None:
     assert repodata_of(lin) == json.loads(spec.expected_repodata_bytes("linux-64", spec.package_files(lin)))
 
     # no temporary file left behind anywhere
-    from conda_indexd.lock import LOCK_NAME
+    from conda_indexd.ha.flock import LOCK_NAME
 
     leftovers = [
         str(p.relative_to(channel))
@@ -774,7 +774,7 @@ def test_help_and_version() -> None:
 
 
 def test_channel_lock_refuses_second_writer(channel: Path) -> None:
-    from conda_indexd.lock import ChannelLock
+    from conda_indexd.ha.flock import ChannelLock
 
     make_simple(channel / "noarch", "one", ".conda")
     lock = ChannelLock(channel).acquire()

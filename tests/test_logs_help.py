@@ -131,7 +131,7 @@ def test_unknown_platform_folders_logged_once_and_on_status_page(channel: Path) 
 
 @pytest.mark.parametrize("name", ["linux-fake", "osx-arm65", "Linux-64", "noarch2", "win64"])
 def test_platform_like_names(name: str, tmp_path: Path) -> None:
-    from conda_indexd.ignored import ignored_folders
+    from conda_indexd.pipeline.ignored import ignored_folders
 
     (tmp_path / name).mkdir()
     (tmp_path / "linux-64").mkdir()

@@ -11,12 +11,12 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conda_indexd import memofile
+from conda_indexd.backends import index_subdir
+from conda_indexd.caches.sqlite.cache import SqliteCache
 from conda_indexd.config import IndexConfig
-from conda_indexd.indexer import index_subdir
-from conda_indexd.memo import RecordMemo
-from conda_indexd.pieceheap import HEAP_FILE, PieceHeap, Section, SectionView
-from conda_indexd.sqlitecache import SqliteCache
+from conda_indexd.pipeline import memofile
+from conda_indexd.pipeline.memo import RecordMemo
+from conda_indexd.pipeline.pieceheap import HEAP_FILE, PieceHeap, Section, SectionView
 from pkgfactory import index_json, make_package
 
 

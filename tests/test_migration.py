@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import peers
-from conda_indexd import leftovers
+from conda_indexd.cli import leftovers
 from conftest import run_index
 from daemonproc import DaemonProcess, wait_for
 from pkgfactory import index_json, make_package

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conda_indexd import shards
+from conda_indexd.formats import shards
 from conftest import run_cli, run_index
 from daemonproc import DaemonProcess, all_records, repodata, wait_for
 from pkgfactory import index_json, make_package

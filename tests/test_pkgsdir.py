@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import pkgscache as pc
-from conda_indexd import origin, shards
+from conda_indexd.formats import origin, shards
 from conftest import run_cli, run_index
 from daemonproc import DaemonProcess, all_records, repodata, wait_for
 
@@ -318,7 +318,7 @@ def test_channel_patches_apply_over_origin_metadata(caches: Any, tmp_path: Path)
 
 
 def test_layer_equals_overlay_then_channel_patches() -> None:
-    from conda_indexd import patches
+    from conda_indexd.formats import patches
 
     def doc() -> dict[str, Any]:
         rec = {"name": "a", "depends": ["x"], "license": "BSD", "extra": {"k": 1}}

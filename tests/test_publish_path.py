@@ -13,12 +13,13 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conda_indexd import build, patches, shards
 from conda_indexd.config import IndexConfig
-from conda_indexd.localstore import LocalStore
+from conda_indexd.formats import patches, shards
+from conda_indexd.formats.repodata import Document, build_repodata, record_piece
 from conda_indexd.names import REPODATA, REPODATA_FROM_PACKAGES, compact_json
-from conda_indexd.outputs import publish_outputs
-from conda_indexd.repodata import Document, build_repodata, record_piece
+from conda_indexd.pipeline import build
+from conda_indexd.pipeline.outputs import publish_outputs
+from conda_indexd.stores.local import LocalStore
 from conftest import run_index
 from pkgfactory import index_json, make_package
 
@@ -144,7 +145,7 @@ def test_a_streamed_zst_is_one_frame_a_single_frame_decoder_reads(tmp_path: Path
 
 
 def test_quiet_rescans_still_see_every_change(tmp_path: Path) -> None:
-    from conda_indexd.indexer import index_subdir
+    from conda_indexd.backends import index_subdir
 
     channel = tmp_path / "channel"
     noarch = channel / "noarch"

@@ -3,8 +3,8 @@ field a change shows in (path, mtime, size, identity) differs."""
 
 from __future__ import annotations
 
-from conda_indexd.quiet import listing_digest
-from conda_indexd.store import FileState
+from conda_indexd.pipeline.quiet import listing_digest
+from conda_indexd.stores.base import FileState
 
 
 def test_listing_digest_sees_every_field_and_ignores_order() -> None:

@@ -24,8 +24,8 @@ import msgpack
 import pytest
 import zstandard
 
-from conda_indexd.s3lease import LEASE_KEY
-from conda_indexd.s3store import IMMUTABLE, REVALIDATE
+from conda_indexd.ha.s3lease import LEASE_KEY
+from conda_indexd.stores.s3.store import IMMUTABLE, REVALIDATE
 from daemonproc import DaemonProcess, free_port, wait_for
 from pkgfactory import index_json, make_conda
 from rgwserver import RgwCluster
@@ -171,7 +171,7 @@ class Requests:
 
 
 def test_copy_is_one_server_side_copy_with_the_destinations_headers(s3: Any, bucket: str) -> None:
-    from conda_indexd.s3store import S3Store
+    from conda_indexd.stores.s3.store import S3Store
 
     requests = Requests()
     store = S3Store(f"s3://{bucket}/chan", stats=requests)

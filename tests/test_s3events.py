@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from conda_indexd.debounce import EventKind
-from conda_indexd.httpserver import MAX_POST_BODY, StatusServer
-from conda_indexd.s3watch import S3EventsEndpoint, route_key
+from conda_indexd.daemon.http.server import MAX_POST_BODY, StatusServer
+from conda_indexd.daemon.intake.s3 import S3EventsEndpoint, route_key
+from conda_indexd.daemon.queue import EventKind
 
 TOKEN = "s3cr3t-token"
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from conda_indexd.s3store import REVALIDATE, S3Store
-from conda_indexd.store import StoreError
+from conda_indexd.stores.base import StoreError
+from conda_indexd.stores.s3.store import REVALIDATE, S3Store
 from faultproxy import FaultProxy, Rule
 from rgwserver import RgwCluster
 from test_s3 import get

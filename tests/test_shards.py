@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from conda_indexd import shards
+from conda_indexd.backends import index_subdir
+from conda_indexd.caches.sqlite.cache import SqliteCache
 from conda_indexd.config import IndexConfig
-from conda_indexd.indexer import index_subdir
-from conda_indexd.sqlitecache import SqliteCache
+from conda_indexd.formats import shards
 from conftest import run_cli, run_index
 from pkgfactory import index_json, make_package
 from test_corpus import conda_index_python, copy_real, known_subdirs, run_conda_index  # noqa: F401

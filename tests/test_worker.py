@@ -12,9 +12,9 @@ from pathlib import Path
 
 from conda_indexd.backends import open_backends
 from conda_indexd.config import IndexConfig
-from conda_indexd.debounce import DebounceQueue, EventKind, Pending, ScanReason
-from conda_indexd.metrics import Metrics
-from conda_indexd.worker import Worker
+from conda_indexd.daemon.metrics import Metrics
+from conda_indexd.daemon.queue import DebounceQueue, EventKind, Pending, ScanReason
+from conda_indexd.daemon.worker import Worker
 from pkgfactory import index_json, make_package
 
 

@@ -1,3 +1,3 @@
-from .cli import main
+from conda_indexd.cli.main import main
 
 raise SystemExit(main())

@@ -1,30 +1,28 @@
 """Which channel store and which cache a configuration uses: the one place that knows
 the implementations (rattler-index's index_fs/index_s3 only build a store, then call
-the same index). Every stage below takes a `Backends`."""
+the same index). Every stage below is handed a `Backends` (pipeline/seams.py); this is
+the only module that imports the concrete stores, caches and locks."""
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from .cache import Caches
-from .config import IndexConfig
-from .fence import Fence, FencedStore
-from .localstore import LocalStore
-from .lock import ChannelLock, WriterLock
-from .sqlitecache import SqliteCaches
-from .store import ChannelStore
+from conda_indexd.caches.base import Caches
+from conda_indexd.caches.sqlite.cache import SqliteCaches
+from conda_indexd.config import IndexConfig
+from conda_indexd.ha.flock import ChannelLock
+from conda_indexd.ha.lock import NoLock, WriterLock
+from conda_indexd.pipeline.indexer import SubdirResult
+from conda_indexd.pipeline.indexer import index_subdir as run_subdir
+from conda_indexd.pipeline.seams import Backends as Backends  # re-exported: what open_backends returns
+from conda_indexd.stores.base import ChannelStore
+from conda_indexd.stores.fenced import Fence, FencedStore
+from conda_indexd.stores.local import LocalStore
 
 if TYPE_CHECKING:
-    from .s3store import S3Stats
-
-
-@dataclass(frozen=True)
-class Backends:
-    packages: ChannelStore  # where the packages are read from
-    outputs: ChannelStore  # where repodata is published (--output, else the channel)
-    caches: Caches
+    from conda_indexd.stores.s3.store import S3Stats
 
 
 def open_backends(
@@ -34,7 +32,7 @@ def open_backends(
     first. `stats` counts an S3 store's requests (the daemon's metrics)."""
     packages: ChannelStore
     if config.remote or config.output_url is not None:
-        from .s3store import S3Store  # boto3: only loaded for s3:// addresses
+        from conda_indexd.stores.s3.store import S3Store  # boto3: only loaded for s3:// addresses
 
         packages = S3Store(config.channel_url, stats=stats) if config.channel_url else LocalStore(config.channel)
         if config.output_url:
@@ -49,8 +47,8 @@ def open_backends(
         outputs = FencedStore(outputs, fence)
     caches: Caches
     if config.db == "postgresql":
-        from .channelid import channel_identity
-        from .pgcache import DEFAULT_DB_URL, PostgresCaches  # psycopg: the postgresql extra
+        from conda_indexd.caches.pg.cache import DEFAULT_DB_URL, PostgresCaches  # psycopg: the postgresql extra
+        from conda_indexd.ha.channelid import channel_identity
 
         caches = PostgresCaches(config.channel, config.db_url or DEFAULT_DB_URL, fence=fence, application_name=application_name,
                                 identify=channel_identity(config))  # fmt: skip
@@ -61,17 +59,34 @@ def open_backends(
     return Backends(packages, outputs, caches)
 
 
-def open_lock(config: IndexConfig, backends: Backends, retry_until: threading.Event | None = None) -> WriterLock:
+def open_lock(config: IndexConfig, backends: Backends, retry_until: threading.Event | None = None, *, paired: bool = False) -> WriterLock:
     """The one-writer lock of the outputs: a flock in a local channel, a lease object
     beside the outputs in a bucket (taken again and again while the store is unreachable,
     until `retry_until` is set: the daemon). With --db postgresql the pair's lease
-    (pairlease.py) fences the writers on top of this."""
+    (pairlease.py) fences the writers on top of this; a daemon of a pair (`paired`) takes
+    no other lock: the database lease orders the two."""
+    if paired:
+        return NoLock()
     if config.output_url or config.remote:
-        from .s3store import S3Store
+        from conda_indexd.stores.s3.store import S3Store
 
         out = backends.outputs
         if isinstance(out, S3Store):
-            from .s3lease import S3Lease
+            from conda_indexd.ha.s3lease import S3Lease
 
             return S3Lease(out, retry_until=retry_until)
     return ChannelLock(config.channel)
+
+
+def recent_writes(outputs: ChannelStore) -> Callable[..., bool] | None:
+    """How a folder's watcher tells our own writes from someone else's: the channel
+    folder's `changed_by_us(key, within, removals_only=...)` (under the pair's fence, the
+    store it wraps); None for a store that is not a folder."""
+    inner = outputs.inner if isinstance(outputs, FencedStore) else outputs
+    return inner.changed_by_us if isinstance(inner, LocalStore) else None
+
+
+def index_subdir(config: IndexConfig, subdir: str, *, backends: Backends | None = None, **options: Any) -> SubdirResult:
+    """`pipeline.indexer.index_subdir` with the configuration's own backends when none are
+    handed over (a one-off run: tests, tools)."""
+    return run_subdir(config, subdir, backends=backends or open_backends(config), **options)

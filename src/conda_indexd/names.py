@@ -7,6 +7,8 @@ conda-index's compact JSON, and UTC timestamps. Nothing here does I/O.
 from __future__ import annotations
 
 import json
+import re
+import secrets
 import time
 from typing import Any
 
@@ -29,9 +31,38 @@ SUBDIR_FILES = (REPODATA, REPODATA + ".zst", REPODATA + ".bz2", REPODATA_FROM_PA
                 REPODATA_FROM_PACKAGES + ".zst", REPODATA_FROM_PACKAGES + ".bz2", PATCH_INSTRUCTIONS,
                 CURRENT, SHARD_INDEX, RUN_EXPORTS)  # fmt: skip
 
+# a shard's file name in `shards/`: its sha256 in hex (CEP-16); group 1 is the digest
+SHARD_FILE = re.compile(r"^([0-9a-f]{64})\.msgpack\.zst$")
+
+# the temporary name a file is written under before its rename: `.<name>.<8 hex>.tmp`
+TEMP_FILE = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
+
+
+def temp_file_name(name: str) -> str:
+    """A fresh temporary name for `name`, in the same folder (matches TEMP_FILE)."""
+    return f".{name}.{secrets.token_hex(4)}.tmp"
+
+
 # every file the indexer publishes in a subdir (shards aside): watched for outside changes
 PUBLISHED_NAMES = frozenset(
     [*(n + sfx for n in COMPRESSED for sfx in ("", *COMPRESSED_SUFFIXES)), SHARD_INDEX, RUN_EXPORTS, PATCH_INSTRUCTIONS]
+)
+
+
+# Keys conda-index drops from info/index.json (channel-format.md §2.2).
+FILTERED_KEYS = frozenset(
+    {
+        "arch",
+        "has_prefix",
+        "mtime",
+        "platform",
+        "ucs",
+        "requires_features",
+        "binstar",
+        "target-triplet",
+        "machine",
+        "operatingsystem",
+    }
 )
 
 

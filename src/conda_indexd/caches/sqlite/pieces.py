@@ -1,0 +1,104 @@
+"""The record pieces kept beside cache.db, in `.cache/conda-indexd-pieces.db` (ours; conda-index's
+cache.db keeps exactly its own tables), so a one-shot re-run or a daemon restart does not
+serialise unchanged records again.
+
+A piece is only used while the crc32 of the `index_json` row it was made from still
+matches: conda-index's rows win whenever they disagree (a package it re-indexed gets a
+new piece). It is a cache of a cache: when the file is unreadable it is started again,
+and pieces of packages that left cache.db are dropped on a full refresh.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import sqlite3
+import zlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from conda_indexd.util.logs import get_logger
+
+log = get_logger(__name__)
+
+PIECES_FILE = "conda-indexd-pieces.db"
+BATCH = 2000  # rows looked up per query
+_SCHEMA = "CREATE TABLE IF NOT EXISTS pieces (path TEXT PRIMARY KEY, crc INTEGER NOT NULL, piece BLOB NOT NULL)"
+
+
+def text_crc(text: str) -> int:
+    return zlib.crc32(text.encode())
+
+
+class PieceStore:
+    """{path: (crc of its index_json text, piece)} in one sqlite file."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / PIECES_FILE
+        self.db: sqlite3.Connection | None = None
+
+    def _open(self) -> sqlite3.Connection:
+        if self.db is None:
+            try:
+                self.db = self._connect()
+            except sqlite3.Error as exc:
+                log.warning("record pieces unreadable; starting them again", path=str(self.path), error=str(exc))
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()
+                self.db = self._connect()
+        return self.db
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None)
+        db.execute("PRAGMA journal_mode = WAL")  # a cache of a cache: no fsync per commit
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute(_SCHEMA)
+        return db
+
+    def lookup(self, rows: Iterable[tuple[str, str, str]]) -> Iterator[tuple[str, str, str, bytes | None]]:
+        """(path, name, index_json text) -> the same with the stored piece, or None when
+        absent or made from another text. Read in batches: memory stays bounded."""
+        it = iter(rows)
+        while batch := list(itertools.islice(it, BATCH)):
+            stored: dict[str, tuple[int, bytes]] = {}
+            try:
+                db = self._open()
+                query = f"SELECT path, crc, piece FROM pieces WHERE path IN ({','.join('?' * len(batch))})"
+                stored = {p: (c, bytes(b)) for p, c, b in db.execute(query, [r[0] for r in batch])}
+            except sqlite3.Error as exc:
+                log.warning("record pieces unreadable; serialising again", path=str(self.path), error=str(exc))
+                self.reset()
+            for path, name, text in batch:
+                known = stored.get(path)
+                yield path, name, text, (known[1] if known is not None and known[0] == text_crc(text) else None)
+
+    def save(self, pieces: Iterable[tuple[str, str, bytes]], *, keep: Iterable[str] | None = None) -> None:
+        """Keep (path, index_json text it was made from, piece); `keep`: every path still
+        published (the others' pieces are dropped)."""
+        try:
+            db = self._open()
+            db.execute("BEGIN")
+            db.executemany(
+                "INSERT OR REPLACE INTO pieces (path, crc, piece) VALUES (?, ?, ?)",
+                ((path, text_crc(text), piece) for path, text, piece in pieces),
+            )
+            if keep is not None:
+                db.execute("CREATE TEMP TABLE IF NOT EXISTS keep (path TEXT PRIMARY KEY)")
+                db.execute("DELETE FROM keep")
+                db.executemany("INSERT OR IGNORE INTO keep VALUES (?)", ((p,) for p in keep))
+                db.execute("DELETE FROM pieces WHERE path NOT IN (SELECT path FROM keep)")
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            log.warning("record pieces not saved", path=str(self.path), error=str(exc))
+            self.reset()
+
+    def reset(self) -> None:
+        self.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    def close(self) -> None:
+        if self.db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.close()
+            self.db = None

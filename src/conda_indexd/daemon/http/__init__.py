@@ -1,0 +1,1 @@
+"""The daemon's HTTP listener: the protocol (no I/O), the server and the status page."""

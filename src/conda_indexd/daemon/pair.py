@@ -1,0 +1,111 @@
+"""The active/standby loop of a daemon in a pair (`watch --db postgresql`): the worker's
+`pair`, driving its reconcile/serve steps while this daemon leads, and keeping a standby
+warm otherwise.
+
+- Leader: a full reconcile of every subdir (the previous leader may have stopped
+  mid-publish), then the usual event loop for as long as the lease holds. A publish step
+  after the lease is lost fails with `Fenced`, like any failed run (memo dropped).
+- Standby: takes the events (dropped: a takeover lists every subdir anyway) and every
+  few seconds refreshes each subdir's record memo from the shared cache, so a takeover
+  only reads what changed since. Ready (/readyz 200) while the database answers.
+"""
+
+from __future__ import annotations
+
+import time
+
+from conda_indexd.daemon.metrics import Metrics
+from conda_indexd.daemon.worker import Worker
+from conda_indexd.ha.leader import Leadership
+from conda_indexd.pipeline.memo import RecordMemo
+from conda_indexd.util.logs import get_logger
+
+log = get_logger(__name__)
+
+MEMO_REFRESH = 2.0  # seconds between a standby's memo refreshes
+MAX_BACKOFF = 30.0
+
+
+class Pair:
+    def __init__(self, leadership: Leadership, metrics: Metrics, *, refresh: float = MEMO_REFRESH):
+        self.leadership = leadership
+        self.metrics = metrics
+        self.refresh = refresh
+        self.failures = 0
+        leadership.on_change.append(self._count)
+
+    def _count(self, leader: bool) -> None:
+        self.metrics.leader.set(1 if leader else 0)
+        self.metrics.leadership_changes.labels("leader" if leader else "standby").inc()
+
+    def __call__(self, worker: Worker) -> None:
+        self.leadership.start()
+        try:
+            while not worker.stopping.is_set():
+                if self.leadership.is_leader():
+                    self._lead(worker)
+                else:
+                    self._stand_by(worker)
+        finally:
+            self.leadership.stop()
+            self.metrics.leader.set(0)
+
+    def _drain(self, worker: Worker) -> int:
+        dropped = 0
+        while worker.queue.take(timeout=0) is not None:
+            dropped += 1
+        worker.metrics.queue_pending.set(worker.queue.pending_count())
+        return dropped
+
+    def _lead(self, worker: Worker) -> None:
+        self._drain(worker)  # the reconcile below lists every subdir
+        started = time.monotonic()
+        if not worker.reconcile():
+            return
+        if not self.leadership.is_leader():
+            return
+        log.info("leader reconciled", token=self.leadership.token, seconds=round(time.monotonic() - started, 3))
+        worker.reconciled.set()
+        if not worker.ready.is_set():
+            worker.became_ready()
+        worker.serve(self.leadership.is_leader)
+
+    def _stand_by(self, worker: Worker) -> None:
+        self.leadership.changed.clear()
+        self._drain(worker)
+        ok = self.leadership.connected and self._warm(worker)
+        if ok:
+            self.failures = 0
+            if not worker.ready.is_set():
+                worker.became_ready(reconciled=False)
+            wait = self.refresh
+        else:
+            self.failures += 1
+            if worker.ready.is_set():
+                worker.ready.clear()
+                worker.metrics.ready.set(0)
+                log.warning("not ready: the database is unreachable", error=self.leadership.last_error)
+            wait = min(MAX_BACKOFF, 0.5 * 2**self.failures)
+        deadline = time.monotonic() + wait  # woken by a change of role or a stop
+        while time.monotonic() < deadline and not worker.stopping.is_set():
+            if self.leadership.changed.wait(min(0.25, max(0.0, deadline - time.monotonic()))):
+                break
+
+    def _warm(self, worker: Worker) -> bool:
+        """Refresh every subdir's memo from the shared cache (reads only)."""
+        try:
+            for subdir in worker.subdirs():
+                state = worker.state(subdir)
+                with worker.backends.caches.open(subdir) as cache:
+                    memo = state.memo if state.memo is not None else RecordMemo(cache.memo_folder())
+                    memo.refresh(cache)
+                state.memo = memo
+                state.status.packages = len(memo)
+                if self.leadership.is_leader() or worker.stopping.is_set():
+                    break
+        except Exception as exc:  # noqa: BLE001 - unreachable database, restarted server
+            for state in worker.states.values():
+                state.memo = None  # refreshed from scratch once the database answers
+            self.leadership.last_error = f"{type(exc).__name__}: {exc}"
+            return False
+        return True

@@ -1,0 +1,1 @@
+"""`conda-indexd demo`: a small channel of real packages, and the deterministic package builder behind it."""

@@ -1,0 +1,147 @@
+"""Pure functions from cache rows to the bytes of repodata.json and friends (§2, §6.2).
+
+The output equals conda-index 0.13's `json.dumps(repodata, sort_keys=True,
+separators=(",", ":"))`. It is assembled from per-record pieces: `json.dumps` with
+sorted keys is compositional, so the document can be streamed from records serialised
+one at a time (and, later, kept serialised between runs).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol
+
+from conda_indexd.names import compact_json, section_of
+
+
+def serialize_record(index_json_text: str) -> str:
+    """One cached index_json row as it appears inside repodata.json."""
+    return compact_json(json.loads(index_json_text))
+
+
+def subdir_base_url(base_url: str, subdir: str) -> str:
+    """CEP-15: where a subdir's packages are served from."""
+    return f"{base_url.rstrip('/')}/{subdir}/"
+
+
+def subdir_info(subdir: str, base_url: str | None) -> dict[str, str]:
+    info = {"subdir": subdir}
+    if base_url:
+        info["base_url"] = subdir_base_url(base_url, subdir)
+    return info
+
+
+def record_piece(filename: str, index_json_text: str) -> str:
+    """One `"filename":{record}` member of a repodata.json section."""
+    return f"{json.dumps(filename)}:{serialize_record(index_json_text)}"
+
+
+def piece_bytes(filename: str, index_json_text: str) -> bytes:
+    """record_piece as the ASCII bytes the memo keeps."""
+    return record_piece(filename, index_json_text).encode("ascii")
+
+
+CHUNK = 2000  # pieces per streamed chunk (about 1 MB)
+
+
+class Pieces(Protocol):
+    """One section's records, streamed: `size` bytes of pieces joined by commas."""
+
+    size: int
+
+    def __len__(self) -> int: ...
+    def chunks(self) -> Iterator[bytes]: ...
+
+
+class PieceList:
+    """Pieces held as a list of bytes (small documents, tests)."""
+
+    def __init__(self, pieces: Sequence[bytes]):
+        self.pieces = pieces
+        self.size = sum(map(len, pieces)) + max(len(pieces) - 1, 0)
+
+    def __len__(self) -> int:
+        return len(self.pieces)
+
+    def chunks(self) -> Iterator[bytes]:
+        for start in range(0, len(self.pieces), CHUNK):
+            chunk = b",".join(self.pieces[start : start + CHUNK])
+            yield b"," + chunk if start else chunk
+
+
+class Document:
+    """repodata.json as a stream of chunks: the skeleton around the record pieces of each
+    section, never joined into one string. `size` is known before streaming (a zstd
+    frame header carries it). The same bytes as build_repodata."""
+
+    def __init__(
+        self,
+        subdir: str,
+        tar: Sequence[bytes] | Pieces,
+        conda: Sequence[bytes] | Pieces,
+        *,
+        base_url: str | None = None,
+        removed: Iterable[str] = (),
+    ):
+        version = 2 if base_url else 1
+        self.head = b'{"info":' + compact_json(subdir_info(subdir, base_url)).encode("ascii") + b',"packages":{'
+        self.middle = b'},"packages.conda":{'
+        self.tail = (',"removed":' + compact_json(sorted(removed)) + ',"repodata_version":' + str(version) + "}").encode("ascii")
+        self.sections: tuple[Pieces, Pieces] = tuple(p if hasattr(p, "chunks") else PieceList(p) for p in (tar, conda))  # type: ignore[assignment,arg-type]
+        self.size = len(self.head) + len(self.middle) + 1 + len(self.tail) + sum(p.size for p in self.sections)
+
+    def chunks(self) -> Iterator[bytes]:
+        yield self.head
+        for i, pieces in enumerate(self.sections):
+            if i:
+                yield self.middle
+            yield from pieces.chunks()
+        yield b"}" + self.tail
+
+    def to_bytes(self) -> bytes:
+        return b"".join(self.chunks())
+
+
+def build_repodata(
+    subdir: str, pieces: Iterable[tuple[str, str]], *, base_url: str | None = None, removed: Iterable[str] = ()
+) -> bytes:
+    """repodata.json bytes from (filename, record_piece) pairs sorted by filename.
+
+    The document equals `compact_json(repodata)`: `json.dumps` with sorted keys composes, so it
+    can be assembled from records serialised one at a time (and kept between runs).
+    """
+    tar: list[str] = []
+    conda: list[str] = []
+    for fn, piece in pieces:
+        section = section_of(fn)
+        if section == "packages":
+            tar.append(piece)
+        elif section == "packages.conda":
+            conda.append(piece)
+    version = 2 if base_url else 1
+    text = "".join(
+        (
+            '{"info":', compact_json(subdir_info(subdir, base_url)),
+            ',"packages":{', ",".join(tar),
+            '},"packages.conda":{', ",".join(conda),
+            '},"removed":', compact_json(sorted(removed)),
+            ',"repodata_version":', str(version), "}",
+        )
+    )  # fmt: skip
+    return text.encode("ascii")
+
+
+def build_run_exports(subdir: str, rows: Iterable[tuple[str, str | None]]) -> bytes:
+    """run_exports.json (CEP-12) from (filename, run_exports text or None) pairs."""
+    packages: dict[str, Any] = {}
+    packages_conda: dict[str, Any] = {}
+    for fn, text in rows:
+        entry = {"run_exports": (json.loads(text) if text else None) or {}}
+        section = section_of(fn)
+        if section == "packages":
+            packages[fn] = entry
+        elif section == "packages.conda":
+            packages_conda[fn] = entry
+    doc = {"info": {"subdir": subdir, "version": 1}, "packages": packages, "packages.conda": packages_conda}
+    return compact_json(doc).encode("ascii")

@@ -1,0 +1,328 @@
+"""CEP-16 sharded repodata (channel-format.md §5, §8.2): encoding and planning, both pure.
+
+Encoding is pure, from cache rows to bytes. A shard is
+`zstd(msgpack({"packages": {...}, "packages.conda": {...}}))` at zstd's default level 3,
+named by the sha256 of those compressed bytes. Records keep the cached index_json key
+order (filtered index.json, then md5, sha256, size), get `run_exports` appended (`{}`
+when none), and carry md5/sha256 as raw bytes, as conda-index 0.13 does.
+
+Upkeep, per subdir (planned here, written by shardstore.ShardStore):
+1. Each package name gets a fingerprint of its (filename, archive sha256) pairs. A name
+   whose fingerprint equals the one remembered in `.cache/shards-state.json`, and whose
+   shard file is still on disk with the remembered size, keeps its shard: the archive
+   sha256 fixes every byte of the metadata the shard is built from, so the shard would
+   encode to the same bytes. Only the other names are encoded.
+2. New shard files are written under a temporary name, fsynced and renamed into
+   `shards/`; a file already there with the same name is kept after its bytes are checked.
+3. `repodata_shards.msgpack.zst` is replaced only when its name->hash map or info (other
+   than created_at) changed, so a no-op run rewrites nothing.
+4. After repodata.json is published, shard files no longer named by the index are
+   deleted once they have been unreferenced for the retention period.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import msgpack
+
+try:  # Python 3.14+
+    from compression import zstd  # type: ignore[import-not-found]
+except ImportError:  # conda-package-streaming depends on the backport
+    from backports import zstd  # type: ignore[import-not-found,no-redef]
+
+from conda_indexd.formats import patches
+from conda_indexd.formats.repodata import subdir_base_url
+from conda_indexd.model import RecordRow, ShardKey
+from conda_indexd.names import SHARD_FILE, compact_json, section_of, utc_timestamp
+from conda_indexd.names import SHARD_INDEX as SHARD_INDEX  # re-exported: tests and tools decode it
+from conda_indexd.util.logs import get_logger
+
+log = get_logger(__name__)
+
+SHARDS_BASE_URL = "./shards/"
+# Bump when the same rows would encode to different shard bytes: it is part of every
+# fingerprint, so all shards are rebuilt once after an upgrade that changes encoding.
+ENCODING = 1
+
+
+def shard_record(index_json_text: str, run_exports_text: str | None) -> dict[str, Any]:
+    record = json.loads(index_json_text)
+    record["run_exports"] = (json.loads(run_exports_text) if run_exports_text else None) or {}
+    for key in ("md5", "sha256"):
+        if isinstance(record.get(key), str):
+            record[key] = bytes.fromhex(record[key])
+    return record
+
+
+def shard_document(rows: Iterable[tuple[str, str, str | None]]) -> dict[str, dict[str, Any]]:
+    """{packages, packages.conda} from (filename, index_json text, run_exports text) rows."""
+    doc: dict[str, dict[str, Any]] = {"packages": {}, "packages.conda": {}}
+    for fn, index_text, run_exports_text in sorted(rows, key=lambda r: r[0]):
+        section = section_of(fn)
+        if section is not None:
+            doc[section][fn] = shard_record(index_text, run_exports_text)
+    return doc
+
+
+def encode_shard(
+    rows: Iterable[tuple[str, str, str | None]], instructions: dict[str, Any] | None = None, *, ops: dict[str, list[patches.Op]] | None = None
+) -> tuple[bytes, bytes]:
+    """(compressed shard bytes, its 32-byte sha256); patched when `instructions` are
+    given (or their patches.per_record `ops`), record by record; a `removed` list only
+    when something was removed, as conda-index."""
+    doc = shard_document(rows)
+    ops = patches.per_record(instructions) if ops is None else ops
+    if ops:
+        removed = []
+        for section in ("packages", "packages.conda"):
+            records = doc[section]
+            for fn in [fn for fn in records if fn in ops]:
+                if patches.patch_record(records[fn], ops[fn]):
+                    del records[fn]
+                    removed.append(fn)
+        if removed:
+            doc["removed"] = sorted(removed)  # type: ignore[assignment]
+    data = zstd.compress(msgpack.packb(doc))
+    return data, hashlib.sha256(data).digest()
+
+
+def encode_index(
+    subdir: str,
+    shards: dict[str, bytes],
+    *,
+    base_url: str | None = None,
+    created: str | None = None,
+    shards_base_url: str = SHARDS_BASE_URL,
+) -> bytes:
+    """repodata_shards.msgpack.zst: version 1, info, and {name: digest} ordered by name."""
+    info = index_info(subdir, base_url, shards_base_url)
+    index = {
+        "version": 1,
+        "info": {  # conda-index's key order: created_at before subdir
+            "base_url": info["base_url"],
+            "shards_base_url": info["shards_base_url"],
+            "created_at": created or utc_timestamp(),
+            "subdir": subdir,
+        },
+        "shards": {name: shards[name] for name in sorted(shards)},
+    }
+    return zstd.compress(msgpack.packb(index))
+
+
+def decode(data: bytes) -> Any:
+    return msgpack.unpackb(zstd.decompress(data))
+
+
+def fingerprint(rows: Iterable[tuple[str, str]], salt: str = "") -> str:
+    """What a name's shard depends on: its (filename, archive sha256) pairs, each sha256
+    followed by the digest of the patch operations on that file when there are any
+    (fingerprints(ops=...)), and `salt`.
+
+    The archive's sha256 fixes every byte of its metadata, so equal fingerprints mean
+    an equal shard (for the same ENCODING), and the shard need not be re-encoded.
+    """
+    h = hashlib.sha256(f"encoding {ENCODING}\n{salt}\n".encode())
+    for fn, sha in sorted(rows):
+        h.update(f"{fn}\0{sha}\n".encode())
+    return h.hexdigest()[:32]
+
+
+def fingerprints(
+    keys: Iterable[tuple[str, str, str]], salt: str = "", ops: dict[str, list[patches.Op]] | None = None
+) -> dict[str, str]:
+    """{name: fingerprint} from (name, filename, sha256) rows ordered by name; `ops`
+    (patches.per_record) salts only the names whose files they touch."""
+    ops = ops or {}
+    return {
+        name: fingerprint(((fn, f"{sha}+{patches.ops_digest(ops[fn])}" if fn in ops else sha) for _, fn, sha in rows), salt)
+        for name, rows in itertools.groupby(keys, key=lambda r: r[0])
+    }
+
+
+# --- planning (pure): which names to encode, and their new shards ----------------------
+
+
+@dataclass
+class Remembered:
+    """What was published for one name: its fingerprint, shard hash (hex) and size."""
+
+    fingerprint: str
+    digest: str
+    size: int
+
+
+
+
+@dataclass
+class ShardState:
+    """What the upkeep remembers between runs (kept with the cache, see shardstore)."""
+
+    remembered: dict[str, Remembered] = field(default_factory=dict)
+    unreferenced: dict[str, float] = field(default_factory=dict)  # digest -> since
+    salt: str = ""  # digest of the patch instructions the remembered fingerprints saw
+    patched: set[str] | None = None  # the names those instructions touched (None: not known)
+
+    @classmethod
+    def from_bytes(cls, data: bytes | None) -> ShardState:
+        """The saved state; an empty one when there is none or it is unreadable
+        (then every shard is checked again, and nothing is rewritten needlessly)."""
+        if data is None:
+            return cls()
+        try:
+            state = json.loads(data)
+            if state.get("version") != 1:
+                return cls()
+            return cls(
+                {name: Remembered(*entry) for name, entry in state["names"].items()},
+                {h: float(t) for h, t in state["unreferenced"].items()},
+                str(state.get("salt", "")),
+                set(state["patched"]) if isinstance(state.get("patched"), list) else None,
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("ignoring unreadable shard state; shards are checked again", error=str(exc))
+            return cls()
+
+    def to_bytes(self) -> bytes:
+        state = {
+            "names": {name: [r.fingerprint, r.digest, r.size] for name, r in self.remembered.items()},
+            "salt": self.salt,
+            **({"patched": sorted(self.patched)} if self.patched is not None else {}),
+            "unreferenced": self.unreferenced,
+            "version": 1,
+        }
+        return compact_json(state).encode()
+
+
+@dataclass
+class ShardPlan:
+    salt: str
+    patched: set[str]  # the names the instructions touch
+    kept: dict[str, Remembered]  # names whose shard stays as it is
+    todo: dict[str, str]  # names to encode -> their new fingerprint
+
+
+def ops_salt(ops: dict[str, list[patches.Op]]) -> str:
+    """Which per-record patches the fingerprints were computed with ("" for none: the
+    same fingerprints as an unpatched channel)."""
+    return hashlib.sha256(compact_json(sorted(ops.items())).encode()).hexdigest()[:16] if ops else ""
+
+
+class Keys(Protocol):
+    """The published (name, filename, sha256) keys, by name (RecordMemo, KeyList)."""
+
+    def shard_names(self) -> list[str]: ...
+    def shard_keys(self, names: Iterable[str] | None = None) -> Iterator[ShardKey]: ...
+    def name_of(self, fn: str) -> str | None: ...
+
+
+class KeyList:
+    """Keys held as a list ordered by name."""
+
+    def __init__(self, keys: Iterable[ShardKey]):
+        self.keys = sorted(keys)
+
+    def shard_names(self) -> list[str]:
+        return sorted({k.name for k in self.keys})
+
+    def name_of(self, fn: str) -> str | None:
+        return next((k.name for k in self.keys if k.path == fn), None)
+
+    def shard_keys(self, names: Iterable[str] | None = None) -> Iterator[ShardKey]:
+        wanted = None if names is None else set(names)
+        return (k for k in self.keys if wanted is None or k.name in wanted)
+
+
+def plan_shards(
+    state: ShardState,
+    keys: Keys | list[ShardKey],
+    changed: set[str] | None,
+    instructions: dict[str, Any] | None,
+    on_disk: dict[str, int],
+) -> ShardPlan:
+    """Which names keep their shard. `keys`: (name, filename, sha256) of every published
+    package; `changed`: the only names whose files changed since the
+    state was saved (None: any), the others keep their remembered fingerprint.
+    Patches salt only the fingerprints of the names whose files they touch, so a patch
+    change re-encodes only those names' shards."""
+    if isinstance(keys, list):
+        keys = KeyList(keys)
+    ops = patches.per_record(instructions)
+    salt = ops_salt(ops)
+    patched = {name for fn in ops if (name := keys.name_of(fn)) is not None}
+    if salt != state.salt:
+        # other patches: the names the old or the new ones touch get other fingerprints
+        # (an untouched name's fingerprint has no patch in it)
+        changed = None if changed is None or state.patched is None else changed | state.patched | patched
+    if changed is None:
+        current = fingerprints(keys.shard_keys(), ops=ops)
+    else:
+        remembered = state.remembered
+        names = keys.shard_names()
+        current = fingerprints(keys.shard_keys([n for n in names if n in changed or n not in remembered]), ops=ops)
+        current.update({n: remembered[n].fingerprint for n in names if n not in current})
+    kept, todo = plan(current, state.remembered, on_disk)
+    return ShardPlan(salt, patched, kept, todo)
+
+
+def plan(
+    current: dict[str, str], remembered: dict[str, Remembered], on_disk: dict[str, int]
+) -> tuple[dict[str, Remembered], dict[str, str]]:
+    """Split names into (kept: {name: Remembered}, to encode: {name: fingerprint})."""
+    kept, todo = {}, {}
+    for name, fp in current.items():
+        old = remembered.get(name)
+        if old is not None and old.fingerprint == fp and on_disk.get(old.digest) == old.size:
+            kept[name] = old
+        else:
+            todo[name] = fp
+    return kept, todo
+
+
+def encode_shards(
+    todo: dict[str, str], rows: Iterable[RecordRow], instructions: dict[str, Any] | None
+) -> dict[str, tuple[bytes, Remembered]]:
+    """{name: (shard bytes, what to remember)} for the names to encode, from their rows."""
+    encoded = {}
+    ops = patches.per_record(instructions)
+    ordered = sorted((row for row in rows if row.name in todo), key=lambda r: (r.name, r.path))
+    for name, group in itertools.groupby(ordered, key=lambda r: r.name):
+        data, digest = encode_shard(((r.path, r.index_json, r.run_exports) for r in group), ops=ops)
+        encoded[name] = (data, Remembered(todo[name], digest.hex(), len(data)))
+    return encoded
+
+
+def shard_file(digest_hex: str) -> str:
+    return f"{digest_hex}.msgpack.zst"
+
+
+def shard_digests(files: dict[str, int]) -> dict[str, int]:
+    """{hex digest: size} of the shard files among a folder's {name: size}."""
+    return {m.group(1): size for name, size in files.items() if (m := SHARD_FILE.match(name))}
+
+
+def index_info(subdir: str, base_url: str | None, shards_base_url: str = SHARDS_BASE_URL) -> dict[str, str]:
+    """The shard index's `info`, created_at aside."""
+    return {
+        "base_url": subdir_base_url(base_url, subdir) if base_url else "",
+        "shards_base_url": shards_base_url,
+        "subdir": subdir,
+    }
+
+
+def index_is_current(data: bytes | None, subdir: str, shards: dict[str, bytes], base_url: str | None) -> bool:
+    """Whether the published index already says exactly this (created_at aside)."""
+    if data is None:
+        return False
+    try:
+        index = decode(data)
+        info = dict(index["info"])
+        info.pop("created_at")
+        return bool(index["version"] == 1 and info == index_info(subdir, base_url) and index["shards"] == shards)
+    except Exception:  # unreadable or foreign: replace it
+        return False

@@ -1,0 +1,1 @@
+"""One writer per channel: the folder lock, the bucket lease, the PostgreSQL pair's leadership."""

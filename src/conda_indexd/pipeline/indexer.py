@@ -1,0 +1,241 @@
+"""The one indexing path for a subdir, shared by `conda-indexd index` and the daemon.
+
+fs stage (fsstate) -> extract the changed packages (extract) -> refresh the record memo
+(memo) -> build every output as bytes (build) -> publish: shards, shard index,
+repodata.json and the rest (shardstore, outputs) -> collect old shards. Channel-level
+files follow in channelfiles, after every subdir.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+from conda_indexd.caches.base import CacheCorrupt, Failure, FileState, SubdirCache
+from conda_indexd.config import IndexConfig
+from conda_indexd.formats import origin
+from conda_indexd.names import PATCH_INSTRUCTIONS, REPODATA, SHARD_INDEX, SHARDS_DIR
+from conda_indexd.pipeline import memofile
+from conda_indexd.pipeline.build import build_from_memo
+from conda_indexd.pipeline.extract import Progress, extract
+from conda_indexd.pipeline.fsstate import update_fs_stage
+from conda_indexd.pipeline.memo import RecordMemo
+from conda_indexd.pipeline.outputs import publish_outputs, withdraw_current
+from conda_indexd.pipeline.quiet import inputs_token, listing_digest, outputs_state
+from conda_indexd.pipeline.seams import Backends
+from conda_indexd.pipeline.shardstore import ShardsReport, ShardStore, withdraw
+from conda_indexd.stores.base import key
+from conda_indexd.util.logs import get_logger
+
+log = get_logger(__name__)
+
+NAMED_FILES = 20  # files named per kind in a publish log line
+
+
+@dataclass
+class SubdirResult:
+    subdir: str
+    packages: int = 0  # records published in repodata.json
+    extracted: int = 0  # archives read and stored this run
+    new_failures: list[Failure] = field(default_factory=list)  # failed this run
+    skipped: list[Failure] = field(default_factory=list)  # every archive currently left out
+    written: list[str] = field(default_factory=list)  # output files replaced
+    added: list[str] = field(default_factory=list)  # package files now published, not before
+    removed: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)  # published before and now, other sha256
+    repodata_bytes: int = 0
+    shards: ShardsReport = field(default_factory=ShardsReport)
+    duration: float = 0.0
+    memo: RecordMemo = field(default_factory=RecordMemo)  # the records now published
+
+    @property
+    def shards_written(self) -> int:
+        return sum(1 for f in self.written if f.startswith(SHARDS_DIR + "/"))
+
+    def log_fields(self) -> dict[str, object]:
+        """What the CLI and the daemon log for a run (shard files counted, not listed;
+        package files named, the first NAMED_FILES of each kind)."""
+        fields: dict[str, object] = {"subdir": self.subdir, "packages": self.packages}
+        for kind, files in (("added", self.added), ("removed", self.removed), ("changed", self.changed)):
+            fields[kind] = len(files)
+            if files:
+                more = len(files) - NAMED_FILES
+                fields[f"{kind}_files"] = sorted(files)[:NAMED_FILES] + ([f"... and {more} more"] if more > 0 else [])
+        fields.update(
+            extracted=self.extracted,
+            skipped=len(self.skipped),
+            written=[f for f in self.written if not f.startswith(SHARDS_DIR + "/")],
+            shards_encoded=self.shards.encoded,
+            shards_written=self.shards_written,
+            shards_deleted=len(self.shards.deleted),
+            seconds=round(self.duration, 3),
+        )
+        return fields
+
+
+@dataclass
+class SubdirRun:
+    """One run of the indexing path over one subdir: what to look at and with what.
+
+    touched=None lists the whole subdir (start-up, rescans, the one-shot command);
+    otherwise only the named files are looked at (the daemon's events). Names in `hold`
+    (uploads in progress) keep their previous fs row. `listing`: a listing the caller
+    has just made. `memo`: the records the previous successful run published (the
+    daemon keeps it); without one every published record is read from the cache.
+    """
+
+    config: IndexConfig
+    subdir: str
+    backends: Backends
+    touched: Collection[str] | None = None
+    hold: Collection[str] = ()
+    listing: list[FileState] | None = None
+    memo: RecordMemo | None = None
+    on_progress: Progress | None = None
+    cancel: threading.Event | None = None
+    verify: Collection[str] = ()  # published files someone else changed (see ShardStore.publish)
+
+    def execute(self) -> SubdirResult:
+        try:
+            return self._execute()
+        except CacheCorrupt as exc:
+            # damage found mid-run: the cache moved itself aside (and said so); rebuild
+            # it from the packages
+            log.debug("re-running on an empty cache", subdir=self.subdir, moved_to=exc.moved_to)
+            self.touched, self.listing, self.memo = None, None, None
+            return self._execute()
+
+    def _execute(self) -> SubdirResult:
+        started = time.monotonic()
+        config, subdir, b = self.config, self.subdir, self.backends
+        result = SubdirResult(subdir)
+        full = self.touched is None
+        # The channel itself is never created here: if it vanished (an unmounted share),
+        # this fails and the caller retries instead of writing into the mount point.
+        b.packages.prepare(subdir, recover=False)
+        b.outputs.prepare(subdir, recover=full)
+        with b.caches.open(subdir) as cache:
+            # without the previous run's memo: the one saved by the last run (memofile.py),
+            # else a new one, and a one-shot run reports against what the cache published
+            memo = self.memo if self.memo is not None else (memofile.load(cache) or RecordMemo(cache.memo_folder()))
+            before = cache.published_digests() if self.memo is None and not memo.loaded else {}
+            # the memo was filled from this very cache, and nothing else wrote it since
+            # (a recreated or rebuilt cache.db, or conda-index, moves the generation)
+            trusted = memo.loaded if self.memo is None else memo.saved is not None and memo.saved[0] == cache.generation()
+            listing, digest = self.listing, None
+            if full and not self.hold:  # quiet.py: an unchanged listing changes no fs row
+                listing = b.packages.list_packages(subdir) if listing is None else listing
+                digest = listing_digest(listing)
+            if digest is not None and digest == memo.quiet.listing and (trusted or cache.memo_folder() is None):
+                looked_at: set[str] | None = set()
+                rows_changed: set[str] = set()
+            else:
+                looked_at, rows_changed = update_fs_stage(cache, b.packages, subdir, touched=self.touched, hold=self.hold, listing=listing)
+            # With touched names and the previous run's memo, nothing else can have changed
+            # (a failed or cancelled run drops the memo, so the next run is full). A full
+            # listing over a trusted memo (saved at this cache's generation) changed only
+            # the rows this fs stage wrote.
+            scope: set[str] | None = rows_changed if trusted else None
+            if looked_at is not None and self.memo is not None:
+                scope = looked_at
+            changed = cache.changed_packages(scope)
+            if changed:
+                log.debug("extracting", subdir=subdir, count=len(changed))
+            result.extracted, result.new_failures = extract(
+                cache, b.packages, subdir, changed, config.threads, self.on_progress, self.cancel
+            )
+            for failure in result.new_failures:
+                log.warning("skipped archive", subdir=subdir, path=failure.path, reason=failure.reason, detail=failure.message)
+            dirty = memo.refresh(cache, scope)
+            memo.quiet.listing = None  # until this run has published
+            result.skipped = cache.failures()
+            instructions = b.outputs.read(key(subdir, PATCH_INSTRUCTIONS))
+            overlay_bytes = b.packages.read(origin.overlay_key(subdir)) if config.origin_overlay else None
+            token = inputs_token(config, instructions, overlay_bytes)
+            quiet = not dirty and not self.verify and memo.quiet.outputs is not None  # verify: shards changed outside
+            quiet = quiet and time.time() < memo.quiet.collect_at
+            carried = memo.shards[1] if memo.shards is not None and self.memo is not None else None  # the shard upkeep's listing
+            if quiet and memo.quiet.outputs == (token, outputs_state(b.outputs, subdir, cache, carried)):
+                built = None  # nothing to build: the outputs are as this memo's last run left them
+            else:
+                memo.quiet.outputs = None
+                built = build_from_memo(
+                    config,
+                    subdir,
+                    memo,
+                    existing_instructions=instructions,
+                    run_exports=cache.run_exports() if config.run_exports else (),
+                    overlay=origin.parse(overlay_bytes) if overlay_bytes is not None else None,
+                )
+                # §8.2: shard files, then the shard index, then repodata.json and the rest.
+                store = self._publish_shards(cache, memo, dirty, built.instructions, result)
+                result.written += publish_outputs(config, b.outputs, subdir, built.outputs)
+                if not config.current_repodata:
+                    result.written += withdraw_current(b.outputs, subdir)
+                if store is not None:
+                    store.collect(config.shard_retention, result.shards)
+                    memo.quiet.collect_at = min(store.state.unreferenced.values(), default=float("inf")) + config.shard_retention
+                    store.save()
+                    memo.shards = store.carry
+                memo.quiet.outputs = (token, outputs_state(b.outputs, subdir, cache, store.on_disk if store is not None else None))
+            memo.quiet.listing = digest
+            if built is not None or dirty or rows_changed or result.extracted or result.new_failures or memo.saved is None or memo.saved[1] != digest:
+                memofile.save(cache, memo)
+        result.memo = memo
+        result.packages = len(memo)
+        if self.memo is None and not memo.loaded:
+            added, differ = [], []
+            for fn, sha in memo.items():
+                old = before.pop(fn, None) if fn in before else False
+                if old is False:
+                    added.append(fn)
+                elif (old or "") != sha:
+                    differ.append(fn)
+            result.added, result.removed, result.changed = sorted(added), sorted(before), sorted(differ)
+        else:
+            result.added, result.removed, result.changed = (sorted(files) for files in memo.last)
+        if built is not None:
+            repodata_json = built.outputs[REPODATA]
+            result.repodata_bytes = len(repodata_json) if isinstance(repodata_json, bytes) else repodata_json.size
+        else:
+            result.repodata_bytes = next((f.size for f in memo.quiet.outputs[1] if f.path == REPODATA), 0) if memo.quiet.outputs else 0
+        result.duration = time.monotonic() - started
+        return result
+
+    def _publish_shards(
+        self, cache: SubdirCache, memo: RecordMemo, dirty: set[str], instructions: dict[str, Any], result: SubdirResult
+    ) -> ShardStore | None:
+        if not self.config.write_shards:
+            if withdraw(self.backends.outputs, self.subdir):
+                result.shards.written.append(SHARD_INDEX)
+            result.written += result.shards.written
+            return None
+        # a run over touched names carries the last run's shard state and listing (full
+        # runs read both again)
+        carried = memo.shards if self.touched is not None else None
+        memo.shards = None  # until this run has saved
+        store = ShardStore(self.backends.outputs, cache, self.subdir, carried)
+        store.publish(memo, dirty, instructions, self.config.base_url, result.shards, verify=self.verify)
+        result.written += result.shards.written
+        return store
+
+
+def index_subdir(
+    config: IndexConfig,
+    subdir: str,
+    *,
+    touched: Collection[str] | None = None,
+    hold: Collection[str] = (),
+    on_progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+    listing: list[FileState] | None = None,
+    memo: RecordMemo | None = None,
+    backends: Backends,
+    verify: Collection[str] = (),
+) -> SubdirResult:
+    """Bring one subdir's cache and outputs up to date (see SubdirRun)."""
+    run = SubdirRun(config, subdir, backends, touched, hold, listing, memo, on_progress, cancel, verify)
+    return run.execute()

@@ -1,0 +1,308 @@
+"""The record memo: each published package's serialised repodata record, kept between
+runs so a one-package change costs one record, not the whole subdir.
+
+What the memo may assume (docs/architecture.md): an entry is valid while the package's
+archive sha256 is unchanged, because the sha256 fixes every byte of the metadata the
+record is built from. Pieces are also kept between processes (cache.pieces(), valid
+for the exact cached index_json text; and the whole memo, memofile.py), so a restart or
+a one-shot run does not serialise unchanged records again. A memo is only ever
+refreshed against the cache it was filled from: the owner drops it (starts the next run
+without one) whenever a run fails, is cancelled, or rebuilds a damaged cache. That rule
+lives in the daemon's SubdirState.
+
+Memory: the pieces live in a heap file (pieceheap.py); per record the memo keeps its
+filename and four array slots, so a million records cost about 150 MB, not gigabytes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import sys
+from collections.abc import Collection, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from conda_indexd.caches.base import ShardKey, SubdirCache
+from conda_indexd.formats import repodata
+from conda_indexd.names import section_of
+from conda_indexd.pipeline.pieceheap import PieceHeap, Section, SectionView
+from conda_indexd.pipeline.quiet import Quiet
+
+RESORT = 256  # more changes than this in one refresh: merge the sections in one pass
+BATCH = 2000  # pieces appended to the heap (and saved) at once
+LOOKUP = 64  # more records to read than this: look for their kept pieces first
+SECTIONS = ("packages", "packages.conda")
+NO_SHA = bytes(32)  # a published row without a sha256 (always read again)
+
+
+def _sha_bytes(sha: str | None) -> bytes:
+    try:
+        raw = bytes.fromhex(sha or "")
+    except ValueError:
+        return NO_SHA
+    return raw if len(raw) == 32 and raw != NO_SHA else NO_SHA
+
+
+class RecordMemo:
+    """Every published package of one subdir: per section, sorted filenames with their
+    sha256, package name and piece (in `heap`); the patched pieces of the last build
+    (`patched`, filled by build); what the last run saw (`quiet`, `shards`, `last`)."""
+
+    def __init__(self, folder: Path | None = None, *, heap: PieceHeap | None = None) -> None:
+        """`folder`: where the heap file lives (None: a temporary file)."""
+        self.heap = heap if heap is not None else PieceHeap(folder)
+        self.sections = {s: Section() for s in SECTIONS}
+        self.names: list[str] = []  # name ids -> package names
+        self.name_ids: dict[str, int] = {}
+        self.by_name: dict[str, list[str]] = {}  # package name -> its filenames, sorted
+        # {filename: (sha256 + its patch operations' digest, patched piece or None: removed)}
+        self.patched: dict[str, tuple[str, bytes | None]] = {}
+        self.quiet = Quiet()  # what the run that filled it saw and published (quiet.py)
+        self.last: tuple[list[str], list[str], list[str]] = ([], [], [])  # the last refresh's (added, removed, replaced)
+        self.shards: Any = None  # shardstore.Carried: what the last run's shard upkeep ended with
+        self.loaded = False  # filled from a saved memo (memofile.load)
+        self.saved: tuple[str, str | None] | None = None  # (cache generation, quiet listing) when last saved (memofile)
+
+    # --- reading -------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.sections.values())
+
+    def _find(self, fn: str) -> tuple[Section, int] | None:
+        section = section_of(fn)
+        if section is None:
+            return None
+        s = self.sections[section]
+        i = s.find(fn)
+        return (s, i) if i >= 0 else None
+
+    def __contains__(self, fn: object) -> bool:
+        return isinstance(fn, str) and self._find(fn) is not None
+
+    def filenames(self) -> Iterator[str]:
+        for s in self.sections.values():
+            yield from s.fns
+
+    def sha256(self, fn: str) -> str:
+        """The archive sha256 (hex; "" when the cache had none), KeyError when absent."""
+        found = self._find(fn)
+        if found is None:
+            raise KeyError(fn)
+        sha = found[0].sha(found[1])
+        return "" if sha == NO_SHA else sha.hex()
+
+    def piece(self, fn: str) -> bytes:
+        found = self._find(fn)
+        if found is None:
+            raise KeyError(fn)
+        s, i = found
+        return self.heap.read(s.offs[i], s.lens[i])
+
+    def items(self) -> Iterator[tuple[str, str]]:
+        """(filename, sha256 hex or "") of every record, section by section."""
+        for s in self.sections.values():
+            shas = s.shas
+            for i, fn in enumerate(s.fns):
+                sha = shas[i * 32 : i * 32 + 32]
+                yield fn, "" if sha == NO_SHA else sha.hex()
+
+    def digests(self) -> dict[str, str]:
+        return dict(self.items())
+
+    def view(self, section: str, replace: dict[str, bytes | None] | None = None) -> SectionView:
+        """One section of repodata.json as a stream (`replace`: patched pieces, None: left out)."""
+        return SectionView(self.heap, self.sections[section], replace)
+
+    def document(self, subdir: str, base_url: str | None, replace: dict[str, bytes | None] | None = None) -> repodata.Document:
+        replace = replace or {}
+        removed = sorted(fn for fn, p in replace.items() if p is None and fn in self)
+        views = [self.view(s, {fn: p for fn, p in replace.items() if section_of(fn) == s}) for s in SECTIONS]
+        return repodata.Document(subdir, views[0], views[1], base_url=base_url, removed=removed)
+
+    def pieces(self) -> list[tuple[str, str]]:
+        """(filename, record piece) sorted by filename (small subdirs and tests)."""
+        return sorted((fn, self.piece(fn).decode("ascii")) for fn in self.filenames())
+
+    def name_of(self, fn: str) -> str | None:
+        found = self._find(fn)
+        return self.names[found[0].ids[found[1]]] if found is not None else None
+
+    def shard_names(self) -> list[str]:
+        return sorted(self.by_name)
+
+    def shard_keys(self, names: Iterable[str] | None = None) -> Iterator[ShardKey]:
+        """(name, filename, sha256) ordered by name then filename, of `names` (None: all)."""
+        wanted = None if names is None else set(names)
+        if wanted is None or len(wanted) > len(self.by_name) // 8:  # many: one pass over the arrays
+            keys = []
+            for s in self.sections.values():
+                shas, ids, names_ = s.shas, s.ids, self.names
+                for i, fn in enumerate(s.fns):
+                    name = names_[ids[i]]
+                    if wanted is None or name in wanted:
+                        sha = shas[i * 32 : i * 32 + 32]
+                        keys.append(ShardKey(name, fn, "" if sha == NO_SHA else sha.hex()))
+            keys.sort()
+            yield from keys
+            return
+        for name in sorted(wanted):
+            for fn in self.by_name.get(name, ()):
+                yield ShardKey(name, fn, self.sha256(fn))
+
+    # --- updating ------------------------------------------------------------------
+
+    def refresh(self, cache: SubdirCache, paths: Collection[str] | None = None) -> set[str]:
+        """Bring the entries in line with the cache; returns the names whose records
+        were added, replaced or removed. `paths`: the only files that can have changed
+        since the last refresh (None: look at every published package)."""
+        seen = {s: bytearray(len(sec) if paths is None else 0) for s, sec in self.sections.items()}
+        returned: set[str] = set()
+        cursor = dict.fromkeys(SECTIONS, 0)
+        misses: dict[str, str] = {}  # filename -> its sha256 (hex, "" for none)
+        for fn, sha in cache.published_keys(paths):
+            section = section_of(fn)
+            if section is None:
+                continue
+            if paths is not None:
+                returned.add(fn)
+            s = self.sections[section]
+            i = cursor[section]
+            if not (i < len(s.fns) and s.fns[i] == fn):
+                i = s.find(fn)
+            if i >= 0:
+                cursor[section] = i + 1
+                if paths is None:
+                    seen[section][i] = 1
+                raw = _sha_bytes(sha)
+                if raw != NO_SHA and s.shas[i * 32 : i * 32 + 32] == raw:
+                    continue
+            misses[fn] = sha or ""
+        gone: list[str] = []
+        if paths is None:
+            for section, flags in seen.items():
+                fns = self.sections[section].fns
+                i = flags.find(0)
+                while i >= 0:
+                    gone.append(fns[i])
+                    i = flags.find(0, i + 1)
+        else:
+            gone = [fn for fn in paths if fn not in returned and fn in self]
+        del seen, returned
+        changed: set[str] = set()
+        bulk = len(misses) + len(gone) > RESORT
+        if len(self):
+            added = [fn for fn in misses if fn not in self]
+            replaced = [fn for fn in misses if fn in self and self.sha256(fn) != (misses[fn] if _sha_bytes(misses[fn]) != NO_SHA else "")]
+        else:  # a new memo (start-up): everything is added
+            added, replaced = list(misses), []
+        drop = set(gone) | (set(misses) - set(added))
+        for fn in sorted(drop):
+            entry = self._find(fn)
+            if entry is not None:
+                changed.add(self.names[entry[0].ids[entry[1]]])
+        if bulk:
+            self._drop_bulk(drop)
+        else:
+            for fn in drop:
+                self._remove(fn)
+        pending = {s: Section() for s in SECTIONS}
+        fresh: list[tuple[str, str, bytes]] = []
+        store = cache.pieces()
+        rows = ((r.path, r.name, r.index_json) for r in cache.records_for(list(misses)))
+        found = store.lookup(rows) if store is not None and len(misses) > LOOKUP else ((*r, None) for r in rows)
+        batch: list[tuple[str, str, bytes]] = []
+        for path, name, text, piece in found:
+            if piece is None:
+                piece = repodata.piece_bytes(path, text)
+                fresh.append((path, text, piece))
+            batch.append((path, name, piece))
+            if len(batch) >= BATCH:
+                self._add(batch, misses, changed, pending if bulk else None)
+                batch = []
+            if len(fresh) >= BATCH and store is not None:
+                store.save(fresh)
+                fresh = []
+        self._add(batch, misses, changed, pending if bulk else None)
+        if bulk:
+            for section, new in pending.items():
+                self.sections[section] = self.sections[section].merged(new)
+            for fns in self.by_name.values():
+                fns.sort()
+        if store is not None and (fresh or (paths is None and gone)):
+            store.save(fresh, keep=self.filenames() if paths is None and (gone or len(misses) > LOOKUP) else None)
+        self.last = (added, sorted(gone), replaced)
+        self.compact(force=len(misses) > RESORT)  # pieces arrive in the cache's order: sort them once
+        return changed
+
+    def _add(self, batch: list[tuple[str, str, bytes]], misses: dict[str, str], changed: set[str], pending: dict[str, Section] | None) -> None:
+        offsets = self.heap.append([piece for _, _, piece in batch])
+        for (path, name, piece), off in zip(batch, offsets, strict=True):
+            section = section_of(path)
+            if section is None:
+                continue
+            name = sys.intern(name)
+            changed.add(name)
+            name_id = self.name_ids.get(name)
+            if name_id is None:
+                name_id = self.name_ids[name] = len(self.names)
+                self.names.append(name)
+            sha = _sha_bytes(misses.get(path))
+            if pending is None:
+                self.sections[section].insert(path, sha, name_id, off, len(piece))
+                bisect.insort(self.by_name.setdefault(name, []), path)
+            else:
+                pending[section].append(path, sha, name_id, off, len(piece))
+                self.by_name.setdefault(name, []).append(path)  # sorted once the bulk refresh has merged
+
+    def _remove(self, fn: str) -> None:
+        found = self._find(fn)
+        if found is None:
+            return
+        s, i = found
+        name = self.names[s.ids[i]]
+        s.delete(i)
+        self._unname(name, fn)
+
+    def _unname(self, name: str, fn: str) -> None:
+        fns = self.by_name[name]
+        fns.remove(fn)
+        if not fns:
+            del self.by_name[name]
+
+    def _drop_bulk(self, drop: set[str]) -> None:
+        for section, s in self.sections.items():
+            mine = {fn for fn in drop if section_of(fn) == section}
+            if not mine:
+                continue
+            for fn in mine:
+                i = s.find(fn)
+                if i >= 0:
+                    self._unname(self.names[s.ids[i]], fn)
+            self.sections[section] = s.without(mine)
+
+    def live_bytes(self) -> int:
+        return sum(sum(s.lens) + len(s) for s in self.sections.values())
+
+    def compact(self, force: bool = False) -> None:
+        """Rewrite the heap in sorted order once it holds twice what is live (and more
+        than 16 MB of dead pieces): sections are then read in a few long runs."""
+        live = self.live_bytes()
+        if not force and self.heap.size <= max(2 * live, live + (16 << 20)):
+            return
+        old = self.heap
+        new = PieceHeap(old.folder)
+        for s in self.sections.values():
+            at = new.size
+            for chunk in old.runs(s, 0, len(s)):
+                new.append_raw(chunk)
+            s.placed(at)
+        self.heap = new
+        old.close()
+
+
+def from_pieces(pieces: Iterable[tuple[str, str]]) -> RecordMemo:
+    """A memo of (filename, record piece) pairs with no cache behind it (build_outputs)."""
+    memo = RecordMemo()
+    items = [(fn, p.encode("ascii")) for fn, p in pieces if section_of(fn) is not None]
+    memo._add([(fn, fn.rsplit("-", 2)[0], p) for fn, p in items], {}, set(), None)
+    return memo

@@ -1,0 +1,147 @@
+"""Stage 4b: write a subdir's shards and shard index through the channel store, and
+collect shards nobody names any more (the steps are in shards.py's module doc).
+
+The pure part (which names to encode, the new bytes) is shards.plan_shards and
+shards.encode_shards; this class only reads and writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from collections.abc import Collection, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from conda_indexd.caches.base import ShardKey, SubdirCache
+from conda_indexd.formats import shards
+from conda_indexd.names import SHARD_INDEX, SHARD_STATE, SHARDS_DIR
+from conda_indexd.stores.base import ChannelStore, key
+
+WRITERS = 8  # shard files written (and fsynced) at once
+Carried = tuple[shards.ShardState, dict[str, int]]  # (state, {digest: size} on disk)
+
+
+@dataclass
+class ShardsReport:
+    names: int = 0
+    encoded: int = 0  # shards built this run
+    written: list[str] = field(default_factory=list)  # files replaced, relative to the subdir
+    deleted: list[str] = field(default_factory=list)  # unreferenced shards past retention
+
+
+class ShardStore:
+    """The shards of one subdir's outputs and what was remembered about them."""
+
+    def __init__(self, store: ChannelStore, cache: SubdirCache, subdir: str, carried: Carried | None = None):
+        """`carried`: the state and shard listing the previous successful run of this
+        subdir ended with (the daemon keeps them in the memo; nothing else wrote shards
+        since, but for the files `publish(verify=)` names): neither is read again."""
+        self.store = store
+        self.cache = cache
+        self.subdir = subdir
+        self.folder = key(subdir, SHARDS_DIR)
+        self.carried = carried is not None
+        if carried is not None:
+            self.state, self.on_disk = carried
+        else:
+            self.state = shards.ShardState.from_bytes(cache.load_state(SHARD_STATE))
+            self.on_disk = {}  # {digest: size} seen by publish()
+
+    @property
+    def carry(self) -> Carried:
+        return self.state, self.on_disk
+
+    def publish(
+        self,
+        keys: shards.Keys,
+        changed: set[str] | None,
+        instructions: dict[str, Any] | None,
+        base_url: str | None,
+        report: ShardsReport,
+        verify: Collection[str] = (),
+    ) -> None:
+        """Steps 1-3: new shard files, one durability barrier, then the index. `verify`:
+        shard files (`shards/<digest>.msgpack.zst`) someone else may have changed; one
+        whose bytes no longer hash to its name counts as missing, so it is rewritten."""
+        if not self.carried:
+            self.on_disk = shards.shard_digests(self.store.list_files(self.folder))
+        for file in verify:
+            digest = file.removeprefix(SHARDS_DIR + "/").removesuffix(".msgpack.zst")
+            if digest in self.on_disk and not self._intact(digest):
+                del self.on_disk[digest]
+        plan = shards.plan_shards(self.state, keys, changed, instructions, self.on_disk)
+        kept = plan.kept
+        wrote = False
+        for batch in _batches(keys, plan.todo):
+            paths = [k.path for k in batch]
+            encoded = shards.encode_shards(plan.todo, self.cache.records_for(paths), instructions)
+            files = [(key(self.folder, shards.shard_file(r.digest)), data) for data, r in encoded.values()]
+            # each write fsyncs its file: many at once let the file system commit them together
+            with ThreadPoolExecutor(WRITERS) if len(files) > 8 else contextlib.nullcontext() as pool:
+                mapper = pool.map if pool is not None else map
+                done = list(mapper(lambda f: self.store.write(f[0], f[1], sync=False), files))  # same bytes: kept
+            for (name, (_, remembered)), fresh in zip(encoded.items(), done, strict=True):
+                filename = shards.shard_file(remembered.digest)
+                if fresh:
+                    report.written.append(f"{SHARDS_DIR}/{filename}")
+                    wrote = True
+                kept[name] = remembered
+                self.on_disk[remembered.digest] = remembered.size
+                report.encoded += 1
+        if wrote:
+            self.store.sync(self.folder)  # every shard is durable before the index names it
+        self.state.remembered, self.state.salt, self.state.patched = kept, plan.salt, plan.patched
+        report.names = len(kept)
+        digests = {name: bytes.fromhex(r.digest) for name, r in kept.items()}
+        index_key = key(self.subdir, SHARD_INDEX)
+        if not shards.index_is_current(self.store.read(index_key), self.subdir, digests, base_url):
+            self.store.write(index_key, shards.encode_index(self.subdir, digests, base_url=base_url))
+            report.written.append(SHARD_INDEX)
+
+    def _intact(self, digest: str) -> bool:
+        data = self.store.read(key(self.folder, shards.shard_file(digest)))
+        return data is not None and hashlib.sha256(data).hexdigest() == digest
+
+    def collect(self, retention: float, report: ShardsReport, now: float | None = None) -> None:
+        """Step 4: delete shard files unreferenced for longer than `retention` seconds."""
+        now = time.time() if now is None else now
+        referenced = {r.digest for r in self.state.remembered.values()}
+        unreferenced = {}
+        for digest in sorted(self.on_disk):
+            if digest in referenced:
+                continue
+            since = self.state.unreferenced.get(digest, now)
+            if now - since >= retention:
+                self.on_disk.pop(digest, None)
+                if self.store.remove(key(self.folder, shards.shard_file(digest))):
+                    report.deleted.append(f"{SHARDS_DIR}/{shards.shard_file(digest)}")
+            else:
+                unreferenced[digest] = since
+        self.state.unreferenced = unreferenced
+
+    def save(self) -> None:
+        self.cache.save_state(SHARD_STATE, self.state.to_bytes())
+
+
+BATCH = 5000  # records encoded at once (whole names): memory stays bounded on a full build
+
+
+def _batches(keys: shards.Keys, todo: dict[str, str]) -> Iterator[list[ShardKey]]:
+    """The keys of the names to encode, in batches of whole names of about BATCH records."""
+    batch: list[ShardKey] = []
+    for k in keys.shard_keys(todo):
+        if len(batch) >= BATCH and k.name != batch[-1].name:
+            yield batch
+            batch = []
+        batch.append(k)
+    if batch:
+        yield batch
+
+
+def withdraw(store: ChannelStore, subdir: str) -> bool:
+    """--no-write-shards: remove the index so clients stop preferring stale shards.
+    The shard files stay (clients that cached the index may still ask for them)."""
+    return store.remove(key(subdir, SHARD_INDEX))

@@ -1,0 +1,357 @@
+"""`S3Store`: a channel under `s3://BUCKET/PREFIX` in S3-compatible object storage (the
+`ChannelStore` seam; needs the `s3` extra, boto3).
+
+- Connection settings come from the standard AWS chain (AWS_ENDPOINT_URL, AWS_PROFILE,
+  AWS_ACCESS_KEY_ID, ~/.aws/config, ...). Path-style addressing is used for any endpoint
+  that is not AWS's own unless the profile sets `s3.addressing_style` (Ceph RGW, MinIO).
+- A listing is a paged ListObjectsV2 with `/` as delimiter; `FileState.identity` is the
+  ETag, `mtime` LastModified in whole seconds (a listing has milliseconds, a HEAD only
+  seconds: both must give the same row), `size` the object's size.
+- `open_package` is one GET into a spooled temporary file: the archive reader's md5,
+  sha256 and metadata all come from those bytes.
+- `write` is one PUT, skipped when the object already holds the bytes (a HEAD: our own
+  sha256 in the object's metadata, else the ETag as the MD5 of a single-part object).
+  Content-addressed shards are PUT with `If-None-Match: *` (412: already there, same
+  bytes by construction). Content-Type and Cache-Control follow
+  deploy/nginx/conda-channel.conf (repodata and index: revalidate; shards and packages:
+  immutable). A PUT is durable and atomic when it returns, so `sync` does nothing.
+- `copy` is one server-side CopyObject with the destination's own headers and the
+  source's sha256, skipped when the destination already holds the bytes (same size and
+  sha256, or same ETag).
+- `writer` (repodata.json and the other big outputs) spools to a temporary file and
+  uploads a large object in parts (s3upload.py): memory stays flat at any size.
+- `write(..., sync=False)` (the shards) only queues the PUT on a small thread pool;
+  `sync(folder)` waits for every queued PUT under it and raises the first failure, so
+  the shard index is never written before its shards are in the bucket.
+- Transport and permission errors raise `StoreError` (one line), never OSError: a
+  network fault must fail the run (and be retried), not mark a package unreadable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from typing import IO, Any, Protocol
+
+from conda_indexd.names import SHARD_FILE, is_package_name
+from conda_indexd.stores.base import FileState, StoreError, StreamWriter
+from conda_indexd.stores.s3.client import make_client
+from conda_indexd.stores.s3.objects import IMMUTABLE as IMMUTABLE  # re-exported: tests compare with them
+from conda_indexd.stores.s3.objects import REVALIDATE as REVALIDATE
+from conda_indexd.stores.s3.objects import SHA256_META, holds, object_headers, parse_s3_url
+from conda_indexd.stores.s3.objects import etag as _etag
+from conda_indexd.stores.s3.upload import MULTIPART_THRESHOLD, PART_SIZE, spooled
+
+SPOOL_IN_MEMORY = 32 << 20  # packages up to this size are read into memory, bigger ones to a temp file
+CHUNK = 1 << 20
+STAT_THREADS = 8
+WRITE_THREADS = 8  # PUTs in flight for writes queued with sync=False
+
+
+class S3Stats(Protocol):
+    """Where a store counts its requests (the daemon's Prometheus metrics)."""
+
+    def request(self, operation: str, status: str) -> None:
+        """One request: its operation (get_object, ...) and HTTP status ("error": none came back)."""
+        ...
+
+    def transferred(self, direction: str, count: int) -> None:
+        """Bytes of object bodies, direction "read" or "written"."""
+        ...
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+class S3Store:
+    """One channel prefix in a bucket. Thread-safe (one boto3 client per process, shared
+    by threads); picklable for the extract stage's process pool (the client is made anew
+    in the child)."""
+
+    def __init__(self, url: str, *, stats: S3Stats | None = None, multipart_threshold: int = MULTIPART_THRESHOLD, part_size: int = PART_SIZE):
+        """`multipart_threshold`: a `writer` holds up to this many bytes in memory and PUTs
+        them at once; a bigger object goes through a file, in parts of `part_size`."""
+        self.url = url.rstrip("/")
+        self.multipart_threshold, self.part_size = multipart_threshold, part_size
+        self.bucket, self.prefix = parse_s3_url(url)
+        self.location = self.url
+        self.stats = stats
+        self._lock = threading.Lock()
+        self._client: Any = None
+        self._pid = 0
+        self._writer: ThreadPoolExecutor | None = None
+        self._queued: dict[str, list[Future[bool]]] = {}  # folder -> PUTs queued by write(sync=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"url": self.url, "multipart_threshold": self.multipart_threshold, "part_size": self.part_size}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state.pop("url"), **state)  # type: ignore[misc]
+
+    # --- the client -----------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        if self._client is None or self._pid != os.getpid():
+            with self._lock:
+                if self._client is None or self._pid != os.getpid():
+                    self._client, self._pid = make_client(), os.getpid()
+        return self._client
+
+    def _full(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _call(self, operation: str, *, missing_ok: bool = False, written: int = 0, **params: Any) -> Any:
+        """One request; counts it; maps errors to StoreError (None for a 404 with missing_ok,
+        and for a 412 on PutObject)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            response = getattr(self.client, operation)(Bucket=self.bucket, **params)
+        except ClientError as exc:
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            self._count(operation, str(status or "error"))
+            if missing_ok and status == 404 and code not in ("NoSuchBucket",):
+                return None
+            if operation == "put_object" and status == 412:
+                return None
+            raise StoreError(self._explain(operation, status, code, exc)) from None
+        except BotoCoreError as exc:
+            self._count(operation, "error")
+            raise StoreError(f"{self.url}: {operation}: {_one_line(exc)}") from None
+        self._count(operation, str(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 200)))
+        if written:
+            self._bytes("written", written)
+        return response
+
+    def _explain(self, operation: str, status: int, code: str, exc: BaseException) -> str:
+        if code == "NoSuchBucket" or (operation == "head_bucket" and status == 404):
+            return f"{self.url}: bucket {self.bucket!r} does not exist"
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch") or status in (401, 403):
+            return f"{self.url}: access denied ({code or status}): check the credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE)"
+        return f"{self.url}: {operation}: {code or status}: {_one_line(exc)}"
+
+    def _count(self, operation: str, status: str) -> None:
+        if self.stats is not None:
+            self.stats.request(operation, status)
+
+    def _bytes(self, direction: str, count: int) -> None:
+        if self.stats is not None and count:
+            self.stats.transferred(direction, count)
+
+    def check(self) -> None:
+        """Raise StoreError unless the bucket is there and these credentials may use it."""
+        self._call("head_bucket")
+
+    # --- listing --------------------------------------------------------------------------------
+
+    def _list(self, folder: str, *, folders: bool = False) -> Iterator[dict[str, Any]]:
+        """Every object (or with `folders`, every common prefix) directly under `folder`."""
+        base = self._full(folder) + "/" if folder else (self.prefix + "/" if self.prefix else "")
+        token: str | None = None
+        while True:
+            params: dict[str, Any] = {"Prefix": base, "Delimiter": "/", "MaxKeys": 1000}
+            if token:
+                params["ContinuationToken"] = token
+            page = self._call("list_objects_v2", **params)
+            if folders:
+                for cp in page.get("CommonPrefixes", ()):
+                    yield {"Key": cp["Prefix"][len(base) :].rstrip("/")}
+            else:
+                for obj in page.get("Contents", ()):
+                    yield {**obj, "Key": obj["Key"][len(base) :]}
+            if not page.get("IsTruncated"):
+                return
+            token = page.get("NextContinuationToken")
+
+    def subdirs(self) -> list[str]:
+        return sorted(entry["Key"] for entry in self._list("", folders=True) if entry["Key"])
+
+    def list_packages(self, subdir: str) -> list[FileState]:
+        files = []
+        for obj in self._list(subdir):
+            if _usable(obj["Key"]):
+                mtime = float(int(obj["LastModified"].timestamp()))
+                files.append(FileState(obj["Key"], mtime, int(obj["Size"]), _etag(obj.get("ETag")), mtime))
+        return files
+
+    def stat_packages(self, subdir: str, names: Iterable[str]) -> tuple[list[FileState], list[str]]:
+        wanted = sorted(n for n in names if _usable(n))
+        if not wanted:
+            return [], []
+        if len(wanted) == 1:
+            heads = [self._head(f"{subdir}/{wanted[0]}")]
+        else:
+            with ThreadPoolExecutor(min(STAT_THREADS, len(wanted))) as pool:
+                heads = list(pool.map(self._head, (f"{subdir}/{n}" for n in wanted)))
+        present, gone = [], []
+        for name, head in zip(wanted, heads, strict=True):
+            if head is None:
+                gone.append(name)
+            else:
+                mtime = float(int(head["LastModified"].timestamp()))
+                present.append(FileState(name, mtime, int(head["ContentLength"]), _etag(head.get("ETag")), mtime))
+        return present, gone
+
+    # --- the bucket client the streamed upload drives (upload.Bucket) ---------------------
+
+    def head(self, key: str) -> dict[str, Any] | None:
+        return self._head(key)
+
+    def object_key(self, key: str) -> str:
+        return self._full(key)
+
+    def request(self, operation: str, *, written: int = 0, **params: Any) -> Any:
+        return self._call(operation, written=written, **params)
+
+    def _head(self, key: str) -> dict[str, Any] | None:
+        return self._call("head_object", missing_ok=True, Key=self._full(key))  # type: ignore[no-any-return]
+
+    def list_files(self, folder: str) -> dict[str, int]:
+        return {obj["Key"]: int(obj["Size"]) for obj in self._list(folder) if obj["Key"]}
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def open_package(self, subdir: str, name: str) -> IO[bytes]:
+        response = self._call("get_object", missing_ok=True, Key=self._full(f"{subdir}/{name}"))
+        if response is None:
+            raise FileNotFoundError(f"{self.url}/{subdir}/{name}")
+        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 - returned to the caller
+        body = response["Body"]
+        total = 0
+        try:
+            while chunk := body.read(CHUNK):
+                spool.write(chunk)
+                total += len(chunk)
+        except Exception as exc:  # noqa: BLE001 - a connection dropped mid-body
+            spool.close()
+            self._bytes("read", total)
+            raise StoreError(f"{self.url}/{subdir}/{name}: read interrupted: {_one_line(exc)}") from None
+        finally:
+            body.close()
+        self._bytes("read", total)
+        spool.seek(0)
+        return spool  # type: ignore[return-value]
+
+    def read(self, key: str) -> bytes | None:
+        response = self._call("get_object", missing_ok=True, Key=self._full(key))
+        if response is None:
+            return None
+        try:
+            data: bytes = response["Body"].read()
+        except Exception as exc:  # noqa: BLE001
+            raise StoreError(f"{self.url}/{key}: read interrupted: {_one_line(exc)}") from None
+        self._bytes("read", len(data))
+        return data
+
+    def exists(self, key: str) -> bool:
+        return self._head(key) is not None
+
+    # --- writing --------------------------------------------------------------------------------
+
+    def write(self, key: str, data: bytes, *, sync: bool = True) -> bool:
+        if sync:
+            return self._write(key, data)
+        # queued: True means "will be written"; sync(folder) waits and raises any failure
+        with self._lock:
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="s3-put")
+            future = self._writer.submit(self._write, key, data)
+            self._queued.setdefault(key.rsplit("/", 1)[0] if "/" in key else "", []).append(future)
+        return True
+
+    def _write(self, key: str, data: bytes) -> bool:
+        ctype, cache_control = object_headers(key)
+        digest = hashlib.sha256(data).hexdigest()
+        params: dict[str, Any] = {"Key": self._full(key), "Body": data, "ContentType": ctype, "CacheControl": cache_control,
+                                  "Metadata": {SHA256_META: digest}}  # fmt: skip
+        if SHARD_FILE.match(key.rpartition("/")[2]):
+            # content-addressed: a shard already there holds these bytes
+            params["IfNoneMatch"] = "*"
+        else:
+            head = self._head(key)
+            if head is not None and holds(head, len(data), digest, lambda: hashlib.md5(data).hexdigest()):  # noqa: S324 - S3's ETag
+                return False
+        return self._call("put_object", written=len(data), **params) is not None
+
+    # --- conditional requests (the lease object) ------------------------------------------------
+
+    def get_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """(bytes, ETag) of an object, None when absent."""
+        response = self._call("get_object", missing_ok=True, Key=self._full(key))
+        if response is None:
+            return None
+        data: bytes = response["Body"].read()
+        self._bytes("read", len(data))
+        return data, _etag(response.get("ETag"))
+
+    def put_if(self, key: str, data: bytes, *, etag: str | None) -> str | None:
+        """PUT only if the object is absent (etag=None) or still has `etag`; the new ETag,
+        None when the condition failed (412). RGW wants If-Match unquoted."""
+        condition: dict[str, Any] = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+        response = self._call("put_object", written=len(data), Key=self._full(key), Body=data,
+                              ContentType="application/json", CacheControl="no-store", **condition)  # fmt: skip
+        return None if response is None else _etag(response.get("ETag"))
+
+    def delete(self, key: str) -> None:
+        self._call("delete_object", Key=self._full(key))
+
+    def writer(self, key: str, *, size: int | None = None) -> AbstractContextManager[StreamWriter]:
+        """A streamed write through a temporary file: one PUT up to `multipart_threshold`,
+        a multipart upload above (s3upload.py)."""
+        return spooled(self, key)
+
+    def copy(self, src: str, dst: str, *, sync: bool = True) -> bool:
+        """A server-side copy: the bytes do not travel again. Durable when it returns."""
+        head = self._head(src)
+        if head is None:
+            raise FileNotFoundError(f"{self.url}/{src}")
+        old = self._head(dst)
+        if old is not None and _same_object(head, old):
+            return False
+        ctype, cache_control = object_headers(dst)
+        self._call("copy_object", Key=self._full(dst), CopySource={"Bucket": self.bucket, "Key": self._full(src)},
+                   MetadataDirective="REPLACE", ContentType=ctype, CacheControl=cache_control,
+                   Metadata=dict(head.get("Metadata") or {}))  # fmt: skip
+        return True
+
+    def remove(self, key: str) -> bool:
+        if self._head(key) is None:
+            return False
+        self._call("delete_object", Key=self._full(key))
+        return True
+
+    def sync(self, folder: str) -> None:
+        """A PUT is durable when it returns: wait for the ones queued under `folder`."""
+        with self._lock:
+            futures = self._queued.pop(folder.rstrip("/"), [])
+        failure: BaseException | None = None
+        for future in futures:
+            exc = future.exception()
+            failure = failure or exc
+        if failure is not None:
+            raise failure
+
+    def prepare(self, subdir: str, *, recover: bool) -> None:
+        """Folders do not exist in a bucket, and no write leaves temporaries behind."""
+
+
+def _usable(name: str) -> bool:
+    return "/" not in name and is_package_name(name) and name.isprintable()
+
+
+def _same_object(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two HEADs describe the same bytes: size, then our sha256, else the ETag."""
+    if int(a.get("ContentLength", -1)) != int(b.get("ContentLength", -2)):
+        return False
+    sha_a, sha_b = (h.get("Metadata", {}).get(SHA256_META) for h in (a, b))
+    if sha_a and sha_b:
+        return bool(sha_a == sha_b)
+    return bool(_etag(a.get("ETag"))) and _etag(a.get("ETag")) == _etag(b.get("ETag"))

@@ -1,0 +1,1 @@
+"""Small helpers every layer may use: POSIX writes (fsio) and logging (logs)."""
