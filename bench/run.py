@@ -97,8 +97,7 @@ def tools() -> dict[str, tuple[list[str], dict[str, str]] | None]:
     )  # fmt: skip
     rattler_py = str(PEERS) if PEERS.exists() else sys.executable
     rattler_code = (
-        "import asyncio, sys; from rattler.index import index_fs;"
-        "asyncio.run(index_fs(sys.argv[1], write_zst=True, write_shards=True, max_parallel=2))"
+        "import asyncio, sys; from rattler.index import index_fs;asyncio.run(index_fs(sys.argv[1], write_zst=True, write_shards=True, max_parallel=2))"
     )
     try:
         subprocess.run([rattler_py, "-c", "import rattler.index"], check=True, capture_output=True)

@@ -45,7 +45,7 @@ from run import measured, tools  # noqa: E402
 from synth import add_row, archive_records, records  # noqa: E402
 
 SUBDIR = "linux-64"
-GEN5 = '''
+GEN5 = """
 def _patch_repodata(repodata, subdir):
     fixes = {}
     for section in ("packages", "packages.conda"):
@@ -53,7 +53,7 @@ def _patch_repodata(repodata, subdir):
             if i % 20 == 0:
                 fixes.setdefault(section, {})[fn] = {"license": "patched-" + str(i % 7)}
     return {"patch_instructions_version": 1, **fixes}
-'''
+"""
 
 
 def build(root: Path, n: int) -> None:
@@ -141,7 +141,7 @@ def phase_worker(channel: Path, patch_change: bool) -> dict[str, float]:
     out["noop_quiet"] = time.perf_counter() - t
     assert not result.written, result.written
     if patch_change:
-        fns = sorted(memo.digests())[::max(1, len(memo.digests()) // 1000)][:1000]
+        fns = sorted(memo.digests())[:: max(1, len(memo.digests()) // 1000)][:1000]
         instructions = {"patch_instructions_version": 1, "packages": {}, "packages.conda": {}}
         for fn in fns:
             instructions["packages.conda" if fn.endswith(".conda") else "packages"][fn] = {"license": "changed"}

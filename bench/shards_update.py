@@ -66,10 +66,7 @@ def run(n: int) -> None:
             full2, _ = timed(lambda: update(cache, root))
         one = statistics.median(changes)
         full = min(full, full2)
-        print(
-            f"{n:>7} records {names:>6} names | full rewrite {full:7.3f} s | one change {one:6.3f} s "
-            f"({full / one:5.1f}x less) | no-op {noop:6.3f} s"
-        )
+        print(f"{n:>7} records {names:>6} names | full rewrite {full:7.3f} s | one change {one:6.3f} s ({full / one:5.1f}x less) | no-op {noop:6.3f} s")
 
 
 if __name__ == "__main__":

@@ -74,9 +74,7 @@ class DaemonProcess:
     def start(self, wait_ready: bool = True, timeout: float = 60) -> DaemonProcess:
         self._log = open(self.log_path, "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env}
-        self.proc = subprocess.Popen(
-            self.args, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, user=self.user
-        )
+        self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, user=self.user)
         if wait_ready:
             wait_for(lambda: self.get("/readyz")[0] == 200, timeout, what="/readyz 200")
         return self

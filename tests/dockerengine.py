@@ -17,10 +17,7 @@ import pytest
 
 from daemonproc import wait_for
 
-STAND_INS = (
-    Path(os.environ.get("CONDA_INDEXD_CI_CACHE", "/var/cache/conda-indexd-ci"))
-    / "stand-ins.txt"
-)
+STAND_INS = Path(os.environ.get("CONDA_INDEXD_CI_CACHE", "/var/cache/conda-indexd-ci")) / "stand-ins.txt"
 # what `docker import` needs to give the rootfs the official images' defaults
 IMPORT_CHANGES = {
     "python": [
@@ -45,16 +42,12 @@ def compose_binary() -> Path:
 
 def stand_ins() -> list[tuple[str, Path]]:
     if not STAND_INS.is_file():
-        pytest.skip(
-            f"no stand-in base images ({STAND_INS}): run tests/docker_stand_ins.sh as root (.ci/run does)"
-        )
+        pytest.skip(f"no stand-in base images ({STAND_INS}): run tests/docker_stand_ins.sh as root (.ci/run does)")
     images = []
     for line in STAND_INS.read_text().splitlines():
         name, tarball = line.split()
         if not Path(tarball).is_file():
-            pytest.skip(
-                f"stand-in tarball missing: {tarball} (run tests/docker_stand_ins.sh)"
-            )
+            pytest.skip(f"stand-in tarball missing: {tarball} (run tests/docker_stand_ins.sh)")
         images.append((name, Path(tarball)))
     return images
 
@@ -88,9 +81,7 @@ class Engine:
 
         def up() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(
-                    f"dockerd exited {self.proc.returncode}: {self.log_tail()}"
-                )
+                raise AssertionError(f"dockerd exited {self.proc.returncode}: {self.log_tail()}")
             return self.docker("version", check=False, timeout=10).returncode == 0
 
         try:
@@ -103,9 +94,7 @@ class Engine:
     def log_tail(self, n: int = 3000) -> str:
         return (self.root / "dockerd.log").read_text(errors="replace")[-n:]
 
-    def docker(
-        self, *args: str | Path, check: bool = True, timeout: float = 120, **kw: Any
-    ) -> subprocess.CompletedProcess:
+    def docker(self, *args: str | Path, check: bool = True, timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess:
         kw.setdefault("env", self.env)
         out = subprocess.run(
             ["docker", *map(str, args)],
@@ -116,17 +105,13 @@ class Engine:
             **kw,
         )
         if check and out.returncode != 0:
-            raise AssertionError(
-                f"docker {' '.join(map(str, args))} -> {out.returncode}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-            )
+            raise AssertionError(f"docker {' '.join(map(str, args))} -> {out.returncode}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
         return out
 
     def import_stand_ins(self) -> None:
         for name, tarball in stand_ins():
             kind = "nginx" if name.startswith("nginx") else "python"
-            changes = [
-                arg for change in IMPORT_CHANGES[kind] for arg in ("--change", change)
-            ]
+            changes = [arg for change in IMPORT_CHANGES[kind] for arg in ("--change", change)]
             self.docker("import", *changes, tarball, name, timeout=300)
 
     def stop(self) -> None:
@@ -143,9 +128,7 @@ class Engine:
             try:
                 self.proc.wait(60)
             except subprocess.TimeoutExpired:
-                os.killpg(
-                    self.proc.pid, signal.SIGKILL
-                )  # its own session: dockerd and its containerd
+                os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: dockerd and its containerd
                 self.proc.wait()
         self.log.close()
         self.proc = None
@@ -155,6 +138,4 @@ class Engine:
         for point in sorted(mounted, key=len, reverse=True):
             subprocess.run(["umount", "-l", point], check=False, capture_output=True)
         for sub in ("data", "exec"):
-            shutil.rmtree(
-                self.root / sub, ignore_errors=True
-            )  # hundreds of MB of layers
+            shutil.rmtree(self.root / sub, ignore_errors=True)  # hundreds of MB of layers

@@ -58,7 +58,6 @@ class PidsCgroup:
                 return int(value)
         return 0
 
-
     def remove(self) -> None:
         for _ in range(50):  # its processes are stopped by now; wait until they are reaped
             try:

@@ -301,7 +301,9 @@ def _unsafe_kinds() -> list[Kind]:
         short = "tb" if ext == ".tar.bz2" else "c"
         for how, bad in UNSAFE_NAMES.items():
             # a member of the part the reader walks (the info part / info component)
-            kinds.append(Kind(f"member-{how}-{short}", _unsafe_builder(f"unsafe-member-{how}-{short}", ext, extra_info=[(bad, b"x\n")]), "skipped", "unsafe-path"))
+            kinds.append(
+                Kind(f"member-{how}-{short}", _unsafe_builder(f"unsafe-member-{how}-{short}", ext, extra_info=[(bad, b"x\n")]), "skipped", "unsafe-path")
+            )
             # a path paths.json declares
             kinds.append(Kind(
                 f"paths-json-{how}-{short}",

@@ -20,9 +20,7 @@ from typing import Any
 import zstandard
 
 # channel-format.md §2.2: keys deleted from info/index.json.
-FILTERED_KEYS = frozenset(
-    {"arch", "has_prefix", "mtime", "platform", "ucs", "requires_features", "binstar", "target-triplet", "machine", "operatingsystem"}
-)
+FILTERED_KEYS = frozenset({"arch", "has_prefix", "mtime", "platform", "ucs", "requires_features", "binstar", "target-triplet", "machine", "operatingsystem"})
 
 # §1: conda's known subdirs.
 KNOWN_SUBDIRS = (
@@ -103,9 +101,7 @@ def expected_record(path: Path, index: dict[str, Any] | None = None) -> dict[str
     return record
 
 
-def expected_repodata_doc(
-    subdir: str, packages: Iterable[Path], *, base_url: str | None = None
-) -> dict[str, Any]:
+def expected_repodata_doc(subdir: str, packages: Iterable[Path], *, base_url: str | None = None) -> dict[str, Any]:
     doc: dict[str, Any] = {"info": {"subdir": subdir}, "packages": {}, "packages.conda": {}, "removed": [], "repodata_version": 1}
     if base_url is not None:
         doc["info"]["base_url"] = f"{base_url.rstrip('/')}/{subdir}/"
@@ -134,8 +130,4 @@ def expected_run_exports_bytes(subdir: str, packages: Iterable[Path]) -> bytes:
 
 def package_files(folder: Path) -> list[Path]:
     """Package files directly in folder (not dotfiles, not folders)."""
-    return sorted(
-        p
-        for p in Path(folder).iterdir()
-        if p.is_file() and p.name.endswith((".conda", ".tar.bz2")) and not p.name.startswith(".")
-    )
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.name.endswith((".conda", ".tar.bz2")) and not p.name.startswith("."))

@@ -27,8 +27,7 @@ def _setup(tmp: Path) -> Path:
     make_package(channel / "noarch" / "b-1.0-0.tar.bz2", index_json("b", "1.0", "0", depends=["a"]))
     make_package(channel / "linux-64" / "c-1.0-0.conda", index_json("c", "1.0", "0", "linux-64"))
     (tmp / "gen.py").write_text(
-        "def _patch_repodata(repodata, subdir):\n"
-        "    return {'packages': {'b-1.0-0.tar.bz2': {'depends': ['a >=1']}}} if subdir == 'noarch' else {}\n"
+        "def _patch_repodata(repodata, subdir):\n    return {'packages': {'b-1.0-0.tar.bz2': {'depends': ['a >=1']}}} if subdir == 'noarch' else {}\n"
     )
     (tmp / "pins.yaml").write_text("a: ['1.0']\n")
     return channel

@@ -113,9 +113,7 @@ def records(folder: Path) -> dict[str, Any]:
 
 
 def assert_same_outputs(a: Path, b: Path, subdirs: list[str], names: tuple[str, ...] = ("repodata.json",)) -> None:
-    differing = [
-        f"{s}/{n}" for s in subdirs for n in names if (a / s / n).read_bytes() != (b / s / n).read_bytes()
-    ]
+    differing = [f"{s}/{n}" for s in subdirs for n in names if (a / s / n).read_bytes() != (b / s / n).read_bytes()]
     assert not differing, f"differ between {a} and {b}: {differing}"
 
 
@@ -226,9 +224,7 @@ def test_cache_schema_equals_conda_index(tmp_path: Path, conda_index_python: str
                 "index_json": db.execute("SELECT path, index_json, name, sha256 FROM index_json").fetchall(),
                 "about": db.execute("SELECT path, about FROM about").fetchall(),
                 "post_install": [(p, json.loads(v)) for p, v in db.execute("SELECT path, post_install FROM post_install")],
-                "stat": db.execute(
-                    "SELECT stage, path, mtime, size, sha256, md5 FROM stat WHERE stage IN ('fs', 'indexed') ORDER BY stage, path"
-                ).fetchall(),
+                "stat": db.execute("SELECT stage, path, mtime, size, sha256, md5 FROM stat WHERE stage IN ('fs', 'indexed') ORDER BY stage, path").fetchall(),
             }
         finally:
             db.close()
@@ -277,9 +273,7 @@ def test_odd_corpus_in_one_channel(tmp_path: Path) -> None:
         if what.startswith("valid archive but info/index.json lacks 'subdir'") and fn not in published:
             problems.append(f"{fn}: index.json without subdir must be indexed as-is")
         # "no info/index.json" in the notes includes `./info/` prefixes, which are indexed
-        unreadable = what.startswith("git-lfs pointer") or (
-            what.startswith("unreadable as conda package") and "no info/index.json" not in what
-        )
+        unreadable = what.startswith("git-lfs pointer") or (what.startswith("unreadable as conda package") and "no info/index.json" not in what)
         if unreadable and fn in published:
             problems.append(f"{fn}: unreadable file was published ({what})")
     assert not problems, "\n".join(problems)
@@ -337,6 +331,4 @@ def test_alt_build_replaces_exactly_one_record(tmp_path: Path) -> None:
             row = replaced[subdir, fn]
             assert (new[fn]["sha256"], new[fn]["md5"], new[fn]["size"]) == (row["sha256"], row["md5"], int(row["size"]))
             assert new[fn] == spec.expected_record(channel / subdir / fn)
-        assert (channel / subdir / "repodata.json").read_bytes() == spec.expected_repodata_bytes(
-            subdir, spec.package_files(channel / subdir)
-        )
+        assert (channel / subdir / "repodata.json").read_bytes() == spec.expected_repodata_bytes(subdir, spec.package_files(channel / subdir))

@@ -56,9 +56,7 @@ def test_current_repodata_rules(channel: Path, tmp_path: Path) -> None:
     assert doc["packages.conda"]["foo-1.10-0.conda"]["legacy_bz2_md5"] == hashlib.md5(twin.read_bytes()).hexdigest()
     assert doc["packages.conda"]["foo-1.10-1.conda"]["legacy_bz2_md5"] is None
     full = json.loads((lin / "repodata.json").read_text())
-    assert {k: v for k, v in doc.items() if not k.startswith("packages")} == {
-        k: v for k, v in full.items() if not k.startswith("packages")
-    }
+    assert {k: v for k, v in doc.items() if not k.startswith("packages")} == {k: v for k, v in full.items() if not k.startswith("packages")}
     rec = dict(doc["packages.conda"]["bar-2.0-0.conda"])
     assert rec == full["packages.conda"]["bar-2.0-0.conda"] | {"legacy_bz2_md5": None}
     assert (lin / "current_repodata.json.zst").exists()

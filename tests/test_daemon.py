@@ -97,9 +97,7 @@ def test_each_kind_of_change_is_published_within_debounce_plus_2s(channel: Path,
         (channel / "osx-arm64").mkdir()
         data = pkg_bytes("arm-1.0-0.conda", "osx-arm64")
         (channel / "osx-arm64" / "arm-1.0-0.conda").write_bytes(data)
-        wait_for(
-            lambda: "arm-1.0-0.conda" in all_records(repodata(channel, "osx-arm64")), limit + 1, what="new subdir"
-        )
+        wait_for(lambda: "arm-1.0-0.conda" in all_records(repodata(channel, "osx-arm64")), limit + 1, what="new subdir")
         # the other subdir was never disturbed, and nothing but packages triggered work
         assert set(all_records(repodata(channel, "linux-64"))) == {"lib-1.0-0.tar.bz2"}
         published_logs = [r for r in d.log_records() if r.get("event") == "published"]

@@ -140,6 +140,7 @@ def test_live_scrape_lints_and_real_prometheus_scrapes_it(tmp_path: Path) -> Non
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )  # fmt: skip
             try:
+
                 def query(expr: str) -> list:
                     url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
                     with urllib.request.urlopen(url, timeout=5) as resp:

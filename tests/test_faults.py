@@ -106,8 +106,9 @@ def test_read_only_channel_is_one_clear_error(channel: Path) -> None:
     py = sys.executable
     out = _in_private_mounts(
         f"mount --bind {channel} {channel}; mount -o remount,ro,bind {channel}; "
-        f"for cmd in index watch; do {py} -m conda_indexd $cmd {channel} --listen 127.0.0.1:0 2>&1 >/dev/null | head -5; echo rc=$?; done"
-        .replace(" --listen 127.0.0.1:0", "")
+        f"for cmd in index watch; do {py} -m conda_indexd $cmd {channel} --listen 127.0.0.1:0 2>&1 >/dev/null | head -5; echo rc=$?; done".replace(
+            " --listen 127.0.0.1:0", ""
+        )
     )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()

@@ -147,8 +147,7 @@ class ChannelMachine(RuleBasedStateMachine):
             except AssertionError:
                 diff = {s: (last.get(s, b"")[:2000], want[s][:2000]) for s in SUBDIRS if last.get(s) != want[s]}
                 raise AssertionError(
-                    f"daemon and fresh index differ (channel and daemon log kept in {self.tmp}): {diff}\n"
-                    f"{self.daemon.log_text()[-3000:]}"
+                    f"daemon and fresh index differ (channel and daemon log kept in {self.tmp}): {diff}\n{self.daemon.log_text()[-3000:]}"
                 ) from None
             ok = True
         finally:

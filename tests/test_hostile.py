@@ -136,9 +136,16 @@ def test_member_names_escaping_the_package_are_never_written(channel: Path, tmp_
     after = sorted(p.name for p in tmp_path.rglob("*"))
     assert not [n for n in after if "escape" in n and n.endswith(".txt")]
     assert not Path("/tmp/absolute-escape.txt").exists()
-    assert set(after) - set(before) <= {".cache", "cache.db", "conda-indexd-pieces.db", "conda-indexd-memo.heap", "conda-indexd-memo.idx", "shards", "shards-state.json", ".conda-indexd.lock"} | {
-        n for n in after if n.startswith("repodata") or n.endswith(".msgpack.zst")
-    }
+    assert set(after) - set(before) <= {
+        ".cache",
+        "cache.db",
+        "conda-indexd-pieces.db",
+        "conda-indexd-memo.heap",
+        "conda-indexd-memo.idx",
+        "shards",
+        "shards-state.json",
+        ".conda-indexd.lock",
+    } | {n for n in after if n.startswith("repodata") or n.endswith(".msgpack.zst")}
 
 
 def test_symlink_fifo_and_odd_names(channel: Path, tmp_path: Path) -> None:

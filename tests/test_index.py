@@ -39,15 +39,13 @@ def build_mixed_channel(root: Path) -> dict[str, list[Path]]:
 
     Returns {subdir: [package paths]} for the known subdirs.
     """
-    pyfoo = f.index_json(
-        "pyfoo", "1.2", "pyh1_0", "noarch", noarch="python", depends=["python >=3.8", "requests"], license_family="MIT"
-    )
+    pyfoo = f.index_json("pyfoo", "1.2", "pyh1_0", "noarch", noarch="python", depends=["python >=3.8", "requests"], license_family="MIT")
     pyfoo_files = {"site-packages/pyfoo/__init__.py": b"__version__ = '1.2'\n"}
     f.make_tar_bz2(root / "noarch/pyfoo-1.2-pyh1_0.tar.bz2", pyfoo, pyfoo_files, about={"summary": "foo"}, recipe_yaml="package:\n  name: pyfoo\n")
     f.make_conda(root / "noarch/pyfoo-1.2-pyh1_0.conda", pyfoo, pyfoo_files, about={"summary": "foo"}, recipe_yaml="package:\n  name: pyfoo\n")
     f.make_conda(
         root / "noarch/unidata-0.1-0.conda",
-        f.index_json("unidata", "0.1", "0", "noarch", summary=UNICODE_SUMMARY, description="line one\nline \"two\"\t\\ end"),
+        f.index_json("unidata", "0.1", "0", "noarch", summary=UNICODE_SUMMARY, description='line one\nline "two"\t\\ end'),
         {"share/unidata/\u00e9t\u00e9.txt": "\u00e9t\u00e9\n".encode()},
     )
     libx = f.index_json(
@@ -77,7 +75,10 @@ def build_mixed_channel(root: Path) -> dict[str, list[Path]]:
         root / "linux-64/tool-3.1-0.tar.bz2",
         f.index_json("tool", "3.1", "0", "linux-64", depends=["libx >=2.0,<3"], timestamp=1234567890),
         {"bin/tool": b"#!/bin/sh\necho tool\n"},
-        paths_json={"paths": [{"_path": "bin/tool", "path_type": "hardlink", "prefix_placeholder": "/opt/anaconda1anaconda2anaconda3", "file_mode": "text"}], "paths_version": 1},
+        paths_json={
+            "paths": [{"_path": "bin/tool", "path_type": "hardlink", "prefix_placeholder": "/opt/anaconda1anaconda2anaconda3", "file_mode": "text"}],
+            "paths_version": 1,
+        },
     )
     f.make_conda(
         root / "osx-arm64/libx-2.0-h456_1.conda",
@@ -114,10 +115,7 @@ def output_mtimes(root: Path) -> dict[str, int]:
     return {
         str(p.relative_to(root)): p.stat().st_mtime_ns
         for p in root.rglob("*")
-        if p.is_file()
-        and ".cache" not in p.relative_to(root).parts
-        and not p.name.endswith((".conda", ".tar.bz2"))
-        and not p.name.endswith(".lock")
+        if p.is_file() and ".cache" not in p.relative_to(root).parts and not p.name.endswith((".conda", ".tar.bz2")) and not p.name.endswith(".lock")
     }
 
 
@@ -129,9 +127,7 @@ def cache_db(channel: Path, subdir: str) -> sqlite3.Connection:
 
 def stat_rows(channel: Path, subdir: str, stage: str) -> dict[str, tuple]:
     with cache_db(channel, subdir) as db:
-        rows = db.execute(
-            "SELECT path, rowid, mtime, size, sha256, md5, last_modified, etag FROM stat WHERE stage = ?", (stage,)
-        ).fetchall()
+        rows = db.execute("SELECT path, rowid, mtime, size, sha256, md5, last_modified, etag FROM stat WHERE stage = ?", (stage,)).fetchall()
     return {row[0]: row[1:] for row in rows}
 
 
@@ -255,9 +251,7 @@ def test_run_exports(channel: Path) -> None:
     doc = json.loads((channel / "linux-64/run_exports.json").read_bytes())
     assert doc["packages.conda"]["libx-2.0-h123_1.conda"] == {"run_exports": {"weak": ["libx >=2.0,<3"]}}
     assert doc["packages"]["tool-3.1-0.tar.bz2"] == {"run_exports": {}}
-    assert json.loads((channel / "osx-arm64/run_exports.json").read_bytes())["packages.conda"] == {
-        "libx-2.0-h456_1.conda": {"run_exports": ["libx >=2.0"]}
-    }
+    assert json.loads((channel / "osx-arm64/run_exports.json").read_bytes())["packages.conda"] == {"libx-2.0-h456_1.conda": {"run_exports": ["libx >=2.0"]}}
     # the broken file is still left out of repodata.json
     assert broken.name not in repodata_of(channel / "linux-64")["packages"]
 
@@ -892,9 +886,12 @@ def test_cache_db_contents(channel: Path) -> None:
         }
         st = pkg.stat()
         sums = spec.checksums(pkg)
-        assert db.execute(
-            "SELECT mtime, size, sha256, md5 FROM stat WHERE stage = 'indexed' AND path = ?", (pkg.name,)
-        ).fetchone() == (st.st_mtime, st.st_size, sums["sha256"], sums["md5"])
+        assert db.execute("SELECT mtime, size, sha256, md5 FROM stat WHERE stage = 'indexed' AND path = ?", (pkg.name,)).fetchone() == (
+            st.st_mtime,
+            st.st_size,
+            sums["sha256"],
+            sums["md5"],
+        )
         assert db.execute("SELECT mtime, size FROM stat WHERE stage = 'fs' AND path = ?", (pkg.name,)).fetchone() == (
             st.st_mtime,
             st.st_size,

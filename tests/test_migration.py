@@ -71,9 +71,7 @@ def test_switch_from_conda_index(tmp_path: Path) -> None:
         assert (channel / subdir / "repodata.json").is_file() and (channel / subdir / "repodata_shards.msgpack.zst").is_file()
 
     again = run_index(channel, "--clean-conda-index-leftovers")
-    assert not again.events("conda-index leftovers removed") and not again.events(
-        "conda-index leftovers (remove with --clean-conda-index-leftovers)"
-    )
+    assert not again.events("conda-index leftovers removed") and not again.events("conda-index leftovers (remove with --clean-conda-index-leftovers)")
 
 
 def test_leftovers_kept_until_our_shards_exist(tmp_path: Path) -> None:
@@ -95,6 +93,7 @@ def test_daemon_reports_once_and_cleans_after_ready(tmp_path: Path) -> None:
     with DaemonProcess(channel) as d:
         wait_for(lambda: any(r.get("event", "").startswith("conda-index leftovers") for r in d.log_records()), 10,
                  what="the leftovers report")  # fmt: skip
+
         def publishes() -> int:
             return sum(1 for r in d.log_records() if r.get("event") == "published" and r.get("subdir") == "noarch")
 

@@ -22,12 +22,12 @@ INSTRUCTIONS = {
     "revoke": ["c-1.0-0.conda"],
     "remove": ["d-1.0-0.conda"],
 }
-GENERATOR = f'''
+GENERATOR = f"""
 def _patch_repodata(repodata, subdir):
     if subdir != "noarch":
         return {{}}
     return {INSTRUCTIONS!r}
-'''
+"""
 
 
 def make_channel(root: Path) -> Path:
@@ -102,8 +102,9 @@ def test_patches_reach_repodata_shards_and_the_solver(tmp_path: Path, kind: str)
     check_patched(channel)
 
 
-@pytest.mark.parametrize("body", ["raise RuntimeError('boom')", "return ['not', 'instructions']",
-                                  "return {'patch_instructions_version': 2}", "return {'revoke': 'c-1.0-0.conda'}"])
+@pytest.mark.parametrize(
+    "body", ["raise RuntimeError('boom')", "return ['not', 'instructions']", "return {'patch_instructions_version': 2}", "return {'revoke': 'c-1.0-0.conda'}"]
+)
 def test_failing_generator_keeps_the_last_good_repodata(tmp_path: Path, body: str) -> None:
     channel = make_channel(tmp_path / "channel")
     run_index(channel)

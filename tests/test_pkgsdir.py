@@ -297,7 +297,10 @@ def test_corpus_caches_made_by_real_conda(tmp_path: Path) -> None:
     assert set(served) == set(expected_source)
     for fn, source in expected_source.items():
         assert served[fn] == origin_records[fn], fn
-        assert os.path.samefile(channel / served[fn]["subdir"] / fn, source / fn) or (channel / served[fn]["subdir"] / fn).read_bytes() == (source / fn).read_bytes()
+        assert (
+            os.path.samefile(channel / served[fn]["subdir"] / fn, source / fn)
+            or (channel / served[fn]["subdir"] / fn).read_bytes() == (source / fn).read_bytes()
+        )
     synced = result.events("pkgs dirs synced")[0]
     assert [(d["taken"], d["duplicates_dropped"], d["skipped"]) for d in synced["dirs"]] == [(16, 1, 0), (6, 1, 0), (1, 0, 3)]
     skipped = sorted((s["path"], s["reason"]) for s in result.events("pkgs-dir entry skipped"))

@@ -53,9 +53,7 @@ def whole_document(files: list[str], instructions: dict) -> bytes:
     revoke=st.lists(NAMES, max_size=3),
     remove=st.lists(NAMES, max_size=3),
 )
-def test_per_record_patches_equal_the_whole_document_patch(
-    tmp_path: Path, files: list[str], tar: dict, conda: dict, revoke: list, remove: list
-) -> None:
+def test_per_record_patches_equal_the_whole_document_patch(tmp_path: Path, files: list[str], tar: dict, conda: dict, revoke: list, remove: list) -> None:
     instructions = {"patch_instructions_version": 1, "packages": tar, "packages.conda": conda, "revoke": revoke,
                     "remove": remove, "a": {}}  # fmt: skip
     built = build.build_outputs(IndexConfig(tmp_path), "noarch", pieces(files), existing_instructions=json.dumps(instructions).encode())

@@ -25,8 +25,7 @@ from test_corpus import conda_index_python, copy_real, known_subdirs, run_conda_
 def shard_digests(subdir_path: Path) -> dict[str, tuple[bytes, bytes]]:
     with SqliteCache(subdir_path / ".cache" / "cache.db") as cache:
         return {
-            name: shards.encode_shard([(fn, text, rx) for _, fn, text, rx in rows])
-            for name, rows in itertools.groupby(cache.shard_rows(), key=lambda r: r[0])
+            name: shards.encode_shard([(fn, text, rx) for _, fn, text, rx in rows]) for name, rows in itertools.groupby(cache.shard_rows(), key=lambda r: r[0])
         }
 
 
@@ -58,9 +57,7 @@ def test_shard_contents_follow_the_spec(channel: Path) -> None:
 
 
 def test_index_layout() -> None:
-    data = shards.encode_index(
-        "linux-64", {"b": b"\x02" * 32, "a": b"\x01" * 32}, base_url="https://x/ch/", created="2026-01-01T00:00:00Z"
-    )
+    data = shards.encode_index("linux-64", {"b": b"\x02" * 32, "a": b"\x01" * 32}, base_url="https://x/ch/", created="2026-01-01T00:00:00Z")
     index = shards.decode(data)
     assert list(index) == ["version", "info", "shards"]
     assert index["version"] == 1

@@ -36,9 +36,7 @@ def test_unit_security_rating_offline(tmp_path: Path, unit: Path) -> None:
     need("systemd-analyze")
     if unit == TEMPLATE:  # rated as an instance, as it runs
         unit = Path(shutil.copy(unit, tmp_path / "conda-indexd@main.service"))
-    out = subprocess.run(
-        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(unit)], capture_output=True, text=True
-    )
+    out = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", str(unit)], capture_output=True, text=True)
     overall = [line for line in out.stdout.splitlines() if "Overall exposure level" in line]
     assert overall, out.stdout + out.stderr
     level = float(overall[0].split(":")[1].split()[0])
@@ -47,9 +45,7 @@ def test_unit_security_rating_offline(tmp_path: Path, unit: Path) -> None:
 
 def test_sysusers_and_sysctl_files() -> None:
     need("systemd-sysusers")
-    out = subprocess.run(
-        ["systemd-sysusers", "--dry-run", str(REPO / "systemd" / "conda-indexd.sysusers")], capture_output=True, text=True
-    )
+    out = subprocess.run(["systemd-sysusers", "--dry-run", str(REPO / "systemd" / "conda-indexd.sysusers")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "conda-indexd" in out.stdout + out.stderr
     for line in (REPO / "systemd" / "60-conda-indexd-inotify.conf").read_text().splitlines():

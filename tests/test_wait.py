@@ -43,9 +43,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Channel]:
     nginx_binary()  # skips with a reason when nginx is absent
     tmp = tmp_path_factory.mktemp("wait")
     channel = tmp / "channel"
-    make_package(
-        channel / "noarch" / "base-1.0-0.conda", index_json("base", "1.0", "0")
-    )
+    make_package(channel / "noarch" / "base-1.0-0.conda", index_json("base", "1.0", "0"))
     daemon = DaemonProcess(channel).start()
     try:
         with Nginx(channel, tmp / "nginx") as nginx:
@@ -82,15 +80,11 @@ def published_at(channel: Path, filename: str, timeout: float = 15) -> float:
 
 
 @pytest.mark.parametrize("kind", ["folder", "url", "daemon"])
-def test_package_arriving_3s_later_exits_0_within_a_second_of_publish(
-    live: Channel, kind: str, tmp_path: Path
-) -> None:
+def test_package_arriving_3s_later_exits_0_within_a_second_of_publish(live: Channel, kind: str, tmp_path: Path) -> None:
     filename = f"late-{kind}-1.0-0.conda"
     staged = make_package(tmp_path / filename, index_json(f"late-{kind}", "1.0", "0"))
     digest = sha256(staged)
-    proc = start_wait(
-        live.target(kind), f"noarch/{filename}", "--sha256", digest, "--timeout", "30"
-    )
+    proc = start_wait(live.target(kind), f"noarch/{filename}", "--sha256", digest, "--timeout", "30")
     try:
         time.sleep(3)
         assert proc.poll() is None, proc.communicate()
@@ -114,33 +108,21 @@ def test_package_arriving_3s_later_exits_0_within_a_second_of_publish(
     assert "Traceback" not in err
     if kind == "url":  # conditional requests between polls: nginx answered 304
         log = live.nginx.log_lines()
-        assert any(
-            line.startswith("GET /noarch/repodata_shards.msgpack.zst 304")
-            for line in log
-        ), log[-10:]
+        assert any(line.startswith("GET /noarch/repodata_shards.msgpack.zst 304") for line in log), log[-10:]
         assert any("GET /noarch/shards/" in line and " 200 " in line for line in log)
 
 
 def test_any_sha256_when_none_given(live: Channel) -> None:
     for kind in ("folder", "url", "daemon"):
-        result = run_cli(
-            "wait", live.target(kind), "noarch/base-1.0-0.conda", "--timeout", "5"
-        )
+        result = run_cli("wait", live.target(kind), "noarch/base-1.0-0.conda", "--timeout", "5")
         assert result.rc == 0, result
-        assert (
-            f"sha256 {sha256(live.path / 'noarch' / 'base-1.0-0.conda')}"
-            in result.stdout
-        )
+        assert f"sha256 {sha256(live.path / 'noarch' / 'base-1.0-0.conda')}" in result.stdout
 
 
 @pytest.mark.parametrize("kind", ["folder", "daemon"])
-def test_broken_upload_exits_1_naming_the_reason(
-    live: Channel, kind: str, tmp_path: Path
-) -> None:
+def test_broken_upload_exits_1_naming_the_reason(live: Channel, kind: str, tmp_path: Path) -> None:
     filename = f"broken-{kind}-1.0-0.conda"
-    staged = make_truncated_conda(
-        tmp_path / filename, index_json(f"broken-{kind}", "1.0", "0")
-    )
+    staged = make_truncated_conda(tmp_path / filename, index_json(f"broken-{kind}", "1.0", "0"))
     upload(staged, live.path / "noarch")
     wait_for(lambda: _skipped(live, filename), 15, what="skip recorded")
     started = time.monotonic()
@@ -148,9 +130,7 @@ def test_broken_upload_exits_1_naming_the_reason(
     assert result.rc == 1, result
     assert 2 <= time.monotonic() - started < 10
     line = result.stderr.strip().splitlines()[-1]
-    assert line.startswith(
-        f"conda-indexd wait: timed out after 2 s: noarch/{filename}: left out by the indexer: "
-    )
+    assert line.startswith(f"conda-indexd wait: timed out after 2 s: noarch/{filename}: left out by the indexer: ")
     reason = _skipped(live, filename)
     assert reason in line, (reason, line)
     assert "Traceback" not in result.stderr
@@ -174,17 +154,13 @@ def test_broken_upload_through_the_url_exits_1(live: Channel, tmp_path: Path) ->
         live.path / "noarch",
     )
     wait_for(lambda: _skipped(live, filename), 15, what="skip recorded")
-    result = run_cli(
-        "wait", live.target("url"), f"noarch/{filename}", "--timeout", "1.5"
-    )
+    result = run_cli("wait", live.target("url"), f"noarch/{filename}", "--timeout", "1.5")
     assert result.rc == 1, result
     assert "no shard for broken-url" in result.stderr.splitlines()[-1]
 
 
 @pytest.mark.parametrize("kind", ["folder", "url", "daemon"])
-def test_older_sha256_published_exits_1_and_shows_it(
-    live: Channel, kind: str, tmp_path: Path
-) -> None:
+def test_older_sha256_published_exits_1_and_shows_it(live: Channel, kind: str, tmp_path: Path) -> None:
     filename = f"old-{kind}-1.0-0.conda"
     upload(
         make_package(tmp_path / filename, index_json(f"old-{kind}", "1.0", "0")),
@@ -206,25 +182,18 @@ def test_older_sha256_published_exits_1_and_shows_it(
         "1",
     )
     assert result.rc == 1, result
-    assert (
-        f"published with sha256 {old}, not {sha256(newer)}"
-        in result.stderr.splitlines()[-1]
-    )
+    assert f"published with sha256 {old}, not {sha256(newer)}" in result.stderr.splitlines()[-1]
 
 
 @pytest.mark.parametrize("kind", ["folder", "url", "daemon"])
 def test_timeout_exits_1(live: Channel, kind: str) -> None:
     started = time.monotonic()
-    result = run_cli(
-        "wait", live.target(kind), "noarch/never-1.0-0.conda", "--timeout", "1.5"
-    )
+    result = run_cli("wait", live.target(kind), "noarch/never-1.0-0.conda", "--timeout", "1.5")
     took = time.monotonic() - started
     assert result.rc == 1, result
     assert 1.5 <= took < 6, took
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith(
-        "conda-indexd wait: timed out after 1.5 s: noarch/never-1.0-0.conda: not in "
-    )
+    assert last.startswith("conda-indexd wait: timed out after 1.5 s: noarch/never-1.0-0.conda: not in ")
     assert "none named never" in last or "no shard for never" in last
     assert result.stdout == ""
 
@@ -251,18 +220,10 @@ def test_url_without_shards_reads_repodata_json_with_conditional_gets(
             "--interval",
             "0.2",
         )
-        assert (
-            missing.rc == 1
-            and "not in noarch/repodata.json (1 packages, none named other)"
-            in missing.stderr
-        )
+        assert missing.rc == 1 and "not in noarch/repodata.json (1 packages, none named other)" in missing.stderr
         log = nginx.log_lines()
-    assert any(
-        line.startswith("GET /noarch/repodata_shards.msgpack.zst 404") for line in log
-    )
-    assert sum(line.startswith("GET /noarch/repodata.json 304") for line in log) >= 3, (
-        log
-    )
+    assert any(line.startswith("GET /noarch/repodata_shards.msgpack.zst 404") for line in log)
+    assert sum(line.startswith("GET /noarch/repodata.json 304") for line in log) >= 3, log
 
 
 def test_unreachable_url_times_out_naming_the_error(tmp_path: Path) -> None:
@@ -277,9 +238,7 @@ def test_unreachable_url_times_out_naming_the_error(tmp_path: Path) -> None:
     assert "cannot read: " in result.stderr and "Connection refused" in result.stderr
 
 
-def test_daemon_whose_folder_is_not_visible_is_a_usage_error(
-    live: Channel, tmp_path: Path
-) -> None:
+def test_daemon_whose_folder_is_not_visible_is_a_usage_error(live: Channel, tmp_path: Path) -> None:
     """An http TARGET answering conda-indexd's /status.json is the daemon; it needs its channel
     folder. Simulated with nginx serving a copy of the daemon's status document."""
     _status, body = live.daemon.get("/status.json")
@@ -324,9 +283,7 @@ def test_daemon_whose_folder_is_not_visible_is_a_usage_error(
         (["{tmp}"], "the following arguments are required"),
     ],
 )
-def test_bad_arguments_exit_2_with_one_line(
-    tmp_path: Path, args: list[str], message: str
-) -> None:
+def test_bad_arguments_exit_2_with_one_line(tmp_path: Path, args: list[str], message: str) -> None:
     result = run_cli("wait", *[a.replace("{tmp}", str(tmp_path)) for a in args])
     assert result.rc == 2, result
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
@@ -339,9 +296,7 @@ def test_url_answering_errors_for_status_json_is_a_channel_url(tmp_path: Path) -
     channel = tmp_path / "channel"
     make_package(channel / "noarch" / "p-1.0-0.conda", index_json("p", "1.0", "0"))
     run_index(channel)
-    (
-        channel / "status.json"
-    ).mkdir()  # nginx: 301 to status.json/, a folder without index: 403
+    (channel / "status.json").mkdir()  # nginx: 301 to status.json/, a folder without index: 403
     with Nginx(channel, tmp_path / "nginx") as nginx:
         assert nginx.request("GET", "/status.json/")[0] == 403
         result = run_cli("wait", nginx.url, "noarch/p-1.0-0.conda", "--timeout", "5")

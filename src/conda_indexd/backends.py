@@ -25,9 +25,7 @@ if TYPE_CHECKING:
     from conda_indexd.stores.s3.store import S3Stats
 
 
-def open_backends(
-    config: IndexConfig, fence: Fence | None = None, application_name: str = "conda-indexd", stats: S3Stats | None = None
-) -> Backends:
+def open_backends(config: IndexConfig, fence: Fence | None = None, application_name: str = "conda-indexd", stats: S3Stats | None = None) -> Backends:
     """With a `fence` (a daemon in a pair), every output write and cache write is checked
     first. `stats` counts an S3 store's requests (the daemon's metrics)."""
     packages: ChannelStore

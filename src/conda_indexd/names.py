@@ -44,9 +44,7 @@ def temp_file_name(name: str) -> str:
 
 
 # every file the indexer publishes in a subdir (shards aside): watched for outside changes
-PUBLISHED_NAMES = frozenset(
-    [*(n + sfx for n in COMPRESSED for sfx in ("", *COMPRESSED_SUFFIXES)), SHARD_INDEX, RUN_EXPORTS, PATCH_INSTRUCTIONS]
-)
+PUBLISHED_NAMES = frozenset([*(n + sfx for n in COMPRESSED for sfx in ("", *COMPRESSED_SUFFIXES)), SHARD_INDEX, RUN_EXPORTS, PATCH_INSTRUCTIONS])
 
 
 # Keys conda-index drops from info/index.json (channel-format.md §2.2).

@@ -298,9 +298,7 @@ def _check_index_json(index: Any) -> str | None:
     if not isinstance(bn, int) or isinstance(bn, bool) or bn < 0:
         return "index.json 'build_number' is not a non-negative integer"
     for key in ("depends", "constrains", "track_features_list"):
-        if key in index and not (
-            isinstance(index[key], list) and all(isinstance(s, str) for s in index[key])
-        ):
+        if key in index and not (isinstance(index[key], list) and all(isinstance(s, str) for s in index[key])):
             return f"index.json {key!r} is not a list of strings"
     return None
 

@@ -30,24 +30,36 @@ REFUSED: dict[tuple[str, object], str] = {
 
 def add_flags(p: argparse.ArgumentParser) -> None:
     """conda-index's flags for what conda-indexd always does (defaults as conda-index's)."""
-    p.add_argument("--compact", action=argparse.BooleanOptionalAction, default=True,
-                   help="compact JSON (always; --no-compact is refused)")
-    p.add_argument("--update-cache", action=argparse.BooleanOptionalAction, default=True,
-                   help="list the subdir to refresh the cache (always; --no-update-cache is refused)")
-    p.add_argument("--update-only", action=argparse.BooleanOptionalAction, default=False,
-                   help="keep records of files missing on disk (never; --update-only is refused)")
-    p.add_argument("--upstream-stage", default="fs", metavar="STAGE",
-                   help="cache stage to index from: only 'fs', the files on disk")
-    p.add_argument("--write-monolithic", action=argparse.BooleanOptionalAction, default=True,
-                   help="write repodata.json (always; --no-write-monolithic is refused)")
-    p.add_argument("--repodata-next", action=argparse.BooleanOptionalAction, default=False,
-                   help="experimental v3 repodata (not supported; --repodata-next is refused)")
-    p.add_argument("--db", default="sqlite3", metavar="{sqlite3,postgresql}",
-                   help="cache backend: sqlite3 (<subdir>/.cache/cache.db, the default) or postgresql "
-                        "(conda-index's tables in --db-url's database; needs the postgresql extra)")
-    p.add_argument("--db-url", default=os.environ.get("CONDA_INDEX_DBURL", DEFAULT_DB_URL), metavar="URL",
-                   help="database URL for --db postgresql (default: $CONDA_INDEX_DBURL, else "
-                        f"{DEFAULT_DB_URL}); conda-index's SQLAlchemy URLs work too")
+    p.add_argument("--compact", action=argparse.BooleanOptionalAction, default=True, help="compact JSON (always; --no-compact is refused)")
+    p.add_argument(
+        "--update-cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="list the subdir to refresh the cache (always; --no-update-cache is refused)",
+    )
+    p.add_argument(
+        "--update-only", action=argparse.BooleanOptionalAction, default=False, help="keep records of files missing on disk (never; --update-only is refused)"
+    )
+    p.add_argument("--upstream-stage", default="fs", metavar="STAGE", help="cache stage to index from: only 'fs', the files on disk")
+    p.add_argument(
+        "--write-monolithic", action=argparse.BooleanOptionalAction, default=True, help="write repodata.json (always; --no-write-monolithic is refused)"
+    )
+    p.add_argument(
+        "--repodata-next", action=argparse.BooleanOptionalAction, default=False, help="experimental v3 repodata (not supported; --repodata-next is refused)"
+    )
+    p.add_argument(
+        "--db",
+        default="sqlite3",
+        metavar="{sqlite3,postgresql}",
+        help="cache backend: sqlite3 (<subdir>/.cache/cache.db, the default) or postgresql "
+        "(conda-index's tables in --db-url's database; needs the postgresql extra)",
+    )
+    p.add_argument(
+        "--db-url",
+        default=os.environ.get("CONDA_INDEX_DBURL", DEFAULT_DB_URL),
+        metavar="URL",
+        help=f"database URL for --db postgresql (default: $CONDA_INDEX_DBURL, else {DEFAULT_DB_URL}); conda-index's SQLAlchemy URLs work too",
+    )
 
 
 def refusal(args: argparse.Namespace) -> str | None:

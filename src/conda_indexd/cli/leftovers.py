@@ -84,12 +84,7 @@ def is_shards_pass_map(path: Path) -> bool:
         doc = json.loads(data)
     except ValueError:
         return False
-    return (
-        isinstance(doc, dict)
-        and bool(doc)
-        and not (doc.keys() & _INSTRUCTION_KEYS)
-        and all(value == {} for value in doc.values())
-    )
+    return isinstance(doc, dict) and bool(doc) and not (doc.keys() & _INSTRUCTION_KEYS) and all(value == {} for value in doc.values())
 
 
 def find_in(folder: Path, write_html: bool) -> list[str]:

@@ -71,8 +71,7 @@ def add_index_options(p: argparse.ArgumentParser) -> None:
     """The options shared by `index` and (later) `watch`, with conda-index's names."""
     p.add_argument("channel", metavar="CHANNEL_DIR", help="channel folder holding platform subdirs, or s3://BUCKET/PREFIX")
     p.add_argument("--output", metavar="DIR", help="write repodata under DIR (or s3://BUCKET/PREFIX) instead of the channel (cache.db stays in the channel)")
-    p.add_argument("--cache-dir", metavar="DIR",
-                   help="s3:// channels: the local folder for cache.db (default $XDG_STATE_HOME/conda-indexd/BUCKET/PREFIX)")
+    p.add_argument("--cache-dir", metavar="DIR", help="s3:// channels: the local folder for cache.db (default $XDG_STATE_HOME/conda-indexd/BUCKET/PREFIX)")
     p.add_argument("--subdir", action="append", metavar="S", help="index only this subdir (repeatable)")
     p.add_argument("-n", "--channel-name", help="channel name (used by later outputs such as index.html)")
     p.add_argument("--zst", action=argparse.BooleanOptionalAction, default=True, help="write repodata.json.zst (default: on)")
@@ -80,34 +79,66 @@ def add_index_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bz2", action=argparse.BooleanOptionalAction, default=False, help="write repodata.json.bz2 (default: off)")
     p.add_argument("--run-exports", action=argparse.BooleanOptionalAction, default=False, help="write run_exports.json (CEP-12)")
     p.add_argument("--base-url", metavar="URL", help="packages are served from URL/<subdir>/ (CEP-15, repodata_version 2)")
-    p.add_argument("--patch-generator", metavar="FILE",
-                   help="repodata patches: a .py defining _patch_repodata(repodata, subdir), or a .conda/.tar.bz2 "
-                        "holding <subdir>/patch_instructions.json (default: CHANNEL_DIR/gen_patch.py if present)")
-    p.add_argument("--current-repodata", action=argparse.BooleanOptionalAction, default=False,
-                   help="write current_repodata.json for conda's classic solver (needs the outputs extra)")
-    p.add_argument("--channeldata", action=argparse.BooleanOptionalAction, default=False,
-                   help="write channeldata.json, rss.xml and index.html pages (needs the outputs extra)")
+    p.add_argument(
+        "--patch-generator",
+        metavar="FILE",
+        help="repodata patches: a .py defining _patch_repodata(repodata, subdir), or a .conda/.tar.bz2 "
+        "holding <subdir>/patch_instructions.json (default: CHANNEL_DIR/gen_patch.py if present)",
+    )
+    p.add_argument(
+        "--current-repodata",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="write current_repodata.json for conda's classic solver (needs the outputs extra)",
+    )
+    p.add_argument(
+        "--channeldata",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="write channeldata.json, rss.xml and index.html pages (needs the outputs extra)",
+    )
     p.add_argument("--rss", action=argparse.BooleanOptionalAction, default=True, help="write rss.xml with --channeldata (default: on)")
-    p.add_argument("--html-dependencies", action=argparse.BooleanOptionalAction, default=False,
-                   help="show each package's depends in the subdir index.html")
-    p.add_argument("-m", "--current-index-versions-file", metavar="FILE",
-                   help="YAML {name: [version, ...]}: versions current_repodata.json keeps besides the newest")
-    p.add_argument("--write-shards", action=argparse.BooleanOptionalAction, default=True,
-                   help="write CEP-16 sharded repodata: repodata_shards.msgpack.zst and shards/ (default: on)")
-    p.add_argument("--shard-retention", type=_duration, default=DEFAULT_SHARD_RETENTION, metavar="AGE",
-                   help="delete shards no longer in the index after AGE: seconds or 30s, 15m, 12h, 7d (default 7d)")
+    p.add_argument("--html-dependencies", action=argparse.BooleanOptionalAction, default=False, help="show each package's depends in the subdir index.html")
+    p.add_argument(
+        "-m", "--current-index-versions-file", metavar="FILE", help="YAML {name: [version, ...]}: versions current_repodata.json keeps besides the newest"
+    )
+    p.add_argument(
+        "--write-shards",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write CEP-16 sharded repodata: repodata_shards.msgpack.zst and shards/ (default: on)",
+    )
+    p.add_argument(
+        "--shard-retention",
+        type=_duration,
+        default=DEFAULT_SHARD_RETENTION,
+        metavar="AGE",
+        help="delete shards no longer in the index after AGE: seconds or 30s, 15m, 12h, 7d (default 7d)",
+    )
     p.add_argument("--threads", type=_positive_int, default=default_threads(), metavar="N", help="archive reader threads")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     p.add_argument("--log-format", choices=("json", "console"), help="default: console on a terminal, JSON lines otherwise")
-    p.add_argument("--clean-conda-index-leftovers", action="store_true",
-                   help="remove conda-index's files that conda-indexd supersedes (root-level shards, "
-                        "repodata_shards_from_packages.msgpack.zst, its index.html), once conda-indexd's shards are in shards/")
-    p.add_argument("--from-pkgs-dir", action="append", metavar="DIR", type=Path,
-                   help="serve this conda package cache (repeatable; writable caches first, as conda reads them): "
-                        "CHANNEL_DIR is then the output channel, created if missing")
-    p.add_argument("--origin-metadata", action=argparse.BooleanOptionalAction, default=True,
-                   help="with --from-pkgs-dir: keep the origin channel's record (repodata_record.json: patched depends, "
-                        "license, ...) where it differs from index.json (default: on)")
+    p.add_argument(
+        "--clean-conda-index-leftovers",
+        action="store_true",
+        help="remove conda-index's files that conda-indexd supersedes (root-level shards, "
+        "repodata_shards_from_packages.msgpack.zst, its index.html), once conda-indexd's shards are in shards/",
+    )
+    p.add_argument(
+        "--from-pkgs-dir",
+        action="append",
+        metavar="DIR",
+        type=Path,
+        help="serve this conda package cache (repeatable; writable caches first, as conda reads them): "
+        "CHANNEL_DIR is then the output channel, created if missing",
+    )
+    p.add_argument(
+        "--origin-metadata",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --from-pkgs-dir: keep the origin channel's record (repodata_record.json: patched depends, "
+        "license, ...) where it differs from index.json (default: on)",
+    )
     compat.add_flags(p)
 
 
@@ -144,18 +175,24 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--listen", type=_listen, default=None, metavar="HOST:PORT", help=LISTEN_HELP)
     watch.add_argument("--debounce", type=_seconds, default=1.0, metavar="S", help="quiet time before a subdir is indexed (default 1)")
     watch.add_argument("--max-delay", type=_seconds, default=10.0, metavar="S", help="longest wait after a subdir's first event (default 10)")
-    watch.add_argument("--settle", type=_seconds, default=1.0, metavar="S",
-                       help="a file still changing across this many seconds is an upload in progress (default 1)")
-    watch.add_argument("--upload-timeout", type=_positive_seconds, default=600.0, metavar="S",
-                       help="a file opened for writing and never closed is read after this long unchanged (default 600)")
+    watch.add_argument(
+        "--settle", type=_seconds, default=1.0, metavar="S", help="a file still changing across this many seconds is an upload in progress (default 1)"
+    )
+    watch.add_argument(
+        "--upload-timeout",
+        type=_positive_seconds,
+        default=600.0,
+        metavar="S",
+        help="a file opened for writing and never closed is read after this long unchanged (default 600)",
+    )
     watch.add_argument("--rescan-interval", type=_positive_seconds, default=600.0, metavar="S", help="full rescan backstop (default 600)")
     watch.add_argument("--polling", action="store_true", help="poll the folder instead of inotify (NFS/CIFS shares)")
     watch.add_argument("--poll-interval", type=_positive_seconds, default=1.0, metavar="S", help="polling interval (default 1)")
-    watch.add_argument("--events-token-file", metavar="FILE",
-                       help="s3:// channels: the shared secret POST /s3-events requires (default: $CONDA_INDEXD_EVENTS_TOKEN)")
+    watch.add_argument(
+        "--events-token-file", metavar="FILE", help="s3:// channels: the shared secret POST /s3-events requires (default: $CONDA_INDEXD_EVENTS_TOKEN)"
+    )
     show = sub.add_parser("demo", help="make a small channel of generated packages and run the daemon on it")
-    show.add_argument("dir", nargs="?", default=DEMO_DIR, metavar="DIR",
-                      help=f"the demo channel folder, created if missing (default: {DEMO_DIR})")
+    show.add_argument("dir", nargs="?", default=DEMO_DIR, metavar="DIR", help=f"the demo channel folder, created if missing (default: {DEMO_DIR})")
     show.add_argument("--add", action="store_true", help="add one more package to the demo channel DIR and exit")
     show.add_argument("--listen", type=_listen, default=None, metavar="HOST:PORT", help=LISTEN_HELP)
     show.add_argument("--verbose", action="store_true", help="debug logging")
@@ -165,8 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 LISTEN_HELP = (
-    "HTTP for the status page (/ and /status.json), /metrics, /healthz and /readyz "
-    f"(default: $CONDA_INDEXD_LISTEN, else {DEFAULT_HOST}:{DEFAULT_PORT})"
+    f"HTTP for the status page (/ and /status.json), /metrics, /healthz and /readyz (default: $CONDA_INDEXD_LISTEN, else {DEFAULT_HOST}:{DEFAULT_PORT})"
 )
 
 

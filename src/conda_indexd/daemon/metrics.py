@@ -31,9 +31,7 @@ class Metrics:
         self.queue_pending = Gauge(p + "queue_pending", "Subdirs waiting to be indexed", registry=r)
         self.packages = Gauge(p + "packages", "Records published in repodata.json", ["subdir"], registry=r)
         self.packages_indexed = Counter(p + "packages_indexed_total", "Archives read and stored", ["subdir"], registry=r)
-        self.package_errors = Counter(
-            p + "package_errors_total", "Archives that could not be indexed", ["subdir", "reason"], registry=r
-        )
+        self.package_errors = Counter(p + "package_errors_total", "Archives that could not be indexed", ["subdir", "reason"], registry=r)
         self.skipped = Gauge(p + "packages_skipped", "Archives currently left out of repodata", ["subdir"], registry=r)
         self.publish_duration = Histogram(
             p + "publish_duration_seconds", "Time to index and publish a subdir", ["subdir"], buckets=_LATENCY_BUCKETS, registry=r
@@ -44,23 +42,13 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.last_publish = Gauge(
-            p + "last_publish_timestamp_seconds", "When a subdir's files were last replaced", ["subdir"], registry=r
-        )
+        self.last_publish = Gauge(p + "last_publish_timestamp_seconds", "When a subdir's files were last replaced", ["subdir"], registry=r)
         self.rescans = Counter(p + "rescans_total", "Full rescans, by reason", ["reason"], registry=r)
         self.repodata_bytes = Gauge(p + "repodata_bytes", "Size of repodata.json", ["subdir"], registry=r)
-        self.subdir_errors = Counter(
-            p + "subdir_errors_total", "Indexing runs of a subdir that failed", ["subdir", "reason"], registry=r
-        )
-        self.shards_written = Counter(
-            p + "shards_written_total", "CEP-16 shard files written", ["subdir"], registry=r
-        )
-        self.shards_deleted = Counter(
-            p + "shards_deleted_total", "Unreferenced shard files deleted after the retention", ["subdir"], registry=r
-        )
-        self.uploads_in_progress = Gauge(
-            p + "uploads_in_progress", "Package files held back as still being written", ["subdir"], registry=r
-        )
+        self.subdir_errors = Counter(p + "subdir_errors_total", "Indexing runs of a subdir that failed", ["subdir", "reason"], registry=r)
+        self.shards_written = Counter(p + "shards_written_total", "CEP-16 shard files written", ["subdir"], registry=r)
+        self.shards_deleted = Counter(p + "shards_deleted_total", "Unreferenced shard files deleted after the retention", ["subdir"], registry=r)
+        self.uploads_in_progress = Gauge(p + "uploads_in_progress", "Package files held back as still being written", ["subdir"], registry=r)
         self.ready = Gauge(p + "ready", "1 once the start-up reconcile has published every subdir", registry=r)
         self.leader = Gauge(p + "leader", "1 while this daemon is the leader of a pair (--db postgresql)", registry=r)
         self.leadership_changes = Counter(

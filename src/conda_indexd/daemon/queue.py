@@ -126,9 +126,7 @@ class DebounceQueue:
             entry.merge_names(names.items())
             # only wait when the held names are all there is to do: a close (or any other
             # work) that came in while they were being looked at must not wait with them
-            if entry.full_scan or entry.outputs or any(
-                kind in COMPLETE_KINDS or name not in names for name, kind in entry.names.items()
-            ):
+            if entry.full_scan or entry.outputs or any(kind in COMPLETE_KINDS or name not in names for name, kind in entry.names.items()):
                 entry.hold_until = 0.0
             else:
                 entry.hold_until = max(entry.hold_until, now + delay)

@@ -74,10 +74,7 @@ def archive(pkg: DemoPackage, timestamp_ms: int) -> bytes:
     if pkg.subdir == "noarch":
         index["noarch"] = "generic"
     paths = {
-        "paths": [
-            {"_path": p, "path_type": "hardlink", "sha256": hashlib.sha256(d).hexdigest(), "size_in_bytes": len(d)}
-            for p, d in sorted(files.items())
-        ],
+        "paths": [{"_path": p, "path_type": "hardlink", "sha256": hashlib.sha256(d).hexdigest(), "size_in_bytes": len(d)} for p, d in sorted(files.items())],
         "paths_version": 1,
     }
     about: dict[str, Any] = {"summary": pkg.summary, "license": "BSD-3-Clause", "home": "https://example.invalid/conda-indexd-demo"}
@@ -168,4 +165,3 @@ conda-indexd demo: {channel} is indexed and watched.
 def package_names() -> list[str]:
     """The filenames the demo writes (for tests and the README)."""
     return [package_filename({"name": p.name, "version": p.version, "build": p.build}, p.ext) for p in PACKAGES]
-

@@ -72,9 +72,7 @@ def build(subdirs: dict[str, dict[str, Any]], load: Loader) -> dict[str, Any]:
             name = data["name"]
             existing = packages.get(name, {})
             dv, ev = str(data.get("version", "0")), str(existing.get("version", "0"))
-            data_newer = vkey(dv) > vkey(ev) or (
-                dv == ev and seconds(data.get("timestamp", 0)) > seconds(existing.get("timestamp", 0))
-            )
+            data_newer = vkey(dv) > vkey(ev) or (dv == ev and seconds(data.get("timestamp", 0)) > seconds(existing.get("timestamp", 0)))
             entry: dict[str, Any] = {}
             for k in NEWER_WINS:
                 entry[k] = data[k] if data.get(k) and (data_newer or not existing.get(k)) else existing.get(k)

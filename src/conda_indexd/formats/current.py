@@ -37,9 +37,7 @@ def rattler_module() -> Any:
     try:
         import rattler
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise CurrentRepodataUnavailable(
-            "--current-repodata needs py-rattler: pip install 'conda-indexd[outputs]'"
-        ) from exc
+        raise CurrentRepodataUnavailable("--current-repodata needs py-rattler: pip install 'conda-indexd[outputs]'") from exc
     return rattler
 
 
@@ -88,7 +86,6 @@ def build(repodata: dict[str, Any], pins: dict[str, list[str]] | None = None) ->
 
     keep: set[str] = set()
 
-
     def newest_matching(name: str, matches: Match) -> set[str]:
         entries = [(v, fn) for v, fn in by_name.get(name, ()) if matches(v, fn)]
         top = max((v for v, _ in entries), default=None)
@@ -97,9 +94,7 @@ def build(repodata: dict[str, Any], pins: dict[str, list[str]] | None = None) ->
     def spec_matcher(ms: Any) -> Match:
         spec = VersionSpec(ms.version) if ms.version else None
         build = str(ms.build) if ms.build else None
-        return lambda v, fn: (spec is None or spec.matches(v)) and (
-            build is None or fnmatch.fnmatchcase(str(candidates[fn].get("build", "")), build)
-        )
+        return lambda v, fn: (spec is None or spec.matches(v)) and (build is None or fnmatch.fnmatchcase(str(candidates[fn].get("build", "")), build))
 
     for entries in by_name.values():
         top = entries[-1][0]

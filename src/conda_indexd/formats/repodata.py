@@ -103,9 +103,7 @@ class Document:
         return b"".join(self.chunks())
 
 
-def build_repodata(
-    subdir: str, pieces: Iterable[tuple[str, str]], *, base_url: str | None = None, removed: Iterable[str] = ()
-) -> bytes:
+def build_repodata(subdir: str, pieces: Iterable[tuple[str, str]], *, base_url: str | None = None, removed: Iterable[str] = ()) -> bytes:
     """repodata.json bytes from (filename, record_piece) pairs sorted by filename.
 
     The document equals `compact_json(repodata)`: `json.dumps` with sorted keys composes, so it

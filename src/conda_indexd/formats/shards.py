@@ -133,9 +133,7 @@ def fingerprint(rows: Iterable[tuple[str, str]], salt: str = "") -> str:
     return h.hexdigest()[:32]
 
 
-def fingerprints(
-    keys: Iterable[tuple[str, str, str]], salt: str = "", ops: dict[str, list[patches.Op]] | None = None
-) -> dict[str, str]:
+def fingerprints(keys: Iterable[tuple[str, str, str]], salt: str = "", ops: dict[str, list[patches.Op]] | None = None) -> dict[str, str]:
     """{name: fingerprint} from (name, filename, sha256) rows ordered by name; `ops`
     (patches.per_record) salts only the names whose files they touch."""
     ops = ops or {}
@@ -155,8 +153,6 @@ class Remembered:
     fingerprint: str
     digest: str
     size: int
-
-
 
 
 @dataclass
@@ -270,9 +266,7 @@ def plan_shards(
     return ShardPlan(salt, patched, kept, todo)
 
 
-def plan(
-    current: dict[str, str], remembered: dict[str, Remembered], on_disk: dict[str, int]
-) -> tuple[dict[str, Remembered], dict[str, str]]:
+def plan(current: dict[str, str], remembered: dict[str, Remembered], on_disk: dict[str, int]) -> tuple[dict[str, Remembered], dict[str, str]]:
     """Split names into (kept: {name: Remembered}, to encode: {name: fingerprint})."""
     kept, todo = {}, {}
     for name, fp in current.items():
@@ -284,9 +278,7 @@ def plan(
     return kept, todo
 
 
-def encode_shards(
-    todo: dict[str, str], rows: Iterable[RecordRow], instructions: dict[str, Any] | None
-) -> dict[str, tuple[bytes, Remembered]]:
+def encode_shards(todo: dict[str, str], rows: Iterable[RecordRow], instructions: dict[str, Any] | None) -> dict[str, tuple[bytes, Remembered]]:
     """{name: (shard bytes, what to remember)} for the names to encode, from their rows."""
     encoded = {}
     ops = patches.per_record(instructions)

@@ -108,8 +108,7 @@ class Leadership:
                 ensure_schema(conn, self.url, DDL)
                 conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(self.lease * 250)}ms",))
                 conn.execute(
-                    "INSERT INTO conda_indexd_lease (channel_id, token, expires_at) VALUES (%s, 0, '-infinity') "
-                    "ON CONFLICT DO NOTHING",
+                    "INSERT INTO conda_indexd_lease (channel_id, token, expires_at) VALUES (%s, 0, '-infinity') ON CONFLICT DO NOTHING",
                     (self.channel_id,),
                 )
             except Exception:

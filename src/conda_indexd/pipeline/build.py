@@ -49,9 +49,7 @@ def build_outputs(
 ) -> Built:
     """`pieces`: (filename, record piece) sorted by filename (RecordMemo.pieces); the
     other arguments as build_from_memo."""
-    return build_from_memo(
-        config, subdir, from_pieces(pieces), existing_instructions=existing_instructions, run_exports=run_exports, overlay=overlay
-    )
+    return build_from_memo(config, subdir, from_pieces(pieces), existing_instructions=existing_instructions, run_exports=run_exports, overlay=overlay)
 
 
 def build_from_memo(

@@ -144,9 +144,7 @@ class SubdirRun:
             changed = cache.changed_packages(scope)
             if changed:
                 log.debug("extracting", subdir=subdir, count=len(changed))
-            result.extracted, result.new_failures = extract(
-                cache, b.packages, subdir, changed, config.threads, self.on_progress, self.cancel
-            )
+            result.extracted, result.new_failures = extract(cache, b.packages, subdir, changed, config.threads, self.on_progress, self.cancel)
             for failure in result.new_failures:
                 log.warning("skipped archive", subdir=subdir, path=failure.path, reason=failure.reason, detail=failure.message)
             dirty = memo.refresh(cache, scope)
@@ -205,9 +203,7 @@ class SubdirRun:
         result.duration = time.monotonic() - started
         return result
 
-    def _publish_shards(
-        self, cache: SubdirCache, memo: RecordMemo, dirty: set[str], instructions: dict[str, Any], result: SubdirResult
-    ) -> ShardStore | None:
+    def _publish_shards(self, cache: SubdirCache, memo: RecordMemo, dirty: set[str], instructions: dict[str, Any], result: SubdirResult) -> ShardStore | None:
         if not self.config.write_shards:
             if withdraw(self.backends.outputs, self.subdir):
                 result.shards.written.append(SHARD_INDEX)

@@ -37,9 +37,7 @@ def save(cache: SubdirCache, memo: RecordMemo) -> None:
     generation = cache.generation()
     if folder is None or generation is None or memo.heap.folder != folder:
         return
-    sections = {
-        name: [s.fns, bytes(s.shas), s.ids.tobytes(), s.offs.tobytes(), s.lens.tobytes(), bytes(s.brk)] for name, s in memo.sections.items()
-    }
+    sections = {name: [s.fns, bytes(s.shas), s.ids.tobytes(), s.offs.tobytes(), s.lens.tobytes(), bytes(s.brk)] for name, s in memo.sections.items()}
     quiet = memo.quiet
     outputs = [quiet.outputs[0], [list(f) for f in quiet.outputs[1]]] if quiet.outputs is not None else None
     data = msgpack.packb(
@@ -115,4 +113,3 @@ def _fill(memo: RecordMemo, state: dict) -> None:  # type: ignore[type-arg]
     memo.patched = {fn: (str(v[0]), v[1]) for fn, v in state["patched"].items()}
     listing, outputs, collect_at = state["quiet"]
     memo.quiet = Quiet(listing, (outputs[0], tuple(FileState(*f) for f in outputs[1])) if outputs is not None else None, float(collect_at))
-

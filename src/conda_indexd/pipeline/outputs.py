@@ -97,9 +97,7 @@ class _Sink:
             self.writer.write(out)
 
 
-def _open_stream(
-    config: IndexConfig, store: ChannelStore, subdir: str, name: str, data: bytes | Document, stack: ExitStack
-) -> list[StreamWriter]:
+def _open_stream(config: IndexConfig, store: ChannelStore, subdir: str, name: str, data: bytes | Document, stack: ExitStack) -> list[StreamWriter]:
     """Stream `data` into uncommitted writers of `name` and its enabled compressed copies;
     returns them in commit order (JSON first, then .zst, .bz2)."""
     size = data.size if isinstance(data, Document) else len(data)

@@ -35,7 +35,6 @@ from conda_indexd.util.logs import get_logger
 log = get_logger(__name__)
 
 
-
 class LocalStore:
     """A channel folder. Keys are paths relative to `root` with `/` separators."""
 

@@ -33,26 +33,18 @@ def _target(text: str) -> str:
     if re.match(r"^https?://[^/]+", text, re.IGNORECASE):
         return text
     if "://" in text:
-        raise argparse.ArgumentTypeError(
-            f"only http:// and https:// URLs are supported: {text!r}"
-        )
+        raise argparse.ArgumentTypeError(f"only http:// and https:// URLs are supported: {text!r}")
     if not Path(text).is_dir():
-        raise argparse.ArgumentTypeError(
-            f"not a channel folder or an http(s) URL: {text!r}"
-        )
+        raise argparse.ArgumentTypeError(f"not a channel folder or an http(s) URL: {text!r}")
     return text
 
 
 def _package(text: str) -> tuple[str, str]:
     subdir, sep, filename = text.partition("/")
     if not sep or not _SUBDIR.match(subdir) or not filename or "/" in filename:
-        raise argparse.ArgumentTypeError(
-            f"expected SUBDIR/FILENAME, e.g. noarch/pkg-1.0-0.conda: {text!r}"
-        )
+        raise argparse.ArgumentTypeError(f"expected SUBDIR/FILENAME, e.g. noarch/pkg-1.0-0.conda: {text!r}")
     if not filename.endswith((".conda", ".tar.bz2")) or filename.count("-") < 2:
-        raise argparse.ArgumentTypeError(
-            f"not a conda package filename (name-version-build.conda or .tar.bz2): {filename!r}"
-        )
+        raise argparse.ArgumentTypeError(f"not a conda package filename (name-version-build.conda or .tar.bz2): {filename!r}")
     return subdir, filename
 
 
@@ -171,9 +163,7 @@ def run(args: argparse.Namespace) -> int:
             obs = source.look(subdir, filename)
             if obs.sha256 is not None and (want is None or obs.sha256 == want):
                 waited = time.monotonic() - started
-                print(
-                    f"{subdir}/{filename} is published (sha256 {obs.sha256}) after {waited:.1f} s"
-                )
+                print(f"{subdir}/{filename} is published (sha256 {obs.sha256}) after {waited:.1f} s")
                 return 0
         state = describe(obs, want)
         now = time.monotonic()
@@ -183,11 +173,7 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
-        if (
-            state != said
-        ):  # one line per change, so a CI log shows what it is waiting for
-            print(
-                f"waiting for {subdir}/{filename}: {state}", file=sys.stderr, flush=True
-            )
+        if state != said:  # one line per change, so a CI log shows what it is waiting for
+            print(f"waiting for {subdir}/{filename}: {state}", file=sys.stderr, flush=True)
             said = state
         time.sleep(min(args.interval, deadline - now))

@@ -41,9 +41,7 @@ class HttpCache:
         self.requests = 0
         self.not_modified = 0
 
-    def get(
-        self, url: str, immutable: bool = False, missing: tuple[int, ...] = (404, 410)
-    ) -> bytes | None:
+    def get(self, url: str, immutable: bool = False, missing: tuple[int, ...] = (404, 410)) -> bytes | None:
         """The body (the cached one after a 304); None when the answer is one of `missing`."""
         cached = self._entries.get(url)
         if cached is not None and immutable:

@@ -28,9 +28,7 @@ STATUS_KEYS = frozenset({"channel", "ready", "subdirs", "pending"})
 
 @dataclass(frozen=True)
 class Observation:
-    sha256: str | None = (
-        None  # the published record's sha256 (hex), None when not published
-    )
+    sha256: str | None = None  # the published record's sha256 (hex), None when not published
     skipped: str | None = None  # "reason: message" when the indexer left this file out
     detail: str = ""  # what is published instead / what is going on
     error: str | None = None  # the target could not be read
@@ -68,9 +66,7 @@ def _instead(records: dict[str, Any], filename: str, where: str) -> str:
     same = sorted(fn for fn in records if package_name(fn) == name)
     if not same:
         return f"not in {where} ({len(records)} packages, none named {name})"
-    shown = ", ".join(same[:3]) + (
-        f" and {len(same) - 3} more" if len(same) > 3 else ""
-    )
+    shown = ", ".join(same[:3]) + (f" and {len(same) - 3} more" if len(same) > 3 else "")
     return f"not in {where}; {name} is published as {shown}"
 
 
@@ -114,9 +110,7 @@ class FolderSource:
         if skipped:
             return Observation(skipped=skipped, detail=found.detail, error=found.error)
         if (self.folder / subdir / filename).is_file() and found.error is None:
-            return Observation(
-                detail=f"{found.detail}; the file is in the folder and not indexed yet"
-            )
+            return Observation(detail=f"{found.detail}; the file is in the folder and not indexed yet")
         return found
 
     def skipped(self, subdir: str, filename: str) -> str | None:
@@ -126,9 +120,7 @@ class FolderSource:
         if not db.is_file():
             return None
         try:
-            con = sqlite3.connect(
-                f"file:{urllib.parse.quote(str(db))}?mode=ro", uri=True, timeout=2
-            )
+            con = sqlite3.connect(f"file:{urllib.parse.quote(str(db))}?mode=ro", uri=True, timeout=2)
             try:
                 row = con.execute(
                     """SELECT bad.etag, bad.last_modified FROM stat AS bad
@@ -144,11 +136,7 @@ class FolderSource:
         if row is None:
             return None
         reason, message = row
-        return (
-            f"{reason or 'unreadable'}: {message}"
-            if message
-            else str(reason or "unreadable")
-        )
+        return f"{reason or 'unreadable'}: {message}" if message else str(reason or "unreadable")
 
 
 # --- a channel URL --------------------------------------------------------------------------
@@ -171,9 +159,7 @@ class UrlSource:
         self._json_records: dict[str, Any] = {}
 
     def look(self, subdir: str, filename: str) -> Observation:
-        index_url = urllib.parse.urljoin(
-            self.base, f"{subdir}/repodata_shards.msgpack.zst"
-        )
+        index_url = urllib.parse.urljoin(self.base, f"{subdir}/repodata_shards.msgpack.zst")
         try:
             # an optional file: S3-style servers answer 403 for a key that is not there
             index = self.http.get(index_url, missing=(403, 404, 410))
@@ -189,24 +175,16 @@ class UrlSource:
             zstandard.ZstdError,
             msgpack.UnpackException,
         ) as exc:
-            return Observation(
-                error=f"unreadable answer from {self.base}: {type(exc).__name__}: {exc}"
-            )
+            return Observation(error=f"unreadable answer from {self.base}: {type(exc).__name__}: {exc}")
 
-    def _from_shards(
-        self, index_url: str, raw: bytes, subdir: str, filename: str
-    ) -> Observation:
+    def _from_shards(self, index_url: str, raw: bytes, subdir: str, filename: str) -> Observation:
         index = msgpack.unpackb(_unzstd(raw))
         name = package_name(filename)
         where = f"{subdir}/repodata_shards.msgpack.zst"
         digest = index["shards"].get(name)
         if digest is None:
-            return Observation(
-                detail=f"not in {where} (no shard for {name}; {len(index['shards'])} names)"
-            )
-        shards_base = urllib.parse.urljoin(
-            index_url, index.get("info", {}).get("shards_base_url") or "./"
-        )
+            return Observation(detail=f"not in {where} (no shard for {name}; {len(index['shards'])} names)")
+        shards_base = urllib.parse.urljoin(index_url, index.get("info", {}).get("shards_base_url") or "./")
         shard_url = urllib.parse.urljoin(shards_base, f"{_hex(digest)}.msgpack.zst")
         shard = self.http.get(shard_url, immutable=True)
         if shard is None:
@@ -220,9 +198,7 @@ class UrlSource:
     def _from_repodata(self, subdir: str, filename: str) -> Observation:
         body = self.http.get(urllib.parse.urljoin(self.base, f"{subdir}/repodata.json"))
         if body is None:
-            return Observation(
-                detail=f"no {subdir}/repodata.json at {self.base} (HTTP 404)"
-            )
+            return Observation(detail=f"no {subdir}/repodata.json at {self.base} (HTTP 404)")
         if body is not self._json_body:  # a 304 hands back the same bytes: parse once
             self._json_records = _records(json.loads(body))
             self._json_body = body
@@ -233,11 +209,7 @@ class UrlSource:
 
 
 def is_status_document(doc: Any) -> bool:
-    return (
-        isinstance(doc, dict)
-        and STATUS_KEYS <= doc.keys()
-        and isinstance(doc["subdirs"], list)
-    )
+    return isinstance(doc, dict) and STATUS_KEYS <= doc.keys() and isinstance(doc["subdirs"], list)
 
 
 class DaemonSource:
@@ -285,19 +257,13 @@ class DaemonSource:
                         )
                         skipped = f"{reason}: {message}" if message else reason
                 if entry.get("error"):
-                    notes.append(
-                        f"the daemon's last run of {subdir} failed: {entry['error']}"
-                    )
+                    notes.append(f"the daemon's last run of {subdir} failed: {entry['error']}")
         for pending in doc["pending"]:
             if isinstance(pending, dict) and pending.get("subdir") == subdir:
-                notes.append(
-                    f"the daemon has {pending.get('files', '?')} file(s) pending for {subdir}"
-                )
+                notes.append(f"the daemon has {pending.get('files', '?')} file(s) pending for {subdir}")
         if not doc["ready"]:
             notes.append("the daemon's start-up index is in progress")
-        return Observation(
-            skipped=skipped or found.skipped, detail="; ".join(notes), error=found.error
-        )
+        return Observation(skipped=skipped or found.skipped, detail="; ".join(notes), error=found.error)
 
 
 def channel_of(doc: dict[str, Any]) -> Path:

@@ -46,6 +46,7 @@ except ImportError:  # pragma: no cover - the postgresql extra
 if TYPE_CHECKING:
     from conda_indexd.archive.reader import PackageMetadata
 
+
 def pg_mtime(mtime: float) -> int:
     """What conda-index's INTEGER column holds for a float mtime."""
     return int(Decimal(repr(float(mtime))).to_integral_value(ROUND_HALF_UP))

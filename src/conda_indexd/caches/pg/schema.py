@@ -25,6 +25,7 @@ def _psycopg() -> Any:
         raise PgCacheError("--db postgresql needs psycopg: pip install 'conda-indexd[postgresql]'") from None
     return psycopg
 
+
 CHANNEL_ID_PATTERN = r"[a-z0-9_][a-z0-9_.-]*"  # conda-index's (CEP-26 path component)
 DEFAULT_DB_URL = "postgresql:///conda_index"  # conda-index's default
 CONNECT_TIMEOUT = 5
@@ -109,8 +110,7 @@ def ensure_schema(conn: Any, url: str, extra: Iterable[str] = ()) -> None:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             rows = conn.execute(
-                "SELECT table_name, column_name, data_type FROM information_schema.columns "
-                "WHERE table_schema = current_schema() AND table_name = ANY(%s)",
+                "SELECT table_name, column_name, data_type FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = ANY(%s)",
                 (list(EXPECTED),),
             ).fetchall()
             found: dict[str, dict[str, str]] = {}

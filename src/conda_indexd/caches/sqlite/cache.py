@@ -232,9 +232,7 @@ class SqliteCache:
                     if value is None:
                         self.db.execute(f"DELETE FROM {table} WHERE path = ?", (path,))
                     else:
-                        self.db.execute(
-                            f"INSERT OR REPLACE INTO {table} (path, {table}) VALUES (?, json(?))", (path, value)
-                        )
+                        self.db.execute(f"INSERT OR REPLACE INTO {table} (path, {table}) VALUES (?, json(?))", (path, value))
                 if meta.icon is None:
                     self.db.execute("DELETE FROM icon WHERE path = ?", (path,))
                 else:
@@ -261,8 +259,7 @@ class SqliteCache:
                 self.db.execute(f"DELETE FROM {table} WHERE path = ?", (path,))
             self.db.execute("DELETE FROM stat WHERE stage = 'indexed' AND path = ?", (path,))
             self.db.execute(
-                "INSERT OR REPLACE INTO stat (stage, path, mtime, size, etag, last_modified, md5) "
-                "VALUES ('failed', ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO stat (stage, path, mtime, size, etag, last_modified, md5) VALUES ('failed', ?, ?, ?, ?, ?, ?)",
                 (path, state.mtime, state.size, reason, message, state.identity or None),
             )
 
@@ -276,11 +273,7 @@ class SqliteCache:
     """
 
     def shard_keys(self) -> Iterator[ShardKey]:
-        rows = self._rows(
-            "SELECT index_json.name, fs.path, index_json.sha256"
-            + self._PUBLISHED
-            + "WHERE fs.stage = 'fs' ORDER BY index_json.name, fs.path"
-        )
+        rows = self._rows("SELECT index_json.name, fs.path, index_json.sha256" + self._PUBLISHED + "WHERE fs.stage = 'fs' ORDER BY index_json.name, fs.path")
         return (ShardKey(*row) for row in rows)
 
     def shard_rows(self) -> Iterator[tuple[str, str, str, str | None]]:

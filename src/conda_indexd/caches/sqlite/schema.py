@@ -46,9 +46,7 @@ _SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
 def is_corrupt(exc: BaseException) -> bool:
     """A cache.db that sqlite cannot read as a database (not disk full, not locked)."""
     return isinstance(exc, sqlite3.DatabaseError) and (
-        getattr(exc, "sqlite_errorcode", None) in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
-        or "malformed" in str(exc)
-        or "not a database" in str(exc)
+        getattr(exc, "sqlite_errorcode", None) in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or "malformed" in str(exc) or "not a database" in str(exc)
     )
 
 

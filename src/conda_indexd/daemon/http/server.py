@@ -317,9 +317,7 @@ class StatusServer:
             status, ctype, answer = 500, "text/plain; charset=utf-8", b"internal error\n"
         self._respond(conn, status, ctype, answer, head=False)
 
-    def _respond(
-        self, conn: _Conn, status: int, ctype: str, body: bytes, *, head: bool, extra: dict[str, str] | None = None
-    ) -> None:
+    def _respond(self, conn: _Conn, status: int, ctype: str, body: bytes, *, head: bool, extra: dict[str, str] | None = None) -> None:
         headers = {
             "Server": "conda-indexd",
             "Date": formatdate(usegmt=True),

@@ -44,8 +44,7 @@ def document(
         "ready": ready,
         "generated_at": _iso(now),
         "subdirs": [
-            {**asdict(s), "last_publish": _iso(s.last_publish), "last_run": _iso(s.last_run)}
-            for s in sorted(subdirs.values(), key=lambda s: s.subdir)
+            {**asdict(s), "last_publish": _iso(s.last_publish), "last_run": _iso(s.last_run)} for s in sorted(subdirs.values(), key=lambda s: s.subdir)
         ],
         "pending": pending,
         "ignored": ignored or [],
@@ -90,7 +89,7 @@ def as_html(doc: dict[str, Any]) -> bytes:
         err = f'<br><span class="bad">{e(s["error"])}</span>' if s["error"] else ""
         duration = "" if s["last_duration"] is None else f"{s['last_duration']:.3f} s"
         rows.append(
-            f'<tr><td>{e(s["subdir"])}{err}</td>'
+            f"<tr><td>{e(s['subdir'])}{err}</td>"
             f'<td class="n">{s["packages"]}</td><td>{e(s["last_publish"] or "never")}</td>'
             f'<td class="n">{duration}</td><td class="n">{len(s["skipped"])}</td></tr>'
         )
@@ -100,13 +99,11 @@ def as_html(doc: dict[str, Any]) -> bytes:
         for f in s["skipped"]
     ]
     pending = [
-        f"<tr><td>{e(p['subdir'])}</td><td class=\"n\">{p['files']}</td><td>{'yes' if p['full_scan'] else 'no'}</td>"
-        f"<td>{e(p.get('reason') or '')}</td><td class=\"n\">{p['waiting_seconds']:.1f} s</td></tr>"
+        f'<tr><td>{e(p["subdir"])}</td><td class="n">{p["files"]}</td><td>{"yes" if p["full_scan"] else "no"}</td>'
+        f'<td>{e(p.get("reason") or "")}</td><td class="n">{p["waiting_seconds"]:.1f} s</td></tr>'
         for p in doc["pending"]
     ]
-    ignored = [
-        f"<tr><td><code>{e(i['folder'])}/</code></td><td>{e(i['reason'])}</td></tr>" for i in doc.get("ignored", [])
-    ]
+    ignored = [f"<tr><td><code>{e(i['folder'])}/</code></td><td>{e(i['reason'])}</td></tr>" for i in doc.get("ignored", [])]
     html = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>conda-indexd: {e(doc["channel"])}</title>
 <meta name="viewport" content="width=device-width,initial-scale=1"><style>{_CSS}</style></head>
@@ -141,7 +138,7 @@ def _sources_html(sources: list[dict[str, Any]] | None) -> str:
         origins = "<br>".join(f"<code>{e(url)}</code> ({n})" for url, n in d["origins"].items()) or "none"
         problem = f'<br><span class="bad">{e(d["problem"])}</span>' if d.get("problem") else ""
         rows.append(
-            f'<tr><td><code>{e(d["dir"])}</code>{problem}</td><td>{"writable" if d["writable"] else "read-only"}</td>'
+            f"<tr><td><code>{e(d['dir'])}</code>{problem}</td><td>{'writable' if d['writable'] else 'read-only'}</td>"
             f'<td class="n">{d["taken"]}</td><td class="n">{d["duplicates_dropped"]}</td>'
             f'<td class="n">{len(d["skipped"])}</td><td>{origins}</td></tr>'
         )

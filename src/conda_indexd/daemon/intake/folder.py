@@ -167,7 +167,9 @@ class SymlinkedSubdirs:
             except (OSError, RuntimeError) as exc:
                 why = f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}"
                 if self.broken.get(subdir) != why:
-                    log.warning("symlinked subdir points nowhere readable; ignored", subdir=subdir, link=os.readlink(link) if os.path.islink(link) else link, error=why)
+                    log.warning(
+                        "symlinked subdir points nowhere readable; ignored", subdir=subdir, link=os.readlink(link) if os.path.islink(link) else link, error=why
+                    )
                     self.broken[subdir] = why
                 self._unwatch(observer, subdir)
                 continue

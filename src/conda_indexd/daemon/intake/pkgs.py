@@ -105,8 +105,10 @@ def _log_result(result: SyncResult, always: bool = False) -> None:
         failed=result.failed,
         overlays_changed=sorted(result.overlays_changed),
         skipped_by_reason=result.skipped_by_reason(),
-        dirs=[{"dir": r.path, "writable": r.writable, "taken": r.taken, "duplicates_dropped": len(r.duplicates),
-               "skipped": len(r.skipped)} for r in result.reports],  # fmt: skip
+        dirs=[
+            {"dir": r.path, "writable": r.writable, "taken": r.taken, "duplicates_dropped": len(r.duplicates), "skipped": len(r.skipped)}
+            for r in result.reports
+        ],  # fmt: skip
         **result.counts(),
     )
 

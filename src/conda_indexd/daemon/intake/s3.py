@@ -209,4 +209,3 @@ class S3Poller:
             for name in before.keys() - now.keys():
                 self.on_file(subdir, name, EventKind.DELETED)
         self.seen = listings
-

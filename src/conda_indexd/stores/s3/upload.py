@@ -92,6 +92,7 @@ def spooled(bucket: Bucket, key: str) -> Iterator[StreamWriter]:
 def upload_file(bucket: Bucket, key: str, spool: IO[bytes], size: int, digest: str) -> bool:
     """The spooled bytes as `key` by a multipart upload, unless the object holds them;
     True if written."""
+
     def md5() -> str:
         spool.seek(0)
         h = hashlib.md5()  # noqa: S324 - S3's ETag
