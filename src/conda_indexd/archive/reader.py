@@ -24,6 +24,7 @@ from conda_package_streaming import package_streaming
 
 from conda_indexd.archive import pathcheck
 from conda_indexd.archive.pkgmeta import post_install_flags, recipe_json
+from conda_indexd.errors import IndexdError
 from conda_indexd.names import FILTERED_KEYS, stem
 
 INDEX_JSON = "info/index.json"
@@ -62,7 +63,7 @@ def strict_json(raw: bytes | str) -> Any:
         raise ValueError("JSON nested too deeply") from None
 
 
-class ArchiveError(Exception):
+class ArchiveError(IndexdError):
     """An archive that cannot be indexed. `reason` is a short, low-cardinality label."""
 
     def __init__(self, reason: str, message: str):

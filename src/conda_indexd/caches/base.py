@@ -21,6 +21,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from conda_indexd.errors import IndexdError
 from conda_indexd.model import Failure, FileState, PublishedKey, RecordRow, ShardKey
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["FileState", "Failure", "PublishedKey", "RecordRow", "ShardKey", "SubdirCache", "Caches"]
 
 
-class CacheError(Exception):
+class CacheError(IndexdError):
     """The cache cannot be used at all (too new, unwritable, unreachable): one line."""
 
 
@@ -42,7 +43,7 @@ class CacheCorrupt(CacheError):
         self.moved_to = moved_to
 
 
-class MetadataRejected(Exception):
+class MetadataRejected(IndexdError):
     """The cache refuses one package's metadata (e.g. JSON its engine cannot store)."""
 
 

@@ -24,8 +24,9 @@ from conda_indexd.cli.s3config import remote_settings
 from conda_indexd.config import DEFAULT_SHARD_RETENTION, IndexConfig, default_threads, detect_subdirs
 from conda_indexd.daemon.onready import after_ready
 from conda_indexd.daemon.supervisor import DEFAULT_HOST, DEFAULT_PORT, Daemon, WatchConfig
+from conda_indexd.errors import Fenced, IndexdError
+from conda_indexd.formats.current import CurrentRepodataUnavailable, parse_pins
 from conda_indexd.formats.current import available as current_available
-from conda_indexd.formats.current import parse_pins
 from conda_indexd.formats.patches import PatchError
 from conda_indexd.ha.lock import ChannelBusy
 from conda_indexd.ha.pairlease import index_lease
@@ -36,12 +37,13 @@ from conda_indexd.stores.base import StoreError
 from conda_indexd.util import logs
 from conda_indexd.util.fsio import writable_folder
 from conda_indexd.wait import command as wait
+from conda_indexd.wait.command import TargetError
 
 PROG = "conda-indexd"
 DEMO_DIR = "demo-channel"  # demo.py's default folder
 
 
-class UsageError(Exception):
+class UsageError(IndexdError):
     """A bad flag or path: one line, exit 2."""
 
 
@@ -472,6 +474,35 @@ def run_demo(args: argparse.Namespace) -> int:
     return _run_daemon(config, show)
 
 
+# The exit status of each failure of ours: the most specific class listed wins. Every one
+# ends the command with one line on stderr (`one_line`), never a traceback.
+EXIT_CODES: dict[type[IndexdError], int] = {
+    UsageError: 2,  # bad arguments or flags (and the demo's folder checks)
+    CurrentRepodataUnavailable: 2,  # an output flag without the extra it needs
+    TargetError: 2,  # `wait`: a target that names nothing to wait on
+    StoreError: 2,  # the channel cannot be used: unreachable, no such bucket, access denied
+    ChannelBusy: 3,  # another live writer holds the channel (its flock or its lease)
+    Fenced: 3,  # the pair's lease was taken over mid-run: another daemon publishes now
+    CacheError: 1,  # the cache cannot be used: too new, unwritable, unreachable
+    IndexdError: 1,  # anything else of ours
+}
+
+
+def exit_code(exc: IndexdError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in EXIT_CODES:
+            return EXIT_CODES[cls]
+    return 1
+
+
+def one_line(exc: IndexdError) -> str:
+    if isinstance(exc, UsageError):
+        return f"{exc} (see {PROG} --help)"
+    if isinstance(exc, CacheError):
+        return f"{getattr(exc, 'label', 'cache.db')}: {exc}"
+    return str(exc)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -485,18 +516,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "wait":
             return wait.run(args)
         raise UsageError(f"unknown command {args.command}")  # pragma: no cover
-    except UsageError as exc:
-        print(f"{PROG}: error: {exc} (see {PROG} --help)", file=sys.stderr)
-        return 2
-    except ChannelBusy as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 3
-    except StoreError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    except CacheError as exc:
-        print(f"{PROG}: error: {getattr(exc, 'label', 'cache.db')}: {exc}", file=sys.stderr)
-        return 1
+    except IndexdError as exc:
+        print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
+        return exit_code(exc)
     except OSError as exc:
         where = f" {exc.filename}" if exc.filename else ""
         print(f"{PROG}: error:{where}: {exc.strerror or exc}", file=sys.stderr)

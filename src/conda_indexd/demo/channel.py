@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from conda_indexd.demo.pkgbuild import conda_bytes, index_json, package_filename, tar_bz2_bytes
+from conda_indexd.errors import IndexdError
 
 MARKER = ".conda-indexd-demo"  # a dotfile: ignored by the indexer, says the folder is a demo
 PLUGIN = "demo-plugin"
 SETTLED = 5.0  # seconds the generated packages are back-dated
 
 
-class DemoError(Exception):
+class DemoError(IndexdError):
     """A demo folder that cannot be used: one line, exit 2."""
 
 

@@ -24,12 +24,13 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from conda_indexd.errors import IndexdError
 from conda_indexd.names import conda_twin, tar_twin
 
 Match = Callable[[Any, str], bool]  # (version, filename) -> bool
 
 
-class CurrentRepodataUnavailable(Exception):
+class CurrentRepodataUnavailable(IndexdError):
     pass
 
 

@@ -16,13 +16,14 @@ import copy
 import hashlib
 from typing import Any
 
+from conda_indexd.errors import IndexdError
 from conda_indexd.names import CONDA, PACKAGE_EXTENSIONS, PATCH_INSTRUCTIONS, TAR_BZ2, compact_json, conda_twin
 
 INSTRUCTIONS = PATCH_INSTRUCTIONS
 REVOKED_DEP = "package_has_been_revoked"
 
 
-class PatchError(Exception):
+class PatchError(IndexdError):
     """The patch source failed for a subdir (one line, for logs and metrics)."""
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import threading
 from typing import Protocol
 
+from conda_indexd.errors import IndexdError
 
-class ChannelBusy(Exception):
+
+class ChannelBusy(IndexdError):
     pass
 
 

@@ -24,11 +24,12 @@ from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from typing import IO, Protocol
 
+from conda_indexd.errors import IndexdError
 from conda_indexd.errors import Unreadable as Unreadable  # re-exported: the seam raises it
 from conda_indexd.model import FileState as FileState  # re-exported: the seam lists them
 
 
-class StoreError(Exception):
+class StoreError(IndexdError):
     """The store cannot be used right now (unreachable, no such bucket, access denied):
     one line for people. Not an OSError on purpose: a transport fault fails the run and
     is retried; it never marks a package unreadable."""

@@ -14,11 +14,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import IO, Any, Protocol
 
+from conda_indexd.errors import Fenced as Fenced  # re-exported: the fence raises it
 from conda_indexd.stores.base import ChannelStore, FileState, StreamWriter
-
-
-class Fenced(Exception):
-    """This process is not (or no longer) the leader: the step was not done."""
 
 
 class Fence(Protocol):

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from conda_indexd.errors import IndexdError
 from conda_indexd.wait.httpcache import FetchError, HttpCache
 from conda_indexd.wait.sources import DaemonSource, FolderSource, Observation, Source, UrlSource, channel_of, is_status_document
 
@@ -25,7 +26,7 @@ PROG = "conda-indexd wait"
 _SUBDIR = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
-class TargetError(Exception):
+class TargetError(IndexdError):
     """The target cannot be used as given (exit 2)."""
 
 

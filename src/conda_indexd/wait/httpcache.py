@@ -12,11 +12,12 @@ import urllib.request
 from dataclasses import dataclass
 
 from conda_indexd import __version__
+from conda_indexd.errors import IndexdError
 
 USER_AGENT = f"conda-indexd-wait/{__version__}"
 
 
-class FetchError(Exception):
+class FetchError(IndexdError):
     """The server could not be reached (status None), or answered with an error status."""
 
     def __init__(self, message: str, status: int | None = None) -> None:

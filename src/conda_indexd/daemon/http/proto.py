@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from conda_indexd.errors import IndexdError
+
 MAX_HEAD = 8192  # bytes of request line + headers
 _METHOD = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
 _VERSION = re.compile(rb"HTTP/1\.[0-9]")
@@ -38,7 +40,7 @@ class Request:
         return self.target.split("?", 1)[0]
 
 
-class RequestError(Exception):
+class RequestError(IndexdError):
     def __init__(self, status: int, why: str):
         super().__init__(why)
         self.status = status
