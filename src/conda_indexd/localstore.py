@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import math
 import os
 import re
 import secrets
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO
@@ -48,6 +49,9 @@ class LocalStore:
         self.root = root
         self.location = str(root)
         self._ours: dict[str, float] = {}  # key -> monotonic time this store wrote or removed it
+        # asked with the step right before every rename or removal (fence.py sets it to the
+        # pair's lease proof; raising there leaves the old file in place)
+        self.guard: Callable[[str], None] = _unguarded
 
     def changed_by_us(self, key: str, within: float, *, removals_only: bool = False) -> bool:
         """Whether this store wrote (or removed) `key` less than `within` seconds ago: the
@@ -148,22 +152,23 @@ class LocalStore:
         path = self.root / key
         if same_content(path, data):
             return False
+        before_rename = functools.partial(self.guard, f"rename {key}")
         try:
-            write_atomic(path, data)
+            write_atomic(path, data, before_rename)
         except FileNotFoundError:
             # the file's own folder (shards/, .cache/) is made on first use; never the
             # folders above it: a vanished channel must not be recreated
             if path.parent == self.root or not path.parent.parent.is_dir():
                 raise
             path.parent.mkdir(exist_ok=True)
-            write_atomic(path, data)
+            write_atomic(path, data, before_rename)
         if sync:
             fsync_dir(path.parent)
         self._note(key, removed=False)
         return True
 
     def writer(self, key: str, *, size: int | None = None) -> AbstractContextManager[LocalWriter]:
-        return local_writer(self.root, key, size)
+        return local_writer(self.root, key, size, functools.partial(self.guard, f"rename {key}"))
 
     def copy(self, src: str, dst: str, *, sync: bool = True) -> bool:
         source, path = self.root / src, self.root / dst
@@ -178,7 +183,7 @@ class LocalStore:
             if path.parent == self.root or not path.parent.parent.is_dir():
                 raise FileNotFoundError(f"{path.parent}: no such folder")
             path.parent.mkdir(exist_ok=True)
-        if link_atomic(source, path, None if old is None else old.st_mtime):
+        if link_atomic(source, path, None if old is None else old.st_mtime, functools.partial(self.guard, f"rename {dst}")):
             self._note(src, removed=False)  # its mtime moved with the shared inode's
         if sync:
             fsync_dir(path.parent)
@@ -186,6 +191,7 @@ class LocalStore:
         return True
 
     def remove(self, key: str) -> bool:
+        self.guard(f"remove {key}")
         try:
             os.unlink(self.root / key)
         except FileNotFoundError:
@@ -282,8 +288,13 @@ def next_mtime(old_mtime: float | None, now: float) -> float:
     return max(now, math.floor(old_mtime) + 1.0)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """temp name, fsync, mtime bump, rename (the folder's fsync is the caller's)."""
+def _unguarded(step: str) -> None:
+    pass
+
+
+def write_atomic(path: Path, data: bytes, before_rename: Callable[[], None] | None = None) -> None:
+    """temp name, fsync, mtime bump, rename (the folder's fsync is the caller's).
+    `before_rename` may raise to leave the old file in place."""
     try:
         old_mtime: float | None = path.stat().st_mtime
     except FileNotFoundError:
@@ -301,6 +312,8 @@ def write_atomic(path: Path, data: bytes) -> None:
             os.close(fd)
         mtime = next_mtime(old_mtime, time.time())
         os.utime(tmp, (mtime, mtime))
+        if before_rename is not None:
+            before_rename()
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
