@@ -1,6 +1,6 @@
 """Deterministic builders for fixture conda packages (no network, no ../shared).
 
-Valid packages (built by `conda_indexd.pkgbuild`, re-exported here):
+Valid packages (built by `conda_indexd.demo.pkgbuild`, re-exported here):
 
 - `make_tar_bz2(path, index, files, *, about, run_exports, paths_json, recipe_yaml)`
 - `make_conda(path, index, files, *, about, run_exports, paths_json, recipe_yaml)`

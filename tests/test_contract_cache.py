@@ -1,4 +1,4 @@
-"""The cache contract (src/conda_indexd/cache.py), run against every cache.
+"""The cache contract (src/conda_indexd/caches/base.py), run against every cache.
 
 A new cache (PostgreSQL, ...) joins by adding a fixture case to `caches`.
 """

@@ -1,4 +1,4 @@
-"""The ChannelStore contract (src/conda_indexd/store.py), run against every store.
+"""The ChannelStore contract (src/conda_indexd/stores/base.py), run against every store.
 
 A new store (S3, ...) joins by adding a fixture case to `store`: the same tests must
 pass. Package files are put in place with `write`, the store's own atomic put.

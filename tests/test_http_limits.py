@@ -25,7 +25,7 @@ from pidscgroup import PidsCgroup, Unavailable, create
 
 pytestmark = pytest.mark.timeout(120)
 
-HEAD_TIMEOUT = 5.0  # the listener's default (conda_indexd.httpserver.HEAD_TIMEOUT)
+HEAD_TIMEOUT = 5.0  # the listener's default (conda_indexd.daemon.http.server.HEAD_TIMEOUT)
 
 
 class HeldConnections(threading.Thread):

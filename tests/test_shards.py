@@ -1,4 +1,4 @@
-"""CEP-16 shard encoding (src/conda_indexd/shards.py), checked against the spec and,
+"""CEP-16 shard encoding (src/conda_indexd/formats/shards.py), checked against the spec and,
 optionally, against conda-index 0.13's shards for the real corpus."""
 
 from __future__ import annotations

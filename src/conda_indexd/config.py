@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# conda's known platform subdirs (channel-format.md §1); noarch is always indexed.
+# conda's known platform subdirs (docs/spec §1); noarch is always indexed.
 KNOWN_SUBDIRS = frozenset(
     {
         "noarch",

@@ -47,7 +47,7 @@ def temp_file_name(name: str) -> str:
 PUBLISHED_NAMES = frozenset([*(n + sfx for n in COMPRESSED for sfx in ("", *COMPRESSED_SUFFIXES)), SHARD_INDEX, RUN_EXPORTS, PATCH_INSTRUCTIONS])
 
 
-# Keys conda-index drops from info/index.json (channel-format.md §2.2).
+# Keys conda-index drops from info/index.json (docs/spec §2.2).
 FILTERED_KEYS = frozenset(
     {
         "arch",

@@ -1,4 +1,4 @@
-"""Two columns conda-index derives from a package's info members (channel-format.md
+"""Two columns conda-index derives from a package's info members (docs/spec
 §3.2): the `post_install` flags from info/paths.json and the parsed recipe. Pure."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The cache seam: what was extracted from each package, and the fs stage, per subdir.
 
-conda-index's `stat` table stages (channel-format.md §3.4):
+conda-index's `stat` table stages (docs/spec §3.4):
 - `fs`: what the store lists (path, mtime, size), from a listing or per touched path;
 - `indexed`: written with the metadata tables after a successful extraction;
 - `failed` (ours): an archive that could not be indexed, with the mtime and size it had

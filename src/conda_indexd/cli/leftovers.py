@@ -1,7 +1,7 @@
 """conda-index 0.13's files that conda-indexd supersedes, found and (on request) removed.
 
 What `python -m conda_index --write-shards` writes in each subdir that conda-indexd does
-not (channel-format.md §1, §5.2; checked by running conda-index 0.13):
+not (docs/spec §1, §5.2; checked by running conda-index 0.13):
 
 - `<sha256>.msgpack.zst` shard files directly in the subdir: conda-indexd's shards live
   in `shards/` (its index says `shards_base_url: "./shards/"`), so no client of a

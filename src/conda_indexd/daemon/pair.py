@@ -3,7 +3,9 @@
 warm otherwise.
 
 - Leader: a full reconcile of every subdir (the previous leader may have stopped
-  mid-publish), then the usual event loop for as long as the lease holds. A publish step
+  mid-publish, or stored records in the cache it never published: that first run
+  recomputes every shard fingerprint), then the usual event loop for as long as the
+  lease holds. A publish step
   after the lease is lost fails with `Fenced`, like any failed run (memo dropped).
 - Standby: takes the events (dropped: a takeover lists every subdir anyway) and every
   few seconds refreshes each subdir's record memo from the shared cache, so a takeover
@@ -18,6 +20,7 @@ from conda_indexd.daemon.metrics import Metrics
 from conda_indexd.daemon.worker import Worker
 from conda_indexd.ha.leader import Leadership
 from conda_indexd.pipeline.memo import RecordMemo
+from conda_indexd.pipeline.quiet import Quiet
 from conda_indexd.util.logs import get_logger
 
 log = get_logger(__name__)
@@ -59,6 +62,15 @@ class Pair:
 
     def _lead(self, worker: Worker) -> None:
         self._drain(worker)  # the reconcile below lists every subdir
+        # The old leader may have stored records in the shared cache and not published
+        # them (cut off, killed): this daemon's warmed memo already holds them, so they
+        # are not "changed" for it. Its first run of each subdir trusts neither the memo's
+        # quiet state nor the remembered shards.
+        for state in worker.states.values():
+            state.takeover = True
+            if state.memo is not None:
+                state.memo.quiet = Quiet()
+                state.memo.shards = None
         started = time.monotonic()
         if not worker.reconcile():
             return

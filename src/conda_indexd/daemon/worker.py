@@ -59,6 +59,9 @@ class SubdirState:
     failures_in_a_row: int = 0
     not_writable: bool = False  # reported once; retried quietly until fixed
     published: int = 0  # records in the last publish
+    # the first run after this daemon took the lease over: the memo was warmed from a
+    # cache the old leader may have written without publishing, so every shard is checked
+    takeover: bool = False
     status: SubdirStatus = field(init=False)
 
     def __post_init__(self) -> None:
@@ -68,6 +71,7 @@ class SubdirState:
         if self.not_writable:
             log.info("subdir is writable again; published", subdir=self.subdir)
         self.memo = result.memo
+        self.takeover = False
         self.failures_in_a_row = 0
         self.not_writable = False
         self.published = result.packages
@@ -216,6 +220,7 @@ class Worker:
                 memo=state.memo,
                 backends=self.backends,
                 verify=item.outputs,
+                takeover=state.takeover,
             )
         except Exception as exc:  # one subdir's trouble never stops the others
             if (denied := not_writable(exc)) is not None:
@@ -226,7 +231,7 @@ class Worker:
         state.succeeded(result)
         self._count(item, result)
         if result.written and self.index.channeldata:
-            try:  # channel-level files last (§8.2), from every subdir's published repodata
+            try:  # channel-level files last (docs/spec §8.2), from every subdir's published repodata
                 publish_channel(self.index, self.backends, self.subdirs())
             except Exception as exc:  # noqa: BLE001 - never stops the daemon
                 self.metrics.subdir_errors.labels("channel", type(exc).__name__).inc()

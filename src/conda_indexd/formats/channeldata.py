@@ -1,5 +1,6 @@
-"""Channel-level outputs (§6.3-6.5): channeldata.json (CEP-38), rss.xml, and the root
-and per-subdir index.html. Pure functions from repodata and cached metadata to bytes.
+"""Channel-level outputs (docs/spec §6.3-6.5): channeldata.json (CEP-38:
+https://github.com/conda/ceps/blob/main/cep-0038.md), rss.xml, and the root and
+per-subdir index.html. Pure functions from repodata and cached metadata to bytes.
 
 channeldata follows conda-index 0.13's `_update_channeldata`, with two fixes the spec
 notes: it is rebuilt from the current repodata of every subdir (names whose packages

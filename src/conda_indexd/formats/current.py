@@ -1,4 +1,4 @@
-"""current_repodata.json (channel-format.md §4) without conda, for conda's classic solver.
+"""current_repodata.json (docs/spec §4) without conda, for conda's classic solver.
 
 Version order and match specs come from py-rattler (`Version`, `VersionSpec`,
 `MatchSpec`), which implements conda's rules; it is an optional extra

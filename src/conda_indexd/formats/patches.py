@@ -1,4 +1,4 @@
-"""Repodata patches (channel-format.md §6.6), as conda-index 0.13 applies them: the pure
+"""Repodata patches (docs/spec §6.6), as conda-index 0.13 applies them: the pure
 half (checked, applied, serialised); where instructions come from is pipeline/patchsource.py.
 
 Instructions: `packages` (also re-keyed from .tar.bz2 to .conda), then `packages.conda`,

@@ -1,4 +1,4 @@
-"""Pure functions from cache rows to the bytes of repodata.json and friends (§2, §6.2).
+"""Pure functions from cache rows to the bytes of repodata.json and friends (docs/spec §2, §6.2).
 
 The output equals conda-index 0.13's `json.dumps(repodata, sort_keys=True,
 separators=(",", ":"))`. It is assembled from per-record pieces: `json.dumps` with

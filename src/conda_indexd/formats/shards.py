@@ -1,4 +1,4 @@
-"""CEP-16 sharded repodata (channel-format.md §5, §8.2): encoding and planning, both pure.
+"""CEP-16 sharded repodata (docs/spec §5, §8.2): encoding and planning, both pure.
 
 Encoding is pure, from cache rows to bytes. A shard is
 `zstd(msgpack({"packages": {...}, "packages.conda": {...}}))` at zstd's default level 3,

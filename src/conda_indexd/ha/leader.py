@@ -16,8 +16,18 @@ with a fencing token (no home-made consensus: PostgreSQL's row locks order every
   UPDATE waits for) and records the step in `conda_indexd_publish_log(token, leader,
   subdir, step, at)`; every cache write transaction makes the same check (pgcache.py).
 
-What no lease can do with a plain folder: a leader frozen between a passed check and the
-write that follows it still does that one write when it resumes. Every later step fails.
+A check proves the lease only as far as the last renewal does: until the time that
+renewal was *sent* (the leader's monotonic clock) + lease * 0.8, never from when an answer
+arrived. The database's lease runs until the renewal's own `now()` + lease, later than that,
+so the leader stops 0.2 * lease before a standby may take over. A check (or a renewal)
+whose answer arrives after that point is a lost lease, however good the answer: under a
+partition, an answer the database sent before the takeover can arrive seconds after it.
+The same bound is asked again right before every rename of an output (`assert_proven`,
+which the local store calls) and before every cache COMMIT (pgcache.py).
+
+What no lease can do with a plain folder: a leader frozen (or descheduled) between the last
+`assert_proven` and the rename that follows it, for longer than 0.2 * lease, still does that
+one rename when it resumes. The window is one system call long; every later step fails.
 """
 
 from __future__ import annotations
@@ -73,6 +83,7 @@ class Leadership:
         self.connected = False
         self.outage_logged = False  # the current outage was logged
         self.last_error: str | None = None
+        self.previous_publish: dict[str, Any] | None = None  # the publish log's last step at the last takeover
         self.changed = threading.Event()  # set on every change of role
         self.on_change: list[Callable[[bool], None]] = []
         self._conn: Any = None
@@ -95,7 +106,8 @@ class Leadership:
 
     def describe(self) -> dict[str, Any]:
         return {"role": self.role, "token": self.token, "holder": self.holder, "lease_seconds": self.lease,
-                "database": safe_url(self.url), "error": self.last_error}  # fmt: skip
+                "database": safe_url(self.url), "error": self.last_error,
+                "previous_publish": self.previous_publish}  # fmt: skip
 
     # --- the session ---------------------------------------------------------------------------
 
@@ -171,9 +183,26 @@ class Leadership:
             self.token, self.deadline = int(token), started + self.lease * 0.8
             self.changes += 1
             why = "lease expired" if expired else ("previous leader's sessions gone" if holder else "no leader yet")
-            log.info("took over leadership", token=self.token, previous=holder, reason=why, channel_id=cid)
+            self.previous_publish = self._last_publish(conn, cid)
+            log.info("took over leadership", token=self.token, previous=holder, reason=why, channel_id=cid,
+                     previous_publish=self.previous_publish)  # fmt: skip
             self._changed(True)
             return True
+
+    def _last_publish(self, conn: Any, cid: str) -> dict[str, Any] | None:
+        """The publish log's last step before this takeover: what the old leader can be
+        proven to have done last (its later work, if any, is in the cache only; the new
+        leader's first run rebuilds every shard from the cache, see pair.py)."""
+        try:
+            row = conn.execute(
+                "SELECT token, leader, subdir, step, at FROM conda_indexd_publish_log WHERE channel_id = %s AND token < %s ORDER BY id DESC LIMIT 1",
+                (cid, self.token),
+            ).fetchone()
+        except Exception:  # noqa: BLE001 - only informative
+            return None
+        if row is None:
+            return None
+        return {"token": row[0], "leader": row[1], "subdir": row[2], "step": row[3], "at": row[4].isoformat()}
 
     def renew(self) -> bool:
         with self._lock:
@@ -258,6 +287,9 @@ class Leadership:
                             "INSERT INTO conda_indexd_publish_log (channel_id, token, leader, subdir, step) VALUES (%s, %s, %s, %s, %s)",
                             (self.channel_id, token, self.holder, subdir, step),
                         )
+                # an answer that arrived after the proven time proves nothing (a partition
+                # can hold back an answer the database gave before a takeover)
+                self._still_proven(step)
             except Fenced as exc:
                 self.step_down(str(exc))
                 raise
@@ -270,6 +302,20 @@ class Leadership:
         if token is None or time.monotonic() >= self.deadline:
             raise Fenced(f"not the leader ({step})")
         self._verify(conn, token, step)
+        self._still_proven(step)
+
+    def assert_proven(self, step: str) -> None:
+        """Raise Fenced unless the lease is proven now (no database round trip): asked
+        right before a rename of an output and before a cache COMMIT."""
+        if self.token is None:
+            raise Fenced(f"not the leader ({step})")
+        self._still_proven(step)
+
+    def _still_proven(self, step: str) -> None:
+        # no lock here: the lease thread may be stuck in a renewal on a cut connection;
+        # it steps down itself once it sees the deadline passed
+        if time.monotonic() >= self.deadline:
+            raise Fenced(f"lease not proven any more ({step} not done)")
 
     def _verify(self, conn: Any, token: int, step: str) -> None:
         row = conn.execute(

@@ -11,7 +11,7 @@ and the holder stops. Release deletes it (after checking it is still ours: RGW i
 If-Match on DELETE).
 
 Expiry uses the writers' clocks, so it is as good as their clock sync; the lease is the
-single-machine answer. A stronger fence (a database lock, issue 15) plugs in through
+single-machine answer. A stronger fence (the PostgreSQL lease of leader.py) plugs in through
 the same `WriterLock` shape (lock.py) in backends.open_lock.
 """
 

@@ -9,7 +9,7 @@ archive or its instructions change. Instructions that change no record (conda-in
 `{"name": {}}` entries) cost reading them. A patch *generator* is user code that is given
 the whole unpatched document, so with one the document is parsed once per build.
 
-Order of the result is the publish order (§8.2): repodata_from_packages.json, fresh
+Order of the result is the publish order (docs/spec §8.2): repodata_from_packages.json, fresh
 patch_instructions.json, repodata.json, then the files derived from it. Without patches
 the two documents are the same object (published from one pass).
 """
@@ -88,7 +88,7 @@ def build_from_memo(
     if not count:
         patched.clear()
     outputs[REPODATA] = patched_doc
-    if config.current_repodata:  # derived files after repodata.json (§8.2)
+    if config.current_repodata:  # derived files after repodata.json (docs/spec §8.2)
         data = patched_doc if isinstance(patched_doc, bytes) else patched_doc.to_bytes()
         versions = config.current_index_versions
         pins = current.parse_pins(versions.read_text(), str(versions)) if versions else {}

@@ -1,5 +1,5 @@
 """Stage 5: channel-level files, channeldata.json, rss.xml and the index.html pages, from
-every subdir's published repodata.json and cache (§6.3-6.5), written last (§8.2)."""
+every subdir's published repodata.json and cache (docs/spec §6.3-6.5), written last (§8.2)."""
 
 from __future__ import annotations
 

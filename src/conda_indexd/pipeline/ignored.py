@@ -1,6 +1,6 @@
 """Channel folders that look like a platform subdir but are not one conda knows.
 
-conda-indexd indexes only noarch and conda's known platforms (channel-format.md §1); a
+conda-indexd indexes only noarch and conda's known platforms (docs/spec §1); a
 typo such as `linux-fake/` or `osx-arm65/` would otherwise be skipped without a word.
 They are logged once at start and listed on the status page.
 """

@@ -97,6 +97,7 @@ class SubdirRun:
     on_progress: Progress | None = None
     cancel: threading.Event | None = None
     verify: Collection[str] = ()  # published files someone else changed (see ShardStore.publish)
+    takeover: bool = False  # a new leader's first run: every name's shard fingerprint is computed again
 
     def execute(self) -> SubdirResult:
         try:
@@ -153,7 +154,7 @@ class SubdirRun:
             instructions = b.outputs.read(key(subdir, PATCH_INSTRUCTIONS))
             overlay_bytes = b.packages.read(origin.overlay_key(subdir)) if config.origin_overlay else None
             token = inputs_token(config, instructions, overlay_bytes)
-            quiet = not dirty and not self.verify and memo.quiet.outputs is not None  # verify: shards changed outside
+            quiet = not dirty and not self.verify and not self.takeover and memo.quiet.outputs is not None  # verify: shards changed outside
             quiet = quiet and time.time() < memo.quiet.collect_at
             carried = memo.shards[1] if memo.shards is not None and self.memo is not None else None  # the shard upkeep's listing
             if quiet and memo.quiet.outputs == (token, outputs_state(b.outputs, subdir, cache, carried)):
@@ -168,8 +169,11 @@ class SubdirRun:
                     run_exports=cache.run_exports() if config.run_exports else (),
                     overlay=origin.parse(overlay_bytes) if overlay_bytes is not None else None,
                 )
-                # §8.2: shard files, then the shard index, then repodata.json and the rest.
-                store = self._publish_shards(cache, memo, dirty, built.instructions, result)
+                # docs/spec §8.2: shard files, then the shard index, then repodata.json and the rest.
+                # A takeover: records the old leader stored in the shared cache without
+                # publishing them are already in the warmed memo (not dirty), and the shard
+                # state is the old leader's: every name's fingerprint is computed again.
+                store = self._publish_shards(cache, memo, None if self.takeover else dirty, built.instructions, result)
                 result.written += publish_outputs(config, b.outputs, subdir, built.outputs)
                 if not config.current_repodata:
                     result.written += withdraw_current(b.outputs, subdir)
@@ -203,7 +207,9 @@ class SubdirRun:
         result.duration = time.monotonic() - started
         return result
 
-    def _publish_shards(self, cache: SubdirCache, memo: RecordMemo, dirty: set[str], instructions: dict[str, Any], result: SubdirResult) -> ShardStore | None:
+    def _publish_shards(
+        self, cache: SubdirCache, memo: RecordMemo, dirty: set[str] | None, instructions: dict[str, Any], result: SubdirResult
+    ) -> ShardStore | None:
         if not self.config.write_shards:
             if withdraw(self.backends.outputs, self.subdir):
                 result.shards.written.append(SHARD_INDEX)
@@ -231,7 +237,9 @@ def index_subdir(
     memo: RecordMemo | None = None,
     backends: Backends,
     verify: Collection[str] = (),
+    takeover: bool = False,
 ) -> SubdirResult:
-    """Bring one subdir's cache and outputs up to date (see SubdirRun)."""
-    run = SubdirRun(config, subdir, backends, touched, hold, listing, memo, on_progress, cancel, verify)
+    """Bring one subdir's cache and outputs up to date (see SubdirRun). `takeover`: the
+    first run of a new leader of a pair, which trusts no remembered shard."""
+    run = SubdirRun(config, subdir, backends, touched, hold, listing, memo, on_progress, cancel, verify, takeover)
     return run.execute()

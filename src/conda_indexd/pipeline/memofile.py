@@ -1,4 +1,4 @@
-"""The record memo kept between processes (issue 13: a restart or a one-shot re-run does
+"""The record memo kept between processes (a restart or a one-shot re-run does
 not read and serialise every record again).
 
 `.cache/conda-indexd-memo.idx` beside cache.db holds the memo's arrays, its quiet

@@ -1,5 +1,5 @@
 """Serialised record pieces on disk, so a subdir's records never sit in the Python heap
-as ~100,000 bytes objects (issue 13: bounded memory at a million records).
+as ~100,000 bytes objects (bounded memory at a million records).
 
 A heap file holds pieces each followed by a comma, appended as records change; the
 memo (memo.py) keeps only (offset, length) per record. A section of repodata.json is

@@ -1,4 +1,4 @@
-"""No-op rescans do almost nothing (issue 13): what a memo remembers about the run that
+"""No-op rescans do almost nothing: what a memo remembers about the run that
 filled it, so the next full rescan can tell that nothing changed without rewriting the
 fs rows, rebuilding repodata.json and comparing it byte by byte.
 

@@ -27,12 +27,20 @@ class Fence(Protocol):
         """Same, inside a database transaction on `conn` (the lease row locked FOR KEY SHARE)."""
         ...
 
+    def assert_proven(self, step: str) -> None:
+        """Raise Fenced unless the lease is still proven now, without a round trip: asked
+        right before each rename (or removal) of an output and before each cache COMMIT."""
+        ...
+
 
 class NoFence:
     def check(self, step: str, subdir: str | None = None) -> None:
         pass
 
     def check_in_transaction(self, conn: Any, step: str) -> None:
+        pass
+
+    def assert_proven(self, step: str) -> None:
         pass
 
 
@@ -43,6 +51,10 @@ class FencedStore:
         self.inner = inner
         self.fence = fence
         self.location = inner.location
+        # the last moment before a rename is the inner store's: it asks the fence there
+        # (LocalStore.guard); a store without one is fenced by its checks alone
+        if hasattr(inner, "guard"):
+            inner.guard = fence.assert_proven
 
     def _check(self, key: str) -> None:
         subdir = key.rpartition("/")[0]

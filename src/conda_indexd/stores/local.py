@@ -1,6 +1,6 @@
 """`LocalStore`: a channel in a folder on a POSIX file system (the `ChannelStore` seam).
 
-Writes (channel-format.md §2.3, §8.2; ops-notes nginx): a file is only replaced when its
+Writes (docs/spec §2.3, §8.2): a file is only replaced when its
 bytes differ. The new bytes go to `.<name>.<8 hex>.tmp` in the same folder, are fsynced,
 get an mtime at least one whole second newer than the file they replace (nginx's ETag is
 mtime-seconds + size), are renamed over the old name, and the folder is fsynced. A
@@ -18,10 +18,11 @@ only regular files are listed as readable.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO
@@ -42,6 +43,9 @@ class LocalStore:
         self.root = root
         self.location = str(root)
         self._ours: dict[str, float] = {}  # key -> monotonic time this store wrote or removed it
+        # asked with the step right before every rename or removal (fence.py sets it to the
+        # pair's lease proof; raising there leaves the old file in place)
+        self.guard: Callable[[str], None] = _unguarded
 
     def changed_by_us(self, key: str, within: float, *, removals_only: bool = False) -> bool:
         """Whether this store wrote (or removed) `key` less than `within` seconds ago: the
@@ -142,22 +146,23 @@ class LocalStore:
         path = self.root / key
         if same_content(path, data):
             return False
+        before_rename = functools.partial(self.guard, f"rename {key}")
         try:
-            write_atomic(path, data)
+            write_atomic(path, data, before_rename)
         except FileNotFoundError:
             # the file's own folder (shards/, .cache/) is made on first use; never the
             # folders above it: a vanished channel must not be recreated
             if path.parent == self.root or not path.parent.parent.is_dir():
                 raise
             path.parent.mkdir(exist_ok=True)
-            write_atomic(path, data)
+            write_atomic(path, data, before_rename)
         if sync:
             fsync_dir(path.parent)
         self._note(key, removed=False)
         return True
 
     def writer(self, key: str, *, size: int | None = None) -> AbstractContextManager[LocalWriter]:
-        return local_writer(self.root, key, size)
+        return local_writer(self.root, key, size, functools.partial(self.guard, f"rename {key}"))
 
     def copy(self, src: str, dst: str, *, sync: bool = True) -> bool:
         source, path = self.root / src, self.root / dst
@@ -172,7 +177,7 @@ class LocalStore:
             if path.parent == self.root or not path.parent.parent.is_dir():
                 raise FileNotFoundError(f"{path.parent}: no such folder")
             path.parent.mkdir(exist_ok=True)
-        if link_atomic(source, path, None if old is None else old.st_mtime):
+        if link_atomic(source, path, None if old is None else old.st_mtime, functools.partial(self.guard, f"rename {dst}")):
             self._note(src, removed=False)  # its mtime moved with the shared inode's
         if sync:
             fsync_dir(path.parent)
@@ -180,6 +185,7 @@ class LocalStore:
         return True
 
     def remove(self, key: str) -> bool:
+        self.guard(f"remove {key}")
         try:
             os.unlink(self.root / key)
         except FileNotFoundError:
@@ -210,3 +216,7 @@ def _undecodable(name: str) -> bool:
     except UnicodeEncodeError:
         return True
     return False
+
+
+def _unguarded(step: str) -> None:
+    pass

@@ -17,7 +17,7 @@ import errno
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
@@ -28,7 +28,8 @@ CHUNK = 1 << 20
 
 
 class LocalWriter:
-    def __init__(self, path: Path, temp: Path, fd: int, size: int | None = None):
+    def __init__(self, path: Path, temp: Path, fd: int, size: int | None = None, before_rename: Callable[[], None] | None = None):
+        self.before_rename = before_rename  # may raise: the old file stays
         self.path = path
         self.temp = temp
         self.fd = fd
@@ -75,6 +76,8 @@ class LocalWriter:
         self._close_files()
         mtime = next_mtime(self.old_mtime, time.time())
         os.utime(self.temp, (mtime, mtime))
+        if self.before_rename is not None:
+            self.before_rename()
         replace_freeing_later(self.temp, self.path, self.old_size)
         if sync:
             fsync_dir(self.path.parent)
@@ -96,7 +99,7 @@ class LocalWriter:
 
 
 @contextlib.contextmanager
-def local_writer(root: Path, key: str, size: int | None = None) -> Iterator[LocalWriter]:
+def local_writer(root: Path, key: str, size: int | None = None, before_rename: Callable[[], None] | None = None) -> Iterator[LocalWriter]:
 
     path = root / key
     temp = temp_name(path)
@@ -109,7 +112,7 @@ def local_writer(root: Path, key: str, size: int | None = None) -> Iterator[Loca
             raise
         path.parent.mkdir(exist_ok=True)
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    writer = LocalWriter(path, temp, fd, size)
+    writer = LocalWriter(path, temp, fd, size, before_rename)
     try:
         yield writer
     finally:
@@ -163,7 +166,7 @@ def _unlink(path: Path) -> None:
 _NO_LINK = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP)
 
 
-def link_atomic(source: Path, path: Path, old_mtime: float | None) -> bool:
+def link_atomic(source: Path, path: Path, old_mtime: float | None, before_rename: Callable[[], None] | None = None) -> bool:
     """`path` becomes a second name of `source`'s inode: a hard link under a temporary name
     renamed over `path` (where the file system refuses links, a copy, fsynced). Its mtime
     must pass the old file's whole seconds (nginx ETags): then the shared inode's mtime
@@ -183,6 +186,8 @@ def link_atomic(source: Path, path: Path, old_mtime: float | None) -> bool:
             _copy_file(source, tmp)
         if bumped != mtime:
             os.utime(tmp, (bumped, bumped))
+        if before_rename is not None:
+            before_rename()
         replace_freeing_later(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

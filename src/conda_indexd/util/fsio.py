@@ -17,6 +17,7 @@ import math
 import os
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -90,8 +91,9 @@ def next_mtime(old_mtime: float | None, now: float) -> float:
     return max(now, math.floor(old_mtime) + 1.0)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """temp name, fsync, mtime bump, rename (the folder's fsync is the caller's)."""
+def write_atomic(path: Path, data: bytes, before_rename: Callable[[], None] | None = None) -> None:
+    """temp name, fsync, mtime bump, rename (the folder's fsync is the caller's).
+    `before_rename` may raise to leave the old file in place."""
     try:
         old_mtime: float | None = path.stat().st_mtime
     except FileNotFoundError:
@@ -109,6 +111,8 @@ def write_atomic(path: Path, data: bytes) -> None:
             os.close(fd)
         mtime = next_mtime(old_mtime, time.time())
         os.utime(tmp, (mtime, mtime))
+        if before_rename is not None:
+            before_rename()
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

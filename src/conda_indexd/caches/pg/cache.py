@@ -117,6 +117,8 @@ class PgCache:
                     yield
                 finally:
                     self._depth -= 1
+                if self._depth == 0:  # no COMMIT once the lease is not proven (raising rolls back)
+                    self.caches.fence.assert_proven("cache commit")
         except psycopg.Error as exc:
             raise PgCacheError(f"{safe_url(self.url)}: {first_line(exc)}") from exc
 

@@ -1,4 +1,4 @@
-"""conda-index 0.13's per-subdir `cache.db` (channel-format.md §3.4): the sqlite `Caches`.
+"""conda-index 0.13's per-subdir `cache.db` (docs/spec §3.4): the sqlite `Caches`.
 
 Change identity (the store's `FileState.identity`, inode+ctime locally): `fs` and
 `indexed` rows keep it in the `etag` column, which conda-index leaves empty for local
