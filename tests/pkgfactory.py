@@ -30,18 +30,25 @@ from typing import Any
 
 # The valid-package builders live in the package (the demo uses them); re-exported here
 # so the tests keep one import.
-from conda_indexd.demo.pkgbuild import (
+from conda_indexd.demo.pkgbuild import (  # noqa: F401
+    FILE_MODE,
+    ZIP_DATE_TIME,
     IndexArg,
+    as_bytes,
     conda_bytes,
+    conda_stem,
     index_json,
     info_members,
     make_conda,
     make_package,
     make_tar_bz2,
+    package_filename,
     pkg_members,
     tar_bytes,
     tar_bz2_bytes,
     write_file,
+    zip_bytes,
+    zstd_bytes,
 )
 
 # --- broken or unusual archives ------------------------------------------------------------
