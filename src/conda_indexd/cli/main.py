@@ -21,7 +21,7 @@ from conda_indexd.caches.base import CacheError
 from conda_indexd.cli import compat, leftovers
 from conda_indexd.cli.progress import ProgressLine
 from conda_indexd.cli.s3config import remote_settings
-from conda_indexd.config import DEFAULT_SHARD_RETENTION, IndexConfig, default_threads, detect_subdirs
+from conda_indexd.config import DEFAULT_SHARD_RETENTION, IndexConfig, default_threads
 from conda_indexd.daemon.onready import after_ready
 from conda_indexd.daemon.supervisor import DEFAULT_HOST, DEFAULT_PORT, Daemon, WatchConfig
 from conda_indexd.errors import Fenced, IndexdError
@@ -31,8 +31,8 @@ from conda_indexd.formats.patches import PatchError
 from conda_indexd.ha.lock import ChannelBusy
 from conda_indexd.ha.pairlease import index_lease
 from conda_indexd.pipeline import ignored
-from conda_indexd.pipeline.channelfiles import publish_channel
-from conda_indexd.pipeline.indexer import SubdirResult, index_subdir
+from conda_indexd.pipeline.channel import ChannelDriver
+from conda_indexd.pipeline.indexer import SubdirResult
 from conda_indexd.stores.base import StoreError
 from conda_indexd.util import logs
 from conda_indexd.util.fsio import writable_folder
@@ -345,20 +345,24 @@ def run_index(args: argparse.Namespace) -> int:
             unplaced = sync_once(config).failed
         if not config.subdirs and not config.remote:
             ignored.log_ignored(config.channel)
-        for subdir in detect_subdirs(config, backends.packages.subdirs()):
+        channel = ChannelDriver(config, backends)  # the same driver as the daemon's worker
+
+        def index_one(subdir: str) -> SubdirResult | None:
             progress.subdir = subdir
             try:
-                result = index_subdir(config, subdir, on_progress=progress, backends=backends)
+                result = channel.run_subdir(subdir, on_progress=progress)
             except PatchError as exc:  # that subdir keeps its last good repodata
                 progress.clear()
                 log.error("patches failed; subdir left as it was", subdir=subdir, error=str(exc))
                 failed.append(subdir)
-                continue
+                return None
             progress.clear()
-            results.append(result)
             log.info("subdir indexed", **result.log_fields())
+            return result
+
+        results = channel.reconcile(index_one, channel.subdirs()) or []
         progress.close()
-        channel_files = publish_channel(config, backends, [r.subdir for r in results])
+        channel_files = channel.publish_channel([r.subdir for r in results])
         if channel_files:
             log.info("channel files written", written=channel_files)
         if not config.remote and config.output_url is None:

@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 
 from conda_indexd.backends import Backends
 from conda_indexd.caches.base import FileState
-from conda_indexd.config import IndexConfig, detect_subdirs
+from conda_indexd.config import IndexConfig
 from conda_indexd.daemon import sdnotify
 from conda_indexd.daemon.http.statuspage import SubdirStatus
 from conda_indexd.daemon.metrics import Metrics
 from conda_indexd.daemon.queue import COMPLETE_KINDS, DebounceQueue, EventKind, Pending, ScanReason
 from conda_indexd.daemon.uploads import UploadTracker
-from conda_indexd.pipeline.channelfiles import publish_channel
-from conda_indexd.pipeline.indexer import SubdirResult, index_subdir
+from conda_indexd.pipeline.channel import ChannelDriver
+from conda_indexd.pipeline.indexer import SubdirResult
 from conda_indexd.pipeline.memo import RecordMemo
 from conda_indexd.stores.base import StoreError
 from conda_indexd.util.logs import get_logger
@@ -104,6 +104,7 @@ class Worker:
     ):
         self.index = index
         self.backends = backends
+        self.channel = ChannelDriver(index, backends)  # the same driver as `conda-indexd index`
         self.queue = queue
         self.metrics = metrics
         self.settle = settle
@@ -118,7 +119,7 @@ class Worker:
         self.on_start: Callable[[], None] | None = None  # once, before the first reconcile (in this thread)
 
     def subdirs(self) -> list[str]:
-        return detect_subdirs(self.index, self.backends.packages.subdirs())
+        return self.channel.subdirs()
 
     def state(self, subdir: str) -> SubdirState:
         if subdir not in self.states:
@@ -142,12 +143,12 @@ class Worker:
         if self.on_start is not None:
             start, self.on_start = self.on_start, None
             start()
-        for subdir in self._startup_subdirs():
-            if self.stopping.is_set():
-                return False
+
+        def startup_scan(subdir: str) -> None:
             now = time.monotonic()
             self.process(Pending(subdir, now, now, full_scan=True, scan_reason=ScanReason.STARTUP))
-        return not self.stopping.is_set()
+
+        return self.channel.reconcile(startup_scan, self._startup_subdirs(), self.stopping) is not None
 
     def became_ready(self, reconciled: bool = True) -> None:
         """Ready (/readyz 200). `reconciled`: this daemon published every subdir (False
@@ -210,15 +211,13 @@ class Worker:
         if item.outputs:
             log.info("published files changed from outside; restoring them", subdir=subdir, files=sorted(item.outputs)[:20])
         try:
-            result = index_subdir(
-                self.index,
+            result = self.channel.run_subdir(
                 subdir,
                 touched=None if item.full_scan else item.names.keys(),
                 hold=hold.keys(),
                 cancel=self.stopping,
                 listing=listing,
                 memo=state.memo,
-                backends=self.backends,
                 verify=item.outputs,
                 takeover=state.takeover,
             )
@@ -232,7 +231,7 @@ class Worker:
         self._count(item, result)
         if result.written and self.index.channeldata:
             try:  # channel-level files last (docs/spec §8.2), from every subdir's published repodata
-                publish_channel(self.index, self.backends, self.subdirs())
+                self.channel.publish_channel(self.subdirs())
             except Exception as exc:  # noqa: BLE001 - never stops the daemon
                 self.metrics.subdir_errors.labels("channel", type(exc).__name__).inc()
                 log.error("channel files failed", error=f"{type(exc).__name__}: {exc}")
