@@ -13,6 +13,9 @@ the requests it matches instead of forwarding them:
 connection without an answer (what a client sees when a load balancer's idle timeout or
 a crashed backend cuts it), after `stall` seconds. `times` limits how many requests a
 rule faults (None: until cleared). `proxy.seen` counts what each rule faulted.
+`proxy.journal` lists every request forwarded upstream as `Forwarded(at, method, target,
+status)`, `at` the wall-clock time it was sent on (who wrote what, seen from outside the
+client); `proxy.listeners` are called with each one as it is sent on.
 `Expect: 100-continue` is answered by the proxy itself, so the whole body is read before
 a rule decides.
 """
@@ -23,6 +26,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO
 from urllib.parse import urlsplit
@@ -53,6 +57,14 @@ class Rule:
 
 class ConnectionGone(Exception):
     pass
+
+
+@dataclass
+class Forwarded:
+    at: float  # time.time() when sent upstream
+    method: str
+    target: str
+    status: int = 0  # the upstream's answer (0 until it came)
 
 
 def _head(reader: IO[bytes]) -> list[bytes]:
@@ -109,6 +121,8 @@ class FaultProxy:
         self._stopped = threading.Event()
         self._open: set[socket.socket] = set()
         self.requests = 0
+        self.journal: list[Forwarded] = []
+        self.listeners: list[Callable[[Forwarded], None]] = []
 
     # --- switching faults at runtime -----------------------------------------------------------
 
@@ -188,10 +202,16 @@ class FaultProxy:
                     upstream = socket.create_connection(self.upstream, timeout=120)
                     up_reader = upstream.makefile("rb")
                 kept = [ln for ln in lines[1:] if not ln.lower().startswith(b"expect:")]
+                sent = Forwarded(time.time(), method, target)
+                with self._lock:
+                    self.journal.append(sent)
+                    listeners = list(self.listeners)
+                for listener in listeners:
+                    listener(sent)
                 upstream.sendall(b"\r\n".join([lines[0], *kept]) + b"\r\n\r\n" + body)
                 assert up_reader is not None
                 status_head = _head(up_reader)
-                status = int(status_head[0].split(b" ", 2)[1])
+                status = sent.status = int(status_head[0].split(b" ", 2)[1])
                 answer = _headers(status_head[1:])
                 if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
                     payload = b""
