@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 import zstandard
 
-from conda_indexd import shards
+from conda_indexd.formats import shards
 from conftest import run_index
 from daemonproc import DaemonProcess, all_records, wait_for
 from fanwatch import FolderAudit, Write
