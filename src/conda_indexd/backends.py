@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from conda_indexd.caches.base import Caches
 from conda_indexd.caches.sqlite.cache import SqliteCaches
-from conda_indexd.config import IndexConfig
+from conda_indexd.config import DEFAULT_DB_URL, Db, IndexConfig
 from conda_indexd.ha.flock import ChannelLock
 from conda_indexd.ha.lock import NoLock, WriterLock
 from conda_indexd.pipeline.indexer import SubdirResult
@@ -44,8 +44,8 @@ def open_backends(config: IndexConfig, fence: Fence | None = None, application_n
     if fence is not None:
         outputs = FencedStore(outputs, fence)
     caches: Caches
-    if config.db == "postgresql":
-        from conda_indexd.caches.pg.cache import DEFAULT_DB_URL, PostgresCaches  # psycopg: the postgresql extra
+    if config.db == Db.POSTGRESQL:
+        from conda_indexd.caches.pg.cache import PostgresCaches  # psycopg: the postgresql extra
         from conda_indexd.ha.channelid import channel_identity
 
         caches = PostgresCaches(config.channel, config.db_url or DEFAULT_DB_URL, fence=fence, application_name=application_name,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 
-DEFAULT_DB_URL = "postgresql:///conda_index"  # conda-index's default (pgcache.py has the same)
+from conda_indexd.config import DEFAULT_DB_URL, Db
 
 # (flag, value that is refused) -> the one line
 REFUSED: dict[tuple[str, object], str] = {
@@ -49,7 +49,7 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--db",
-        default="sqlite3",
+        default=Db.SQLITE3.value,
         metavar="{sqlite3,postgresql}",
         help="cache backend: sqlite3 (<subdir>/.cache/cache.db, the default) or postgresql "
         "(conda-index's tables in --db-url's database; needs the postgresql extra)",
@@ -70,8 +70,8 @@ def refusal(args: argparse.Namespace) -> str | None:
     if args.upstream_stage != "fs":
         return (f"--upstream-stage {args.upstream_stage}: only 'fs' (the files on disk) is supported; "
                 "'clone' reads conda-forge's test database, which conda-indexd does not")  # fmt: skip
-    if args.db not in ("sqlite3", "postgresql"):
+    if args.db not in tuple(Db):
         return f"--db {args.db}: choose sqlite3 (the default) or postgresql"
-    if args.db == "postgresql" and not args.db_url.startswith(("postgresql:", "postgres:", "postgresql+", "postgres+")):
+    if args.db == Db.POSTGRESQL and not args.db_url.startswith(("postgresql:", "postgres:", "postgresql+", "postgres+")):
         return f"--db-url {args.db_url!r}: expected a postgresql:// URL"
     return None

@@ -7,6 +7,7 @@ Bad flags and bad paths give one line on stderr and a non-zero exit, never a tra
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -21,9 +22,9 @@ from conda_indexd.caches.base import CacheError
 from conda_indexd.cli import compat, leftovers
 from conda_indexd.cli.progress import ProgressLine
 from conda_indexd.cli.s3config import remote_settings
-from conda_indexd.config import DEFAULT_SHARD_RETENTION, IndexConfig, default_threads
+from conda_indexd.config import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SHARD_RETENTION, Db, IndexConfig, WatchConfig, default_threads
 from conda_indexd.daemon.onready import after_ready
-from conda_indexd.daemon.supervisor import DEFAULT_HOST, DEFAULT_PORT, Daemon, WatchConfig
+from conda_indexd.daemon.supervisor import Daemon
 from conda_indexd.errors import Fenced, IndexdError
 from conda_indexd.formats.current import CurrentRepodataUnavailable, parse_pins
 from conda_indexd.formats.current import available as current_available
@@ -268,7 +269,7 @@ def config_from_args(args: argparse.Namespace) -> IndexConfig:
     else:
         channel, channel_url, output_url = Path(args.channel).absolute(), None, None
     pkgs_dirs = _pkgs_dirs(args, channel)
-    if pkgs_dirs and args.db == "postgresql":
+    if pkgs_dirs and args.db == Db.POSTGRESQL:
         raise UsageError("--from-pkgs-dir serves local package caches from one daemon; it does not combine with --db postgresql")
     if pkgs_dirs and channel_url is not None:
         raise UsageError("--from-pkgs-dir serves local package caches into a local channel folder, not an s3:// one")
@@ -317,8 +318,9 @@ def config_from_args(args: argparse.Namespace) -> IndexConfig:
         shard_retention=args.shard_retention,
         channel_url=channel_url,
         output_url=output_url,
-        db=args.db,
-        db_url=args.db_url if args.db == "postgresql" else None,
+        db=Db(args.db),
+        db_url=args.db_url if args.db == Db.POSTGRESQL else None,
+        lease=_lease_from_env(),
         pkgs_dirs=pkgs_dirs,
         origin_overlay=bool(pkgs_dirs) and args.origin_metadata,
     )
@@ -392,6 +394,27 @@ def run_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lease_from_env() -> float | None:
+    """$CONDA_INDEXD_LEASE: the pair's lease in seconds, at least 1 (tests shorten it)."""
+    value = os.environ.get("CONDA_INDEXD_LEASE")
+    if value is None:
+        return None
+    try:
+        return max(1.0, float(value))
+    except ValueError:
+        return None
+
+
+def _with_systemd(config: WatchConfig) -> WatchConfig:
+    """systemd's sd_notify variables, for the daemon's Notifier (daemon/sdnotify.py)."""
+    return dataclasses.replace(
+        config,
+        notify_socket=os.environ.get("NOTIFY_SOCKET"),
+        watchdog_usec=os.environ.get("WATCHDOG_USEC"),
+        watchdog_pid=os.environ.get("WATCHDOG_PID"),
+    )
+
+
 def _listen_from_env() -> tuple[str, int]:
     """$CONDA_INDEXD_LISTEN (the container image sets 0.0.0.0:8650), else loopback."""
     value = os.environ.get("CONDA_INDEXD_LISTEN")
@@ -421,6 +444,7 @@ def run_watch(args: argparse.Namespace) -> int:
         polling=args.polling,
         poll_interval=args.poll_interval,
     )
+    config = _with_systemd(config)
     if index.remote and not config.polling and not config.events_token:
         logs.get_logger(__name__).warning(
             "no bucket notifications (no events token) and no --polling: changes are only seen by the rescan",
@@ -470,7 +494,7 @@ def run_demo(args: argparse.Namespace) -> int:
     except demo.DemoError as exc:
         raise UsageError(str(exc)) from None
     host, port = args.listen or _listen_from_env()
-    config = WatchConfig(index=IndexConfig(channel=channel), host=host, port=port)
+    config = _with_systemd(WatchConfig(index=IndexConfig(channel=channel), host=host, port=port))
 
     def show() -> None:
         print(demo.banner(channel, host, port), flush=True)

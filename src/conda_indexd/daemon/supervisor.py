@@ -8,56 +8,31 @@ its own thread.
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from watchdog.observers.api import BaseObserver
-
-from conda_indexd.backends import open_backends, open_lock, recent_writes
-from conda_indexd.config import KNOWN_SUBDIRS, IndexConfig
-from conda_indexd.daemon import sdnotify
+from conda_indexd.backends import open_backends, open_lock
+from conda_indexd.config import KNOWN_SUBDIRS, WatchConfig
+from conda_indexd.daemon.channels import channel_kind
 from conda_indexd.daemon.http import statuspage
-from conda_indexd.daemon.http.server import PostRoute, StatusServer, text
-from conda_indexd.daemon.intake.folder import ChannelEventHandler, OverflowHook, SymlinkedSubdirs, make_observer
-from conda_indexd.daemon.intake.s3 import S3EventsEndpoint, S3Poller
+from conda_indexd.daemon.http.server import StatusServer, text
+from conda_indexd.daemon.intake.folder import OverflowHook
 from conda_indexd.daemon.metrics import CONTENT_TYPE, Metrics
 from conda_indexd.daemon.pair import Pair
 from conda_indexd.daemon.queue import DebounceQueue, EventKind, ScanReason
+from conda_indexd.daemon.sdnotify import Notifier
 from conda_indexd.daemon.worker import Worker
-from conda_indexd.ha.lock import ChannelBusy, WriterLock
 from conda_indexd.ha.pairlease import pair_leadership
 from conda_indexd.pipeline import patchsource
-from conda_indexd.pipeline.ignored import ignored_folders
 from conda_indexd.stores.base import StoreError
-from conda_indexd.stores.s3.objects import parse_s3_url
 from conda_indexd.util.logs import get_logger
 
 if TYPE_CHECKING:
     from conda_indexd.daemon.intake.pkgs import PkgsWatch
 
 log = get_logger(__name__)
-
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8650
-
-
-@dataclass(frozen=True)
-class WatchConfig:
-    index: IndexConfig
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
-    debounce: float = 1.0
-    max_delay: float = 10.0
-    settle: float = 1.0
-    upload_timeout: float = 600.0  # an upload never closed is read after this long unchanged
-    rescan_interval: float = 600.0
-    polling: bool = False
-    poll_interval: float = 1.0
-    events_token: str | None = None  # POST /s3-events needs it (s3:// channels)
 
 
 class Daemon:
@@ -66,49 +41,27 @@ class Daemon:
         self.metrics = Metrics()
         self.queue = DebounceQueue(config.debounce, config.max_delay)
         self.stopping = threading.Event()
-        self.remote = config.index.remote  # a bucket: no file system events, no uploads in progress
         self.leadership = pair_leadership(config.index)  # None unless --db postgresql
         fence, app = (self.leadership, self.leadership.application_name) if self.leadership else (None, "conda-indexd")
         self.backends = open_backends(config.index, fence, app, stats=self.metrics)
+        self.systemd = Notifier(config.notify_socket, config.watchdog_usec, config.watchdog_pid)
+        self.watched = frozenset(config.index.subdirs) if config.index.subdirs else KNOWN_SUBDIRS
+        self.exit_code = 0
+        self.channel = channel_kind(self)  # a folder or a bucket: what differs lives there
         self.worker = Worker(
             config.index,
             self.backends,
             self.queue,
             self.metrics,
-            settle=0.0 if self.remote else config.settle,
+            settle=self.channel.settle,
             upload_timeout=config.upload_timeout,
             close_events=not config.polling,
             stopping=self.stopping,
         )
+        self.worker.notify = self.systemd.notify
         if self.leadership is not None:
             self.worker.pair = Pair(self.leadership, self.metrics)
         self.worker_thread = threading.Thread(target=self.worker.run, name="worker", daemon=True)
-        self.watched = frozenset(config.index.subdirs) if config.index.subdirs else KNOWN_SUBDIRS
-        own_writes = recent_writes(self.worker.backends.outputs)  # None: not a channel folder
-        heal = own_writes is not None and config.index.output_root == config.index.channel and not self.remote
-        window = 2 * config.poll_interval + 2 if config.polling else 2.0  # inotify: our writes are renames we recognise
-        self.handler = ChannelEventHandler(
-            config.index.channel,
-            self.watched,
-            self._on_file,
-            self._on_subdir,
-            on_output=self._on_output if heal else None,
-            own_change=lambda key: own_writes is not None and own_writes(key, window, removals_only=not config.polling),
-        )
-        self.observer: BaseObserver | S3Poller
-        post_routes: dict[str, PostRoute] = {}
-        if self.remote:
-            interval = config.poll_interval if config.polling else None
-            self.observer = S3Poller(self.backends.packages, self.worker.subdirs, self._on_file, self._on_subdir, interval, self.stopping)
-            bucket, prefix = parse_s3_url(config.index.location)
-            events = S3EventsEndpoint(config.events_token, bucket, prefix, self.watched, self._on_file, self.metrics.s3_event)
-            post_routes["/s3-events"] = events.handle
-        else:
-            self.observer = make_observer(config.index.channel, self.handler, config.polling, config.poll_interval)
-        self.symlinks = SymlinkedSubdirs(self.handler)
-        self.root_id: tuple[int, int] | None = None
-        self.root_missing = False
-        self.exit_code = 0
         self.patch_id: tuple[int, int] | None = None
         self.overflow = OverflowHook(self._on_overflow)
         self.pkgs: PkgsWatch | None = None  # --from-pkgs-dir: the package caches this channel is made from
@@ -126,17 +79,17 @@ class Daemon:
             config.port,
             {"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz,
              "/": self._status_html, "/status.json": self._status_json},
-            post_routes=post_routes,
+            post_routes=self.channel.post_routes,
         )  # fmt: skip
 
     # --- event intake (observer thread) ---------------------------------------------------
 
-    def _on_file(self, subdir: str, name: str, kind: EventKind) -> None:
+    def on_file(self, subdir: str, name: str, kind: EventKind) -> None:
         self.metrics.events.labels(kind).inc()
         self.queue.add(subdir, name, kind)
         self.metrics.queue_pending.set(self.queue.pending_count())
 
-    def _on_output(self, subdir: str, file: str) -> None:
+    def on_output(self, subdir: str, file: str) -> None:
         self.metrics.events.labels("output").inc()
         self.queue.add_output(subdir, file)
 
@@ -147,7 +100,7 @@ class Daemon:
         self.worker.uploads.events_lost()
         self.rescan(ScanReason.OVERFLOW)
 
-    def _on_subdir(self, subdir: str) -> None:
+    def on_subdir(self, subdir: str) -> None:
         self.metrics.events.labels("subdir").inc()
         self.queue.add_scan(subdir, ScanReason.NEW_SUBDIR)
 
@@ -171,8 +124,8 @@ class Daemon:
         # while the channel folder is gone its observer may have ended; that is waited
         # out (and a new observer started when the folder returns), not a failure
         # a bucket's daemon waiting for its endpoint before the worker starts is alive too
-        waiting = self.remote and self.worker_thread.ident is None and not self.stopping.is_set()
-        return waiting or (self.worker_thread.is_alive() and (self.observer.is_alive() or self.root_missing))
+        waiting = self.channel.waiting(self.worker_thread.ident is not None)
+        return waiting or (self.worker_thread.is_alive() and (self.channel.observer.is_alive() or self.channel.root_missing))
 
     @property
     def ready(self) -> threading.Event:
@@ -192,7 +145,7 @@ class Daemon:
             for p in sorted(self.queue.pending(), key=lambda p: p.subdir)
         ]  # fmt: skip
         seen = {s: st.status for s, st in list(self.worker.states.items()) if st.status.last_run or st.status.error}
-        ignored = [] if self.remote else ignored_folders(self.config.index.channel)  # a folder made later shows too
+        ignored = self.channel.ignored()
         role = self.leadership.describe() if self.leadership else None
         sources = self.pkgs.status() if self.pkgs is not None else None
         return statuspage.document(self.config.index.location, self.ready.is_set(), seen, pending, ignored=ignored, role=role,
@@ -219,60 +172,19 @@ class Daemon:
             self.queue.wake()
 
         def hup(_signum: int, _frame: object) -> None:
-            sdnotify.notify("RELOADING=1")
+            self.systemd.notify("RELOADING=1")
             self.rescan(ScanReason.SIGNAL)
-            sdnotify.notify("READY=1")
+            self.systemd.notify("READY=1")
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, hup)
 
-    def _root_identity(self) -> tuple[int, int] | None:
-        try:
-            st = os.stat(self.config.index.channel)
-        except FileNotFoundError:
-            return None
-        return st.st_dev, st.st_ino
-
-    def _check_root(self, lock: WriterLock) -> None:
-        """The channel folder removed (or a share unmounted) and later recreated: inotify
-        watches die with the old folder, so watch the new one, take its lock, rescan.
-        A bucket: the writer lease taken over by another indexer stops this one."""
-        if self.remote:
-            if lock.lost.is_set() and not self.stopping.is_set():
-                log.error("writer lease lost to another indexer; stopping", channel=self.config.index.location)
-                self.exit_code = 3
-                self.stopping.set()
-                self.queue.wake()
-            return
-        identity = self._root_identity()
-        if identity is None:
-            if not self.root_missing:
-                log.warning("channel folder is gone; waiting for it to come back", channel=str(self.config.index.channel))
-                self.root_missing = True
-            return
-        if identity == self.root_id:
-            self.root_missing = False
-            return
-        log.warning("channel folder was replaced; watching the new one", channel=str(self.config.index.channel))
-        self.root_missing = False
-        self.root_id = identity
-        lock.release()
-        try:
-            lock.acquire()
-        except ChannelBusy as exc:
-            log.error("channel taken over by another indexer; stopping", error=str(exc))
-            self.exit_code = 3
-            self.stopping.set()
-            self.queue.wake()
-            return
-        old = self.observer
-        old.stop()
-        old.join(timeout=5)
-        self.observer = make_observer(self.config.index.channel, self.handler, self.config.polling, self.config.poll_interval)
-        self.symlinks = SymlinkedSubdirs(self.handler)
-        self.observer.start()
-        self.rescan(ScanReason.REPLACED)
+    def stop(self, exit_code: int) -> None:
+        """Stop the daemon with this exit status (the channel taken over by another indexer)."""
+        self.exit_code = exit_code
+        self.stopping.set()
+        self.queue.wake()
 
     def _patch_identity(self) -> tuple[int, int] | None:
         index = self.config.index
@@ -288,51 +200,49 @@ class Daemon:
 
     def run(self) -> int:
         self._install_signals()  # before the lock: a bucket's lease may wait for its endpoint
-        if self.remote:
+        if self.channel.http_before_lock:
             self.http.start()  # /readyz says 503 while the endpoint is waited for
         lock = open_lock(self.config.index, self.backends, self.stopping, paired=self.leadership is not None)
         with lock:
-            self.root_id = self._root_identity()
+            self.channel.locked()
             self.patch_id = self._patch_identity()
-            if not self.remote:
+            if not self.channel.http_before_lock:
                 self.http.start()
             host, port = self.http.address
             log.info("listening", host=host, port=port, channel=self.config.index.location)
             self.overflow.install()
-            self.observer.start()
-            if isinstance(self.observer, BaseObserver):
-                self.symlinks.refresh(self.observer)
+            self.channel.observer.start()
+            self.channel.new_subdirs()
             self.metrics.rescans.labels(ScanReason.STARTUP).inc()
             self.worker_thread.start()
-            ping = sdnotify.watchdog_interval()
+            ping = self.systemd.watchdog_interval()
             next_rescan = time.monotonic() + self.config.rescan_interval
             next_ping = time.monotonic()
             try:
                 while not self.stopping.is_set():
                     now = time.monotonic()
-                    self._check_root(lock)
+                    self.channel.check(lock)
                     self._check_patches()
-                    if isinstance(self.observer, BaseObserver) and not self.root_missing:
-                        for subdir in self.symlinks.refresh(self.observer):
-                            self.queue.add_scan(subdir, ScanReason.NEW_SUBDIR)  # events before the watch were missed
+                    for subdir in self.channel.new_subdirs():
+                        self.queue.add_scan(subdir, ScanReason.NEW_SUBDIR)  # events before the watch were missed
                     if now >= next_rescan:
                         self.rescan(ScanReason.PERIODIC)
                         next_rescan = now + self.config.rescan_interval
                     if ping and now >= next_ping and self.healthy():
-                        sdnotify.notify("WATCHDOG=1")
+                        self.systemd.notify("WATCHDOG=1")
                         next_ping = now + ping
                     if not self.healthy() and self.ready.is_set():
                         log.error("observer or worker died")
                     self.stopping.wait(min(1.0, ping or 1.0))
             finally:
-                sdnotify.notify("STOPPING=1")
+                self.systemd.notify("STOPPING=1")
                 self.stopping.set()
                 self.queue.wake()
-                self.observer.stop()
+                self.channel.observer.stop()
                 if self.pkgs is not None:
                     self.pkgs.stop()
                 self.worker_thread.join(timeout=30)
-                self.observer.join(timeout=5)
+                self.channel.observer.join(timeout=5)
                 self.overflow.remove()
                 self.http.stop()
                 log.info("stopped")

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from conda_indexd.backends import Backends
 from conda_indexd.caches.base import FileState
 from conda_indexd.config import IndexConfig
-from conda_indexd.daemon import sdnotify
 from conda_indexd.daemon.http.statuspage import SubdirStatus
 from conda_indexd.daemon.metrics import Metrics
 from conda_indexd.daemon.queue import COMPLETE_KINDS, DebounceQueue, EventKind, Pending, ScanReason
@@ -114,6 +113,7 @@ class Worker:
         self.reconciled = threading.Event()  # published every subdir once (after-ready steps wait for it)
         self.states: dict[str, SubdirState] = {}
         self.on_ready: Callable[[], None] = lambda: None
+        self.notify: Callable[[str], bool] = lambda message: False  # systemd (the daemon sets it)
         self.pair: Callable[[Worker], None] | None = None  # leader.py's loop for a pair
         self._was_ready = False
         self.on_start: Callable[[], None] | None = None  # once, before the first reconcile (in this thread)
@@ -159,7 +159,7 @@ class Worker:
             self.reconciled.set()
         self.ready.set()
         self.metrics.ready.set(1)
-        sdnotify.notify("READY=1\nSTATUS=watching " + self.backends.packages.location)
+        self.notify("READY=1\nSTATUS=watching " + self.backends.packages.location)
         log.info("ready", subdirs=sorted(s for s, st in self.states.items() if st.status.last_run is not None))
         if first:
             self.on_ready()

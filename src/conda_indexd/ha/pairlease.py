@@ -5,29 +5,19 @@ run, so it never publishes beside a running leader."""
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 
-from conda_indexd.caches.pg.schema import DEFAULT_DB_URL, PgCacheError
-from conda_indexd.config import IndexConfig
+from conda_indexd.caches.pg.schema import PgCacheError
+from conda_indexd.config import DEFAULT_DB_URL, Db, IndexConfig
 from conda_indexd.ha.channelid import channel_identity
 from conda_indexd.ha.leader import DEFAULT_LEASE, Leadership
 from conda_indexd.ha.lock import ChannelBusy
 
-LEASE_ENV = "CONDA_INDEXD_LEASE"  # seconds (tests shorten it)
-
-
-def lease_seconds() -> float:
-    try:
-        return max(1.0, float(os.environ.get(LEASE_ENV, DEFAULT_LEASE)))
-    except ValueError:
-        return DEFAULT_LEASE
-
 
 def pair_leadership(config: IndexConfig) -> Leadership | None:
-    if config.db != "postgresql":
+    if config.db != Db.POSTGRESQL:
         return None
-    return Leadership(config.db_url or DEFAULT_DB_URL, channel_identity(config), lease=lease_seconds())
+    return Leadership(config.db_url or DEFAULT_DB_URL, channel_identity(config), lease=config.lease or DEFAULT_LEASE)
 
 
 @contextlib.contextmanager

@@ -71,15 +71,16 @@ OUTPUT_NAMES = sorted(
 
 
 def inputs_token(config: IndexConfig, instructions: bytes | None, overlay: bytes | None = None) -> str:
-    """What the outputs depend on besides the records (`overlay`: the pkgs-dir origin records)."""
+    """What the outputs depend on besides the records: the patch instructions, the pkgs-dir
+    origin records (`overlay`), the patch generator and pins files as they are now, and
+    every setting that shapes the outputs (IndexConfig.output_shape)."""
     generator = patchsource.generator_path(config.channel, config.patch_generator)
     parts = [
         hashlib.sha256(instructions).hexdigest() if instructions is not None else "-",
         hashlib.sha256(overlay).hexdigest() if overlay is not None else "-",
         str(generator), repr(patchsource.identity(generator)),
         str(config.current_index_versions), repr(patchsource.identity(config.current_index_versions)),
-        repr((config.base_url, config.zst, config.zst_level, config.bz2, config.run_exports, config.current_repodata,
-              config.write_shards, config.channel_name)),
+        repr(config.output_shape()),
     ]  # fmt: skip
     return "\n".join(parts)
 

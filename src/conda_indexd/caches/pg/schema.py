@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from conda_indexd.caches.base import CacheError
+from conda_indexd.config import DEFAULT_DB_URL as DEFAULT_DB_URL  # re-exported
 
 
 def _psycopg() -> Any:
@@ -27,7 +28,6 @@ def _psycopg() -> Any:
 
 
 CHANNEL_ID_PATTERN = r"[a-z0-9_][a-z0-9_.-]*"  # conda-index's (CEP-26 path component)
-DEFAULT_DB_URL = "postgresql:///conda_index"  # conda-index's default
 CONNECT_TIMEOUT = 5
 
 JSON_TABLES = ("about", "recipe", "run_exports", "post_install")
