@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import sqlite3
 import tarfile
 import zipfile
 from collections.abc import Iterable
@@ -93,15 +94,42 @@ def checksums(path: Path) -> dict[str, Any]:
     }
 
 
-def expected_record(path: Path, index: dict[str, Any] | None = None) -> dict[str, Any]:
-    """§2.2: index.json minus the filtered keys, plus md5, sha256, size."""
+TIMESTAMPS_DB = ".cache/conda-indexd-timestamps.db"  # docs/indexed-timestamp.md: beside cache.db
+
+
+def stored_indexed_timestamp(path: Path, sha256: str) -> int | None:
+    """CEP-47: the value conda-indexd keeps for this file and sha256, read with sqlite3
+    from the subdir's timestamps table (None: no table, as with --no-indexed-timestamp
+    on a channel never indexed with it, or no row)."""
+    db_path = Path(path).parent / TIMESTAMPS_DB
+    if not db_path.exists():
+        return None
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT indexed_timestamp FROM indexed_timestamp WHERE path = ? AND sha256 = ?", (Path(path).name, sha256)).fetchone()
+    finally:
+        db.close()
+    return row[0] if row else None
+
+
+def expected_record(path: Path, index: dict[str, Any] | None = None, *, stamped: bool | None = None) -> dict[str, Any]:
+    """§2.2: index.json minus the filtered keys, plus md5, sha256, size; and (CEP-47)
+    the indexed_timestamp stored for the file's sha256 when there is one (`stamped`
+    None), always (True: missing is an error) or never (False)."""
     index = read_index_json(path) if index is None else index
     record = {k: v for k, v in index.items() if k not in FILTERED_KEYS}
     record.update(checksums(path))
+    if stamped is not False:
+        record.pop("indexed_timestamp", None)  # a builder's value is never published
+        value = stored_indexed_timestamp(path, record["sha256"])
+        if value is None and stamped:
+            raise AssertionError(f"no indexed_timestamp stored for {path}")
+        if value is not None:
+            record["indexed_timestamp"] = value
     return record
 
 
-def expected_repodata_doc(subdir: str, packages: Iterable[Path], *, base_url: str | None = None) -> dict[str, Any]:
+def expected_repodata_doc(subdir: str, packages: Iterable[Path], *, base_url: str | None = None, stamped: bool | None = None) -> dict[str, Any]:
     doc: dict[str, Any] = {"info": {"subdir": subdir}, "packages": {}, "packages.conda": {}, "removed": [], "repodata_version": 1}
     if base_url is not None:
         doc["info"]["base_url"] = f"{base_url.rstrip('/')}/{subdir}/"
@@ -109,12 +137,12 @@ def expected_repodata_doc(subdir: str, packages: Iterable[Path], *, base_url: st
     for path in packages:
         path = Path(path)
         section = "packages.conda" if path.name.endswith(".conda") else "packages"
-        doc[section][path.name] = expected_record(path)
+        doc[section][path.name] = expected_record(path, stamped=stamped)
     return doc
 
 
-def expected_repodata_bytes(subdir: str, packages: Iterable[Path], *, base_url: str | None = None) -> bytes:
-    return dumps(expected_repodata_doc(subdir, packages, base_url=base_url)).encode("ascii")
+def expected_repodata_bytes(subdir: str, packages: Iterable[Path], *, base_url: str | None = None, stamped: bool | None = None) -> bytes:
+    return dumps(expected_repodata_doc(subdir, packages, base_url=base_url, stamped=stamped)).encode("ascii")
 
 
 def expected_run_exports_bytes(subdir: str, packages: Iterable[Path]) -> bytes:

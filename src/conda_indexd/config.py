@@ -43,6 +43,9 @@ KNOWN_SUBDIRS = frozenset(
 # CEP-16: keep unreferenced shards about a week (clients cache the shard index).
 DEFAULT_SHARD_RETENTION = 7 * 24 * 3600.0
 DEFAULT_DB_URL = "postgresql:///conda_index"  # conda-index's default
+# CEP-47: a build `timestamp` this much later than the package's indexed_timestamp (or
+# than now) is still taken as clock skew between the build machine and the indexer.
+TIMESTAMP_SKEW = 300.0
 
 # A field marked WHERE says where things are or how fast to go, not what is published.
 WHERE = {"shapes_outputs": False}
@@ -88,6 +91,11 @@ class IndexConfig:
     channel_url: str | None = field(default=None, metadata=WHERE)
     output_url: str | None = field(default=None, metadata=WHERE)
     lease: float | None = field(default=None, metadata=WHERE)  # the pair's lease in seconds (None: ha/leader.DEFAULT_LEASE)
+    # CEP-47 (docs/indexed-timestamp.md): `indexed_timestamp` on every record (off:
+    # conda-index 0.13's exact bytes); packages whose build `timestamp` is later than
+    # their indexed_timestamp (past TIMESTAMP_SKEW) are flagged, or left out when rejected
+    indexed_timestamp: bool = True
+    reject_future_timestamps: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "db", Db(self.db))  # "postgresql" from a caller is Db.POSTGRESQL

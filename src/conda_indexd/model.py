@@ -38,6 +38,7 @@ class RecordRow(NamedTuple):
     index_json: str  # the cached index.json text (filtered, + md5, sha256, size)
     name: str
     run_exports: str | None
+    indexed_timestamp: int | None = None  # CEP-47, from our own table (None: none yet)
 
 
 class ShardKey(NamedTuple):
@@ -46,3 +47,12 @@ class ShardKey(NamedTuple):
     name: str
     path: str
     sha256: str
+
+
+class TimestampGap(NamedTuple):
+    """A published package without an indexed_timestamp yet (CEP-47)."""
+
+    path: str
+    sha256: str
+    build_timestamp: object  # index.json's `timestamp` as stored (seconds or ms, or None)
+    mtime: float  # the fs row's (LastModified for a bucket)

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from conda_indexd.errors import IndexdError
-from conda_indexd.model import Failure, FileState, PublishedKey, RecordRow, ShardKey
+from conda_indexd.model import Failure, FileState, PublishedKey, RecordRow, ShardKey, TimestampGap
 
 if TYPE_CHECKING:
     from conda_indexd.archive.reader import PackageMetadata
 
-__all__ = ["FileState", "Failure", "PublishedKey", "RecordRow", "ShardKey", "SubdirCache", "Caches"]
+__all__ = ["FileState", "Failure", "PublishedKey", "RecordRow", "ShardKey", "SubdirCache", "Caches", "TimestampGap"]
 
 
 class CacheError(IndexdError):
@@ -128,6 +128,29 @@ class SubdirCache(Protocol):
     def generation(self) -> str | None:
         """Changes whenever another process may have changed the records (a saved memo
         is used only while it is equal; None: never)."""
+        ...
+
+    # CEP-47 indexed_timestamp: ours, per (filename, archive sha256), set once, never changed
+    def timestamps_seeded(self) -> bool:
+        """Whether the packages indexed before the table existed were given theirs."""
+        ...
+
+    def missing_timestamps(self, paths: Iterable[str] | None = None) -> list[TimestampGap]:
+        """Published packages (of `paths`; None: all) without an indexed_timestamp."""
+        ...
+
+    def add_timestamps(self, rows: Iterable[tuple[str, str, int, int | None]], *, seeded_at: int | None = None) -> None:
+        """(path, sha256, indexed_timestamp ms, build timestamp ms or None); a row
+        already there is kept (the first value wins). `seeded_at`: mark the table seeded."""
+        ...
+
+    def flagged_timestamps(self, skew_ms: int) -> list[tuple[str, str, int, int]]:
+        """Published (path, sha256, build ms, indexed ms) whose build timestamp is more
+        than `skew_ms` later than their indexed_timestamp."""
+        ...
+
+    def forget_failures(self, reason: str) -> set[str]:
+        """Drop the `failed` rows of one reason (read again); their paths."""
         ...
 
     # what later runs remember beside the cache rows (the shard upkeep's state)

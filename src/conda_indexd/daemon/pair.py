@@ -109,7 +109,7 @@ class Pair:
             for subdir in worker.subdirs():
                 state = worker.state(subdir)
                 with worker.backends.caches.open(subdir) as cache:
-                    memo = state.memo if state.memo is not None else RecordMemo(cache.memo_folder())
+                    memo = state.memo if state.memo is not None else RecordMemo(cache.memo_folder(), stamped=worker.index.indexed_timestamp)
                     memo.refresh(cache)
                 state.memo = memo
                 state.status.packages = len(memo)

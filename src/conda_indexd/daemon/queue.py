@@ -56,6 +56,7 @@ class Pending:
     names: dict[str, EventKind] = field(default_factory=dict)  # name -> kind of its last event
     confirm_empty: bool = False
     outputs: set[str] = field(default_factory=set)  # published files changed from outside
+    seen: dict[str, float] = field(default_factory=dict)  # name -> its first event in this batch (the queue's clock)
 
     def merge_names(self, names: Iterable[tuple[str, EventKind]]) -> None:
         """Names put back for another look: an event that came meanwhile is newer."""
@@ -84,6 +85,7 @@ class DebounceQueue:
             entry = self._entry(subdir, now)
             entry.last_event = now
             entry.names[name] = kind
+            entry.seen.setdefault(name, now)
             if kind in COMPLETE_KINDS:
                 entry.hold_until = 0.0  # a held upload was closed: look now
             self._cond.notify_all()

@@ -187,6 +187,7 @@ class Worker:
 
     def process(self, item: Pending) -> None:
         subdir = item.subdir
+        seen_at = time.time()  # CEP-47: a file found by this run's listing was seen now
         try:
             listing = self.backends.packages.list_packages(subdir) if item.full_scan else None
             if self._looks_unmounted(item, listing):
@@ -220,6 +221,8 @@ class Worker:
                 memo=state.memo,
                 verify=item.outputs,
                 takeover=state.takeover,
+                seen=self._wall_times(item.seen),
+                seen_at=seen_at,
             )
         except Exception as exc:  # one subdir's trouble never stops the others
             if (denied := not_writable(exc)) is not None:
@@ -235,6 +238,11 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - never stops the daemon
                 self.metrics.subdir_errors.labels("channel", type(exc).__name__).inc()
                 log.error("channel files failed", error=f"{type(exc).__name__}: {exc}")
+
+    def _wall_times(self, seen: dict[str, float]) -> dict[str, float]:
+        """The queue's (monotonic) event times on the wall clock (CEP-47 indexed_timestamp)."""
+        offset = time.time() - self.queue.clock()
+        return {name: at + offset for name, at in seen.items()}
 
     def _failed(self, subdir: str, exc: Exception) -> None:
         delay = self.state(subdir).failed(exc)

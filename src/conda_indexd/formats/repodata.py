@@ -12,11 +12,15 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
+from conda_indexd.formats import timestamps
 from conda_indexd.names import compact_json, section_of
 
 
 def serialize_record(index_json_text: str) -> str:
-    """One cached index_json row as it appears inside repodata.json."""
+    """One cached index_json row as it appears inside repodata.json; a record source
+    (timestamps.source: the text and its indexed_timestamp) gets that too."""
+    if "\0" in index_json_text:
+        return compact_json(timestamps.record(index_json_text))
     return compact_json(json.loads(index_json_text))
 
 

@@ -36,7 +36,7 @@ try:  # Python 3.14+
 except ImportError:  # conda-package-streaming depends on the backport
     from backports import zstd  # type: ignore[import-not-found,no-redef]
 
-from conda_indexd.formats import patches
+from conda_indexd.formats import patches, timestamps
 from conda_indexd.formats.repodata import subdir_base_url
 from conda_indexd.model import RecordRow, ShardKey
 from conda_indexd.names import SHARD_FILE, compact_json, section_of, utc_timestamp
@@ -52,7 +52,9 @@ ENCODING = 1
 
 
 def shard_record(index_json_text: str, run_exports_text: str | None) -> dict[str, Any]:
-    record = json.loads(index_json_text)
+    """`index_json_text` may be a record source (timestamps.source): the
+    indexed_timestamp then follows the index.json keys, before run_exports."""
+    record = timestamps.record(index_json_text) if "\0" in index_json_text else json.loads(index_json_text)
     record["run_exports"] = (json.loads(run_exports_text) if run_exports_text else None) or {}
     for key in ("md5", "sha256"):
         if isinstance(record.get(key), str):
@@ -234,12 +236,17 @@ class KeyList:
         return (k for k in self.keys if wanted is None or k.name in wanted)
 
 
+STAMPED = "+indexed_timestamp"  # salt of every fingerprint when records carry an indexed_timestamp
+
+
 def plan_shards(
     state: ShardState,
     keys: Keys | list[ShardKey],
     changed: set[str] | None,
     instructions: dict[str, Any] | None,
     on_disk: dict[str, int],
+    *,
+    stamped: bool = False,
 ) -> ShardPlan:
     """Which names keep their shard. `keys`: (name, filename, sha256) of every published
     package; `changed`: the only names whose files changed since the
@@ -249,18 +256,21 @@ def plan_shards(
     if isinstance(keys, list):
         keys = KeyList(keys)
     ops = patches.per_record(instructions)
-    salt = ops_salt(ops)
+    every = STAMPED if stamped else ""  # salts every name's fingerprint (the records' shape)
+    salt = ops_salt(ops) + every
     patched = {name for fn in ops if (name := keys.name_of(fn)) is not None}
     if salt != state.salt:
         # other patches: the names the old or the new ones touch get other fingerprints
-        # (an untouched name's fingerprint has no patch in it)
-        changed = None if changed is None or state.patched is None else changed | state.patched | patched
+        # (an untouched name's fingerprint has no patch in it); indexed_timestamp
+        # turned on or off: every name's
+        shape_changed = state.salt.endswith(STAMPED) != stamped
+        changed = None if changed is None or state.patched is None or shape_changed else changed | state.patched | patched
     if changed is None:
-        current = fingerprints(keys.shard_keys(), ops=ops)
+        current = fingerprints(keys.shard_keys(), every, ops=ops)
     else:
         remembered = state.remembered
         names = keys.shard_names()
-        current = fingerprints(keys.shard_keys([n for n in names if n in changed or n not in remembered]), ops=ops)
+        current = fingerprints(keys.shard_keys([n for n in names if n in changed or n not in remembered]), every, ops=ops)
         current.update({n: remembered[n].fingerprint for n in names if n not in current})
     kept, todo = plan(current, state.remembered, on_disk)
     return ShardPlan(salt, patched, kept, todo)
@@ -278,13 +288,16 @@ def plan(current: dict[str, str], remembered: dict[str, Remembered], on_disk: di
     return kept, todo
 
 
-def encode_shards(todo: dict[str, str], rows: Iterable[RecordRow], instructions: dict[str, Any] | None) -> dict[str, tuple[bytes, Remembered]]:
-    """{name: (shard bytes, what to remember)} for the names to encode, from their rows."""
+def encode_shards(
+    todo: dict[str, str], rows: Iterable[RecordRow], instructions: dict[str, Any] | None, *, stamped: bool = False
+) -> dict[str, tuple[bytes, Remembered]]:
+    """{name: (shard bytes, what to remember)} for the names to encode, from their rows
+    (`stamped`: with their indexed_timestamp)."""
     encoded = {}
     ops = patches.per_record(instructions)
     ordered = sorted((row for row in rows if row.name in todo), key=lambda r: (r.name, r.path))
     for name, group in itertools.groupby(ordered, key=lambda r: r.name):
-        data, digest = encode_shard(((r.path, r.index_json, r.run_exports) for r in group), ops=ops)
+        data, digest = encode_shard(((r.path, timestamps.source(r.index_json, r.indexed_timestamp, stamped), r.run_exports) for r in group), ops=ops)
         encoded[name] = (data, Remembered(todo[name], digest.hex(), len(data)))
     return encoded
 

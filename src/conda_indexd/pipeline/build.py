@@ -22,10 +22,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conda_indexd.config import IndexConfig
-from conda_indexd.formats import current, origin, patches, repodata
+from conda_indexd.formats import current, origin, patches, repodata, timestamps
 from conda_indexd.names import CURRENT, PATCH_INSTRUCTIONS, REPODATA, REPODATA_FROM_PACKAGES, RUN_EXPORTS, compact_json
 from conda_indexd.pipeline import patchsource
 from conda_indexd.pipeline.memo import RecordMemo, from_pieces
+from conda_indexd.util.logs import get_logger
+
+log = get_logger(__name__)
 
 Output = bytes | repodata.Document
 Patched = dict[str, tuple[str, bytes | None]]  # see RecordMemo.patched (b"": unchanged by its patch)
@@ -80,6 +83,9 @@ def build_from_memo(
         if fresh:
             outputs[PATCH_INSTRUCTIONS] = patches.serialize(instructions)
         instructions = origin.layer(overlay, instructions)  # never written to patch_instructions.json
+        instructions, touched = timestamps.strip_patches(instructions)  # CEP-47: never patched
+        if touched:
+            log.warning("patch instructions may not change indexed_timestamp; ignored for these files", subdir=subdir, count=len(touched), files=touched[:20])
         ops = patches.per_record(instructions)
         if ops:
             doc_patched, count = _patched_document(config, subdir, memo, ops)

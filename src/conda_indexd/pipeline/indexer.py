@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ from conda_indexd.pipeline.outputs import publish_outputs, withdraw_current
 from conda_indexd.pipeline.quiet import inputs_token, listing_digest, outputs_state
 from conda_indexd.pipeline.seams import Backends
 from conda_indexd.pipeline.shardstore import ShardsReport, ShardStore, withdraw
+from conda_indexd.pipeline.timestamps import REJECTED, Flagged, stamp
 from conda_indexd.stores.base import key
 from conda_indexd.util.logs import get_logger
 
@@ -46,6 +47,7 @@ class SubdirResult:
     added: list[str] = field(default_factory=list)  # package files now published, not before
     removed: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)  # published before and now, other sha256
+    flagged: list[Flagged] = field(default_factory=list)  # CEP-47: build timestamp later than indexed_timestamp
     repodata_bytes: int = 0
     shards: ShardsReport = field(default_factory=ShardsReport)
     duration: float = 0.0
@@ -98,6 +100,8 @@ class SubdirRun:
     cancel: threading.Event | None = None
     verify: Collection[str] = ()  # published files someone else changed (see ShardStore.publish)
     takeover: bool = False  # a new leader's first run: every name's shard fingerprint is computed again
+    seen: Mapping[str, float] = field(default_factory=dict)  # the daemon: when each touched name's change was seen (wall clock)
+    seen_at: float | None = None  # when the rest was seen: the listing, or the one-shot run (None: this run's start)
 
     def execute(self) -> SubdirResult:
         try:
@@ -111,6 +115,7 @@ class SubdirRun:
 
     def _execute(self) -> SubdirResult:
         started = time.monotonic()
+        seen_at = self.seen_at if self.seen_at is not None else time.time()
         config, subdir, b = self.config, self.subdir, self.backends
         result = SubdirResult(subdir)
         full = self.touched is None
@@ -121,11 +126,15 @@ class SubdirRun:
         with b.caches.open(subdir) as cache:
             # without the previous run's memo: the one saved by the last run (memofile.py),
             # else a new one, and a one-shot run reports against what the cache published
-            memo = self.memo if self.memo is not None else (memofile.load(cache) or RecordMemo(cache.memo_folder()))
-            before = cache.published_digests() if self.memo is None and not memo.loaded else {}
+            stamped = config.indexed_timestamp
+            seeded = cache.timestamps_seeded()
+            memo = self.memo if self.memo is not None and self.memo.stamped == stamped and seeded else None
+            given = memo is not None  # the caller's memo, kept
+            memo = memo or (memofile.load(cache, stamped) if seeded else None) or RecordMemo(cache.memo_folder(), stamped=stamped)
+            before = cache.published_digests() if not given and not memo.loaded else {}
             # the memo was filled from this very cache, and nothing else wrote it since
             # (a recreated or rebuilt cache.db, or conda-index, moves the generation)
-            trusted = memo.loaded if self.memo is None else memo.saved is not None and memo.saved[0] == cache.generation()
+            trusted = memo.loaded if not given else memo.saved is not None and memo.saved[0] == cache.generation()
             listing, digest = self.listing, None
             if full and not self.hold:  # quiet.py: an unchanged listing changes no fs row
                 listing = b.packages.list_packages(subdir) if listing is None else listing
@@ -140,14 +149,24 @@ class SubdirRun:
             # listing over a trusted memo (saved at this cache's generation) changed only
             # the rows this fs stage wrote.
             scope: set[str] | None = rows_changed if trusted else None
-            if looked_at is not None and self.memo is not None:
+            if looked_at is not None and given:
                 scope = looked_at
+            # CEP-47: the packages published before a subdir's first run with the table
+            # (seeded from their build timestamp); archives rejected for their timestamp
+            # are read again once rejecting is turned off
+            unseeded_before = None if seeded else {(fn, sha or "") for fn, sha in cache.published_keys()}
+            if not config.reject_future_timestamps and (again := cache.forget_failures(REJECTED)):
+                scope = None if scope is None else scope | again
             changed = cache.changed_packages(scope)
             if changed:
                 log.debug("extracting", subdir=subdir, count=len(changed))
             result.extracted, result.new_failures = extract(cache, b.packages, subdir, changed, config.threads, self.on_progress, self.cancel)
             for failure in result.new_failures:
                 log.warning("skipped archive", subdir=subdir, path=failure.path, reason=failure.reason, detail=failure.message)
+            stamps = stamp(config, cache, b.outputs, subdir, scope=scope, before=unseeded_before, seen=self.seen, seen_at=seen_at)
+            result.flagged = stamps.flagged
+            if stamps.rejected and scope is not None:
+                scope |= stamps.rejected
             dirty = memo.refresh(cache, scope)
             memo.quiet.listing = None  # until this run has published
             result.skipped = cache.failures()
@@ -156,7 +175,7 @@ class SubdirRun:
             token = inputs_token(config, instructions, overlay_bytes)
             quiet = not dirty and not self.verify and not self.takeover and memo.quiet.outputs is not None  # verify: shards changed outside
             quiet = quiet and time.time() < memo.quiet.collect_at
-            carried = memo.shards[1] if memo.shards is not None and self.memo is not None else None  # the shard upkeep's listing
+            carried = memo.shards[1] if memo.shards is not None and given else None  # the shard upkeep's listing
             if quiet and memo.quiet.outputs == (token, outputs_state(b.outputs, subdir, cache, carried)):
                 built = None  # nothing to build: the outputs are as this memo's last run left them
             else:
@@ -188,7 +207,7 @@ class SubdirRun:
                 memofile.save(cache, memo)
         result.memo = memo
         result.packages = len(memo)
-        if self.memo is None and not memo.loaded:
+        if not given and not memo.loaded:
             added, differ = [], []
             for fn, sha in memo.items():
                 old = before.pop(fn, None) if fn in before else False
@@ -220,7 +239,7 @@ class SubdirRun:
         carried = memo.shards if self.touched is not None else None
         memo.shards = None  # until this run has saved
         store = ShardStore(self.backends.outputs, cache, self.subdir, carried)
-        store.publish(memo, dirty, instructions, self.config.base_url, result.shards, verify=self.verify)
+        store.publish(memo, dirty, instructions, self.config.base_url, result.shards, verify=self.verify, stamped=self.config.indexed_timestamp)
         result.written += result.shards.written
         return store
 
@@ -238,8 +257,11 @@ def index_subdir(
     backends: Backends,
     verify: Collection[str] = (),
     takeover: bool = False,
+    seen: Mapping[str, float] | None = None,
+    seen_at: float | None = None,
 ) -> SubdirResult:
     """Bring one subdir's cache and outputs up to date (see SubdirRun). `takeover`: the
-    first run of a new leader of a pair, which trusts no remembered shard."""
-    run = SubdirRun(config, subdir, backends, touched, hold, listing, memo, on_progress, cancel, verify, takeover)
+    first run of a new leader of a pair, which trusts no remembered shard; `seen`,
+    `seen_at`: when the changes were seen (CEP-47 indexed_timestamp)."""
+    run = SubdirRun(config, subdir, backends, touched, hold, listing, memo, on_progress, cancel, verify, takeover, seen or {}, seen_at)
     return run.execute()

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from conda_indexd.caches.base import ShardKey, SubdirCache
-from conda_indexd.formats import repodata
+from conda_indexd.formats import repodata, timestamps
 from conda_indexd.names import section_of
 from conda_indexd.pipeline.pieceheap import PieceHeap, Section, SectionView
 from conda_indexd.pipeline.quiet import Quiet
@@ -48,9 +48,11 @@ class RecordMemo:
     sha256, package name and piece (in `heap`); the patched pieces of the last build
     (`patched`, filled by build); what the last run saw (`quiet`, `shards`, `last`)."""
 
-    def __init__(self, folder: Path | None = None, *, heap: PieceHeap | None = None) -> None:
-        """`folder`: where the heap file lives (None: a temporary file)."""
+    def __init__(self, folder: Path | None = None, *, heap: PieceHeap | None = None, stamped: bool = False) -> None:
+        """`folder`: where the heap file lives (None: a temporary file); `stamped`: the
+        pieces carry each record's indexed_timestamp (CEP-47)."""
         self.heap = heap if heap is not None else PieceHeap(folder)
+        self.stamped = stamped
         self.sections = {s: Section() for s in SECTIONS}
         self.names: list[str] = []  # name ids -> package names
         self.name_ids: dict[str, int] = {}
@@ -208,10 +210,14 @@ class RecordMemo:
         pending = {s: Section() for s in SECTIONS}
         fresh: list[tuple[str, str, bytes]] = []
         store = cache.pieces()
-        rows = ((r.path, r.name, r.index_json) for r in cache.records_for(list(misses)))
+        # a piece is made from, and kept for, its source: the index_json text and, stamped,
+        # the record's indexed_timestamp (fixed for the archive's sha256, like the text)
+        rows = ((r.path, r.name, timestamps.source(r.index_json, r.indexed_timestamp, self.stamped)) for r in cache.records_for(list(misses)))
         found = store.lookup(rows) if store is not None and len(misses) > LOOKUP else ((*r, None) for r in rows)
         batch: list[tuple[str, str, bytes]] = []
         for path, name, text, piece in found:
+            if self.stamped and text.endswith("\0"):
+                continue  # no indexed_timestamp yet (a standby warming while the leader stamps): not published
             if piece is None:
                 piece = repodata.piece_bytes(path, text)
                 fresh.append((path, text, piece))

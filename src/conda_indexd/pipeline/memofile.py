@@ -29,7 +29,7 @@ from conda_indexd.util.logs import get_logger
 log = get_logger(__name__)
 
 INDEX_FILE = "conda-indexd-memo.idx"
-VERSION = 2
+VERSION = 3  # 3: `stamped` (CEP-47 indexed_timestamp in the pieces)
 
 
 def save(cache: SubdirCache, memo: RecordMemo) -> None:
@@ -43,6 +43,7 @@ def save(cache: SubdirCache, memo: RecordMemo) -> None:
     data = msgpack.packb(
         {
             "version": VERSION,
+            "stamped": memo.stamped,
             "generation": generation,
             "heap": memo.heap.ident,
             "names": memo.names,
@@ -62,17 +63,18 @@ def save(cache: SubdirCache, memo: RecordMemo) -> None:
             tmp.unlink()
 
 
-def load(cache: SubdirCache) -> RecordMemo | None:
-    """The saved memo, if it is still the cache's (else None: build one from the rows)."""
+def load(cache: SubdirCache, stamped: bool = False) -> RecordMemo | None:
+    """The saved memo, if it is still the cache's and its pieces are `stamped` as asked
+    (else None: build one from the rows)."""
     folder = cache.memo_folder()
     if folder is None:
         return None
     path = folder / INDEX_FILE
     try:
         state = msgpack.unpackb(path.read_bytes(), strict_map_key=False)
-        if state.get("version") != VERSION or state.get("generation") != cache.generation():
+        if state.get("version") != VERSION or state.get("generation") != cache.generation() or state.get("stamped") is not stamped:
             return None
-        memo = RecordMemo(folder, heap=PieceHeap(folder, reuse=state["heap"]))
+        memo = RecordMemo(folder, heap=PieceHeap(folder, reuse=state["heap"]), stamped=stamped)
         _fill(memo, state)
     except FileNotFoundError:
         return None

@@ -62,6 +62,7 @@ class ShardStore:
         base_url: str | None,
         report: ShardsReport,
         verify: Collection[str] = (),
+        stamped: bool = False,
     ) -> None:
         """Steps 1-3: new shard files, one durability barrier, then the index. `verify`:
         shard files (`shards/<digest>.msgpack.zst`) someone else may have changed; one
@@ -72,12 +73,12 @@ class ShardStore:
             digest = file.removeprefix(SHARDS_DIR + "/").removesuffix(".msgpack.zst")
             if digest in self.on_disk and not self._intact(digest):
                 del self.on_disk[digest]
-        plan = shards.plan_shards(self.state, keys, changed, instructions, self.on_disk)
+        plan = shards.plan_shards(self.state, keys, changed, instructions, self.on_disk, stamped=stamped)
         kept = plan.kept
         wrote = False
         for batch in _batches(keys, plan.todo):
             paths = [k.path for k in batch]
-            encoded = shards.encode_shards(plan.todo, self.cache.records_for(paths), instructions)
+            encoded = shards.encode_shards(plan.todo, self.cache.records_for(paths), instructions, stamped=stamped)
             files = [(key(self.folder, shards.shard_file(r.digest)), data) for data, r in encoded.values()]
             # each write fsyncs its file: many at once let the file system commit them together
             with ThreadPoolExecutor(WRITERS) if len(files) > 8 else contextlib.nullcontext() as pool:

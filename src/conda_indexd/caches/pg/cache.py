@@ -34,7 +34,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from conda_indexd.caches.base import Failure, FileState, MetadataRejected, PublishedKey, RecordRow, ShardKey
+from conda_indexd.caches.base import Failure, FileState, MetadataRejected, PublishedKey, RecordRow, ShardKey, TimestampGap
 from conda_indexd.caches.pg.schema import DEFAULT_DB_URL, JSON_TABLES, PgCacheError, channel_id, connect, ensure_schema, first_line, safe_url
 from conda_indexd.stores.fenced import Fence, Fenced, NoFence
 
@@ -267,11 +267,13 @@ class PgCache:
 
     def records_for(self, paths: Iterable[str]) -> Iterator[RecordRow]:
         rows = self._rows(
-            "SELECT index_json.path, index_json.index_json::text, index_json.name, run_exports.run_exports::text "
-            "FROM index_json LEFT JOIN run_exports USING (path) WHERE index_json.path = ANY(%s)",
+            "SELECT index_json.path, index_json.index_json::text, index_json.name, run_exports.run_exports::text, t.indexed_timestamp "
+            "FROM index_json LEFT JOIN run_exports USING (path) "
+            "LEFT JOIN conda_indexd_indexed_timestamp AS t ON t.path = index_json.path AND t.sha256 = index_json.sha256 "
+            "WHERE index_json.path = ANY(%s)",
             ([self._p(p) for p in paths],),
         )
-        return (RecordRow(self._fn(p), text, name, re_) for p, text, name, re_ in rows)
+        return (RecordRow(self._fn(p), text, name, re_, ts) for p, text, name, re_, ts in rows)
 
     def metadata_texts(self, path: str) -> tuple[str | None, ...]:
         rows = self._rows(
@@ -302,6 +304,49 @@ class PgCache:
             (self._like,),
         )
         return [Failure(self._fn(p), reason or "unreadable", message or "") for p, reason, message in rows]
+
+    # --- CEP-47 indexed_timestamp, in our own tables (shared with a standby) -----------------
+
+    def timestamps_seeded(self) -> bool:
+        return bool(self._rows("SELECT 1 FROM conda_indexd_timestamps_seeded WHERE prefix = %s", (self.prefix,)))
+
+    def missing_timestamps(self, paths: Iterable[str] | None = None) -> list[TimestampGap]:
+        query, params = self._limit(
+            "SELECT fs.path, index_json.sha256, index_json.index_json -> 'timestamp', fs.mtime, fs.last_modified"
+            + self._PUBLISHED
+            + "LEFT JOIN conda_indexd_indexed_timestamp AS t ON t.path = fs.path AND t.sha256 = index_json.sha256 "
+            "WHERE fs.stage = 'fs' AND fs.path LIKE %s AND t.path IS NULL AND index_json.sha256 IS NOT NULL",
+            (self._like,),
+            paths,
+        )
+        return [TimestampGap(self._fn(p), sha, build, _exact(m, lm)) for p, sha, build, m, lm in self._rows(query, params)]
+
+    @_guarded
+    def add_timestamps(self, rows: Iterable[tuple[str, str, int, int | None]], *, seeded_at: int | None = None) -> None:
+        values = [(self._p(p), sha, ts, build) for p, sha, ts, build in rows]
+        with self.transaction(), self.conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO conda_indexd_indexed_timestamp (path, sha256, indexed_timestamp, build_timestamp) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                values,
+            )
+            if seeded_at is not None:
+                cur.execute("INSERT INTO conda_indexd_timestamps_seeded (prefix, seeded_at) VALUES (%s, %s) ON CONFLICT DO NOTHING", (self.prefix, seeded_at))
+
+    def flagged_timestamps(self, skew_ms: int) -> list[tuple[str, str, int, int]]:
+        rows = self._rows(
+            "SELECT fs.path, t.sha256, t.build_timestamp, t.indexed_timestamp"
+            + self._PUBLISHED
+            + "JOIN conda_indexd_indexed_timestamp AS t ON t.path = fs.path AND t.sha256 = index_json.sha256 "
+            "WHERE fs.stage = 'fs' AND fs.path LIKE %s AND t.build_timestamp > t.indexed_timestamp + %s ORDER BY fs.path COLLATE \"C\"",
+            (self._like, skew_ms),
+        )
+        return [(self._fn(p), sha, build, ts) for p, sha, build, ts in rows]
+
+    @_guarded
+    def forget_failures(self, reason: str) -> set[str]:
+        with self.transaction(), self.conn.cursor() as cur:
+            cur.execute("DELETE FROM stat WHERE stage = 'failed' AND etag = %s AND path LIKE %s RETURNING path", (reason, self._like))
+            return {self._fn(row[0]) for row in cur.fetchall()}
 
     # --- the shard upkeep's state, in our own table (shared with a standby) -----------------
 

@@ -48,6 +48,11 @@ _DDL = (
     """CREATE TABLE IF NOT EXISTS stat (stage TEXT NOT NULL, path TEXT NOT NULL, mtime INTEGER, size INTEGER,
         sha256 TEXT, md5 TEXT, last_modified TEXT, etag TEXT, PRIMARY KEY (stage, path))""",
     "CREATE TABLE IF NOT EXISTS conda_indexd_state (path TEXT PRIMARY KEY, data BYTEA NOT NULL)",
+    # CEP-47 (ours): one row per <channel_id>/<subdir>/<filename> and archive sha256, never
+    # updated or deleted; a subdir's prefix in _seeded once its earlier packages got theirs
+    """CREATE TABLE IF NOT EXISTS conda_indexd_indexed_timestamp (path TEXT NOT NULL, sha256 TEXT NOT NULL,
+        indexed_timestamp BIGINT NOT NULL, build_timestamp BIGINT, PRIMARY KEY (path, sha256))""",
+    "CREATE TABLE IF NOT EXISTS conda_indexd_timestamps_seeded (prefix TEXT PRIMARY KEY, seeded_at BIGINT NOT NULL)",
 )
 _SCHEMA_LOCK = 0x636F6E64  # pg_advisory_xact_lock key while creating tables ("cond")
 

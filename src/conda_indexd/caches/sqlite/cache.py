@@ -30,9 +30,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from conda_indexd.caches.base import CacheCorrupt, CacheError, Failure, FileState, MetadataRejected, PublishedKey, RecordRow, ShardKey
+from conda_indexd.caches.base import CacheCorrupt, CacheError, Failure, FileState, MetadataRejected, PublishedKey, RecordRow, ShardKey, TimestampGap
 from conda_indexd.caches.sqlite.pieces import PieceStore
-from conda_indexd.caches.sqlite.schema import METADATA_TABLES, is_corrupt, migrate, quarantine
+from conda_indexd.caches.sqlite.schema import METADATA_TABLES, TIMESTAMP_SCHEMA, TIMESTAMPS_FILE, is_corrupt, migrate, quarantine
 from conda_indexd.util.fsio import clean_stale_temps, same_content, write_atomic
 from conda_indexd.util.logs import get_logger
 
@@ -88,6 +88,11 @@ class SqliteCache:
             # breaks on network file systems). synchronous=NORMAL is safe in that mode
             # for our purpose: a lost transaction only means re-extracting a package.
             self.db.execute("PRAGMA synchronous = NORMAL")
+            # ours, in a file of its own beside cache.db (CEP-47 indexed_timestamp, never a
+            # cache: a damaged cache.db moved aside leaves it; a commit that writes both
+            # is atomic across the two files)
+            self.db.execute("ATTACH DATABASE ? AS ts", (str(db_path.with_name(TIMESTAMPS_FILE)),))
+            self.db.execute("PRAGMA ts.synchronous = FULL")
             self._migrate()
         except sqlite3.DatabaseError:
             raise
@@ -150,6 +155,8 @@ class SqliteCache:
     def _migrate(self) -> None:
         with self.transaction():
             migrate(self.db, self.db_path)
+            for statement in TIMESTAMP_SCHEMA:
+                self.db.execute(statement)
 
     def transaction(self) -> _Transaction:
         return _Transaction(self)
@@ -298,8 +305,9 @@ class SqliteCache:
     def records_for(self, paths: Iterable[str]) -> Iterator[RecordRow]:
         rows = self._rows(
             """
-            SELECT index_json.path, index_json.index_json, index_json.name, run_exports.run_exports
+            SELECT index_json.path, index_json.index_json, index_json.name, run_exports.run_exports, t.indexed_timestamp
             FROM index_json LEFT JOIN run_exports USING (path)
+            LEFT JOIN ts.indexed_timestamp AS t ON t.path = index_json.path AND t.sha256 = index_json.sha256
             WHERE index_json.path IN (SELECT value FROM json_each(?))
             """,
             (json.dumps(list(paths)),),
@@ -343,6 +351,49 @@ class SqliteCache:
             """
         )
         return [Failure(path, reason or "unreadable", message or "") for path, reason, message in rows]
+
+    # --- CEP-47 indexed_timestamp (ours: conda-indexd-timestamps.db, attached as `ts`) ----------
+
+    @_guarded
+    def timestamps_seeded(self) -> bool:
+        return self.db.execute("SELECT 1 FROM ts.seeded").fetchone() is not None
+
+    def missing_timestamps(self, paths: Iterable[str] | None = None) -> list[TimestampGap]:
+        query, params = _limit(
+            "SELECT fs.path, index_json.sha256, json_extract(index_json.index_json, '$.timestamp'), fs.mtime"
+            + self._PUBLISHED
+            + "LEFT JOIN ts.indexed_timestamp AS t ON t.path = fs.path AND t.sha256 = index_json.sha256"
+            " WHERE fs.stage = 'fs' AND t.path IS NULL AND index_json.sha256 IS NOT NULL",
+            "fs.path",
+            paths,
+        )
+        return [TimestampGap(*row) for row in self._rows(query, params)]
+
+    @_guarded
+    def add_timestamps(self, rows: Iterable[tuple[str, str, int, int | None]], *, seeded_at: int | None = None) -> None:
+        with self.transaction():
+            self.db.executemany(
+                "INSERT INTO ts.indexed_timestamp (path, sha256, indexed_timestamp, build_timestamp) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING", rows
+            )
+            if seeded_at is not None and self.db.execute("SELECT 1 FROM ts.seeded").fetchone() is None:
+                self.db.execute("INSERT INTO ts.seeded (seeded_at) VALUES (?)", (seeded_at,))
+
+    def flagged_timestamps(self, skew_ms: int) -> list[tuple[str, str, int, int]]:
+        rows = self._rows(
+            "SELECT fs.path, t.sha256, t.build_timestamp, t.indexed_timestamp"
+            + self._PUBLISHED
+            + "JOIN ts.indexed_timestamp AS t ON t.path = fs.path AND t.sha256 = index_json.sha256"
+            " WHERE fs.stage = 'fs' AND t.build_timestamp > t.indexed_timestamp + ? ORDER BY fs.path",
+            (skew_ms,),
+        )
+        return list(rows)
+
+    @_guarded
+    def forget_failures(self, reason: str) -> set[str]:
+        with self.transaction():
+            paths = {row[0] for row in self.db.execute("SELECT path FROM stat WHERE stage = 'failed' AND etag = ?", (reason,))}
+            self.db.execute("DELETE FROM stat WHERE stage = 'failed' AND etag = ?", (reason,))
+        return paths
 
     # --- state files beside cache.db --------------------------------------------------------
 
