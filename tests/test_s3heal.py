@@ -81,6 +81,7 @@ DAMAGE: dict[str, Callable[[Any, str], object]] = {
     "repodata-deleted": lambda s3, b: s3.delete_object(Bucket=b, Key=PREFIX + "repodata.json"),
     "zst-overwritten-same-size": lambda s3, b: garbage_of_the_same_size(s3, b, PREFIX + "repodata.json.zst"),
     "named-shard-deleted": lambda s3, b: s3.delete_object(Bucket=b, Key=named_shard(s3, b)),
+    "named-shard-truncated": lambda s3, b: s3.put_object(Bucket=b, Key=named_shard(s3, b), Body=(get(s3, b, named_shard(s3, b)) or b"")[:-7]),
 }
 
 
