@@ -144,9 +144,7 @@ class SubdirRun:
             changed = cache.changed_packages(scope)
             if changed:
                 log.debug("extracting", subdir=subdir, count=len(changed))
-            result.extracted, result.new_failures = extract(
-                cache, b.packages, subdir, changed, config.threads, self.on_progress, self.cancel
-            )
+            result.extracted, result.new_failures = extract(cache, b.packages, subdir, changed, config.threads, self.on_progress, self.cancel)
             for failure in result.new_failures:
                 log.warning("skipped archive", subdir=subdir, path=failure.path, reason=failure.reason, detail=failure.message)
             dirty = memo.refresh(cache, scope)
