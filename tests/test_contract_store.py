@@ -33,6 +33,8 @@ def test_missing_subdir_lists_nothing(store: ChannelStore) -> None:
     assert store.list_packages("linux-64") == []
     assert store.list_files("linux-64") == {}
     assert store.stat_packages("linux-64", ["a-1-0.conda"]) == ([], ["a-1-0.conda"])
+    assert store.stat_files("linux-64", ["repodata.json"]) == ([], ["repodata.json"])
+    assert store.stat_files("linux-64") == ([], [])
 
 
 def test_write_read_exists_remove(store: ChannelStore) -> None:
@@ -96,6 +98,57 @@ def test_stat_splits_present_and_gone(store: ChannelStore) -> None:
     assert [f.path for f in present] == ["a-1-0.conda"] and present[0].size == 3
     assert gone == ["z-1-0.conda"]
     assert present[0][:3] == next(f for f in store.list_packages("noarch"))[:3]
+
+
+OUTPUTS = ["current_repodata.json", "repodata.json", "repodata.json.zst", "repodata_from_packages.json",
+           "repodata_shards.msgpack.zst", "run_exports.json"]  # fmt: skip
+
+
+def test_stat_files_sees_outputs_with_their_state(store: ChannelStore) -> None:
+    """Outputs are stat'ed like packages: a size and an identity, or reported missing."""
+    store.prepare("noarch", recover=False)
+    for i, name in enumerate(OUTPUTS):
+        store.write(f"noarch/{name}", b"x" * (i + 1))
+    store.write("noarch/a-1-0.conda", b"aaaa")  # a package beside them
+    store.write("noarch/shards/ab.msgpack.zst", b"s")  # not directly in the folder
+    present, missing = store.stat_files("noarch", [*OUTPUTS, "repodata.json.bz2", "patch_instructions.json"])
+    assert [f.path for f in present] == OUTPUTS and missing == ["patch_instructions.json", "repodata.json.bz2"]
+    assert [f.size for f in present] == [OUTPUTS.index(f.path) + 1 for f in present]
+    assert all(isinstance(f, FileState) and f.mtime > 0 and f.identity for f in present)
+    assert len({f.identity for f in present}) == len(present)
+    # without names: every plain file directly in the folder, packages too
+    everything, none = store.stat_files("noarch")
+    assert [f.path for f in everything] == sorted([*OUTPUTS, "a-1-0.conda"]) and none == []
+    assert [f[:4] for f in everything if f.path in OUTPUTS] == [f[:4] for f in present]
+    assert store.stat_files("noarch/shards") == (store.stat_files("noarch/shards", ["ab.msgpack.zst"])[0], [])
+
+
+def test_stat_files_identity_follows_every_rewrite(store: ChannelStore) -> None:
+    """Other bytes of the same size, a truncation, a removal: each is seen."""
+    store.prepare("noarch", recover=False)
+    store.write("noarch/repodata.json.zst", b"0123456789")
+    ((before,), _) = store.stat_files("noarch", ["repodata.json.zst"])
+    assert before.size == 10
+    time.sleep(0.01)
+    store.write("noarch/repodata.json.zst", b"9876543210")  # same size, other bytes
+    ((after,), _) = store.stat_files("noarch", ["repodata.json.zst"])
+    assert after.size == 10 and after.identity != before.identity
+    with store.writer("noarch/repodata.json.zst") as w:  # truncated, streamed
+        w.write(b"01234")
+        w.commit()
+    ((short,), _) = store.stat_files("noarch", ["repodata.json.zst"])
+    assert short.size == 5 and short.identity not in (before.identity, after.identity)
+    assert store.remove("noarch/repodata.json.zst")
+    assert store.stat_files("noarch", ["repodata.json.zst"]) == ([], ["repodata.json.zst"])
+
+
+def test_stat_packages_is_for_packages(store: ChannelStore) -> None:
+    """Outputs are not packages: `stat_packages` never reports one as present with a
+    state other than `stat_files`'s (a bucket store leaves them out; use stat_files)."""
+    store.prepare("noarch", recover=False)
+    store.write("noarch/repodata.json", b"{}")
+    present, gone = store.stat_packages("noarch", ["repodata.json"])
+    assert present in ([], store.stat_files("noarch", ["repodata.json"])[0]) and gone in ([], ["repodata.json"])
 
 
 def test_open_package_is_a_seekable_stream(store: ChannelStore) -> None:

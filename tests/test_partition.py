@@ -1,17 +1,21 @@
 """A pair under partition, and a takeover after an unpublished cache write.
 
-Two real daemons on one channel folder and one real PostgreSQL, each daemon reaching the
+Two real daemons on one channel and one real PostgreSQL, each daemon reaching the
 database through a TCP proxy of the test's own (tests/tcpproxy.py). A partition stalls the
-leader's proxy: nothing is answered, nothing is closed. Who wrote what in the channel is
-seen from outside by fanotify (tests/fanwatch.py: the writing pid of every create, modify,
-rename and removal); takeovers are read from the lease row, not from the daemons.
+leader's proxy: nothing is passed on, nothing is closed. Who wrote what is seen from
+outside the daemons: in a folder by fanotify (tests/fanwatch.py: the writing pid of every
+create, modify, rename and removal), in a bucket by the journal of a second proxy of the
+test's own between each daemon and RGW (tests/faultproxy.py). Takeovers are read from the
+lease row.
 
-- >= 10 rounds (50 with --long) with packages arriving, the partition starting at a random
-  moment, mid-publish (the leader's first temporary file) or right after a cache commit
-  (a new index_json row): the standby takes over within 2 x the lease; the deposed leader
-  writes nothing to the channel after the takeover, while cut off or after the link
-  returns; at the end exactly one leader, repodata.json and every shard agree, and
-  repodata.json equals a fresh index.
+- >= 10 rounds (50 with --long), on a folder and on a bucket, with packages arriving, the
+  partition starting at a random moment, mid-publish (the leader's next temporary file or
+  PUT) or right after a commit (the database did the COMMIT of a publish step's lease
+  check; its answer is held), some
+  rounds cutting the answers 0.3 s before the requests: the standby takes over within
+  2 x the lease; the deposed leader writes nothing after the takeover, while cut off or
+  after the link returns; at the end exactly one leader, repodata.json, its .zst and every
+  shard agree, and repodata.json equals a fresh index of the same packages.
 - A package stored in the shared cache by a leader that is killed before it publishes:
   after the takeover every package in repodata.json is in its name's shard.
 """
@@ -42,6 +46,9 @@ from tcpproxy import TcpProxy
 from test_pair import LEASE, SUBDIRS, Arrivals, fresh_index
 
 PARTITION_LEASE = 2.0  # seconds: the rounds' takeovers take about this long
+COMMIT_DONE = b"C\x00\x00\x00\x0bCOMMIT\x00"  # PostgreSQL's CommandComplete of a COMMIT
+LEASE_CHECK = b"holder\x00"  # a column of the lease check's answer
+LEASE_SESSION = b"set_config\x00"  # a column only the lease session's first queries answer: its COMMITs are publish steps'
 
 
 def lease_row(pg_server, url: str) -> tuple[int, str | None, float]:
@@ -281,9 +288,14 @@ def partition_rounds(pair: ProxiedPair, side: Side, pg_server: Any, rounds: int,
         thread.start()
         stalled = threading.Event()
 
-        def cut(proxy: TcpProxy = proxy, stalled: threading.Event = stalled) -> None:
+        # the database's answers are cut first and the leader's requests a moment later:
+        # what the leader sends meanwhile (a lease check) is done by the database, and its
+        # answer, a "yes", arrives only when the link comes back, after the takeover
+        answers_first = rng.choice([0.0, 0.3])
+
+        def cut(proxy: TcpProxy = proxy, stalled: threading.Event = stalled, answers_first: float = answers_first) -> None:
             if not stalled.is_set():
-                proxy.stall()
+                proxy.stall(answers_first)
                 stalled.set()
 
         try:
@@ -291,12 +303,9 @@ def partition_rounds(pair: ProxiedPair, side: Side, pg_server: Any, rounds: int,
                 disarm = side.on_first_write(index, leader.proc.pid, cut)
                 stalled.wait(10)
                 disarm()
-            elif mode == "after-commit":  # at a new row in the shared cache
-                rows = pg_server.execute(pair.url, "SELECT count(*) FROM index_json")[0][0]
-                deadline = time.monotonic() + 10
-                while time.monotonic() < deadline and pg_server.execute(pair.url, "SELECT count(*) FROM index_json")[0][0] == rows:
-                    time.sleep(0.01)
-                cut()
+            elif mode == "after-commit":  # a COMMIT done by the database, its answer not passed on
+                proxy.stall_on(COMMIT_DONE, stalled.set, after=LEASE_CHECK, only_on=LEASE_SESSION)
+                stalled.wait(10)
             else:
                 time.sleep(rng.uniform(0.2, 1.5))
                 cut()
@@ -318,7 +327,7 @@ def partition_rounds(pair: ProxiedPair, side: Side, pg_server: Any, rounds: int,
         time.sleep(0.5)  # anything it would still write after the link returned
         late = side.writes_after(index, leader.proc.pid, acquired_at)
         assert late == [], f"round {round_no} ({mode}, seed {seed}): the deposed leader wrote after the takeover: {late[:5]}"
-        figures.append({"mode": mode, "takeover_s": round(took, 2), "token": new_token})
+        figures.append({"mode": mode, "answers_first": answers_first, "takeover_s": round(took, 2), "token": new_token})
     wait_for(lambda: arrivals.published(arrivals.landed), 30, what="every package published")
     roles = sorted(pair.status(d)["role"] for d in pair.daemons)
     assert roles == ["leader", "standby"], roles

@@ -19,24 +19,43 @@ type or whether the channel is remote.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Protocol
+import threading
+from typing import Protocol
 
 from watchdog.observers.api import BaseObserver
 
 from conda_indexd.backends import recent_writes
+from conda_indexd.config import WatchConfig
 from conda_indexd.daemon.http.server import PostRoute
 from conda_indexd.daemon.intake.folder import ChannelEventHandler, SymlinkedSubdirs, make_observer
 from conda_indexd.daemon.intake.s3 import S3EventsEndpoint, S3Poller
-from conda_indexd.daemon.queue import ScanReason
+from conda_indexd.daemon.metrics import Metrics
+from conda_indexd.daemon.queue import EventKind, ScanReason
+from conda_indexd.daemon.worker import Worker
 from conda_indexd.ha.lock import ChannelBusy, WriterLock
 from conda_indexd.pipeline.ignored import ignored_folders
+from conda_indexd.pipeline.seams import Backends
 from conda_indexd.stores.s3.objects import parse_s3_url
 from conda_indexd.util.logs import get_logger
 
-if TYPE_CHECKING:
-    from conda_indexd.daemon.supervisor import Daemon
-
 log = get_logger(__name__)
+
+
+class Daemon(Protocol):
+    """What a kind of channel uses of the daemon (supervisor.Daemon)."""
+
+    config: WatchConfig
+    backends: Backends
+    metrics: Metrics
+    stopping: threading.Event
+    watched: frozenset[str]
+    worker: Worker
+
+    def on_file(self, subdir: str, name: str, kind: EventKind) -> None: ...
+    def on_subdir(self, subdir: str) -> None: ...
+    def on_output(self, subdir: str, file: str) -> None: ...
+    def rescan(self, reason: ScanReason) -> None: ...
+    def stop(self, exit_code: int) -> None: ...
 
 
 class ChannelKind(Protocol):

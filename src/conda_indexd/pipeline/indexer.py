@@ -175,7 +175,9 @@ class SubdirRun:
             token = inputs_token(config, instructions, overlay_bytes)
             quiet = not dirty and not self.verify and not self.takeover and memo.quiet.outputs is not None  # verify: shards changed outside
             quiet = quiet and time.time() < memo.quiet.collect_at
-            carried = memo.shards[1] if memo.shards is not None and given else None  # the shard upkeep's listing
+            # the shard upkeep's listing, only over touched names: a full run (a rescan)
+            # lists the shard folder, so a shard deleted from outside is noticed there too
+            carried = memo.shards[1] if memo.shards is not None and given and not full else None
             if quiet and memo.quiet.outputs == (token, outputs_state(b.outputs, subdir, cache, carried)):
                 built = None  # nothing to build: the outputs are as this memo's last run left them
             else:

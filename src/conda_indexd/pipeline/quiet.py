@@ -88,9 +88,13 @@ def inputs_token(config: IndexConfig, instructions: bytes | None, overlay: bytes
 def outputs_state(store: ChannelStore, subdir: str, cache: SubdirCache, shard_files: dict[str, int] | None = None) -> tuple[FileState, ...]:
     """Every output file's (size, mtime, identity), plus the shard files' names and sizes
     and the shard upkeep's saved state (a truncated or deleted shard, or a lost state,
-    is then noticed by a restart too). `shard_files`: {digest: size} the caller knows to
-    be on disk (the shard upkeep's), else the folder is listed."""
-    present, _ = store.stat_packages(subdir, OUTPUT_NAMES)
+    is then noticed by a restart too). The outputs are stat'ed with `stat_files` (a
+    bucket answers `stat_packages` for packages only), so one deleted, truncated or
+    rewritten by someone else, even to the same size (the identity: inode+ctime, the
+    ETag), makes the state differ and the run rebuild and restore it. `shard_files`:
+    {digest: size} the caller knows to be in the store (the shard upkeep's, right after
+    its publish), else the folder is listed."""
+    present, _ = store.stat_files(subdir, OUTPUT_NAMES)
     if shard_files is None:
         shard_files = shards.shard_digests(store.list_files(key(subdir, SHARDS_DIR)))
     files = hashlib.sha256(repr(sorted(shard_files.items())).encode()).hexdigest()

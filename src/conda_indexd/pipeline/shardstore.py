@@ -66,13 +66,21 @@ class ShardStore:
     ) -> None:
         """Steps 1-3: new shard files, one durability barrier, then the index. `verify`:
         shard files (`shards/<digest>.msgpack.zst`) someone else may have changed; one
-        whose bytes no longer hash to its name counts as missing, so it is rewritten."""
+        whose bytes no longer hash to its name counts as missing, so it is rewritten, and
+        so does one listed with another size than it was published with (truncated from
+        outside). A damaged shard is removed before it is written again: a bucket PUTs
+        shards only where none is (If-None-Match), which would keep the damaged one."""
         if not self.carried:
             self.on_disk = shards.shard_digests(self.store.list_files(self.folder))
+        published = {r.digest: r.size for r in self.state.remembered.values()}
+        damaged = {d for d, size in self.on_disk.items() if published.get(d, size) != size}
         for file in verify:
             digest = file.removeprefix(SHARDS_DIR + "/").removesuffix(".msgpack.zst")
             if digest in self.on_disk and not self._intact(digest):
-                del self.on_disk[digest]
+                damaged.add(digest)
+        for digest in sorted(damaged):
+            self.store.remove(key(self.folder, shards.shard_file(digest)))
+            del self.on_disk[digest]
         plan = shards.plan_shards(self.state, keys, changed, instructions, self.on_disk, stamped=stamped)
         kept = plan.kept
         wrote = False

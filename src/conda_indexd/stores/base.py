@@ -14,7 +14,10 @@ files at the top). The indexer only talks to a `ChannelStore`; `LocalStore`
   (repodata.json of an unpatched subdir is repodata_from_packages.json): a hard link
   renamed over the old name locally, a server-side CopyObject remotely;
 - `sync` is the barrier between "these files exist" and "publish what names them"
-  (a folder fsync locally, nothing remotely, where a PUT is durable when it returns).
+  (a folder fsync locally, nothing remotely, where a PUT is durable when it returns);
+- `stat_packages` is for package files only (a bucket store answers nothing else);
+  published files are stat'ed with `stat_files`, with the same change identity, so a
+  deleted, truncated or rewritten output is noticed by the next run (quiet.py).
 The shared contract every store must pass is tests/test_contract_store.py.
 """
 
@@ -49,7 +52,17 @@ class ChannelStore(Protocol):
         ...
 
     def stat_packages(self, subdir: str, names: Iterable[str]) -> tuple[list[FileState], list[str]]:
-        """The named files split into (present with their state, gone)."""
+        """The named package files split into (present with their state, gone). For
+        package files only: a name that is not a package file name (repodata.json, a
+        shard) may be left out of both lists; use `stat_files` for those."""
+        ...
+
+    def stat_files(self, folder: str, names: Iterable[str] | None = None) -> tuple[list[FileState], list[str]]:
+        """Any plain files directly in `folder` (outputs, shards, packages alike), as
+        (present with their state, missing), each list sorted by name. With `names`, only
+        those are looked at and every one of them is in exactly one list; without, every
+        plain file there is present and none is missing. `identity` changes with every
+        rewrite of a file, whatever its size and mtime (the ETag remotely)."""
         ...
 
     def open_package(self, subdir: str, name: str) -> AbstractContextManager[IO[bytes]]:

@@ -90,6 +90,9 @@ class FencedStore:
     def stat_packages(self, subdir: str, names: Iterable[str]) -> tuple[list[FileState], list[str]]:
         return self.inner.stat_packages(subdir, names)
 
+    def stat_files(self, folder: str, names: Iterable[str] | None = None) -> tuple[list[FileState], list[str]]:
+        return self.inner.stat_files(folder, names)
+
     def open_package(self, subdir: str, name: str) -> AbstractContextManager[IO[bytes]]:
         return self.inner.open_package(subdir, name)
 

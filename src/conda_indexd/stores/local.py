@@ -117,6 +117,30 @@ class LocalStore:
                 present.append(_state(name, st))
         return present, gone
 
+    def stat_files(self, folder: str, names: Iterable[str] | None = None) -> tuple[list[FileState], list[str]]:
+        """One `lstat` per named file (without names: every plain file of one scandir).
+        A folder or a missing name is missing; a name that is not valid UTF-8 too."""
+        path = self.root / folder
+        if names is None:
+            present = []
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                for entry in os.scandir(path):
+                    if entry.is_file(follow_symlinks=False) and not _undecodable(entry.name):
+                        with contextlib.suppress(FileNotFoundError):
+                            present.append(_state(entry.name, entry.stat(follow_symlinks=False)))
+            return sorted(present), []
+        present, missing = [], []
+        for name in sorted(set(names)):
+            try:
+                st = None if "/" in name or _undecodable(name) else os.lstat(path / name)
+            except (FileNotFoundError, NotADirectoryError):
+                st = None
+            if st is None or not stat.S_ISREG(st.st_mode):
+                missing.append(name)
+            else:
+                present.append(_state(name, st))
+        return present, missing
+
     def list_files(self, folder: str) -> dict[str, int]:
         found = {}
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):

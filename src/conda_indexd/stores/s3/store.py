@@ -217,6 +217,46 @@ class S3Store:
     def list_files(self, folder: str) -> dict[str, int]:
         return {obj["Key"]: int(obj["Size"]) for obj in self._list(folder) if obj["Key"]}
 
+    def stat_files(self, folder: str, names: Iterable[str] | None = None) -> tuple[list[FileState], list[str]]:
+        """Outputs (or any objects) directly under `folder`, from listings, not one HEAD
+        each: without names one listing of the folder; with names one listing per group
+        of names sharing a stem (`repodata.json*`, `repodata_from_packages.json*` and
+        `repodata_shards.msgpack.zst` are one ListObjectsV2 of `folder/repodata`), so the
+        packages beside them are not listed. The ETag is the identity, as in a listing of
+        packages."""
+        if names is None:
+            return sorted(_object_state(obj) for obj in self._list(folder) if obj["Key"]), []
+        wanted = sorted(set(names))
+        prefixes = _name_prefixes([n for n in wanted if n and "/" not in n and n.isprintable()])
+        found: dict[str, FileState] = {}
+
+        def scan(prefix: str) -> list[FileState]:
+            return [_object_state(obj) for obj in self._list_named(folder, prefix)]
+
+        if len(prefixes) > 1:
+            with ThreadPoolExecutor(min(STAT_THREADS, len(prefixes))) as pool:
+                listings = list(pool.map(scan, prefixes))
+        else:
+            listings = [scan(p) for p in prefixes]
+        for listing in listings:
+            found.update((f.path, f) for f in listing)
+        return [found[n] for n in wanted if n in found], [n for n in wanted if n not in found]
+
+    def _list_named(self, folder: str, prefix: str) -> Iterator[dict[str, Any]]:
+        """Every object directly under `folder` whose name starts with `prefix` (paged)."""
+        base = self._full(folder) + "/" if folder else (self.prefix + "/" if self.prefix else "")
+        token: str | None = None
+        while True:
+            params: dict[str, Any] = {"Prefix": base + prefix, "Delimiter": "/", "MaxKeys": 1000}
+            if token:
+                params["ContinuationToken"] = token
+            page = self._call("list_objects_v2", **params)
+            for obj in page.get("Contents", ()):
+                yield {**obj, "Key": obj["Key"][len(base) :]}
+            if not page.get("IsTruncated"):
+                return
+            token = page.get("NextContinuationToken")
+
     # --- reading --------------------------------------------------------------------------------
 
     def open_package(self, subdir: str, name: str) -> IO[bytes]:
@@ -345,6 +385,23 @@ class S3Store:
 
 def _usable(name: str) -> bool:
     return "/" not in name and is_package_name(name) and name.isprintable()
+
+
+def _object_state(obj: dict[str, Any]) -> FileState:
+    """A listed object's state, as `list_packages` gives it (LastModified in whole seconds)."""
+    mtime = float(int(obj["LastModified"].timestamp()))
+    return FileState(obj["Key"], mtime, int(obj["Size"]), _etag(obj.get("ETag")), mtime)
+
+
+def _name_prefixes(names: list[str]) -> list[str]:
+    """The fewest listing prefixes for sorted `names`: each name's stem (up to its first
+    dot), merged into the previous prefix when that begins it."""
+    prefixes: list[str] = []
+    for name in names:
+        stem = name.split(".", 1)[0] or name
+        if not (prefixes and stem.startswith(prefixes[-1])):
+            prefixes.append(stem)
+    return prefixes
 
 
 def _same_object(a: dict[str, Any], b: dict[str, Any]) -> bool:
