@@ -33,6 +33,9 @@ class Metrics:
         self.packages_indexed = Counter(p + "packages_indexed_total", "Archives read and stored", ["subdir"], registry=r)
         self.package_errors = Counter(p + "package_errors_total", "Archives that could not be indexed", ["subdir", "reason"], registry=r)
         self.skipped = Gauge(p + "packages_skipped", "Archives currently left out of repodata", ["subdir"], registry=r)
+        self.future_timestamps = Gauge(
+            p + "future_timestamps", "Published packages whose build timestamp is later than their indexed_timestamp (CEP-47)", ["subdir"], registry=r
+        )
         self.publish_duration = Histogram(
             p + "publish_duration_seconds", "Time to index and publish a subdir", ["subdir"], buckets=_LATENCY_BUCKETS, registry=r
         )

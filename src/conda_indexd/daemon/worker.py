@@ -77,6 +77,9 @@ class SubdirState:
         st = self.status
         st.packages, st.last_duration, st.last_run, st.error = result.packages, result.duration, time.time(), None
         st.skipped = [{"path": f.path, "reason": f.reason, "message": f.message} for f in result.skipped]
+        st.flagged = [
+            {"path": f.path, "build_timestamp": f.build_timestamp, "indexed_timestamp": f.indexed_timestamp, "message": f.message} for f in result.flagged
+        ]
         if result.written:
             st.last_publish = st.last_run
 
@@ -304,6 +307,7 @@ class Worker:
         m, subdir = self.metrics, result.subdir
         m.packages.labels(subdir).set(result.packages)
         m.skipped.labels(subdir).set(len(result.skipped))
+        m.future_timestamps.labels(subdir).set(len(result.flagged))
         m.repodata_bytes.labels(subdir).set(result.repodata_bytes)
         m.publish_duration.labels(subdir).observe(result.duration)
         m.packages_indexed.labels(subdir).inc(result.extracted)

@@ -22,6 +22,8 @@ class SubdirStatus:
     last_duration: float | None = None  # seconds of the last run
     last_run: float | None = None
     skipped: list[dict[str, str]] = field(default_factory=list)  # path, reason, message
+    # CEP-47: published packages whose build timestamp is later than their indexed_timestamp
+    flagged: list[dict[str, Any]] = field(default_factory=list)  # path, build_timestamp, indexed_timestamp, message
     error: str | None = None  # the last run's failure, until a run succeeds
 
 
@@ -98,6 +100,11 @@ def as_html(doc: dict[str, Any]) -> bytes:
         for s in doc["subdirs"]
         for f in s["skipped"]
     ]
+    flagged = [
+        f"<tr><td>{e(s['subdir'])}</td><td><code>{e(f['path'])}</code></td><td>{e(f['message'])}</td></tr>"
+        for s in doc["subdirs"]
+        for f in s.get("flagged", [])
+    ]
     pending = [
         f'<tr><td>{e(p["subdir"])}</td><td class="n">{p["files"]}</td><td>{"yes" if p["full_scan"] else "no"}</td>'
         f'<td>{e(p.get("reason") or "")}</td><td class="n">{p["waiting_seconds"]:.1f} s</td></tr>'
@@ -117,6 +124,9 @@ def as_html(doc: dict[str, Any]) -> bytes:
 <h2>Archives left out</h2>
 <table><thead><tr><th>subdir</th><th>file</th><th>reason</th><th>detail</th></tr></thead>
 <tbody>{"".join(skipped) or '<tr><td colspan="4" class="ok">none</td></tr>'}</tbody></table>
+<h2>Build timestamps later than their indexed_timestamp (CEP-47)</h2>
+<table><thead><tr><th>subdir</th><th>file</th><th>detail</th></tr></thead>
+<tbody>{"".join(flagged) or '<tr><td colspan="3" class="ok">none</td></tr>'}</tbody></table>
 <h2>Pending work</h2>
 <table><thead><tr><th>subdir</th><th>files</th><th>full scan</th><th>why</th><th>waiting</th></tr></thead>
 <tbody>{"".join(pending) or '<tr><td colspan="5" class="ok">nothing pending</td></tr>'}</tbody></table>
