@@ -34,6 +34,11 @@ def fresh_bytes(channel: Path, tmp_path: Path) -> bytes:
     for f in (channel / "noarch").iterdir():
         if f.name.endswith((".conda", ".tar.bz2")):
             (other / "noarch" / f.name).write_bytes(f.read_bytes())
+    # the same CEP-47 indexed_timestamps (kept beside cache.db), so the bytes can be equal
+    stamps = channel / "noarch" / ".cache" / "conda-indexd-timestamps.db"
+    if stamps.exists():
+        (other / "noarch" / ".cache").mkdir()
+        (other / "noarch" / ".cache" / stamps.name).write_bytes(stamps.read_bytes())
     index_subdir(IndexConfig(other), "noarch")
     return (other / "noarch" / "repodata.json").read_bytes()
 
@@ -97,7 +102,7 @@ def test_heap_compaction_keeps_every_piece(tmp_path: Path) -> None:
         conda = memo.sections["packages.conda"]
         assert conda.brk.count(1) == 1  # sorted: one run per section
         assert b"".join(memo.heap.runs(conda, 0, len(conda)))[:-1] == b",".join(p.encode() for fn, p in before if fn.endswith(".conda"))
-        reloaded = RecordMemo(cache.memo_folder())
+        reloaded = RecordMemo(cache.memo_folder(), stamped=config.indexed_timestamp)
         reloaded.refresh(cache)
         assert reloaded.pieces() == before
 
