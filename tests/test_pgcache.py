@@ -6,6 +6,7 @@ ready) for its database, and one database shared with conda-index 0.13 both ways
 from __future__ import annotations
 
 import json
+import re
 import os
 import time
 from pathlib import Path
@@ -29,7 +30,15 @@ def make_channel(root: Path) -> Path:
 
 
 def outputs(channel: Path) -> dict[str, bytes]:
-    return {s: (channel / s / "repodata.json").read_bytes() for s in ("noarch", "linux-64")}
+    """repodata.json of each subdir without CEP-47's indexed_timestamp values (when a file
+    entered a channel differs between two channels; conda-index 0.13 writes none)."""
+    return {s: re.sub(rb'"indexed_timestamp":\d+,', b"", (channel / s / "repodata.json").read_bytes()) for s in ("noarch", "linux-64")}
+
+
+def stamped_records(channel: Path) -> int:
+    """Records that carry an integer indexed_timestamp (CEP-47)."""
+    docs = [json.loads((channel / s / "repodata.json").read_bytes()) for s in ("noarch", "linux-64")]
+    return sum(isinstance(r.get("indexed_timestamp"), int) for d in docs for sec in ("packages", "packages.conda") for r in d[sec].values())
 
 
 def scramble_keeping_stat(channel: Path) -> None:
@@ -49,6 +58,7 @@ def test_index_on_postgresql_matches_sqlite_and_reextracts_nothing(tmp_path: Pat
     assert first.summary["extracted"] == 4 and first.summary["packages"] == 4
     cid = json.loads((channel / ".cache" / "cache.json").read_text())["channel_id"]
     assert len(cid) == 16 and int(cid, 16) >= 0
+    assert stamped_records(channel) == 4
     assert not (channel / "noarch" / ".cache" / "cache.db").exists()
     paths = {p for (p,) in pg_server.execute(url, "SELECT path FROM stat WHERE stage = 'indexed'")}
     assert paths == {f"{cid}/noarch/a-1.0-0.conda", f"{cid}/noarch/b-1.0-0.tar.bz2",
