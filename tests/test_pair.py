@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import statistics
@@ -131,6 +132,28 @@ def audit(pg_server, url: str) -> list[tuple[int, str, int]]:
     return [(token, span[0], span[3]) for token, span in ordered]
 
 
+STAMP = re.compile(rb'"indexed_timestamp":\d+,')
+
+
+def unstamped(data: bytes) -> bytes:
+    """repodata.json without CEP-47 indexed_timestamp values: a fresh index of a copy sees
+    every file arrive at its own run (the values are checked on their own)."""
+    return STAMP.sub(b"", data)
+
+
+def published_repodata(channel: Path) -> dict[str, bytes]:
+    return {s: unstamped((channel / s / "repodata.json").read_bytes()) for s in SUBDIRS}
+
+
+def stamps_of(channel: Path) -> dict[str, int]:
+    """{subdir/filename: indexed_timestamp} of every published record (each must have one)."""
+    out = {}
+    for s in SUBDIRS:
+        for fn, record in all_records(json.loads((channel / s / "repodata.json").read_bytes())).items():
+            out[f"{s}/{fn}"] = record["indexed_timestamp"]
+    return out
+
+
 def fresh_index(channel: Path, tmp: Path) -> dict[str, bytes]:
     copy = tmp / "fresh"
     for subdir in SUBDIRS:
@@ -139,7 +162,7 @@ def fresh_index(channel: Path, tmp: Path) -> dict[str, bytes]:
             if p.name.endswith((".conda", ".tar.bz2")) and not p.name.startswith("."):
                 shutil.copy2(p, copy / subdir / p.name)
     run_index(copy, "--no-write-shards")
-    return {s: (copy / s / "repodata.json").read_bytes() for s in SUBDIRS}
+    return published_repodata(copy)
 
 
 @pytest.mark.timeout(1800)
@@ -152,6 +175,7 @@ def test_kill_9_the_leader_while_packages_arrive(pair: Pair, pg_server, tmp_path
     pair.start()
     wait_for(lambda: arrivals.published(arrivals.landed), 30, what="first publish")
     takeovers: list[float] = []
+    seen_stamps = stamps_of(pair.channel)  # CEP-47: a value, once published, is never changed by a takeover
     for round_no in range(rounds):
         leader = pair.leader()
         stop = threading.Event()
@@ -174,6 +198,9 @@ def test_kill_9_the_leader_while_packages_arrive(pair: Pair, pg_server, tmp_path
             wait_for(lambda b=before_kill: arrivals.published(b), 10, interval=0.05,
                      what=f"round {round_no}: the standby published within 10 s of the kill")  # fmt: skip
             takeovers.append(time.monotonic() - killed_at)
+            now_stamps = stamps_of(pair.channel)
+            assert {k: now_stamps[k] for k in seen_stamps if k in now_stamps} == {k: v for k, v in seen_stamps.items() if k in now_stamps}
+            seen_stamps.update(now_stamps)
         finally:
             stop.set()
             thread.join()
@@ -182,8 +209,10 @@ def test_kill_9_the_leader_while_packages_arrive(pair: Pair, pg_server, tmp_path
     wait_for(lambda: arrivals.published(arrivals.landed), 30, what="every package published")
     for d in pair.daemons:
         wait_for(lambda d=d: d.get("/readyz")[0] == 200, 60, what="both ready at the end")
-    final = {s: (pair.channel / s / "repodata.json").read_bytes() for s in SUBDIRS}
+    final = published_repodata(pair.channel)
     assert final == fresh_index(pair.channel, tmp_path)  # nothing lost, nothing stale
+    final_stamps = stamps_of(pair.channel)
+    assert {k: v for k, v in final_stamps.items() if k in seen_stamps} == {k: seen_stamps[k] for k in final_stamps if k in seen_stamps}
     tokens = audit(pg_server, pair.url)
     assert len(tokens) >= rounds + 1
     q = statistics.quantiles(takeovers, n=10) if len(takeovers) > 1 else takeovers

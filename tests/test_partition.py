@@ -43,7 +43,7 @@ from daemonproc import DaemonProcess, all_records, wait_for
 from fanwatch import FolderAudit, Write
 from faultproxy import FaultProxy, Forwarded
 from tcpproxy import TcpProxy
-from test_pair import LEASE, SUBDIRS, Arrivals, fresh_index
+from test_pair import LEASE, SUBDIRS, Arrivals, fresh_index, published_repodata, unstamped
 
 PARTITION_LEASE = 2.0  # seconds: the rounds' takeovers take about this long
 COMMIT_DONE = b"C\x00\x00\x00\x0bCOMMIT\x00"  # PostgreSQL's CommandComplete of a COMMIT
@@ -68,8 +68,8 @@ def shards_agree(read: Callable[[str], bytes | None]) -> list[str]:
         for digest in index["shards"].values():
             shard = shards.decode(read(f"{subdir}/shards/{digest.hex()}.msgpack.zst") or b"")
             for section in ("packages", "packages.conda"):
-                from_shards.update({fn: rec["sha256"].hex() for fn, rec in shard[section].items()})
-        as_map = {fn: rec["sha256"] for fn, rec in all_records(doc).items()}
+                from_shards.update({fn: (rec["sha256"].hex(), rec.get("indexed_timestamp")) for fn, rec in shard[section].items()})
+        as_map = {fn: (rec["sha256"], rec.get("indexed_timestamp")) for fn, rec in all_records(doc).items()}  # CEP-47: the same value too
         if as_map != from_shards:
             problems.append(f"{subdir}: repodata.json and the shards differ (not in shards: {sorted(set(as_map) - set(from_shards))}, "
                             f"only in shards: {sorted(set(from_shards) - set(as_map))})")  # fmt: skip
@@ -336,7 +336,8 @@ def partition_rounds(pair: ProxiedPair, side: Side, pg_server: Any, rounds: int,
     side.packages(fresh)
     run_index(fresh, "--no-write-shards")
     for subdir in SUBDIRS:
-        assert side.read(f"{subdir}/repodata.json") == (fresh / subdir / "repodata.json").read_bytes(), subdir
+        published = side.read(f"{subdir}/repodata.json")
+        assert published is not None and unstamped(published) == unstamped((fresh / subdir / "repodata.json").read_bytes()), subdir
     print("partition rounds", json.dumps({"seed": seed, "packages": len(arrivals.landed), "rounds": figures}))
     return figures
 
@@ -451,7 +452,7 @@ def test_a_takeover_after_an_unpublished_cache_write_rebuilds_its_shard(tmp_path
         wait_for(lambda: json.loads(standby.get("/status.json")[1])["role"]["role"] == "leader", 20, what="the takeover")
         wait_for(lambda: arrivals.published(arrivals.landed), 20, what=f"{fn} published by the new leader")
         assert shards_agree(lambda k: (channel / k).read_bytes() if (channel / k).exists() else None) == []
-        assert {s: (channel / s / "repodata.json").read_bytes() for s in SUBDIRS} == fresh_index(channel, tmp_path)
+        assert published_repodata(channel) == fresh_index(channel, tmp_path)
     finally:
         if old is not None and old.poll() is None:
             old.kill()

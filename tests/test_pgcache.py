@@ -6,8 +6,8 @@ ready) for its database, and one database shared with conda-index 0.13 both ways
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import time
 from pathlib import Path
 
