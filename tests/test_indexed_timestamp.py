@@ -327,3 +327,37 @@ def test_rattler_cooldown_uses_the_published_indexed_timestamp(channel: Path, tm
     run_index(channel, "--no-indexed-timestamp")
     naive = _solve(channel, tmp_path / "c2", exclude_newer=hour)
     assert [str(r.version) for r in naive] == ["2.0"]
+
+
+def test_the_quiet_inputs_token_covers_the_new_flags(tmp_path: Path) -> None:
+    from conda_indexd.config import IndexConfig
+    from conda_indexd.pipeline.quiet import inputs_token
+
+    base = IndexConfig(tmp_path)
+    tokens = {
+        inputs_token(base, None),
+        inputs_token(IndexConfig(tmp_path, indexed_timestamp=False), None),
+        inputs_token(IndexConfig(tmp_path, reject_future_timestamps=True), None),
+    }
+    assert len(tokens) == 3
+
+
+def test_the_pure_rules() -> None:
+    from conda_indexd.formats import timestamps
+
+    assert timestamps.to_ms(1_500_000_000) == 1_500_000_000_000  # seconds, as conda reads them
+    assert timestamps.to_ms(1_500_000_000_123) == 1_500_000_000_123
+    assert timestamps.to_ms(None) is None and timestamps.to_ms("x") is None and timestamps.to_ms(True) is None
+    now = 1_800_000_000_000
+    assert timestamps.seed(1_500_000_000_000, 1_600_000_000.0, now) == 1_500_000_000_000
+    assert timestamps.seed(None, 1_600_000_000.5, now) == 1_600_000_000_500
+    assert timestamps.seed(now + 10, None, now) == now  # never later than now
+    assert timestamps.seed(None, None, now) == now
+    assert timestamps.flag(now + 300_000, now, 300_000) is None
+    assert "later than" in (timestamps.flag(now + 300_001, now, 300_000) or "")
+    src = timestamps.source('{"a":1,"indexed_timestamp":5}', 7)
+    assert timestamps.record(src) == {"a": 1, "indexed_timestamp": 7}
+    assert timestamps.record(timestamps.source('{"indexed_timestamp":5}', None)) == {}  # a builder's is never published
+    assert timestamps.source('{"a":1}', 7, stamped=False) == '{"a":1}'
+    clean, touched = timestamps.strip_patches({"packages": {"x.tar.bz2": {"indexed_timestamp": 1, "depends": []}}, "revoke": ["y.conda"]})
+    assert clean == {"packages": {"x.tar.bz2": {"depends": []}}, "revoke": ["y.conda"]} and touched == ["x.tar.bz2"]
