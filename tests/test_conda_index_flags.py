@@ -57,6 +57,7 @@ WORKS: list[tuple[list[str], Check]] = [
      lambda c, t: json.loads(_rd(c))["info"]["base_url"] == "https://pkgs.example/chan/noarch/"),
     (["--update-cache"], lambda c, t: len(json.loads(_rd(c))["packages.conda"]) == 1),
     (["--no-update-only"], lambda c, t: len(json.loads(_rd(c))["packages"]) == 1),
+    (["--update-only"], lambda c, t: len(json.loads(_rd(c))["packages"]) == 1),  # more in test_update_only.py
     (["--upstream-stage", "fs"], lambda c, t: (c / "noarch/repodata.json").is_file()),
     (["--current-repodata"], lambda c, t: (c / "noarch/current_repodata.json").is_file()),
     (["--no-current-repodata"], lambda c, t: not (c / "noarch/current_repodata.json").exists()),
@@ -77,7 +78,6 @@ WORKS: list[tuple[list[str], Check]] = [
 REFUSED: list[tuple[list[str], list[str]]] = [
     (["--no-compact"], ["--no-compact", "json.tool"]),
     (["--no-update-cache"], ["--no-update-cache", "always lists"]),
-    (["--update-only"], ["--update-only", "packages on disk"]),
     (["--upstream-stage", "clone"], ["--upstream-stage clone", "'fs'"]),
     (["--no-write-monolithic"], ["--no-write-monolithic", "always writes repodata.json"]),
     (["--db", "mysql"], ["--db mysql", "sqlite3", "postgresql"]),

@@ -95,6 +95,9 @@ class IndexConfig:
     # conda-index 0.13's exact bytes); packages whose build `timestamp` is later than
     # their indexed_timestamp (past TIMESTAMP_SKEW) are flagged, or left out when rejected
     indexed_timestamp: bool = True
+    # --update-only (conda-index's meaning): add and update packages, keep the records of
+    # packages no longer on disk (for machines that hold only the new files)
+    update_only: bool = False
     reject_future_timestamps: bool = False
 
     def __post_init__(self) -> None:

@@ -19,8 +19,6 @@ REFUSED: dict[tuple[str, object], str] = {
     "(conda-index's default, byte for byte); pretty-print a copy with `python -m json.tool repodata.json`",
     ("update_cache", False): "--no-update-cache is not supported: conda-indexd always lists the subdir "
     "(repodata from cache.db alone, for packages not on disk, is not offered)",
-    ("update_only", True): "--update-only is not supported: conda-indexd publishes exactly the packages on disk "
-    "(keep every package in the channel folder; --output publishes the repodata elsewhere)",
     ("write_monolithic", False): "--no-write-monolithic is not supported: conda-indexd always writes repodata.json "
     "next to the shards, for clients without shard support",
     ("repodata_next", True): "--repodata-next is not supported: the experimental v3 layout (CEP-48 draft) empties "
@@ -38,7 +36,10 @@ def add_flags(p: argparse.ArgumentParser) -> None:
         help="list the subdir to refresh the cache (always; --no-update-cache is refused)",
     )
     p.add_argument(
-        "--update-only", action=argparse.BooleanOptionalAction, default=False, help="keep records of files missing on disk (never; --update-only is refused)"
+        "--update-only",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="add and update packages, but keep the records of packages no longer on disk (conda-index's meaning; for machines that hold only the new files)",
     )
     p.add_argument("--upstream-stage", default="fs", metavar="STAGE", help="cache stage to index from: only 'fs', the files on disk")
     p.add_argument(

@@ -337,6 +337,7 @@ def config_from_args(args: argparse.Namespace) -> IndexConfig:
         pkgs_dirs=pkgs_dirs,
         origin_overlay=bool(pkgs_dirs) and args.origin_metadata,
         indexed_timestamp=args.indexed_timestamp,
+        update_only=args.update_only,
         reject_future_timestamps=args.reject_future_timestamps,
     )
 

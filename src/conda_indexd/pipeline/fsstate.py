@@ -17,6 +17,7 @@ def update_fs_stage(
     touched: Collection[str] | None,
     hold: Collection[str] = (),
     listing: list[FileState] | None = None,
+    keep_missing: bool = False,
 ) -> tuple[set[str] | None, set[str]]:
     """Bring the fs rows in line with the store; returns (the names looked at (None: the
     whole subdir was listed), the names whose rows changed).
@@ -30,8 +31,13 @@ def update_fs_stage(
         if hold:
             old = cache.fs_state()
             files = [f for f in files if f.path not in hold] + [old[name] for name in hold if name in old]
+        if keep_missing:
+            old = cache.fs_state()
+            changed = [f for f in files if f.path not in old or tuple(old[f.path][:4]) != tuple(f[:4])]
+            cache.update_fs_state(changed, ())
+            return None, {f.path for f in changed}
         return None, cache.replace_fs_state(files)
     names = {n for n in touched if is_package_name(n) and n not in hold}
     present, gone = store.stat_packages(subdir, names)
-    cache.update_fs_state(present, gone)
+    cache.update_fs_state(present, () if keep_missing else gone)
     return names, names

@@ -143,7 +143,9 @@ class SubdirRun:
                 looked_at: set[str] | None = set()
                 rows_changed: set[str] = set()
             else:
-                looked_at, rows_changed = update_fs_stage(cache, b.packages, subdir, touched=self.touched, hold=self.hold, listing=listing)
+                looked_at, rows_changed = update_fs_stage(
+                    cache, b.packages, subdir, touched=self.touched, hold=self.hold, listing=listing, keep_missing=config.update_only
+                )
             # With touched names and the previous run's memo, nothing else can have changed
             # (a failed or cancelled run drops the memo, so the next run is full). A full
             # listing over a trusted memo (saved at this cache's generation) changed only
@@ -204,7 +206,9 @@ class SubdirRun:
                     store.save()
                     memo.shards = store.carry
                 memo.quiet.outputs = (token, outputs_state(b.outputs, subdir, cache, store.on_disk if store is not None else None))
-            memo.quiet.listing = digest
+            # --update-only keeps fs rows of files no longer listed: the listing does not
+            # say what the fs rows are, so the next run compares them again
+            memo.quiet.listing = digest if not config.update_only else None
             if built is not None or dirty or rows_changed or result.extracted or result.new_failures or memo.saved is None or memo.saved[1] != digest:
                 memofile.save(cache, memo)
         result.memo = memo
