@@ -112,6 +112,7 @@ class Worker:
         self.pair: Callable[[Worker], None] | None = None  # leader.py's loop for a pair
         self._was_ready = False
         self.on_start: Callable[[], None] | None = None  # once, before the first reconcile (in this thread)
+        self.on_failure: Callable[[], None] | None = None  # after a failed run (a bucket: our unfinished uploads)
 
     def subdirs(self) -> list[str]:
         return detect_subdirs(self.index, self.backends.packages.subdirs())
@@ -242,6 +243,8 @@ class Worker:
         self.metrics.subdir_errors.labels(subdir, type(exc).__name__).inc()
         log.error("subdir failed; will retry", subdir=subdir, retry_in=delay, error=f"{type(exc).__name__}: {exc}")
         self.queue.add_scan(subdir, ScanReason.RETRY, delay=delay)
+        if self.on_failure is not None:
+            self.on_failure()
 
     def _not_writable(self, state: SubdirState, denied: OSError) -> None:
         """One error line and one count per episode, a status entry saying what to do, and
