@@ -25,7 +25,7 @@ from daemonproc import wait_for
 from faultproxy import FaultProxy, Rule
 from pkgfactory import index_json, make_conda
 from rgwserver import RgwCluster
-from test_s3 import check_consistent, get, package, s3_daemon, upload_tree
+from test_s3 import check_consistent, get, package, records, s3_daemon, upload_tree
 
 RETRIES = {"AWS_MAX_ATTEMPTS": "2", "AWS_RETRY_MODE": "standard"}
 
@@ -198,3 +198,24 @@ def test_killed_mid_upload_then_our_unfinished_upload_is_aborted(tmp_path: Path,
     for upload in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", ()):  # the test's own, before the check below
         s3.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
     assert len(published(s3, bucket)) == 16  # and the channel is whole
+
+
+def test_a_failed_publish_then_its_upload_is_aborted(tmp_path: Path, s3: Any, bucket: str, proxy: FaultProxy) -> None:
+    """A part refused and the abort refused too (the endpoint failing): the run fails with
+    its upload open; the clean-up after the failed run aborts it (ours by its id, however
+    young), and the daemon publishes once the fault clears."""
+    for path in big_channel(tmp_path / "chan" / "noarch"):
+        s3.upload_file(str(path), bucket, f"chan/noarch/{path.name}")
+    part, abort = Rule("PUT", r"partNumber=2", status=503), Rule("DELETE", r"uploadId=", status=503, times=2)
+    proxy.fail(part, abort)
+    daemon = s3_daemon(tmp_path, bucket, "--polling")
+    daemon.extra_env = {"AWS_ENDPOINT_URL": proxy.endpoint, **RETRIES}
+    with daemon.start(wait_ready=False):
+        wait_for(lambda: daemon.metric("conda_indexd_s3_multipart_aborted_total") >= 1, 120.0, interval=0.2, what="the upload aborted")
+        assert abort.faulted == 2  # the upload's own abort failed (botocore's two attempts)
+        failed = [r for r in daemon.log_records() if r.get("event") == "subdir failed; will retry"]
+        assert failed and "upload_part: ServiceUnavailable" in failed[0]["error"]
+        assert uploads(s3, bucket, "chan/") == []
+        proxy.clear()
+        wait_for(lambda: len(records(s3, bucket, "chan/noarch/repodata.json")) == 16, 60.0, what="published after the fault")
+    assert len(published(s3, bucket)) == 16

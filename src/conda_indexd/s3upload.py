@@ -141,6 +141,12 @@ def upload_file(store: S3Store, key: str, spool: IO[bytes], size: int, digest: s
             store.unaborted.add((full, upload_id))  # the endpoint is down: aborted by the next sweep
         raise
     store.wrote(key, completed.get("ETag") or multipart_etag([part["ETag"] for part in parts]))
+    for full_key, left in list(store.unaborted):  # what an earlier failure could not abort: the endpoint works now
+        try:
+            store._call("abort_multipart_upload", missing_ok=True, Key=full_key, UploadId=left)
+            store.unaborted.discard((full_key, left))
+        except StoreError:
+            break
     return True
 
 
