@@ -171,3 +171,50 @@ def test_a_deposed_daemon_steps_back_without_overwriting(tmp_path: Path, s3: Any
         assert "Traceback" not in daemon.log_text()
     finally:
         daemon.stop()
+
+
+def test_a_pair_leader_again_writes_over_what_the_other_leader_published(tmp_path: Path, s3: Any, bucket: str, pg_server: Any) -> None:
+    """A pair (`--db postgresql`) on a bucket: leadership goes A -> B -> A. A's ETags are
+    stale when it leads again; its refused writes are settled by the pair's lease (still
+    the leader: written by the previous leader) instead of fencing it for good."""
+    import signal
+
+    url = pg_server.createdb("s3fence")
+    first = package(tmp_path / "p", "first")
+    s3.upload_file(str(first), bucket, f"chan/noarch/{first.name}")
+    daemons = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        d = s3_daemon(tmp_path / name, bucket, "--polling", "--poll-interval", "0.5", "--db", "postgresql", "--db-url", url)
+        d.extra_env = {"CONDA_INDEXD_LEASE": "3"}
+        daemons.append(d)
+    a, b = daemons
+
+    def role(d: Any) -> str:
+        return str(json.loads(d.get("/status.json")[1])["role"]["role"])
+
+    try:
+        a.start()
+        wait_for(lambda: role(a) == "leader", 30.0, what="A leads")
+        wait_for(lambda: first.name in records(s3, bucket, "chan/noarch/repodata.json"), 10.0, what="A publishes")
+        b.start()
+        a.signal(signal.SIGSTOP)  # frozen past its lease: B takes over and publishes
+        second = package(tmp_path / "q", "second")
+        s3.upload_file(str(second), bucket, f"chan/noarch/{second.name}")
+        wait_for(lambda: second.name in records(s3, bucket, "chan/noarch/repodata.json"), 20.0, what="B publishes")
+        a.signal(signal.SIGCONT)
+        wait_for(lambda: role(a) != "leader", 10.0, what="A knows it is not the leader")
+        b.stop()  # A leads again, with the ETags of its first leadership
+        wait_for(lambda: role(a) == "leader", 30.0, what="A leads again")
+        third = package(tmp_path / "r", "third")
+        s3.upload_file(str(third), bucket, f"chan/noarch/{third.name}")
+        wait_for(lambda: third.name in records(s3, bucket, "chan/noarch/repodata.json"), 20.0, what="A publishes again")
+        lines = a.log_records()
+        assert any(r.get("event", "").startswith("published file changed from outside") for r in lines)
+        assert not [r for r in lines if "WriterFenced" in str(r.get("error", ""))]
+        assert "Traceback" not in a.log_text() + b.log_text()
+    finally:
+        for d in daemons:
+            if d.proc is not None and d.proc.poll() is None:
+                d.signal(signal.SIGCONT)
+            d.stop()
