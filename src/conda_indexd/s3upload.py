@@ -178,11 +178,12 @@ def is_output_key(key: str) -> bool:
     return False
 
 
-def abort_stale_uploads(store: S3Store, older_than: float = STALE_UPLOAD_AGE) -> list[str]:
+def abort_stale_uploads(store: S3Store, older_than: float = STALE_UPLOAD_AGE) -> tuple[list[str], StoreError | None]:
     """Abort this indexer's unfinished multipart uploads under the store's prefix: those of
     our outputs started more than `older_than` seconds ago (by a process killed mid-upload:
     a younger one may be another writer's in progress, a package upload is never ours),
-    and those this process failed to abort itself. Returns the keys aborted."""
+    and those this process failed to abort itself. Returns the keys aborted, and the error
+    that stopped it early (what it had not aborted is tried again next time)."""
     base = store.prefix + "/" if store.prefix else ""
     cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
     pending, store.unaborted = set(store.unaborted), set()
@@ -200,12 +201,11 @@ def abort_stale_uploads(store: S3Store, older_than: float = STALE_UPLOAD_AGE) ->
                     aborted.append(full[len(base) :])
                 pending.discard((full, upload_id))
             if not page.get("IsTruncated"):
-                break
+                return aborted, None
             params = {"Prefix": base, "KeyMarker": page.get("NextKeyMarker", ""), "UploadIdMarker": page.get("NextUploadIdMarker", "")}
-    except StoreError:
-        store.unaborted |= pending  # not listed yet: tried again next time
-        raise
-    return aborted
+    except StoreError as exc:
+        store.unaborted |= pending  # not aborted yet: tried again next time
+        return aborted, exc
 
 
 def clean_uploads(outputs: object, older_than: float | None = None, *, count: Callable[[int], None] | None = None,
@@ -219,12 +219,9 @@ def clean_uploads(outputs: object, older_than: float | None = None, *, count: Ca
     store = getattr(outputs, "inner", outputs)
     if not isinstance(store, S3Store):
         return 0
-    try:
-        aborted = abort_stale_uploads(store, STALE_UPLOAD_AGE if older_than is None else older_than)
-    except StoreError as exc:
-        if not quiet:
-            log.warning("could not look for unfinished multipart uploads; tried again after the next failed run", error=str(exc))
-        return 0
+    aborted, error = abort_stale_uploads(store, STALE_UPLOAD_AGE if older_than is None else older_than)
+    if error is not None and not quiet:
+        log.warning("could not look for unfinished multipart uploads; tried again after the next failed run", error=str(error))
     if aborted:
         log.info("aborted unfinished multipart uploads of ours", channel=store.url, count=len(aborted), keys=sorted(aborted)[:20])
         if count is not None:
