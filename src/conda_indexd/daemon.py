@@ -245,13 +245,15 @@ class Daemon:
     def _check_root(self, lock: WriterLock) -> None:
         """The channel folder removed (or a share unmounted) and later recreated: inotify
         watches die with the old folder, so watch the new one, take its lock, rescan.
-        A bucket: the writer lease taken over by another indexer stops this one."""
+        A bucket (the channel, or --output s3://): the writer lease taken over by another
+        indexer stops this one."""
+        if lock.lost.is_set() and not self.stopping.is_set():
+            log.error("writer lease lost to another indexer; stopping", channel=self.config.index.location)
+            self.exit_code = 3
+            self.stopping.set()
+            self.queue.wake()
+            return
         if self.remote:
-            if lock.lost.is_set() and not self.stopping.is_set():
-                log.error("writer lease lost to another indexer; stopping", channel=self.config.index.location)
-                self.exit_code = 3
-                self.stopping.set()
-                self.queue.wake()
             return
         identity = self._root_identity()
         if identity is None:

@@ -31,9 +31,9 @@
   `If-None-Match: *` when it knows the key is absent). A deposed writer's PUT then fails
   at the server with 412 instead of replacing the new writer's output, and raises
   `WriterFenced` (a StoreError and a `fence.Fenced`): the run fails and the writer steps
-  back. With a writer lease (`lease_held`, set by s3lease.py) a 412 while the lease is
-  still ours is a change from outside: one warning, and the write is made against what
-  is there now. Ceph RGW 16 ignores conditions on CopyObject and CompleteMultipartUpload:
+  back. With a writer lease (`lease_held`, set by s3lease.py, or by backends.py from a
+  pair's fence) a 412 while the lease is still ours is a change from outside (or from a
+  previous leader of a pair): one warning, and the write is made against what is there now. Ceph RGW 16 ignores conditions on CopyObject and CompleteMultipartUpload:
   for those a HEAD just before is the check (the condition is still sent, for stores that
   honour it); see docs/reliability.md.
 """
