@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 from .cache import Caches
 from .config import IndexConfig
-from .fence import Fence, FencedStore
+from .fence import Fence, Fenced, FencedStore
 from .localstore import LocalStore
 from .lock import ChannelLock, WriterLock
 from .sqlitecache import SqliteCaches
@@ -46,6 +47,11 @@ def open_backends(
     else:
         packages, outputs = LocalStore(config.channel), LocalStore(config.output_root)
     if fence is not None:
+        if config.remote or config.output_url is not None:
+            from .s3store import S3Store
+
+            if isinstance(outputs, S3Store):  # a refused conditional write (412) while still the leader:
+                outputs.lease_held = partial(_leading, fence)  # written by a previous leader, not a new one
         outputs = FencedStore(outputs, fence)
     caches: Caches
     if config.db == "postgresql":
@@ -59,6 +65,14 @@ def open_backends(
     else:
         caches = SqliteCaches(config.channel)
     return Backends(packages, outputs, caches)
+
+
+def _leading(fence: Fence) -> bool:
+    try:
+        fence.check("a published file changed since this leader last saw it")
+    except Fenced:
+        return False
+    return True
 
 
 def open_lock(config: IndexConfig, backends: Backends, retry_until: threading.Event | None = None) -> WriterLock:

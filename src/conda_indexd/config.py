@@ -68,6 +68,8 @@ class IndexConfig:
     # folder holding the caches (--cache-dir); `output_url`: publish to an s3:// prefix
     channel_url: str | None = None
     output_url: str | None = None
+    # a bucket: our unfinished multipart uploads older than this are aborted (None: s3upload.STALE_UPLOAD_AGE)
+    stale_upload_age: float | None = None
 
     @property
     def remote(self) -> bool:

@@ -81,6 +81,7 @@ class Daemon:
         )
         if self.leadership is not None:
             self.worker.pair = Pair(self.leadership, self.metrics)
+        self.worker.on_failure = self._clean_uploads
         self.worker_thread = threading.Thread(target=self.worker.run, name="worker", daemon=True)
         self.watched = frozenset(config.index.subdirs) if config.index.subdirs else KNOWN_SUBDIRS
         outputs = getattr(self.worker.backends.outputs, "inner", self.worker.backends.outputs)  # under a FencedStore
@@ -128,6 +129,13 @@ class Daemon:
              "/": self._status_html, "/status.json": self._status_json},
             post_routes=post_routes,
         )  # fmt: skip
+
+    def _clean_uploads(self, quiet: bool = True) -> None:
+        """Abort our unfinished multipart uploads in a bucket (at start; after a failed run)."""
+        if self.config.index.remote or self.config.index.output_url:
+            from .s3upload import clean_uploads
+
+            clean_uploads(self.backends.outputs, self.config.index.stale_upload_age, count=self.metrics.s3_multipart_aborted.inc, quiet=quiet)
 
     # --- event intake (observer thread) ---------------------------------------------------
 
@@ -237,13 +245,15 @@ class Daemon:
     def _check_root(self, lock: WriterLock) -> None:
         """The channel folder removed (or a share unmounted) and later recreated: inotify
         watches die with the old folder, so watch the new one, take its lock, rescan.
-        A bucket: the writer lease taken over by another indexer stops this one."""
+        A bucket (the channel, or --output s3://): the writer lease taken over by another
+        indexer stops this one."""
+        if lock.lost.is_set() and not self.stopping.is_set():
+            log.error("writer lease lost to another indexer; stopping", channel=self.config.index.location)
+            self.exit_code = 3
+            self.stopping.set()
+            self.queue.wake()
+            return
         if self.remote:
-            if lock.lost.is_set() and not self.stopping.is_set():
-                log.error("writer lease lost to another indexer; stopping", channel=self.config.index.location)
-                self.exit_code = 3
-                self.stopping.set()
-                self.queue.wake()
             return
         identity = self._root_identity()
         if identity is None:
@@ -292,6 +302,8 @@ class Daemon:
             self.http.start()  # /readyz says 503 while the endpoint is waited for
         lock = NoLock(self.config.index.channel) if self.leadership else open_lock(self.config.index, self.backends, self.stopping)
         with lock:
+            if not self.leadership and not self.stopping.is_set():  # a bucket: what a killed run left half uploaded
+                self._clean_uploads(quiet=False)
             self.root_id = self._root_identity()
             self.patch_id = self._patch_identity()
             if not self.remote:

@@ -81,6 +81,12 @@ class Metrics:
             registry=r,
         )
 
+        self.s3_multipart_aborted = Counter(
+            p + "s3_multipart_aborted_total",
+            "Unfinished multipart uploads of our outputs aborted (left by a killed process or a failed run)",
+            registry=r,
+        )
+
     def request(self, operation: str, status: str) -> None:
         self.s3_requests.labels(operation, status).inc()
 
