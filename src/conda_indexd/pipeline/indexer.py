@@ -119,7 +119,7 @@ class SubdirRun:
         b.packages.prepare(subdir, recover=False)
         b.outputs.prepare(subdir, recover=full)
         with b.caches.open(subdir) as cache:
-            # without the previous run's memo: the one saved by the last run (memofile.py),
+            # without the previous run's memo: the one saved by the last run (pipeline/memofile.py),
             # else a new one, and a one-shot run reports against what the cache published
             memo = self.memo if self.memo is not None else (memofile.load(cache) or RecordMemo(cache.memo_folder()))
             before = cache.published_digests() if self.memo is None and not memo.loaded else {}
@@ -127,7 +127,7 @@ class SubdirRun:
             # (a recreated or rebuilt cache.db, or conda-index, moves the generation)
             trusted = memo.loaded if self.memo is None else memo.saved is not None and memo.saved[0] == cache.generation()
             listing, digest = self.listing, None
-            if full and not self.hold:  # quiet.py: an unchanged listing changes no fs row
+            if full and not self.hold:  # pipeline/quiet.py: an unchanged listing changes no fs row
                 listing = b.packages.list_packages(subdir) if listing is None else listing
                 digest = listing_digest(listing)
             if digest is not None and digest == memo.quiet.listing and (trusted or cache.memo_folder() is None):

@@ -4,7 +4,7 @@ A `Fence` is asked before every publish step (`check`, raising `Fenced`) and ins
 cache write transaction (`check_in_transaction`, which takes the leadership row FOR KEY SHARE
 so a takeover waits for that transaction or the transaction sees the new token).
 `FencedStore` wraps the output store so that every write and removal of a published file
-is checked first and recorded (leader.py's publish log); the indexer itself does not know.
+is checked first and recorded (ha/leader.py's publish log); the indexer itself does not know.
 A single daemon or `index` uses `NoFence`.
 """
 
