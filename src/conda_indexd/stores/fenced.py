@@ -51,8 +51,9 @@ class FencedStore:
         self.inner = inner
         self.fence = fence
         self.location = inner.location
-        # the last moment before a rename is the inner store's: it asks the fence there
-        # (LocalStore.guard); a store without one is fenced by its checks alone
+        # the last moment before a rename or a PUT is the inner store's: it asks the fence
+        # there (LocalStore.guard, S3Store.guard); a store without one is fenced by its
+        # checks alone
         if hasattr(inner, "guard"):
             inner.guard = fence.assert_proven
 

@@ -107,6 +107,9 @@ class S3Store:
         # whether this process still holds the channel's writer lease (ha/s3lease.py sets it); None: no lease
         self.lease_held: Callable[[], bool] | None = None
         self.unaborted: set[tuple[str, str]] = set()  # (full key, upload id) of our uploads an abort failed for
+        # asked with the step right before every request that changes an object (fence.py
+        # sets it to a pair's lease proof: a request it refuses is never sent)
+        self.guard: Callable[[str], None] = _unguarded
 
     def __getstate__(self) -> dict[str, Any]:
         return {"url": self.url, "multipart_threshold": self.multipart_threshold, "part_size": self.part_size}
@@ -132,6 +135,8 @@ class S3Store:
         and for a 412 on PutObject)."""
         from botocore.exceptions import BotoCoreError, ClientError
 
+        if operation in _CHANGES:
+            self.guard(f"{operation} {params.get('Key', '')}")
         try:
             response = getattr(self.client, operation)(Bucket=self.bucket, **params)
         except ClientError as exc:
@@ -463,6 +468,13 @@ class S3Store:
 
     def prepare(self, subdir: str, *, recover: bool) -> None:
         """Folders do not exist in a bucket, and no write leaves temporaries behind."""
+
+
+_CHANGES = frozenset({"put_object", "copy_object", "complete_multipart_upload", "delete_object", "delete_objects"})
+
+
+def _unguarded(step: str) -> None:
+    pass
 
 
 def _usable(name: str) -> bool:
