@@ -190,6 +190,12 @@ def test_copy_is_one_server_side_copy_with_the_destinations_headers(s3: Any, buc
     s3.put_object(Bucket=bucket, Key="chan/noarch/repodata.json", Body=data)  # by another tool: no sha256
     assert store.copy("noarch/repodata_from_packages.json.zst", "noarch/repodata.json") is False  # the same ETag
     s3.put_object(Bucket=bucket, Key="chan/noarch/repodata.json", Body=data[::-1])
+    from conda_indexd.stores.s3.store import WriterFenced  # repodata.json changed since this writer saw it: not replaced
+
+    with pytest.raises(WriterFenced):  # (without a writer lease, another writer is all it can be; tests/test_s3fence.py)
+        store.copy("noarch/repodata_from_packages.json.zst", "noarch/repodata.json")
+    assert get(s3, bucket, "chan/noarch/repodata.json") == data[::-1]
+    store = S3Store(f"s3://{bucket}/chan", stats=requests)  # a new writer takes what is there
     assert store.copy("noarch/repodata_from_packages.json.zst", "noarch/repodata.json") is True
     head = s3.head_object(Bucket=bucket, Key="chan/noarch/repodata.json")
     assert (head["ContentType"], head["CacheControl"]) == ("application/json", REVALIDATE)

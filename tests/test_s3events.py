@@ -1,6 +1,7 @@
 """POST /s3-events on the real listener (in-process, real sockets; no RGW needed): the
 token, the event JSON as AWS and RGW send it, keys routed to (subdir, name), bodies that
-arrive in pieces, and the limits."""
+arrive in pieces, and the limits. Then the real daemon on a real bucket (Ceph RGW): bad
+intake refused by status code, and events that change nothing but packages."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ import pytest
 from conda_indexd.daemon.http.server import MAX_POST_BODY, StatusServer
 from conda_indexd.daemon.intake.s3 import S3EventsEndpoint, route_key
 from conda_indexd.daemon.queue import EventKind
+from pkgfactory import index_json, make_conda
 
 TOKEN = "s3cr3t-token"
 
@@ -113,3 +116,94 @@ def test_route_key() -> None:
     assert route_key("noarch/a-1-0.conda", "", {"noarch"}) == ("noarch", "a-1-0.conda")
     for key in ("p/noarch/.a-1-0.conda", "p/noarch/shards/a-1-0.conda", "px/noarch/a-1-0.conda", "p/noarch/a.txt"):
         assert route_key(key, "p", {"noarch"}) is None, key
+
+
+# --- the real daemon on a real bucket (Ceph RGW) -----------------------------------------------
+
+
+def raw_request(port: int, data: bytes) -> tuple[int, dict[str, str]]:
+    """Send `data` as it is; (status, lower-cased headers) of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(data)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    head = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:])}
+    return int(head[0].split(" ")[1]), headers
+
+
+def bucket_state(s3: Any, bucket: str) -> dict[str, str]:
+    """Every key and its ETag, but the writer lease (renewed while the daemon runs)."""
+    from conda_indexd.ha.s3lease import LEASE_KEY
+
+    found = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        found.update({o["Key"]: o["ETag"] for o in page.get("Contents", ()) if not o["Key"].endswith(LEASE_KEY)})
+    return found
+
+
+def test_daemon_intake_changes_nothing_but_packages(tmp_path: Path, s3: Any, bucket: str) -> None:
+    """Bad intake on the real daemon is refused by status code, and an authorised event
+    naming a key that is not there, in a platform without objects, publishes nothing
+    and creates no state; a real package in a new platform still is published."""
+    from daemonproc import free_port, wait_for
+    from test_s3 import TOKEN, package, post_events, records, s3_daemon
+
+    real = package(tmp_path / "p", "real")
+    s3.upload_file(str(real), bucket, f"chan/noarch/{real.name}")
+    port = free_port()
+    daemon = s3_daemon(tmp_path, bucket, port=port).start()
+    try:
+        wait_for(lambda: real.name in records(s3, bucket, "chan/noarch/repodata.json"), 10.0, what="first publish")
+        before, state = bucket_state(s3, bucket), tmp_path / "state"
+        files_before = sorted(p.relative_to(state).as_posix() for p in state.rglob("*"))
+        auth = {"X-Conda-Indexd-Token": TOKEN}
+
+        def events(*records: tuple[str, str]) -> bytes:
+            return json.dumps({"Records": [record(key, name, bucket) for key, name in records]}).encode()
+
+        # authorised events for keys that are not there, in platforms without objects
+        forged = events(("chan/win-64/ghost-1.0-0.conda", "ObjectCreated:Put"), ("chan/linux-64/ghost-1.0-0.tar.bz2", "ObjectRemoved:Delete"))
+        assert post_events(port, forged, headers=auth) == 200
+        # and one in the platform that exists: an ordinary re-check
+        assert post_events(port, events(("chan/noarch/ghost-1.0-0.conda", "ObjectRemoved:Delete")), headers=auth) == 200
+
+        def post_raw(body: bytes, length: str) -> tuple[int, dict[str, str]]:
+            head = f"POST /s3-events HTTP/1.1\r\nHost: x\r\nX-Conda-Indexd-Token: {TOKEN}\r\nContent-Length: {length}\r\n\r\n"
+            return raw_request(port, head.encode() + body)
+
+        deep = b'{"Records": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+        assert post_events(port, deep, headers=auth) == 400  # was a 500 (RecursionError)
+        assert post_events(port, b'{"Records": [{"s3": {"bucket": {"name": [[[]]]}, "object": {"key": 1}}}]}', headers=auth) == 400
+        assert post_events(port, b"\xff\xfe\x00", headers=auth) == 400
+        for length in ("abc", "-1", "+5", "1_0", "0x10", ""):
+            assert post_raw(b"{}", length)[0] == 400, length
+        assert post_raw(b"", "99999999999999999999999999")[0] == 413
+        for method in ("GET", "HEAD", "PUT", "DELETE"):
+            status, headers = raw_request(port, f"{method} /s3-events HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert (status, headers.get("allow")) == (405, "POST"), method
+        assert raw_request(port, b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")[0] == 405  # as before
+        assert raw_request(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")[0] == 200
+
+        def skipped() -> set[str]:
+            return {r.get("subdir", "") for r in daemon.log_records() if r.get("event", "").startswith("nothing to index")}
+
+        time.sleep(1.5)  # the debounce (0.2 s) and a run that would publish
+        wait_for(lambda: daemon.metric("conda_indexd_queue_pending") == 0, 10.0, what="the queue drained")
+        assert bucket_state(s3, bucket) == before
+        wait_for(lambda: skipped() >= {"win-64", "linux-64"}, 10.0, what="the forged events looked at")
+        files_after = sorted(p.relative_to(state).as_posix() for p in state.rglob("*"))
+        assert [f for f in files_after if "win-64" in f or "linux-64" in f] == []
+        assert set(files_after) <= set(files_before) | {f for f in files_after if f.startswith("noarch/")}, (files_before, files_after)
+        status = json.loads(daemon.get("/status.json")[1])
+        assert "win-64" not in json.dumps(status) and "linux-64" not in json.dumps(status)
+        assert daemon.metric("conda_indexd_s3_events_total", outcome="rejected") == 3  # the three bodies; the listener refuses the rest
+
+        # a real package in a new platform is published as before
+        new = make_conda(tmp_path / "q" / "newplat-1.0-0.conda", index_json("newplat", subdir="linux-64"), {"f.txt": b"x"})
+        s3.upload_file(str(new), bucket, f"chan/linux-64/{new.name}")
+        assert post_events(port, events((f"chan/linux-64/{new.name}", "ObjectCreated:Put")), headers=auth) == 200
+        wait_for(lambda: new.name in records(s3, bucket, "chan/linux-64/repodata.json"), 10.0, what="new platform published")
+    finally:
+        daemon.stop()

@@ -23,8 +23,9 @@ import zstandard
 
 from daemonproc import wait_for
 from faultproxy import FaultProxy, Rule
+from pkgfactory import index_json, make_conda
 from rgwserver import RgwCluster
-from test_s3 import check_consistent, get, package, s3_daemon, upload_tree
+from test_s3 import check_consistent, get, package, records, s3_daemon, upload_tree
 
 RETRIES = {"AWS_MAX_ATTEMPTS": "2", "AWS_RETRY_MODE": "standard"}
 
@@ -136,3 +137,85 @@ def test_watch_survives_a_fault_and_publishes_once_it_clears(tmp_path: Path, s3:
         assert "Traceback" not in daemon.log_text()
     finally:
         daemon.stop()
+
+
+def big_channel(folder: Path, count: int = 16, depends: int = 30_000) -> list[Path]:
+    """Packages whose records make a repodata_from_packages.json of about 10 MiB (long
+    depends lists of distinct names), above the 8 MiB multipart threshold."""
+    import random
+
+    rng = random.Random(7)
+    out = []
+    for i in range(count):
+        deps = [f"d{rng.getrandbits(48):012x} >=1" for _ in range(depends)]
+        out.append(make_conda(folder / f"big{i}-1.0-0.conda", index_json(f"big{i}", depends=deps), {"f.txt": b"x"}))
+    return out
+
+
+def uploads(s3: Any, bucket: str, prefix: str) -> list[str]:
+    """The keys of the unfinished multipart uploads under `prefix`, as the bucket lists them."""
+    return sorted(u["Key"] for u in s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", ()))
+
+
+def test_killed_mid_upload_then_our_unfinished_upload_is_aborted(tmp_path: Path, s3: Any, bucket: str, proxy: FaultProxy) -> None:
+    """kill -9 while repodata_from_packages.json (about 10 MiB) goes up in 8 MiB parts: its
+    multipart upload stays open. A restart aborts it once it is older than the age limit,
+    and nothing else: not a package upload, not an upload under another prefix."""
+    for path in big_channel(tmp_path / "chan" / "noarch"):
+        s3.upload_file(str(path), bucket, f"chan/noarch/{path.name}")
+    rule = Rule("PUT", r"repodata_from_packages\.json\?.*partNumber=2", action="drop", stall=300)
+    proxy.fail(rule)
+    killed = s3_daemon(tmp_path, bucket, "--polling")
+    killed.extra_env = {"AWS_ENDPOINT_URL": proxy.endpoint, **RETRIES}
+    killed.start(wait_ready=False)
+    try:
+        wait_for(lambda: rule.faulted >= 1, 120.0, interval=0.2, what="the second part on its way")
+        assert killed.proc is not None
+        killed.proc.kill()  # SIGKILL: no clean-up of any kind
+        killed.proc.wait()
+    finally:
+        killed.stop()
+    proxy.clear()
+    assert uploads(s3, bucket, "chan/") == ["chan/noarch/repodata_from_packages.json"]
+    # another writer's upload in progress elsewhere, and an uploader's package: never ours
+    s3.create_multipart_upload(Bucket=bucket, Key="chan/noarch/incoming-1.0-0.conda")
+    s3.create_multipart_upload(Bucket=bucket, Key="other/noarch/repodata.json")
+
+    restarted = s3_daemon(tmp_path, bucket, "--polling")  # the default age (minutes): too young to be ours
+    restarted.log_path = tmp_path / "restarted.log"
+    with restarted.start(timeout=120):
+        assert restarted.metric("conda_indexd_s3_multipart_aborted_total") == 0
+    assert uploads(s3, bucket, "chan/") == ["chan/noarch/incoming-1.0-0.conda", "chan/noarch/repodata_from_packages.json"]
+
+    again = s3_daemon(tmp_path, bucket, "--polling", "--stale-upload-age", "0")
+    again.log_path = tmp_path / "again.log"
+    with again.start(timeout=120):
+        assert again.metric("conda_indexd_s3_multipart_aborted_total") == 1
+        lines = [r for r in again.log_records() if r.get("event") == "aborted unfinished multipart uploads of ours"]
+        assert [(r["count"], r["keys"]) for r in lines] == [(1, ["noarch/repodata_from_packages.json"])]
+    assert uploads(s3, bucket, "chan/") == ["chan/noarch/incoming-1.0-0.conda"]  # the package upload is left alone
+    assert uploads(s3, bucket, "other/") == ["other/noarch/repodata.json"]
+    for upload in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", ()):  # the test's own, before the check below
+        s3.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+    assert len(published(s3, bucket)) == 16  # and the channel is whole
+
+
+def test_a_failed_publish_then_its_upload_is_aborted(tmp_path: Path, s3: Any, bucket: str, proxy: FaultProxy) -> None:
+    """A part refused and the abort refused too (the endpoint failing): the run fails with
+    its upload open; the clean-up after the failed run aborts it (ours by its id, however
+    young), and the daemon publishes once the fault clears."""
+    for path in big_channel(tmp_path / "chan" / "noarch"):
+        s3.upload_file(str(path), bucket, f"chan/noarch/{path.name}")
+    part, abort = Rule("PUT", r"partNumber=2", status=503), Rule("DELETE", r"uploadId=", status=503, times=2)
+    proxy.fail(part, abort)
+    daemon = s3_daemon(tmp_path, bucket, "--polling")
+    daemon.extra_env = {"AWS_ENDPOINT_URL": proxy.endpoint, **RETRIES}
+    with daemon.start(wait_ready=False):
+        wait_for(lambda: daemon.metric("conda_indexd_s3_multipart_aborted_total") >= 1, 120.0, interval=0.2, what="the upload aborted")
+        assert abort.faulted == 2  # the upload's own abort failed (botocore's two attempts)
+        failed = [r for r in daemon.log_records() if r.get("event") == "subdir failed; will retry"]
+        assert failed and "upload_part: ServiceUnavailable" in failed[0]["error"]
+        assert uploads(s3, bucket, "chan/") == []
+        proxy.clear()
+        wait_for(lambda: len(records(s3, bucket, "chan/noarch/repodata.json")) == 16, 60.0, what="published after the fault")
+    assert len(published(s3, bucket)) == 16

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from conda_indexd.caches.base import Caches
 from conda_indexd.caches.sqlite.cache import SqliteCaches
 from conda_indexd.config import DEFAULT_DB_URL, Db, IndexConfig
+from conda_indexd.errors import Fenced
 from conda_indexd.ha.flock import ChannelLock
 from conda_indexd.ha.lock import NoLock, WriterLock
 from conda_indexd.pipeline.indexer import SubdirResult
@@ -20,9 +22,12 @@ from conda_indexd.pipeline.seams import Backends as Backends  # re-exported: wha
 from conda_indexd.stores.base import ChannelStore
 from conda_indexd.stores.fenced import Fence, FencedStore
 from conda_indexd.stores.local import LocalStore
+from conda_indexd.util.logs import get_logger
 
 if TYPE_CHECKING:
     from conda_indexd.stores.s3.store import S3Stats
+
+log = get_logger(__name__)
 
 
 def open_backends(config: IndexConfig, fence: Fence | None = None, application_name: str = "conda-indexd", stats: S3Stats | None = None) -> Backends:
@@ -42,6 +47,11 @@ def open_backends(config: IndexConfig, fence: Fence | None = None, application_n
     else:
         packages, outputs = LocalStore(config.channel), LocalStore(config.output_root)
     if fence is not None:
+        if config.remote or config.output_url is not None:
+            from conda_indexd.stores.s3.store import S3Store
+
+            if isinstance(outputs, S3Store):  # a refused conditional write (412) while still the leader:
+                outputs.lease_held = partial(_leading, fence)  # written by a previous leader, not a new one
         outputs = FencedStore(outputs, fence)
     caches: Caches
     if config.db == Db.POSTGRESQL:
@@ -57,11 +67,19 @@ def open_backends(config: IndexConfig, fence: Fence | None = None, application_n
     return Backends(packages, outputs, caches)
 
 
+def _leading(fence: Fence) -> bool:
+    try:
+        fence.check("a published file changed since this leader last saw it")
+    except Fenced:
+        return False
+    return True
+
+
 def open_lock(config: IndexConfig, backends: Backends, retry_until: threading.Event | None = None, *, paired: bool = False) -> WriterLock:
     """The one-writer lock of the outputs: a flock in a local channel, a lease object
     beside the outputs in a bucket (taken again and again while the store is unreachable,
     until `retry_until` is set: the daemon). With --db postgresql the pair's lease
-    (pairlease.py) fences the writers on top of this; a daemon of a pair (`paired`) takes
+    (ha/pairlease.py) fences the writers on top of this; a daemon of a pair (`paired`) takes
     no other lock: the database lease orders the two."""
     if paired:
         return NoLock()
@@ -88,3 +106,25 @@ def index_subdir(config: IndexConfig, subdir: str, *, backends: Backends | None 
     """`pipeline.indexer.index_subdir` with the configuration's own backends when none are
     handed over (a one-off run: tests, tools)."""
     return run_subdir(config, subdir, backends=backends or open_backends(config), **options)
+
+
+def clean_uploads(outputs: ChannelStore, older_than: float | None = None, *, count: Callable[[int], None] | None = None,
+                  quiet: bool = False) -> int:  # fmt: skip
+    """`abort_stale_uploads` on an output store that is a bucket (under a FencedStore too);
+    one log line when any were aborted, `count(n)` for a metric. An unreachable endpoint is
+    a warning (at start) or nothing (`quiet`: after a failed run, which is retried anyway).
+    Returns how many were aborted."""
+    from conda_indexd.stores.s3.store import S3Store
+    from conda_indexd.stores.s3.upload import STALE_UPLOAD_AGE, abort_stale_uploads
+
+    store = outputs.inner if isinstance(outputs, FencedStore) else outputs
+    if not isinstance(store, S3Store):
+        return 0
+    aborted, error = abort_stale_uploads(store, STALE_UPLOAD_AGE if older_than is None else older_than)
+    if error is not None and not quiet:
+        log.warning("could not look for unfinished multipart uploads; tried again after the next failed run", error=str(error))
+    if aborted:
+        log.info("aborted unfinished multipart uploads of ours", channel=store.url, count=len(aborted), keys=sorted(aborted)[:20])
+        if count is not None:
+            count(len(aborted))
+    return len(aborted)

@@ -85,12 +85,14 @@ class IndexConfig:
     db: Db = field(default=Db.SQLITE3, metadata=WHERE)
     db_url: str | None = field(default=None, metadata=WHERE)
     pkgs_dirs: tuple[Path, ...] = field(default=(), metadata=WHERE)  # --from-pkgs-dir: conda package caches served as this channel (pkgs/)
-    origin_overlay: bool = False  # --from-pkgs-dir: apply CHANNEL/.pkgs-dirs/origin-<subdir>.json (origin.py)
+    origin_overlay: bool = False  # --from-pkgs-dir: apply CHANNEL/.pkgs-dirs/origin-<subdir>.json (formats/origin.py)
     # s3://BUCKET/PREFIX: the packages live there and `channel` is the local state
     # folder holding the caches (--cache-dir); `output_url`: publish to an s3:// prefix
     channel_url: str | None = field(default=None, metadata=WHERE)
     output_url: str | None = field(default=None, metadata=WHERE)
     lease: float | None = field(default=None, metadata=WHERE)  # the pair's lease in seconds (None: ha/leader.DEFAULT_LEASE)
+    # a bucket: our unfinished multipart uploads older than this are aborted (None: stores/s3/upload.STALE_UPLOAD_AGE)
+    stale_upload_age: float | None = field(default=None, metadata=WHERE)
     # CEP-47 (docs/indexed-timestamp.md): `indexed_timestamp` on every record (off:
     # conda-index 0.13's exact bytes); packages whose build `timestamp` is later than
     # their indexed_timestamp (past TIMESTAMP_SKEW) are flagged, or left out when rejected

@@ -7,7 +7,7 @@ conda-index's `stat` table stages (docs/spec §3.4):
   then, so it is not read again until it changes.
 A package is published when its `indexed` row matches its current `fs` row.
 
-`Caches` opens one `SubdirCache` per subdir. `SqliteCaches` (sqlitecache.py) is
+`Caches` opens one `SubdirCache` per subdir. `SqliteCaches` (caches/sqlite/cache.py) is
 conda-index 0.13's `<subdir>/.cache/cache.db`. Implementations raise `CacheCorrupt` (after
 moving the damaged cache aside themselves) when they find damage mid-run, and
 `MetadataRejected` for a package whose metadata the cache cannot hold. The shared
@@ -48,7 +48,7 @@ class MetadataRejected(IndexdError):
 
 
 class Pieces(Protocol):
-    """Record pieces kept between processes (sqlitepieces.PieceStore), each valid only
+    """Record pieces kept between processes (caches/sqlite/pieces.PieceStore), each valid only
     for the exact index_json text it was made from."""
 
     def lookup(self, rows: Iterable[tuple[str, str, str]]) -> Iterator[tuple[str, str, str, bytes | None]]:

@@ -1,4 +1,4 @@
 """The command line: `conda-indexd index|watch|wait|demo` (main.py), the conda-index
-compatibility flags (compat.py), s3:// addresses (s3config.py) and the progress line."""
+compatibility flags (cli/compat.py), s3:// addresses (cli/s3config.py) and the progress line."""
 
 from conda_indexd.cli.main import main as main

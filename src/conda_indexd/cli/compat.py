@@ -3,7 +3,7 @@
 Every `python -m conda_index` 0.13 flag is accepted by `conda-indexd index` and `watch`:
 either with the same meaning (the flags below that name what conda-indexd always does)
 or refused with exit 2 and one line saying what to use instead or why not. The flags
-conda-indexd implements itself (--output, --subdir, --bz2, ...) are in cli.py.
+conda-indexd implements itself (--output, --subdir, --bz2, ...) are in cli/main.py.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Command line: `conda-indexd index|watch CHANNEL_DIR [options]`, `conda-indexd demo [DIR]`,
-`conda-indexd wait` (wait.py).
+`conda-indexd wait` (wait/command.py).
 
 Bad flags and bad paths give one line on stderr and a non-zero exit, never a traceback.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from conda_indexd import __version__
-from conda_indexd.backends import open_backends, open_lock
+from conda_indexd.backends import clean_uploads, open_backends, open_lock
 from conda_indexd.caches.base import CacheError
 from conda_indexd.cli import compat, leftovers
 from conda_indexd.cli.progress import ProgressLine
@@ -41,7 +41,7 @@ from conda_indexd.wait import command as wait
 from conda_indexd.wait.command import TargetError
 
 PROG = "conda-indexd"
-DEMO_DIR = "demo-channel"  # demo.py's default folder
+DEMO_DIR = "demo-channel"  # demo/channel.py's default folder
 
 
 class UsageError(IndexdError):
@@ -142,6 +142,8 @@ def add_index_options(p: argparse.ArgumentParser) -> None:
         help="with --from-pkgs-dir: keep the origin channel's record (repodata_record.json: patched depends, "
         "license, ...) where it differs from index.json (default: on)",
     )
+    # hidden (tests): how old an unfinished multipart upload of an output must be to be ours to abort
+    p.add_argument("--stale-upload-age", type=_duration, default=None, help=argparse.SUPPRESS)
     p.add_argument(
         "--indexed-timestamp",
         action=argparse.BooleanOptionalAction,
@@ -336,6 +338,7 @@ def config_from_args(args: argparse.Namespace) -> IndexConfig:
         lease=_lease_from_env(),
         pkgs_dirs=pkgs_dirs,
         origin_overlay=bool(pkgs_dirs) and args.origin_metadata,
+        stale_upload_age=args.stale_upload_age,
         indexed_timestamp=args.indexed_timestamp,
         update_only=args.update_only,
         reject_future_timestamps=args.reject_future_timestamps,
@@ -358,6 +361,8 @@ def run_index(args: argparse.Namespace) -> int:
             check()
     with open_lock(config, probe), index_lease(config) as fence:
         backends = open_backends(config, fence, getattr(fence, "application_name", "conda-indexd")) if fence else probe
+        if fence is None:  # a bucket: what a killed run left half uploaded (a pair's lease holder: its daemon)
+            clean_uploads(probe.outputs, config.stale_upload_age)
         if config.pkgs_dirs:
             from conda_indexd.daemon.intake.pkgs import sync_once
 
@@ -519,25 +524,24 @@ def run_demo(args: argparse.Namespace) -> int:
     return _run_daemon(config, show)
 
 
-# The exit status of each failure of ours: the most specific class listed wins. Every one
+# The exit status of each failure of ours: the first class listed that it is an instance of. Every one
 # ends the command with one line on stderr (`one_line`), never a traceback.
 EXIT_CODES: dict[type[IndexdError], int] = {
     UsageError: 2,  # bad arguments or flags (and the demo's folder checks)
     CurrentRepodataUnavailable: 2,  # an output flag without the extra it needs
     TargetError: 2,  # `wait`: a target that names nothing to wait on
-    StoreError: 2,  # the channel cannot be used: unreachable, no such bucket, access denied
     ChannelBusy: 3,  # another live writer holds the channel (its flock or its lease)
-    Fenced: 3,  # the pair's lease was taken over mid-run: another daemon publishes now
+    Fenced: 3,  # the lease was taken over mid-run: another writer publishes now
+    StoreError: 2,  # the channel cannot be used: unreachable, no such bucket, access denied
     CacheError: 1,  # the cache cannot be used: too new, unwritable, unreachable
     IndexdError: 1,  # anything else of ours
 }
 
 
 def exit_code(exc: IndexdError) -> int:
-    for cls in type(exc).__mro__:
-        if cls in EXIT_CODES:
-            return EXIT_CODES[cls]
-    return 1
+    """The status of the first class in EXIT_CODES that `exc` is an instance of (a bucket's
+    WriterFenced is a StoreError and Fenced at once: another writer took over, 3)."""
+    return next((code for cls, code in EXIT_CODES.items() if isinstance(exc, cls)), 1)
 
 
 def one_line(exc: IndexdError) -> str:

@@ -8,8 +8,8 @@ ignored, when the HTTP listener starts, and what it checks while it runs.
   unmounted, replaced: watch the new one, take its lock again, rescan).
 - `BucketChannel`: no file system, so S3 event notifications (`POST /s3-events`) and a
   poller; an object is whole once it is listed (no settle); the lease may wait for the
-  endpoint, so the listener starts first; a lease taken over by another indexer stops
-  the daemon.
+  endpoint, so the listener starts first. (A lease taken over by another indexer stops
+  the daemon whatever the kind: --output s3:// has a lease too.)
 
 `channel_kind` is the one place that chooses (the store, the lock or lease and the
 caches were chosen by backends.py). The Daemon asks the object; it never tests a store's
@@ -197,10 +197,7 @@ class BucketChannel:
         pass
 
     def check(self, lock: WriterLock) -> None:
-        """The writer lease taken over by another indexer stops this one."""
-        if lock.lost.is_set() and not self.daemon.stopping.is_set():
-            log.error("writer lease lost to another indexer; stopping", channel=self.daemon.config.index.location)
-            self.daemon.stop(3)
+        """Nothing of its own: its lease is checked by the daemon for every kind."""
 
     def new_subdirs(self) -> list[str]:
         return []

@@ -62,13 +62,19 @@ class Metrics:
         for kind in ("created", "modified", "closed", "moved", "deleted", "subdir"):
             self.events.labels(kind)
 
-        # a channel in a bucket (s3store.S3Stats, s3watch's endpoint)
+        # a channel in a bucket (stores/s3/store.S3Stats, s3watch's endpoint)
         self.s3_requests = Counter(p + "s3_requests_total", "Requests to the object store, by operation and HTTP status", ["operation", "status"], registry=r)
         self.s3_bytes = Counter(p + "s3_bytes_total", "Object bytes read or written", ["direction"], registry=r)
         self.s3_events = Counter(
             p + "s3_events_total",
             "Bucket notification records received, queued or ignored, and POSTs rejected (no token, not event JSON)",
             ["outcome"],
+            registry=r,
+        )
+
+        self.s3_multipart_aborted = Counter(
+            p + "s3_multipart_aborted_total",
+            "Unfinished multipart uploads of our outputs aborted (left by a killed process or a failed run)",
             registry=r,
         )
 

@@ -101,7 +101,7 @@ class DebounceQueue:
 
     def distrust_events(self) -> None:
         """The event queue overflowed: a pending "modified" may have lost its close, so
-        pending names only ask for a look (uploads.py then judges them by two looks)."""
+        pending names only ask for a look (daemon/uploads.py then judges them by two looks)."""
         with self._cond:
             for entry in self._pending.values():
                 for name, kind in entry.names.items():

@@ -1,4 +1,4 @@
-"""`conda-indexd watch`: file events -> debounced queue -> the worker (worker.py).
+"""`conda-indexd watch`: file events -> debounced queue -> the worker (daemon/worker.py).
 
 The `Daemon` is the supervisor around the worker: watchdog's observer (events into the
 queue), the HTTP listener, and the main thread's duties (signals, periodic rescans, the
@@ -13,7 +13,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from conda_indexd.backends import open_backends, open_lock
+from conda_indexd.backends import clean_uploads, open_backends, open_lock
 from conda_indexd.config import KNOWN_SUBDIRS, WatchConfig
 from conda_indexd.daemon.channels import channel_kind
 from conda_indexd.daemon.http import statuspage
@@ -24,6 +24,7 @@ from conda_indexd.daemon.pair import Pair
 from conda_indexd.daemon.queue import DebounceQueue, EventKind, ScanReason
 from conda_indexd.daemon.sdnotify import Notifier
 from conda_indexd.daemon.worker import Worker
+from conda_indexd.ha.lock import WriterLock
 from conda_indexd.ha.pairlease import pair_leadership
 from conda_indexd.pipeline import patchsource
 from conda_indexd.stores.base import StoreError
@@ -61,6 +62,7 @@ class Daemon:
         self.worker.notify = self.systemd.notify
         if self.leadership is not None:
             self.worker.pair = Pair(self.leadership, self.metrics)
+        self.worker.on_failure = self._clean_uploads
         self.worker_thread = threading.Thread(target=self.worker.run, name="worker", daemon=True)
         self.patch_id: tuple[int, int] | None = None
         self.overflow = OverflowHook(self._on_overflow)
@@ -81,6 +83,11 @@ class Daemon:
              "/": self._status_html, "/status.json": self._status_json},
             post_routes=self.channel.post_routes,
         )  # fmt: skip
+
+    def _clean_uploads(self, quiet: bool = True) -> None:
+        """Abort our unfinished multipart uploads in a bucket (at start; after a failed run)."""
+        if self.config.index.remote or self.config.index.output_url:
+            clean_uploads(self.backends.outputs, self.config.index.stale_upload_age, count=self.metrics.s3_multipart_aborted.inc, quiet=quiet)
 
     # --- event intake (observer thread) ---------------------------------------------------
 
@@ -180,6 +187,15 @@ class Daemon:
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, hup)
 
+    def _check_channel(self, lock: WriterLock) -> None:
+        """A writer lease (a bucket's, the channel or --output s3://) taken over by another
+        indexer stops this one; then the kind of channel's own checks."""
+        if lock.lost.is_set() and not self.stopping.is_set():
+            log.error("writer lease lost to another indexer; stopping", channel=self.config.index.location)
+            self.stop(3)
+            return
+        self.channel.check(lock)
+
     def stop(self, exit_code: int) -> None:
         """Stop the daemon with this exit status (the channel taken over by another indexer)."""
         self.exit_code = exit_code
@@ -204,6 +220,8 @@ class Daemon:
             self.http.start()  # /readyz says 503 while the endpoint is waited for
         lock = open_lock(self.config.index, self.backends, self.stopping, paired=self.leadership is not None)
         with lock:
+            if not self.leadership and not self.stopping.is_set():  # a bucket: what a killed run left half uploaded
+                self._clean_uploads(quiet=False)
             self.channel.locked()
             self.patch_id = self._patch_identity()
             if not self.channel.http_before_lock:
@@ -221,7 +239,7 @@ class Daemon:
             try:
                 while not self.stopping.is_set():
                     now = time.monotonic()
-                    self.channel.check(lock)
+                    self._check_channel(lock)
                     self._check_patches()
                     for subdir in self.channel.new_subdirs():
                         self.queue.add_scan(subdir, ScanReason.NEW_SUBDIR)  # events before the watch were missed

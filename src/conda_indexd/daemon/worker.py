@@ -117,9 +117,10 @@ class Worker:
         self.states: dict[str, SubdirState] = {}
         self.on_ready: Callable[[], None] = lambda: None
         self.notify: Callable[[str], bool] = lambda message: False  # systemd (the daemon sets it)
-        self.pair: Callable[[Worker], None] | None = None  # leader.py's loop for a pair
+        self.pair: Callable[[Worker], None] | None = None  # ha/leader.py's loop for a pair
         self._was_ready = False
         self.on_start: Callable[[], None] | None = None  # once, before the first reconcile (in this thread)
+        self.on_failure: Callable[[], None] | None = None  # after a failed run (a bucket: our unfinished uploads)
 
     def subdirs(self) -> list[str]:
         return self.channel.subdirs()
@@ -133,7 +134,7 @@ class Worker:
 
     def run(self) -> None:
         """Reconcile every subdir, become ready, then take work until stopped. With a
-        `pair` (leader.py's active/standby loop), that loop drives the steps below."""
+        `pair` (ha/leader.py's active/standby loop), that loop drives the steps below."""
         if self.pair is not None:
             self.pair(self)
             return
@@ -192,6 +193,11 @@ class Worker:
         subdir = item.subdir
         seen_at = time.time()  # CEP-47: a file found by this run's listing was seen now
         try:
+            if self._no_such_platform(item):
+                log.info("nothing to index: no such platform in the channel", subdir=subdir, files=sorted(item.names)[:20])
+                if (known := self.states.get(subdir)) is not None and known.status.last_run is None:
+                    del self.states[subdir]  # a failed look at it leaves no status entry behind
+                return
             listing = self.backends.packages.list_packages(subdir) if item.full_scan else None
             if self._looks_unmounted(item, listing):
                 log.warning("subdir lists empty; waiting for a second listing", subdir=subdir)
@@ -252,6 +258,8 @@ class Worker:
         self.metrics.subdir_errors.labels(subdir, type(exc).__name__).inc()
         log.error("subdir failed; will retry", subdir=subdir, retry_in=delay, error=f"{type(exc).__name__}: {exc}")
         self.queue.add_scan(subdir, ScanReason.RETRY, delay=delay)
+        if self.on_failure is not None:
+            self.on_failure()
 
     def _not_writable(self, state: SubdirState, denied: OSError) -> None:
         """One error line and one count per episode, a status entry saying what to do, and
@@ -274,7 +282,7 @@ class Worker:
     # --- rules before a run -------------------------------------------------------------------
 
     def _hold(self, item: Pending, listing: list[FileState] | None) -> tuple[dict[str, EventKind], float]:
-        """Uploads still in progress (see uploads.py): {name: kind to put back}, and when
+        """Uploads still in progress (see daemon/uploads.py): {name: kind to put back}, and when
         to look again."""
         if self.settle <= 0:
             return {}, 0.0
@@ -292,6 +300,17 @@ class Worker:
         held = self.uploads.hold(item.subdir, kinds, present, now, time.monotonic())
         self.metrics.uploads_in_progress.labels(item.subdir).set(len(held))
         return {name: kinds[name] for name in held}, min(held.values(), default=0.0)
+
+    def _no_such_platform(self, item: Pending) -> bool:
+        """Whether the subdir is not in the channel at all: not one this process has
+        published, not one that is always indexed (noarch, --subdir), and not among the
+        store's platforms (a bucket's has at least one object under it). An event naming a
+        key that is not there (a forged or stale one) must not make an empty platform
+        appear: no outputs, no cache or state for it."""
+        state = self.states.get(item.subdir)
+        if item.scan_reason == ScanReason.STARTUP or (state is not None and state.status.last_run is not None):
+            return False  # start-up takes its subdirs from that same listing
+        return item.subdir not in self.subdirs()
 
     def _looks_unmounted(self, item: Pending, listing: list[FileState] | None) -> bool:
         """A subdir that had packages and now lists empty waits for a second listing."""

@@ -6,7 +6,7 @@ named by the sha256 of those compressed bytes. Records keep the cached index_jso
 order (filtered index.json, then md5, sha256, size), get `run_exports` appended (`{}`
 when none), and carry md5/sha256 as raw bytes, as conda-index 0.13 does.
 
-Upkeep, per subdir (planned here, written by shardstore.ShardStore):
+Upkeep, per subdir (planned here, written by pipeline/shardstore.ShardStore):
 1. Each package name gets a fingerprint of its (filename, archive sha256) pairs. A name
    whose fingerprint equals the one remembered in `.cache/shards-state.json`, and whose
    shard file is still on disk with the remembered size, keeps its shard: the archive

@@ -1,7 +1,7 @@
 """Which channel id a cache shared in PostgreSQL (and the pair's lease) is kept under.
 
 A local channel keeps it in `<channel>/.cache/cache.json` (conda-index's file,
-pgschema.channel_id). A channel in a bucket keeps the same file in the bucket,
+caches/pg/schema.channel_id). A channel in a bucket keeps the same file in the bucket,
 `<prefix>/.cache/cache.json`, not in the local state folder: every host indexing that
 prefix against the same database then shares its cache rows and competes for the same
 pair lease (a state folder would give each host an id, and a cache, of its own). The

@@ -1,5 +1,5 @@
 """A channel folder's writer lock: an exclusive, non-blocking flock on
-`<channel>/.conda-indexd.lock`, holding the writer's pid (the `WriterLock` of lock.py)."""
+`<channel>/.conda-indexd.lock`, holding the writer's pid (the `WriterLock` of ha/lock.py)."""
 
 from __future__ import annotations
 

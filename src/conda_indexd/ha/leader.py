@@ -14,7 +14,7 @@ with a fencing token (no home-made consensus: PostgreSQL's row locks order every
 - Fencing (`Fence`): every publish step checks, in one transaction on the lease session,
   that the token is ours and unexpired (the row FOR KEY SHARE, which a takeover's FOR
   UPDATE waits for) and records the step in `conda_indexd_publish_log(token, leader,
-  subdir, step, at)`; every cache write transaction makes the same check (pgcache.py).
+  subdir, step, at)`; every cache write transaction makes the same check (caches/pg/cache.py).
 
 A check proves the lease only as far as the last renewal does: until the time that
 renewal was *sent* (the leader's monotonic clock) + lease * 0.8, never from when an answer
@@ -23,7 +23,7 @@ so the leader stops 0.2 * lease before a standby may take over. A check (or a re
 whose answer arrives after that point is a lost lease, however good the answer: under a
 partition, an answer the database sent before the takeover can arrive seconds after it.
 The same bound is asked again right before every rename of an output (`assert_proven`,
-which the local store calls) and before every cache COMMIT (pgcache.py).
+which the local store calls) and before every cache COMMIT (caches/pg/cache.py).
 
 What no lease can do with a plain folder: a leader frozen (or descheduled) between the last
 `assert_proven` and the rename that follows it, for longer than 0.2 * lease, still does that
@@ -192,7 +192,7 @@ class Leadership:
     def _last_publish(self, conn: Any, cid: str) -> dict[str, Any] | None:
         """The publish log's last step before this takeover: what the old leader can be
         proven to have done last (its later work, if any, is in the cache only; the new
-        leader's first run rebuilds every shard from the cache, see pair.py)."""
+        leader's first run rebuilds every shard from the cache, see daemon/pair.py)."""
         try:
             row = conn.execute(
                 "SELECT token, leader, subdir, step, at FROM conda_indexd_publish_log WHERE channel_id = %s AND token < %s ORDER BY id DESC LIMIT 1",

@@ -1,7 +1,7 @@
 """One writer per channel: the `WriterLock` seam.
 
 `WriterLock` is what the CLI and the daemon hold while they index: a flock in a channel
-folder (flock.py), a lease object in a bucket (s3lease.py), none for a pair sharing one
+folder (flock.py), a lease object in a bucket (ha/s3lease.py), none for a pair sharing one
 folder, whose database lease orders the writers (`NoLock`); backends.open_lock picks one.
 `lost` is set when the lock was taken away while held.
 """

@@ -8,11 +8,12 @@ live other owner is refused with one line (ChannelBusy, exit 3); one left by a p
 of this host that is gone is taken over at once. A thread renews it
 every TTL/3 with `If-Match`; when a renewal finds another owner the lease is `lost`
 and the holder stops. Release deletes it (after checking it is still ours: RGW ignores
-If-Match on DELETE).
+If-Match on DELETE). The store asks `still_held` when the bucket refuses one of its
+conditional publish writes (stores/s3/objects.FENCED_NAMES): lost then too, at once.
 
 Expiry uses the writers' clocks, so it is as good as their clock sync; the lease is the
-single-machine answer. A stronger fence (the PostgreSQL lease of leader.py) plugs in through
-the same `WriterLock` shape (lock.py) in backends.open_lock.
+single-machine answer. A stronger fence (the PostgreSQL lease of ha/leader.py) plugs in through
+the same `WriterLock` shape (ha/lock.py) in backends.open_lock.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class S3Lease:
                 etag = self.store.put_if(LEASE_KEY, self._body(), etag=old)
             if etag is not None:
                 self.etag = etag
+                self.store.lease_held = self.still_held  # what a refused conditional publish write asks
                 self._start_renewing()
                 return self
             # lost a race for it: read it again
@@ -140,7 +142,22 @@ class S3Lease:
         log.error("writer lease lost: another indexer took the channel over", channel=self.store.url, holder=holder)
         self.lost.set()
 
+    def still_held(self) -> bool:
+        """Whether the lease object still names this writer (read now). False sets `lost`:
+        a publish write the bucket refused (412) means another writer took over."""
+        if self.lost.is_set():
+            return False
+        current = self._current()
+        if current is not None and current[0].get("owner") == self.owner:
+            return True
+        holder = current[0].get("owner") if current else None
+        log.error("writer lease lost: another writer replaced a published file and holds the channel",
+                  channel=self.store.url, holder=holder)  # fmt: skip
+        self.lost.set()
+        return False
+
     def release(self) -> None:
+        self.store.lease_held = None
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)

@@ -67,7 +67,7 @@ def build_from_memo(
     """`memo`: the records; its `patched` pieces of the last build are brought up to date here;
     `existing_instructions`: the subdir's published patch_instructions.json, if any;
     `run_exports`: the rows of run_exports.json when config.run_exports;
-    `overlay`: origin metadata as patch instructions (origin.py), applied under the patches.
+    `overlay`: origin metadata as patch instructions (formats/origin.py), applied under the patches.
     Raises PatchError before anything is published when the patch source fails."""
     patched = memo.patched
     from_packages = memo.document(subdir, config.base_url)

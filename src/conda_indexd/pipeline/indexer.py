@@ -124,7 +124,7 @@ class SubdirRun:
         b.packages.prepare(subdir, recover=False)
         b.outputs.prepare(subdir, recover=full)
         with b.caches.open(subdir) as cache:
-            # without the previous run's memo: the one saved by the last run (memofile.py),
+            # without the previous run's memo: the one saved by the last run (pipeline/memofile.py),
             # else a new one, and a one-shot run reports against what the cache published
             stamped = config.indexed_timestamp
             seeded = cache.timestamps_seeded()
@@ -136,7 +136,7 @@ class SubdirRun:
             # (a recreated or rebuilt cache.db, or conda-index, moves the generation)
             trusted = memo.loaded if not given else memo.saved is not None and memo.saved[0] == cache.generation()
             listing, digest = self.listing, None
-            if full and not self.hold:  # quiet.py: an unchanged listing changes no fs row
+            if full and not self.hold:  # pipeline/quiet.py: an unchanged listing changes no fs row
                 listing = b.packages.list_packages(subdir) if listing is None else listing
                 digest = listing_digest(listing)
             if digest is not None and digest == memo.quiet.listing and (trusted or cache.memo_folder() is None):

@@ -4,13 +4,13 @@ runs so a one-package change costs one record, not the whole subdir.
 What the memo may assume (docs/architecture.md): an entry is valid while the package's
 archive sha256 is unchanged, because the sha256 fixes every byte of the metadata the
 record is built from. Pieces are also kept between processes (cache.pieces(), valid
-for the exact cached index_json text; and the whole memo, memofile.py), so a restart or
+for the exact cached index_json text; and the whole memo, pipeline/memofile.py), so a restart or
 a one-shot run does not serialise unchanged records again. A memo is only ever
 refreshed against the cache it was filled from: the owner drops it (starts the next run
 without one) whenever a run fails, is cancelled, or rebuilds a damaged cache. That rule
 lives in the daemon's SubdirState.
 
-Memory: the pieces live in a heap file (pieceheap.py); per record the memo keeps its
+Memory: the pieces live in a heap file (pipeline/pieceheap.py); per record the memo keeps its
 filename and four array slots, so a million records cost about 150 MB, not gigabytes.
 """
 
@@ -59,10 +59,10 @@ class RecordMemo:
         self.by_name: dict[str, list[str]] = {}  # package name -> its filenames, sorted
         # {filename: (sha256 + its patch operations' digest, patched piece or None: removed)}
         self.patched: dict[str, tuple[str, bytes | None]] = {}
-        self.quiet = Quiet()  # what the run that filled it saw and published (quiet.py)
+        self.quiet = Quiet()  # what the run that filled it saw and published (pipeline/quiet.py)
         self.last: tuple[list[str], list[str], list[str]] = ([], [], [])  # the last refresh's (added, removed, replaced)
-        self.shards: Any = None  # shardstore.Carried: what the last run's shard upkeep ended with
-        self.loaded = False  # filled from a saved memo (memofile.load)
+        self.shards: Any = None  # pipeline/shardstore.Carried: what the last run's shard upkeep ended with
+        self.loaded = False  # filled from a saved memo (pipeline/memofile.load)
         self.saved: tuple[str, str | None] | None = None  # (cache generation, quiet listing) when last saved (memofile)
 
     # --- reading -------------------------------------------------------------------

@@ -2,14 +2,14 @@
 as ~100,000 bytes objects (bounded memory at a million records).
 
 A heap file holds pieces each followed by a comma, appended as records change; the
-memo (memo.py) keeps only (offset, length) per record. A section of repodata.json is
+memo (pipeline/memo.py) keeps only (offset, length) per record. A section of repodata.json is
 then a few large reads: runs of consecutive records that are also consecutive in the
 file (the heap is rewritten in sorted order when it has grown to twice what is live,
 so runs are long). Reads use pread into bytes of at most READ bytes: nothing is mapped,
 so the pieces count against the page cache, not the process.
 
 The file lives beside the cache when there is a folder for it (then the memo can be
-kept between processes, memofile.py), else it is an anonymous temporary file.
+kept between processes, pipeline/memofile.py), else it is an anonymous temporary file.
 """
 
 from __future__ import annotations

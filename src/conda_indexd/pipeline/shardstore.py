@@ -1,5 +1,5 @@
 """Stage 4b: write a subdir's shards and shard index through the channel store, and
-collect shards nobody names any more (the steps are in shards.py's module doc).
+collect shards nobody names any more (the steps are in formats/shards.py's module doc).
 
 The pure part (which names to encode, the new bytes) is shards.plan_shards and
 shards.encode_shards; this class only reads and writes.

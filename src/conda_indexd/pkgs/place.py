@@ -9,7 +9,7 @@ subdirs and write their origin overlays (`conda-indexd index|watch --from-pkgs-d
   placed (and nobody changed since) are ever removed. A channel file of the same name
   that we did not place is left alone (reason `name-taken`).
 - Each tarball is read once (checksums, index.json) and remembered by path and identity.
-- The origin overlays (origin.py) go to `CHANNEL/.pkgs-dirs/origin-<subdir>.json`,
+- The origin overlays (formats/origin.py) go to `CHANNEL/.pkgs-dirs/origin-<subdir>.json`,
   before the packages they describe are placed; the build stage layers them under the
   channel's patches.
 """

@@ -2,7 +2,7 @@
 
 A store holds files under keys `subdir/name` (and `subdir/shards/name`, and channel-level
 files at the top). The indexer only talks to a `ChannelStore`; `LocalStore`
-(localstore.py) is a folder on disk. The interface is shaped for object storage too:
+(stores/local.py) is a folder on disk. The interface is shaped for object storage too:
 - a listing may be paged and is only a snapshot; `FileState.identity` is whatever tells
   one version of a file from the next (inode+ctime locally, the ETag remotely);
 - `write` is all-or-nothing for readers (a rename locally, one PUT remotely) and is
@@ -17,7 +17,7 @@ files at the top). The indexer only talks to a `ChannelStore`; `LocalStore`
   (a folder fsync locally, nothing remotely, where a PUT is durable when it returns);
 - `stat_packages` is for package files only (a bucket store answers nothing else);
   published files are stat'ed with `stat_files`, with the same change identity, so a
-  deleted, truncated or rewritten output is noticed by the next run (quiet.py).
+  deleted, truncated or rewritten output is noticed by the next run (pipeline/quiet.py).
 The shared contract every store must pass is tests/test_contract_store.py.
 """
 

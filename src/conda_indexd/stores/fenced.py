@@ -4,7 +4,7 @@ A `Fence` is asked before every publish step (`check`, raising `Fenced`) and ins
 cache write transaction (`check_in_transaction`, which takes the leadership row FOR KEY SHARE
 so a takeover waits for that transaction or the transaction sees the new token).
 `FencedStore` wraps the output store so that every write and removal of a published file
-is checked first and recorded (leader.py's publish log); the indexer itself does not know.
+is checked first and recorded (ha/leader.py's publish log); the indexer itself does not know.
 A single daemon or `index` uses `NoFence`.
 """
 
@@ -51,8 +51,9 @@ class FencedStore:
         self.inner = inner
         self.fence = fence
         self.location = inner.location
-        # the last moment before a rename is the inner store's: it asks the fence there
-        # (LocalStore.guard); a store without one is fenced by its checks alone
+        # the last moment before a rename or a PUT is the inner store's: it asks the fence
+        # there (LocalStore.guard, S3Store.guard); a store without one is fenced by its
+        # checks alone
         if hasattr(inner, "guard"):
             inner.guard = fence.assert_proven
 

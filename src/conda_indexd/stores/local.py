@@ -43,7 +43,7 @@ class LocalStore:
         self.root = root
         self.location = str(root)
         self._ours: dict[str, float] = {}  # key -> monotonic time this store wrote or removed it
-        # asked with the step right before every rename or removal (fence.py sets it to the
+        # asked with the step right before every rename or removal (stores/fenced.py sets it to the
         # pair's lease proof; raising there leaves the old file in place)
         self.guard: Callable[[str], None] = _unguarded
 

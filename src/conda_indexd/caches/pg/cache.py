@@ -21,7 +21,7 @@ rows), so the cache hands back the mtime the store listed.
 Ours, beside conda-index's tables: `conda_indexd_state` (the shard upkeep's state, per
 subdir: in the database, so a standby that takes over has it) and, with a `Fence`, every
 write transaction first takes the leadership row FOR KEY SHARE and checks the token
-(leader.py), so a deposed leader cannot write a row after a new leader took over.
+(ha/leader.py), so a deposed leader cannot write a row after a new leader took over.
 """
 
 from __future__ import annotations
@@ -351,7 +351,7 @@ class PgCache:
     # --- the shard upkeep's state, in our own table (shared with a standby) -----------------
 
     def pieces(self) -> None:
-        """Record pieces are kept only beside sqlite caches (sqlitepieces.py)."""
+        """Record pieces are kept only beside sqlite caches (caches/sqlite/pieces.py)."""
         return None
 
     def memo_folder(self) -> None:
@@ -380,7 +380,7 @@ class PostgresCaches:
 
     def __init__(self, channel: Path, url: str, *, fence: Fence | None = None, application_name: str = "conda-indexd",
                  identify: Callable[[], str] | None = None):  # fmt: skip
-        """`identify`: where the channel id comes from (channelid.py: a bucket's), else
+        """`identify`: where the channel id comes from (ha/channelid.py: a bucket's), else
         `channel`'s .cache/cache.json."""
         self.channel = channel
         self._identify = identify or (lambda: channel_id(channel))

@@ -1,7 +1,7 @@
 """conda-index's PostgreSQL schema and the connection: the tables its SQLAlchemy model
 creates (checked, or created when missing), the channel id in `<channel>/.cache/cache.json`,
-URLs (conda-index's SQLAlchemy ones accepted), one-line errors. Used by pgcache.py (the
-cache) and leader.py (the lease)."""
+URLs (conda-index's SQLAlchemy ones accepted), one-line errors. Used by caches/pg/cache.py (the
+cache) and ha/leader.py (the lease)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
 raises `RequestError` with the status to answer: 431 when the head grows over
 `MAX_HEAD` bytes, 400 when it is not an HTTP/1.x request (binary garbage, TLS, a bad
 request line or header line). The request body is only read for a POST route
-(httpserver.py): `Request.body_start` says where it begins in the buffer.
+(daemon/http/server.py): `Request.body_start` says where it begins in the buffer.
 """
 
 from __future__ import annotations

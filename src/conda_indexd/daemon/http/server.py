@@ -12,8 +12,9 @@ Bounded and timed, so that clients can never starve the indexer:
 - A client has `head_timeout` seconds from connecting to send its whole request head, and
   `write_timeout` seconds to take the answer; after that it is dropped.
 - A request head over `MAX_HEAD` bytes gets 431, a malformed one 400, a method other than
-  GET or HEAD 405, except POST on a POST route (/s3-events for a bucket): its body, by
-  Content-Length and at most MAX_POST_BODY (else 411/413), must arrive within the same
+  GET or HEAD 405, except POST on a POST route (/s3-events for a bucket), where any other
+  method is 405 with `Allow: POST`: its body, by Content-Length (decimal digits only, else
+  400; missing 411) and at most MAX_POST_BODY (else 413), must arrive within the same
   head timeout. Every answer closes the connection (no keep-alive).
 - Routes run on the loop thread: they answer from memory in milliseconds. One that raises
   gets a 500 and an error log line.
@@ -275,8 +276,12 @@ class StatusServer:
         except RequestError as err:
             self._respond(conn, err.status, "text/plain; charset=utf-8", err.body, head=False)
             return
-        if request is not None and request.method == "POST" and request.path in self.post_routes:
-            self._post(conn, request)
+        if request is not None and request.path in self.post_routes:
+            if request.method == "POST":
+                self._post(conn, request)
+            else:  # a POST-only route: named in Allow, as RFC 9110 asks of a 405
+                body = b"method not allowed: POST only\n"
+                self._respond(conn, 405, "text/plain; charset=utf-8", body, head=request.method == "HEAD", extra={"Allow": "POST"})
         elif request is not None:
             self._answer(conn, request)
 
@@ -298,12 +303,15 @@ class StatusServer:
 
     def _post(self, conn: _Conn, request: Request) -> None:
         """A POST route, once its whole body is in (the connection stays READING until then)."""
-        try:
-            length = int(request.headers.get("Content-Length"))
-        except ValueError:
+        if "content-length" not in request.headers:
             self._respond(conn, 411, "text/plain; charset=utf-8", b"Content-Length required\n", head=False)
             return
-        if not 0 <= length <= MAX_POST_BODY:
+        given = request.headers.get("Content-Length")
+        if not given.isascii() or not given.isdigit():  # int() would take "-1", " 1", "+1" and "1_0"
+            self._respond(conn, 400, "text/plain; charset=utf-8", b"Content-Length is not a number of bytes\n", head=False)
+            return
+        length = int(given) if len(given) <= 20 else MAX_POST_BODY + 1
+        if length > MAX_POST_BODY:
             self._respond(conn, 413, "text/plain; charset=utf-8", b"body too large\n", head=False)
             return
         body = bytes(conn.buf[request.body_start : request.body_start + length])

@@ -38,8 +38,8 @@ def document(
     sources: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """`ignored`: [{folder, reason}] of platform-like folders left out; `role`: the
-    leadership of a daemon in a pair (leader.py's describe()); `sources`: the pkgs dirs
-    served (--from-pkgs-dir), each as pkgsdir.DirReport.as_dict()."""
+    leadership of a daemon in a pair (ha/leader.py's describe()); `sources`: the pkgs dirs
+    served (--from-pkgs-dir), each as pkgs/dirs.DirReport.as_dict()."""
     now = time.time() if now is None else now
     return {
         "channel": channel,

@@ -71,18 +71,29 @@ def route_key(key: str, prefix: str, subdirs: Collection[str]) -> tuple[str, str
 
 
 def parse_records(body: bytes) -> list[tuple[str, str, str]]:
-    """(eventName, bucket, key) of each record; ValueError when it is not S3 event JSON."""
-    doc = json.loads(body)
+    """(eventName, bucket, key) of each record; ValueError when it is not S3 event JSON
+    (also for JSON nested deeper than the parser's recursion limit, and for a record whose
+    names are not strings)."""
+    try:
+        doc = json.loads(body)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8") from None
     records = doc.get("Records") if isinstance(doc, dict) else None
     if not isinstance(records, list):
         raise ValueError("no Records list")
     out = []
     for record in records:
-        try:
-            s3 = record["s3"]
-            out.append((str(record.get("eventName", "")), str(s3["bucket"]["name"]), str(s3["object"]["key"])))
-        except (KeyError, TypeError):
-            raise ValueError("a record without s3.bucket.name and s3.object.key") from None
+        s3 = record.get("s3") if isinstance(record, dict) else None
+        bucket = s3.get("bucket") if isinstance(s3, dict) else None
+        obj = s3.get("object") if isinstance(s3, dict) else None
+        name = bucket.get("name") if isinstance(bucket, dict) else None
+        key = obj.get("key") if isinstance(obj, dict) else None
+        event = record.get("eventName", "") if isinstance(record, dict) else None
+        if not isinstance(name, str) or not isinstance(key, str) or not isinstance(event, str):
+            raise ValueError("a record without s3.bucket.name and s3.object.key as strings")
+        out.append((event, name, key))
     return out
 
 

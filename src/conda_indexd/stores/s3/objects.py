@@ -1,6 +1,7 @@
 """What an object in a channel's bucket is named and sent with, pure: the s3:// address,
 the Content-Type and Cache-Control of each published key (as the nginx config serves a
-folder), and how a HEAD tells that an object already holds some bytes (our sha256 in
+folder), the published names written only over what this process last saw (FENCED_NAMES),
+and how a HEAD tells that an object already holds some bytes (our sha256 in
 its metadata, else a single-part ETag)."""
 
 from __future__ import annotations
@@ -11,9 +12,30 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from conda_indexd.names import SHARD_FILE
+from conda_indexd.errors import Fenced
+from conda_indexd.names import REPODATA, SHARD_FILE, SHARD_INDEX
+from conda_indexd.stores.base import StoreError
 
 SHA256_META = "sha256"  # x-amz-meta-sha256: what `write` compares before a PUT
+# the names whose write makes a subdir's publish visible: written only over what this process last saw
+FENCED_NAMES = frozenset({SHARD_INDEX, REPODATA, REPODATA + ".zst"})
+
+
+class WriterFenced(StoreError, Fenced):
+    """A conditional write of a published name was refused (412): another writer replaced
+    the object since this process last wrote or read it. This writer is deposed."""
+
+
+def fenced_key(key: str) -> bool:
+    """`subdir/<one of FENCED_NAMES>`."""
+    subdir, _, name = key.rpartition("/")
+    return bool(subdir) and "/" not in subdir and name in FENCED_NAMES
+
+
+def condition(expected: str | None) -> dict[str, Any]:
+    """The request's precondition: the object still has `expected`, or is absent (None)."""
+    return {"IfNoneMatch": "*"} if expected is None else {"IfMatch": expected}
+
 
 _REVALIDATE = re.compile(r"(^|/)(repodata[a-z_]*|current_repodata|run_exports|channeldata|patch_instructions)\.(json|json\.zst|json\.bz2|msgpack\.zst)$")
 _TYPES = {".json": "application/json", ".zst": "application/zstd", ".bz2": "application/x-bzip2",

@@ -19,12 +19,23 @@
   source's sha256, skipped when the destination already holds the bytes (same size and
   sha256, or same ETag).
 - `writer` (repodata.json and the other big outputs) spools to a temporary file and
-  uploads a large object in parts (s3upload.py): memory stays flat at any size.
+  uploads a large object in parts (stores/s3/upload.py): memory stays flat at any size.
 - `write(..., sync=False)` (the shards) only queues the PUT on a small thread pool;
   `sync(folder)` waits for every queued PUT under it and raises the first failure, so
   the shard index is never written before its shards are in the bucket.
 - Transport and permission errors raise `StoreError` (one line), never OSError: a
   network fault must fail the run (and be retried), not mark a package unreadable.
+- The bucket as its own fence: the writes that make a publish visible (a subdir's shard
+  index, repodata.json and repodata.json.zst: `FENCED_NAMES`) are conditional on the ETag
+  this process last wrote or read for that key (`If-Match`, unquoted as RGW wants it;
+  `If-None-Match: *` when it knows the key is absent). A deposed writer's PUT then fails
+  at the server with 412 instead of replacing the new writer's output, and raises
+  `WriterFenced` (a StoreError and a `fence.Fenced`): the run fails and the writer steps
+  back. With a writer lease (`lease_held`, set by ha/s3lease.py, or by backends.py from a
+  pair's fence) a 412 while the lease is still ours is a change from outside (or from a
+  previous leader of a pair): one warning, and the write is made against what is there now. Ceph RGW 16 ignores conditions on CopyObject and CompleteMultipartUpload:
+  for those a HEAD just before is the check (the condition is still sent, for stores that
+  honour it); see docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -33,7 +44,7 @@ import hashlib
 import os
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from typing import IO, Any, Protocol
@@ -43,9 +54,14 @@ from conda_indexd.stores.base import FileState, StoreError, StreamWriter
 from conda_indexd.stores.s3.client import make_client
 from conda_indexd.stores.s3.objects import IMMUTABLE as IMMUTABLE  # re-exported: tests compare with them
 from conda_indexd.stores.s3.objects import REVALIDATE as REVALIDATE
-from conda_indexd.stores.s3.objects import SHA256_META, holds, object_headers, parse_s3_url
+from conda_indexd.stores.s3.objects import SHA256_META, fenced_key, holds, object_headers, parse_s3_url
+from conda_indexd.stores.s3.objects import WriterFenced as WriterFenced  # re-exported: raised by this store
+from conda_indexd.stores.s3.objects import condition as _condition
 from conda_indexd.stores.s3.objects import etag as _etag
 from conda_indexd.stores.s3.upload import MULTIPART_THRESHOLD, PART_SIZE, spooled
+from conda_indexd.util.logs import get_logger
+
+log = get_logger(__name__)
 
 SPOOL_IN_MEMORY = 32 << 20  # packages up to this size are read into memory, bigger ones to a temp file
 CHUNK = 1 << 20
@@ -87,6 +103,13 @@ class S3Store:
         self._pid = 0
         self._writer: ThreadPoolExecutor | None = None
         self._queued: dict[str, list[Future[bool]]] = {}  # folder -> PUTs queued by write(sync=False)
+        self._seen: dict[str, str | None] = {}  # fenced key -> the ETag this process last wrote or read (None: absent)
+        # whether this process still holds the channel's writer lease (ha/s3lease.py sets it); None: no lease
+        self.lease_held: Callable[[], bool] | None = None
+        self.unaborted: set[tuple[str, str]] = set()  # (full key, upload id) of our uploads an abort failed for
+        # asked with the step right before every request that changes an object (fence.py
+        # sets it to a pair's lease proof: a request it refuses is never sent)
+        self.guard: Callable[[str], None] = _unguarded
 
     def __getstate__(self) -> dict[str, Any]:
         return {"url": self.url, "multipart_threshold": self.multipart_threshold, "part_size": self.part_size}
@@ -112,6 +135,8 @@ class S3Store:
         and for a 412 on PutObject)."""
         from botocore.exceptions import BotoCoreError, ClientError
 
+        if operation in _CHANGES:
+            self.guard(f"{operation} {params.get('Key', '')}")
         try:
             response = getattr(self.client, operation)(Bucket=self.bucket, **params)
         except ClientError as exc:
@@ -120,8 +145,8 @@ class S3Store:
             self._count(operation, str(status or "error"))
             if missing_ok and status == 404 and code not in ("NoSuchBucket",):
                 return None
-            if operation == "put_object" and status == 412:
-                return None
+            if status == 412 and operation in ("put_object", "copy_object", "complete_multipart_upload"):
+                return None  # a precondition: the caller decides what it means
             raise StoreError(self._explain(operation, status, code, exc)) from None
         except BotoCoreError as exc:
             self._count(operation, "error")
@@ -208,8 +233,11 @@ class S3Store:
     def object_key(self, key: str) -> str:
         return self._full(key)
 
-    def request(self, operation: str, *, written: int = 0, **params: Any) -> Any:
-        return self._call(operation, written=written, **params)
+    def request(self, operation: str, *, missing_ok: bool = False, written: int = 0, **params: Any) -> Any:
+        return self._call(operation, missing_ok=missing_ok, written=written, **params)
+
+    def fenced_message(self, key: str, expected: str | None, operation: str) -> str:
+        return self._fenced_message(key, expected, operation)
 
     def _head(self, key: str) -> dict[str, Any] | None:
         return self._call("head_object", missing_ok=True, Key=self._full(key))  # type: ignore[no-any-return]
@@ -315,11 +343,57 @@ class S3Store:
         if SHARD_FILE.match(key.rpartition("/")[2]):
             # content-addressed: a shard already there holds these bytes
             params["IfNoneMatch"] = "*"
-        else:
-            head = self._head(key)
-            if head is not None and holds(head, len(data), digest, lambda: hashlib.md5(data).hexdigest()):  # noqa: S324 - S3's ETag
+            return self._call("put_object", written=len(data), **params) is not None
+        head = self._head(key)
+        same = head is not None and holds(head, len(data), digest, lambda: hashlib.md5(data).hexdigest())  # noqa: S324 - S3's ETag
+        if not fenced_key(key):
+            if same:
                 return False
-        return self._call("put_object", written=len(data), **params) is not None
+            return self._call("put_object", written=len(data), **params) is not None
+        expected = self.expected(key, head)
+        if same and _etag(head.get("ETag") if head else None) == expected:
+            return False
+        for attempt in (1, 2):
+            response = self._call("put_object", written=len(data), **params, **_condition(expected))
+            if response is not None:
+                self._seen[key] = _etag(response.get("ETag"))
+                return True
+            if attempt == 1:
+                expected = self.breached(key, expected, "PutObject")
+        raise WriterFenced(self._fenced_message(key, expected, "PutObject"))
+
+    # --- the bucket as a fence (FENCED_NAMES) ---------------------------------------------------
+
+    def expected(self, key: str, head: dict[str, Any] | None) -> str | None:
+        """The ETag `key` must still have for this process to write it: the one it last wrote
+        or read, else (first sight) the one `head` shows now; None: absent."""
+        if key not in self._seen:
+            self._seen[key] = _etag(head.get("ETag")) if head is not None else None
+        return self._seen[key]
+
+    def wrote(self, key: str, etag: str | None) -> None:
+        """The ETag of what this process just wrote under a fenced `key`."""
+        if fenced_key(key):
+            self._seen[key] = _etag(etag) or None
+
+    def breached(self, key: str, expected: str | None, operation: str) -> str | None:
+        """`key` no longer has the ETag this process last saw (a 412, or a HEAD before an
+        operation the store does not make conditional). While the writer lease is still
+        ours (ha/s3lease.py) it was changed from outside: one warning, and the ETag it has now
+        to write against. Otherwise raise WriterFenced: another writer took over."""
+        if self.lease_held is None or not self.lease_held():
+            raise WriterFenced(self._fenced_message(key, expected, operation))
+        head = self._head(key)
+        now = _etag(head.get("ETag")) if head is not None else None
+        log.warning("published file changed from outside while this writer holds the lease; replacing it",
+                    key=f"{self.url}/{key}", expected_etag=expected, found_etag=now)  # fmt: skip
+        self._seen[key] = now
+        return now
+
+    def _fenced_message(self, key: str, expected: str | None, operation: str) -> str:
+        was = f"If-Match {expected}" if expected is not None else "If-None-Match *"
+        return (f"{self.url}/{key}: another writer replaced it since this process last wrote or read it "
+                f"({operation} {was}: 412 Precondition Failed); this writer is fenced and steps back")  # fmt: skip
 
     # --- conditional requests (the lease object) ------------------------------------------------
 
@@ -345,27 +419,40 @@ class S3Store:
 
     def writer(self, key: str, *, size: int | None = None) -> AbstractContextManager[StreamWriter]:
         """A streamed write through a temporary file: one PUT up to `multipart_threshold`,
-        a multipart upload above (s3upload.py)."""
+        a multipart upload above (stores/s3/upload.py)."""
         return spooled(self, key)
 
     def copy(self, src: str, dst: str, *, sync: bool = True) -> bool:
-        """A server-side copy: the bytes do not travel again. Durable when it returns."""
+        """A server-side copy: the bytes do not travel again. Durable when it returns. A
+        fenced `dst` is checked by a HEAD first (RGW 16 ignores If-Match on CopyObject; the
+        condition is sent anyway for stores that honour it)."""
         head = self._head(src)
         if head is None:
             raise FileNotFoundError(f"{self.url}/{src}")
         old = self._head(dst)
-        if old is not None and _same_object(head, old):
+        fenced = fenced_key(dst)
+        expected = self.expected(dst, old) if fenced else None
+        found = _etag(old.get("ETag")) if old is not None else None
+        if old is not None and _same_object(head, old) and (not fenced or found == expected):
             return False
+        if fenced and found != expected:
+            expected = self.breached(dst, expected, "CopyObject")
         ctype, cache_control = object_headers(dst)
-        self._call("copy_object", Key=self._full(dst), CopySource={"Bucket": self.bucket, "Key": self._full(src)},
-                   MetadataDirective="REPLACE", ContentType=ctype, CacheControl=cache_control,
-                   Metadata=dict(head.get("Metadata") or {}))  # fmt: skip
+        condition = _condition(expected) if fenced else {}
+        response = self._call("copy_object", Key=self._full(dst), CopySource={"Bucket": self.bucket, "Key": self._full(src)},
+                              MetadataDirective="REPLACE", ContentType=ctype, CacheControl=cache_control,
+                              Metadata=dict(head.get("Metadata") or {}), **condition)  # fmt: skip
+        if response is None:  # 412: a store that honours the condition refused it
+            raise WriterFenced(self._fenced_message(dst, expected, "CopyObject"))
+        self.wrote(dst, (response.get("CopyObjectResult") or {}).get("ETag"))
         return True
 
     def remove(self, key: str) -> bool:
         if self._head(key) is None:
             return False
         self._call("delete_object", Key=self._full(key))
+        if fenced_key(key):
+            self._seen[key] = None
         return True
 
     def sync(self, folder: str) -> None:
@@ -381,6 +468,13 @@ class S3Store:
 
     def prepare(self, subdir: str, *, recover: bool) -> None:
         """Folders do not exist in a bucket, and no write leaves temporaries behind."""
+
+
+_CHANGES = frozenset({"put_object", "copy_object", "complete_multipart_upload", "delete_object", "delete_objects"})
+
+
+def _unguarded(step: str) -> None:
+    pass
 
 
 def _usable(name: str) -> bool:

@@ -11,38 +11,62 @@ then on disk), hashed (sha256) as they arrive. At commit:
   appears whole when CompleteMultipartUpload returns (atomic, as a PUT); any failure
   aborts the upload, so no parts are left behind and the old object stays.
 A writer left without commit (or on an exception) discards its file.
+
+`abort_stale_uploads` cleans up after a process killed mid-upload (kill -9, a power cut):
+its upload stays open and its parts are kept (and billed) until aborted. At start
+(`watch`, `index s3://`) and after a failed run, the unfinished uploads under the prefix
+are listed and ours are aborted: keys of our outputs only (never a package), started
+more than STALE_UPLOAD_AGE ago (a younger one may be another writer's in progress), and
+any this process could not abort itself.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import IO, Any, Protocol
 
 from conda_indexd.stores.base import StoreError, StreamWriter
-from conda_indexd.stores.s3.objects import SHA256_META, holds, object_headers
+from conda_indexd.stores.s3.objects import SHA256_META, WriterFenced, condition, etag, fenced_key, holds, object_headers
+from conda_indexd.util.logs import get_logger
+
+log = get_logger(__name__)
 
 MULTIPART_THRESHOLD = 8 << 20  # bytes; above: a multipart upload from a file on disk
 PART_SIZE = 8 << 20  # S3's smallest part (but the last) is 5 MiB
 
 
 class Bucket(Protocol):
-    """The bucket client an upload drives (the S3 store is one): a HEAD, one request by
-    its boto3 operation name (errors mapped to StoreError), an ordinary write, and the
-    sizes that choose between them."""
+    """The bucket client an upload drives (the S3 store is one): a HEAD, one request by its
+    boto3 operation name (errors mapped to StoreError; None for a 404 with missing_ok and
+    for a 412), an ordinary write, the sizes that choose between them, and the fence on
+    published names (the ETag this process last saw of each)."""
 
+    url: str
+    prefix: str
     multipart_threshold: int
     part_size: int
+    unaborted: set[tuple[str, str]]  # (full key, upload id) of our uploads an abort failed for
 
     def head(self, key: str) -> dict[str, Any] | None: ...
 
     def object_key(self, key: str) -> str: ...
 
-    def request(self, operation: str, *, written: int = 0, **params: Any) -> Any: ...
+    def request(self, operation: str, *, missing_ok: bool = False, written: int = 0, **params: Any) -> Any: ...
 
     def write(self, key: str, data: bytes, *, sync: bool = True) -> bool: ...
+
+    def expected(self, key: str, head: dict[str, Any] | None) -> str | None: ...
+
+    def wrote(self, key: str, etag: str | None) -> None: ...
+
+    def breached(self, key: str, expected: str | None, operation: str) -> str | None: ...
+
+    def fenced_message(self, key: str, expected: str | None, operation: str) -> str: ...
 
 
 class SpooledWriter:
@@ -91,7 +115,9 @@ def spooled(bucket: Bucket, key: str) -> Iterator[StreamWriter]:
 
 def upload_file(bucket: Bucket, key: str, spool: IO[bytes], size: int, digest: str) -> bool:
     """The spooled bytes as `key` by a multipart upload, unless the object holds them;
-    True if written."""
+    True if written. A fenced key (s3bucket.FENCED_NAMES) must still have the ETag this
+    process last saw, looked at before the upload and again just before it is completed
+    (RGW 16 ignores If-Match on CompleteMultipartUpload; it is sent anyway)."""
 
     def md5() -> str:
         spool.seek(0)
@@ -101,8 +127,16 @@ def upload_file(bucket: Bucket, key: str, spool: IO[bytes], size: int, digest: s
         return h.hexdigest()
 
     head = bucket.head(key)
-    if head is not None and holds(head, size, digest, md5):
+    fenced = fenced_key(key)
+    expected = bucket.expected(key, head) if fenced else None
+
+    def found(head: dict[str, Any] | None) -> str | None:
+        return etag(head.get("ETag")) if head is not None else None
+
+    if head is not None and holds(head, size, digest, md5) and (not fenced or found(head) == expected):
         return False
+    if fenced and found(head) != expected:
+        expected = bucket.breached(key, expected, "CompleteMultipartUpload")
     full = bucket.object_key(key)
     ctype, cache_control = object_headers(key)
     created = bucket.request("create_multipart_upload", Key=full, ContentType=ctype, CacheControl=cache_control,
@@ -115,11 +149,86 @@ def upload_file(bucket: Bucket, key: str, spool: IO[bytes], size: int, digest: s
             number = len(parts) + 1
             done = bucket.request("upload_part", written=len(piece), Key=full, UploadId=upload_id, PartNumber=number, Body=piece)
             parts.append({"PartNumber": number, "ETag": done["ETag"]})
-        bucket.request("complete_multipart_upload", Key=full, UploadId=upload_id, MultipartUpload={"Parts": parts})
+        precondition: dict[str, Any] = {}
+        if fenced:
+            if (now := found(bucket.head(key))) != expected:
+                expected = bucket.breached(key, expected, "CompleteMultipartUpload")
+                if now != expected:  # changed again in between: not ours to settle
+                    raise WriterFenced(bucket.fenced_message(key, expected, "CompleteMultipartUpload"))
+            precondition = condition(expected)
+        completed = bucket.request("complete_multipart_upload", Key=full, UploadId=upload_id, MultipartUpload={"Parts": parts},
+                                **precondition)  # fmt: skip
+        if completed is None:  # 412 from a store that honours the condition
+            raise WriterFenced(bucket.fenced_message(key, expected, "CompleteMultipartUpload"))
     except BaseException:
         try:
             bucket.request("abort_multipart_upload", Key=full, UploadId=upload_id)
         except StoreError:
-            pass  # the endpoint is down: a lifecycle rule for incomplete uploads cleans up
+            bucket.unaborted.add((full, upload_id))  # the endpoint is down: aborted by the next sweep
         raise
+    bucket.wrote(key, completed.get("ETag") or multipartetag([part["ETag"] for part in parts]))
+    for full_key, left in list(bucket.unaborted):  # what an earlier failure could not abort: the endpoint works now
+        try:
+            bucket.request("abort_multipart_upload", missing_ok=True, Key=full_key, UploadId=left)
+            bucket.unaborted.discard((full_key, left))
+        except StoreError:
+            break
     return True
+
+
+def multipartetag(part_etags: list[str]) -> str:
+    """The ETag S3 (and RGW) give an object completed from these parts: the MD5 of the
+    parts' MD5s, then `-` and their count. RGW 16 leaves it out of its
+    CompleteMultipartUpload answer; a HEAD to learn it could see another writer's object."""
+    digests = b"".join(bytes.fromhex(etag.strip('"')) for etag in part_etags)
+    return f"{hashlib.md5(digests).hexdigest()}-{len(part_etags)}"  # noqa: S324 - S3's ETag
+
+
+# --- our unfinished uploads ---------------------------------------------------------------------
+
+STALE_UPLOAD_AGE = 600.0  # seconds: an unfinished upload of an output this old is not another writer's in progress
+_OUTPUT = re.compile(
+    r"((^|/)(repodata[a-z_]*|current_repodata|run_exports|channeldata|patch_instructions)\.json(\.zst|\.bz2)?"
+    r"|(^|/)repodata_shards\.msgpack\.zst|(^|/)shards/[0-9a-f]{64}\.msgpack\.zst|(^|/)(index\.html|rss\.xml))$"
+)
+
+
+def is_output_key(key: str) -> bool:
+    """A name this indexer publishes (relative to the prefix: channel files at the top, a
+    subdir's outputs, its shards), never a package. Only these uploads are ours to abort."""
+    parts = key.split("/")
+    if len(parts) == 1:
+        return key in ("channeldata.json", "rss.xml", "index.html")
+    if len(parts) == 2 or (len(parts) == 3 and parts[1] == "shards"):
+        return bool(_OUTPUT.search(key)) and not key.endswith((".conda", ".tar.bz2"))
+    return False
+
+
+def abort_stale_uploads(bucket: Bucket, older_than: float = STALE_UPLOAD_AGE) -> tuple[list[str], StoreError | None]:
+    """Abort this indexer's unfinished multipart uploads under the store's prefix: those of
+    our outputs started more than `older_than` seconds ago (by a process killed mid-upload:
+    a younger one may be another writer's in progress, a package upload is never ours),
+    and those this process failed to abort itself. Returns the keys aborted, and the error
+    that stopped it early (what it had not aborted is tried again next time)."""
+    base = bucket.prefix + "/" if bucket.prefix else ""
+    cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
+    pending, bucket.unaborted = set(bucket.unaborted), set()
+    aborted: list[str] = []
+    params: dict[str, Any] = {"Prefix": base}
+    try:
+        while True:
+            page = bucket.request("list_multipart_uploads", **params)
+            for upload in page.get("Uploads", ()):
+                full, upload_id = str(upload["Key"]), str(upload["UploadId"])
+                mine = (full, upload_id) in pending
+                stale = is_output_key(full[len(base) :]) and upload["Initiated"] <= cutoff
+                if mine or stale:
+                    bucket.request("abort_multipart_upload", missing_ok=True, Key=full, UploadId=upload_id)
+                    aborted.append(full[len(base) :])
+                pending.discard((full, upload_id))
+            if not page.get("IsTruncated"):
+                return aborted, None
+            params = {"Prefix": base, "KeyMarker": page.get("NextKeyMarker", ""), "UploadIdMarker": page.get("NextUploadIdMarker", "")}
+    except StoreError as exc:
+        bucket.unaborted |= pending  # not aborted yet: tried again next time
+        return aborted, exc
