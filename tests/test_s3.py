@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -122,6 +123,10 @@ def post_events(port: int, body: bytes, query: str = "", headers: dict[str, str]
 # --- index s3:// ---------------------------------------------------------------------------------
 
 
+def unstamped(data: bytes) -> bytes:
+    return re.sub(rb'"indexed_timestamp":\d+,', b"", data)
+
+
 def test_index_s3_gives_the_local_index_bytes(tmp_path: Path, s3: Any, bucket: str, index: Any) -> None:
     source = CORPUS if CORPUS.is_dir() else generated_channel(tmp_path / "generated")
     upload_tree(s3, bucket, "chan", source)
@@ -135,11 +140,31 @@ def test_index_s3_gives_the_local_index_bytes(tmp_path: Path, s3: Any, bucket: s
     assert subdirs and all((local / s / "repodata.json").is_file() for s in subdirs)
     for subdir in subdirs:
         for name in ("repodata.json", "repodata_from_packages.json"):
-            assert get(s3, bucket, f"chan/{subdir}/{name}") == (local / subdir / name).read_bytes(), (subdir, name)
+            # the same bytes but for when each file entered its channel (CEP-47)
+            assert unstamped(get(s3, bucket, f"chan/{subdir}/{name}")) == unstamped((local / subdir / name).read_bytes()), (subdir, name)
+        # a bucket's file entered it when it was uploaded: its LastModified (earlier than the run)
+        doc = json.loads(get(s3, bucket, f"chan/{subdir}/repodata.json"))
+        for fn, record in {**doc["packages"], **doc["packages.conda"]}.items():
+            uploaded = s3.head_object(Bucket=bucket, Key=f"chan/{subdir}/{fn}")["LastModified"]
+            assert record["indexed_timestamp"] == int(uploaded.timestamp() * 1000), fn
         remote_index = shard_index(get(s3, bucket, f"chan/{subdir}/repodata_shards.msgpack.zst"))
-        assert remote_index == shard_index((local / subdir / "repodata_shards.msgpack.zst").read_bytes())
+        local_index = shard_index((local / subdir / "repodata_shards.msgpack.zst").read_bytes())
+        assert remote_index["info"] == local_index["info"] and remote_index["shards"].keys() == local_index["shards"].keys()
         published = {o["Key"].removeprefix(f"chan/{subdir}/") for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"chan/{subdir}/shards/")["Contents"]}
-        assert published == {f"shards/{p.name}" for p in (local / subdir / "shards").iterdir()}
+        assert published == {f"shards/{d.hex()}.msgpack.zst" for d in remote_index["shards"].values()}
+        # each shard holds the local one's records but for indexed_timestamp (CEP-47), and that is repodata.json's
+        dctx = zstandard.ZstdDecompressor()
+        for name, digest in remote_index["shards"].items():
+            theirs = msgpack.unpackb(dctx.decompress(get(s3, bucket, f"chan/{subdir}/shards/{digest.hex()}.msgpack.zst")))
+            mine = msgpack.unpackb(dctx.decompress((local / subdir / "shards" / f"{local_index['shards'][name].hex()}.msgpack.zst").read_bytes()))
+            for section in ("packages", "packages.conda"):
+                assert {fn: r["indexed_timestamp"] for fn, r in theirs[section].items()} == {
+                    fn: r["indexed_timestamp"] for fn, r in doc[section].items() if fn in theirs[section]
+                }
+                for records in (theirs[section], mine[section]):
+                    for r in records.values():
+                        r.pop("indexed_timestamp")
+            assert theirs == mine, name
         # the caches live in the state folder, with the ETag as the change identity
         with sqlite3.connect(state / subdir / "cache.db") as db:
             rows = db.execute("SELECT path, etag, mtime FROM stat WHERE stage = 'indexed'").fetchall()
@@ -148,7 +173,7 @@ def test_index_s3_gives_the_local_index_bytes(tmp_path: Path, s3: Any, bucket: s
     # headers as the nginx config serves them
     repodata = s3.head_object(Bucket=bucket, Key=f"chan/{subdirs[0]}/repodata.json")
     assert (repodata["ContentType"], repodata["CacheControl"]) == ("application/json", REVALIDATE)
-    shard = next(iter((local / subdirs[0] / "shards").iterdir())).name
+    shard = next(iter(shard_index(get(s3, bucket, f"chan/{subdirs[0]}/repodata_shards.msgpack.zst"))["shards"].values())).hex() + ".msgpack.zst"
     head = s3.head_object(Bucket=bucket, Key=f"chan/{subdirs[0]}/shards/{shard}")
     assert (head["ContentType"], head["CacheControl"]) == ("application/zstd", IMMUTABLE)
     # a second run reads nothing and writes nothing
