@@ -140,6 +140,7 @@ def test_member_names_escaping_the_package_are_never_written(channel: Path, tmp_
         ".cache",
         "cache.db",
         "conda-indexd-pieces.db",
+        "conda-indexd-timestamps.db",
         "conda-indexd-memo.heap",
         "conda-indexd-memo.idx",
         "shards",

@@ -296,6 +296,8 @@ def test_corpus_caches_made_by_real_conda(tmp_path: Path) -> None:
     served = {**records(channel, "noarch"), **records(channel, "linux-64")}
     assert set(served) == set(expected_source)
     for fn, source in expected_source.items():
+        # this channel's own CEP-47 indexed_timestamp (when the file entered it), never the origin's
+        assert isinstance(served[fn].pop("indexed_timestamp"), int), fn
         assert served[fn] == origin_records[fn], fn
         assert (
             os.path.samefile(channel / served[fn]["subdir"] / fn, source / fn)

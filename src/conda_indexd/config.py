@@ -101,6 +101,10 @@ class IndexConfig:
     # packages no longer on disk (for machines that hold only the new files)
     update_only: bool = False
     reject_future_timestamps: bool = False
+    # CEP-48 (docs/repodata-revisions.md): records that need it go into the top-level `v3`
+    # map only; --repodata-next (conda-index's meaning) puts every record there
+    repodata_next: bool = False
+    v3_message: str | None = None  # info.repodata_revisions.v3.message
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "db", Db(self.db))  # "postgresql" from a caller is Db.POSTGRESQL

@@ -21,8 +21,6 @@ REFUSED: dict[tuple[str, object], str] = {
     "(repodata from cache.db alone, for packages not on disk, is not offered)",
     ("write_monolithic", False): "--no-write-monolithic is not supported: conda-indexd always writes repodata.json "
     "next to the shards, for clients without shard support",
-    ("repodata_next", True): "--repodata-next is not supported: the experimental v3 layout (CEP-48 draft) empties "
-    "packages/packages.conda, which every current client then reads as an empty channel",
 }
 
 
@@ -46,7 +44,11 @@ def add_flags(p: argparse.ArgumentParser) -> None:
         "--write-monolithic", action=argparse.BooleanOptionalAction, default=True, help="write repodata.json (always; --no-write-monolithic is refused)"
     )
     p.add_argument(
-        "--repodata-next", action=argparse.BooleanOptionalAction, default=False, help="experimental v3 repodata (not supported; --repodata-next is refused)"
+        "--repodata-next",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="CEP-48: put every package into the v3 map (conda-index's meaning); clients that do not read v3 then see "
+        "an empty channel. Without it only packages that need v3 go there",
     )
     p.add_argument(
         "--db",
@@ -61,6 +63,12 @@ def add_flags(p: argparse.ArgumentParser) -> None:
         metavar="URL",
         help=f"database URL for --db postgresql (default: $CONDA_INDEX_DBURL, else {DEFAULT_DB_URL}); conda-index's SQLAlchemy URLs work too",
     )
+
+
+REPODATA_NEXT_WARNING = (
+    "--repodata-next: every package goes into the v3 map only (CEP-48); clients that do not read v3 "
+    "(conda before 26.x, mamba 1) see an empty channel"
+)
 
 
 def refusal(args: argparse.Namespace) -> str | None:

@@ -341,6 +341,7 @@ def config_from_args(args: argparse.Namespace) -> IndexConfig:
         stale_upload_age=args.stale_upload_age,
         indexed_timestamp=args.indexed_timestamp,
         update_only=args.update_only,
+        repodata_next=args.repodata_next,
         reject_future_timestamps=args.reject_future_timestamps,
     )
 
@@ -348,6 +349,8 @@ def config_from_args(args: argparse.Namespace) -> IndexConfig:
 def run_index(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     log = logs.get_logger(__name__)
+    if config.repodata_next:
+        log.warning(compat.REPODATA_NEXT_WARNING)
     started = time.monotonic()
     run_time = time.time()  # CEP-47: the indexed_timestamp of what this run finds new
     progress = ProgressLine()
@@ -450,6 +453,8 @@ def _listen_from_env() -> tuple[str, int]:
 
 def run_watch(args: argparse.Namespace) -> int:
     index = config_from_args(args)
+    if index.repodata_next:
+        logs.get_logger(__name__).warning(compat.REPODATA_NEXT_WARNING)
     if args.max_delay < args.debounce:
         raise UsageError("--max-delay must not be shorter than --debounce")
     host, port = args.listen or _listen_from_env()

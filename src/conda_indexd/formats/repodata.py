@@ -87,13 +87,30 @@ class Document:
         *,
         base_url: str | None = None,
         removed: Iterable[str] = (),
+        v3: tuple[Sequence[bytes], Sequence[bytes]] | None = None,
+        revisions: dict[str, Any] | None = None,
     ):
+        """`v3`: the (conda, tar.bz2) pieces of CEP-48's top-level `v3` map, keyed by
+        filename without extension (None: no v3 map); `revisions`: info.repodata_revisions."""
         version = 2 if base_url else 1
-        self.head = b'{"info":' + compact_json(subdir_info(subdir, base_url)).encode("ascii") + b',"packages":{'
+        self.revisions = revisions
+        info: dict[str, Any] = subdir_info(subdir, base_url)
+        if revisions is not None:
+            info["repodata_revisions"] = revisions
+        self.head = b'{"info":' + compact_json(info).encode("ascii") + b',"packages":{'
         self.middle = b'},"packages.conda":{'
-        self.tail = (',"removed":' + compact_json(sorted(removed)) + ',"repodata_version":' + str(version) + "}").encode("ascii")
+        tail = ',"removed":' + compact_json(sorted(removed)) + ',"repodata_version":' + str(version)
         self.sections: tuple[Pieces, Pieces] = tuple(p if hasattr(p, "chunks") else PieceList(p) for p in (tar, conda))  # type: ignore[assignment,arg-type]
+        self.v3: tuple[Pieces, ...] = ()
+        if v3 is not None:  # sorted keys: conda, tar.bz2, whl (empty, as conda-index writes it)
+            self.v3 = (PieceList(v3[0]), PieceList(v3[1]))
+            self.v3_parts = (tail.encode("ascii") + b',"v3":{"conda":{', b'},"tar.bz2":{', b'},"whl":{}}}')
+            self.tail = b""
+        else:
+            self.tail = (tail + "}").encode("ascii")
         self.size = len(self.head) + len(self.middle) + 1 + len(self.tail) + sum(p.size for p in self.sections)
+        if self.v3:
+            self.size += sum(map(len, self.v3_parts)) + sum(p.size for p in self.v3)
 
     def chunks(self) -> Iterator[bytes]:
         yield self.head
@@ -102,6 +119,11 @@ class Document:
                 yield self.middle
             yield from pieces.chunks()
         yield b"}" + self.tail
+        if self.v3:
+            for part, v3_pieces in zip(self.v3_parts, (*self.v3, None), strict=True):
+                yield part
+                if v3_pieces is not None:
+                    yield from v3_pieces.chunks()
 
     def to_bytes(self) -> bytes:
         return b"".join(self.chunks())

@@ -36,7 +36,7 @@ try:  # Python 3.14+
 except ImportError:  # conda-package-streaming depends on the backport
     from backports import zstd  # type: ignore[import-not-found,no-redef]
 
-from conda_indexd.formats import patches, timestamps
+from conda_indexd.formats import patches, revisions, timestamps
 from conda_indexd.formats.repodata import subdir_base_url
 from conda_indexd.model import RecordRow, ShardKey
 from conda_indexd.names import SHARD_FILE, compact_json, section_of, utc_timestamp
@@ -48,7 +48,7 @@ log = get_logger(__name__)
 SHARDS_BASE_URL = "./shards/"
 # Bump when the same rows would encode to different shard bytes: it is part of every
 # fingerprint, so all shards are rebuilt once after an upgrade that changes encoding.
-ENCODING = 1
+ENCODING = 2  # 2: CEP-47 indexed_timestamp and CEP-48 v3 placement
 
 
 def shard_record(index_json_text: str, run_exports_text: str | None) -> dict[str, Any]:
@@ -62,8 +62,9 @@ def shard_record(index_json_text: str, run_exports_text: str | None) -> dict[str
     return record
 
 
-def shard_document(rows: Iterable[tuple[str, str, str | None]]) -> dict[str, dict[str, Any]]:
-    """{packages, packages.conda} from (filename, index_json text, run_exports text) rows."""
+def shard_document(rows: Iterable[tuple[str, str, str | None]], *, all_v3: bool = False) -> dict[str, dict[str, Any]]:
+    """{packages, packages.conda} from (filename, index_json text, run_exports text) rows
+    (before patches: see encode_shard for the v3 map)."""
     doc: dict[str, dict[str, Any]] = {"packages": {}, "packages.conda": {}}
     for fn, index_text, run_exports_text in sorted(rows, key=lambda r: r[0]):
         section = section_of(fn)
@@ -73,23 +74,37 @@ def shard_document(rows: Iterable[tuple[str, str, str | None]]) -> dict[str, dic
 
 
 def encode_shard(
-    rows: Iterable[tuple[str, str, str | None]], instructions: dict[str, Any] | None = None, *, ops: dict[str, list[patches.Op]] | None = None
+    rows: Iterable[tuple[str, str, str | None]],
+    instructions: dict[str, Any] | None = None,
+    *,
+    ops: dict[str, list[patches.Op]] | None = None,
+    all_v3: bool = False,
 ) -> tuple[bytes, bytes]:
     """(compressed shard bytes, its 32-byte sha256); patched when `instructions` are
     given (or their patches.per_record `ops`), record by record; a `removed` list only
-    when something was removed, as conda-index."""
+    when something was removed, as conda-index. Records that need CEP-48's v3 map (all
+    with `all_v3`) are only in `v3`, keyed by filename without extension, with
+    conda-index's sections (conda, tar.bz2, whl)."""
     doc = shard_document(rows)
     ops = patches.per_record(instructions) if ops is None else ops
-    if ops:
-        removed = []
-        for section in ("packages", "packages.conda"):
-            records = doc[section]
-            for fn in [fn for fn in records if fn in ops]:
-                if patches.patch_record(records[fn], ops[fn]):
-                    del records[fn]
-                    removed.append(fn)
-        if removed:
-            doc["removed"] = sorted(removed)  # type: ignore[assignment]
+    removed = []
+    v3: dict[str, dict[str, Any]] = {"conda": {}, "tar.bz2": {}, "whl": {}}
+    for section in ("packages", "packages.conda"):
+        records = doc[section]
+        for fn in list(records):
+            if fn in ops and patches.patch_record(records[fn], ops[fn]):
+                del records[fn]
+                removed.append(fn)
+                continue
+            if all_v3 or revisions.required(records[fn]) == revisions.V3:
+                where = revisions.v3_key(fn)
+                record = records.pop(fn)
+                if where is not None:
+                    v3[where[0]][where[1]] = record
+    if removed:
+        doc["removed"] = sorted(removed)  # type: ignore[assignment]
+    if all_v3 or any(v3.values()):
+        doc["v3"] = {section: dict(sorted(records.items())) for section, records in v3.items()}
     data = zstd.compress(msgpack.packb(doc))
     return data, hashlib.sha256(data).digest()
 
@@ -101,16 +116,19 @@ def encode_index(
     base_url: str | None = None,
     created: str | None = None,
     shards_base_url: str = SHARDS_BASE_URL,
+    revisions: dict[str, Any] | None = None,
 ) -> bytes:
-    """repodata_shards.msgpack.zst: version 1, info, and {name: digest} ordered by name."""
-    info = index_info(subdir, base_url, shards_base_url)
+    """repodata_shards.msgpack.zst: version 1, info, and {name: digest} ordered by name;
+    `revisions`: CEP-48 info.repodata_revisions, as in repodata.json."""
+    info = index_info(subdir, base_url, shards_base_url, revisions)
     index = {
         "version": 1,
-        "info": {  # conda-index's key order: created_at before subdir
+        "info": {  # conda-index's key order: created_at before subdir, then repodata_revisions
             "base_url": info["base_url"],
             "shards_base_url": info["shards_base_url"],
             "created_at": created or utc_timestamp(),
             "subdir": subdir,
+            **({"repodata_revisions": revisions} if revisions is not None else {}),
         },
         "shards": {name: shards[name] for name in sorted(shards)},
     }
@@ -237,6 +255,7 @@ class KeyList:
 
 
 STAMPED = "+indexed_timestamp"  # salt of every fingerprint when records carry an indexed_timestamp
+ALL_V3 = "+v3"  # ... and when every record goes into the v3 map (--repodata-next)
 
 
 def plan_shards(
@@ -247,6 +266,7 @@ def plan_shards(
     on_disk: dict[str, int],
     *,
     stamped: bool = False,
+    all_v3: bool = False,
 ) -> ShardPlan:
     """Which names keep their shard. `keys`: (name, filename, sha256) of every published
     package; `changed`: the only names whose files changed since the
@@ -256,14 +276,14 @@ def plan_shards(
     if isinstance(keys, list):
         keys = KeyList(keys)
     ops = patches.per_record(instructions)
-    every = STAMPED if stamped else ""  # salts every name's fingerprint (the records' shape)
+    every = (STAMPED if stamped else "") + (ALL_V3 if all_v3 else "")  # salts every name's fingerprint (the records' shape)
     salt = ops_salt(ops) + every
     patched = {name for fn in ops if (name := keys.name_of(fn)) is not None}
     if salt != state.salt:
         # other patches: the names the old or the new ones touch get other fingerprints
         # (an untouched name's fingerprint has no patch in it); indexed_timestamp
         # turned on or off: every name's
-        shape_changed = state.salt.endswith(STAMPED) != stamped
+        shape_changed = (state.salt[state.salt.find("+") :] if "+" in state.salt else "") != every  # ops_salt is hex: no "+"
         changed = None if changed is None or state.patched is None or shape_changed else changed | state.patched | patched
     if changed is None:
         current = fingerprints(keys.shard_keys(), every, ops=ops)
@@ -289,7 +309,7 @@ def plan(current: dict[str, str], remembered: dict[str, Remembered], on_disk: di
 
 
 def encode_shards(
-    todo: dict[str, str], rows: Iterable[RecordRow], instructions: dict[str, Any] | None, *, stamped: bool = False
+    todo: dict[str, str], rows: Iterable[RecordRow], instructions: dict[str, Any] | None, *, stamped: bool = False, all_v3: bool = False
 ) -> dict[str, tuple[bytes, Remembered]]:
     """{name: (shard bytes, what to remember)} for the names to encode, from their rows
     (`stamped`: with their indexed_timestamp)."""
@@ -297,7 +317,9 @@ def encode_shards(
     ops = patches.per_record(instructions)
     ordered = sorted((row for row in rows if row.name in todo), key=lambda r: (r.name, r.path))
     for name, group in itertools.groupby(ordered, key=lambda r: r.name):
-        data, digest = encode_shard(((r.path, timestamps.source(r.index_json, r.indexed_timestamp, stamped), r.run_exports) for r in group), ops=ops)
+        data, digest = encode_shard(
+            ((r.path, timestamps.source(r.index_json, r.indexed_timestamp, stamped), r.run_exports) for r in group), ops=ops, all_v3=all_v3
+        )
         encoded[name] = (data, Remembered(todo[name], digest.hex(), len(data)))
     return encoded
 
@@ -311,16 +333,19 @@ def shard_digests(files: dict[str, int]) -> dict[str, int]:
     return {m.group(1): size for name, size in files.items() if (m := SHARD_FILE.match(name))}
 
 
-def index_info(subdir: str, base_url: str | None, shards_base_url: str = SHARDS_BASE_URL) -> dict[str, str]:
+def index_info(subdir: str, base_url: str | None, shards_base_url: str = SHARDS_BASE_URL, revisions: dict[str, Any] | None = None) -> dict[str, Any]:
     """The shard index's `info`, created_at aside."""
-    return {
+    info: dict[str, Any] = {
         "base_url": subdir_base_url(base_url, subdir) if base_url else "",
         "shards_base_url": shards_base_url,
         "subdir": subdir,
     }
+    if revisions is not None:
+        info["repodata_revisions"] = revisions
+    return info
 
 
-def index_is_current(data: bytes | None, subdir: str, shards: dict[str, bytes], base_url: str | None) -> bool:
+def index_is_current(data: bytes | None, subdir: str, shards: dict[str, bytes], base_url: str | None, revisions: dict[str, Any] | None = None) -> bool:
     """Whether the published index already says exactly this (created_at aside)."""
     if data is None:
         return False
@@ -328,6 +353,6 @@ def index_is_current(data: bytes | None, subdir: str, shards: dict[str, bytes], 
         index = decode(data)
         info = dict(index["info"])
         info.pop("created_at")
-        return bool(index["version"] == 1 and info == index_info(subdir, base_url) and index["shards"] == shards)
+        return bool(index["version"] == 1 and info == index_info(subdir, base_url, revisions=revisions) and index["shards"] == shards)
     except Exception:  # unreadable or foreign: replace it
         return False

@@ -39,6 +39,7 @@ class Built:
     outputs: dict[str, Output]  # {filename: bytes or a Document} in publish order
     instructions: dict[str, Any] = field(default_factory=dict)  # patches applied (also to shards)
     patched_records: int = 0  # records whose piece the patches changed
+    revisions: dict[str, Any] | None = None  # CEP-48 info.repodata_revisions of repodata.json (the shard index says the same)
 
 
 def build_outputs(
@@ -70,7 +71,7 @@ def build_from_memo(
     `overlay`: origin metadata as patch instructions (formats/origin.py), applied under the patches.
     Raises PatchError before anything is published when the patch source fails."""
     patched = memo.patched
-    from_packages = memo.document(subdir, config.base_url)
+    from_packages = memo.document(subdir, config.base_url, all_v3=config.repodata_next, message=config.v3_message)
     outputs: dict[str, Output] = {REPODATA_FROM_PACKAGES: from_packages}
     patched_doc: Output = from_packages
     instructions: dict[str, Any] = {}
@@ -101,7 +102,8 @@ def build_from_memo(
         outputs[CURRENT] = compact_json(current.build(json.loads(data), pins)).encode("ascii")
     if config.run_exports:  # never patched (CEP-12)
         outputs[RUN_EXPORTS] = repodata.build_run_exports(subdir, run_exports)
-    return Built(outputs, instructions, count)
+    revisions = patched_doc.revisions if isinstance(patched_doc, repodata.Document) else None
+    return Built(outputs, instructions, count, revisions)
 
 
 def _patched_document(config: IndexConfig, subdir: str, memo: RecordMemo, ops: dict[str, list[patches.Op]]) -> tuple[repodata.Document, int]:
@@ -123,7 +125,7 @@ def _patched_document(config: IndexConfig, subdir: str, memo: RecordMemo, ops: d
             changed[fn] = known[1]
     patched.clear()
     patched.update(fresh)
-    return memo.document(subdir, config.base_url, changed), len(changed)
+    return memo.document(subdir, config.base_url, changed, all_v3=config.repodata_next, message=config.v3_message), len(changed)
 
 
 def _patch_piece(fn: str, piece: bytes, ops: list[patches.Op]) -> bytes | None:

@@ -16,6 +16,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
 from conda_indexd.archive.reader import ArchiveError, PackageMetadata, classify, read_package
 from conda_indexd.caches.base import Failure, FileState, MetadataRejected, SubdirCache
+from conda_indexd.formats import revisions
 from conda_indexd.stores.base import ChannelStore, Unreadable
 
 COMMIT_EVERY = 500  # archives stored per cache transaction
@@ -111,6 +112,9 @@ def store_result(cache: SubdirCache, state: FileState, result: PackageMetadata |
         # keep nothing; it is looked at again on the next change.
         cache.update_fs_state((), (state.path,))
         return Failure(state.path, "vanished", "changed while being read")
+    if (reason := revisions.problem(result.index_json)) is not None:  # CEP-48: a v3 record that is not one
+        cache.store_failure(state, "bad-v3-record", reason)
+        return Failure(state.path, "bad-v3-record", reason)
     try:
         cache.store(result, state)
     except MetadataRejected as exc:

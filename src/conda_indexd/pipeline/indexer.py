@@ -196,7 +196,7 @@ class SubdirRun:
                 # A takeover: records the old leader stored in the shared cache without
                 # publishing them are already in the warmed memo (not dirty), and the shard
                 # state is the old leader's: every name's fingerprint is computed again.
-                store = self._publish_shards(cache, memo, None if self.takeover else dirty, built.instructions, result)
+                store = self._publish_shards(cache, memo, None if self.takeover else dirty, built.instructions, result, built.revisions)
                 result.written += publish_outputs(config, b.outputs, subdir, built.outputs)
                 if not config.current_repodata:
                     result.written += withdraw_current(b.outputs, subdir)
@@ -233,7 +233,13 @@ class SubdirRun:
         return result
 
     def _publish_shards(
-        self, cache: SubdirCache, memo: RecordMemo, dirty: set[str] | None, instructions: dict[str, Any], result: SubdirResult
+        self,
+        cache: SubdirCache,
+        memo: RecordMemo,
+        dirty: set[str] | None,
+        instructions: dict[str, Any],
+        result: SubdirResult,
+        revisions: dict[str, Any] | None = None,
     ) -> ShardStore | None:
         if not self.config.write_shards:
             if withdraw(self.backends.outputs, self.subdir):
@@ -245,7 +251,8 @@ class SubdirRun:
         carried = memo.shards if self.touched is not None else None
         memo.shards = None  # until this run has saved
         store = ShardStore(self.backends.outputs, cache, self.subdir, carried)
-        store.publish(memo, dirty, instructions, self.config.base_url, result.shards, verify=self.verify, stamped=self.config.indexed_timestamp)
+        store.publish(memo, dirty, instructions, self.config.base_url, result.shards, verify=self.verify,
+                      stamped=self.config.indexed_timestamp, all_v3=self.config.repodata_next, revisions=revisions)  # fmt: skip
         result.written += result.shards.written
         return store
 

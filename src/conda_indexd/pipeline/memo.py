@@ -17,13 +17,14 @@ filename and four array slots, so a million records cost about 150 MB, not gigab
 from __future__ import annotations
 
 import bisect
+import json
 import sys
 from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from conda_indexd.caches.base import ShardKey, SubdirCache
-from conda_indexd.formats import repodata, timestamps
+from conda_indexd.formats import repodata, revisions, timestamps
 from conda_indexd.names import section_of
 from conda_indexd.pipeline.pieceheap import PieceHeap, Section, SectionView
 from conda_indexd.pipeline.quiet import Quiet
@@ -53,6 +54,7 @@ class RecordMemo:
         pieces carry each record's indexed_timestamp (CEP-47)."""
         self.heap = heap if heap is not None else PieceHeap(folder)
         self.stamped = stamped
+        self.v3: set[str] = set()  # CEP-48: filenames whose record needs the v3 map (revisions.required)
         self.sections = {s: Section() for s in SECTIONS}
         self.names: list[str] = []  # name ids -> package names
         self.name_ids: dict[str, int] = {}
@@ -115,11 +117,44 @@ class RecordMemo:
         """One section of repodata.json as a stream (`replace`: patched pieces, None: left out)."""
         return SectionView(self.heap, self.sections[section], replace)
 
-    def document(self, subdir: str, base_url: str | None, replace: dict[str, bytes | None] | None = None) -> repodata.Document:
+    def document(
+        self,
+        subdir: str,
+        base_url: str | None,
+        replace: dict[str, bytes | None] | None = None,
+        *,
+        all_v3: bool = False,
+        message: str | None = None,
+    ) -> repodata.Document:
+        """repodata.json; the records that need CEP-48's v3 map (all of them with
+        `all_v3`: conda-index's --repodata-next) are only there, keyed by filename
+        without extension, with info.repodata_revisions."""
         replace = replace or {}
         removed = sorted(fn for fn, p in replace.items() if p is None and fn in self)
-        views = [self.view(s, {fn: p for fn, p in replace.items() if section_of(fn) == s}) for s in SECTIONS]
-        return repodata.Document(subdir, views[0], views[1], base_url=base_url, removed=removed)
+        in_v3 = set(self.filenames()) if all_v3 else self.v3
+        if not in_v3:
+            views = [self.view(s, {fn: p for fn, p in replace.items() if section_of(fn) == s}) for s in SECTIONS]
+            return repodata.Document(subdir, views[0], views[1], base_url=base_url, removed=removed)
+        legacy = {**replace, **dict.fromkeys(in_v3)}  # left out of packages / packages.conda
+        views = [self.view(s, {fn: p for fn, p in legacy.items() if section_of(fn) == s}) for s in SECTIONS]
+        pieces: dict[str, list[tuple[str, bytes]]] = {"conda": [], "tar.bz2": []}
+        stamps: list[int] = []
+        for fn in in_v3:
+            piece = replace[fn] if fn in replace else self.piece(fn)
+            where = revisions.v3_key(fn)
+            if piece is None or where is None:
+                continue
+            section, stem = where
+            body = piece[len(json.dumps(fn)) + 1 :]
+            record = json.loads(body)
+            value = record.get(timestamps.FIELD) if self.stamped else record.get("timestamp")  # CEP-48 / conda-index 0.13
+            if isinstance(value, int) and not isinstance(value, bool):
+                stamps.append(value)
+            pieces[section].append((stem, json.dumps(stem).encode("ascii") + b":" + body))
+        v3 = tuple([p for _, p in sorted(pieces[s])] for s in ("conda", "tar.bz2"))
+        oldest, newest = timestamps.bounds(stamps)
+        info = revisions.revision_info(sum(map(len, v3)), oldest, newest, message)
+        return repodata.Document(subdir, views[0], views[1], base_url=base_url, removed=removed, v3=(v3[0], v3[1]), revisions=info)
 
     def pieces(self) -> list[tuple[str, str]]:
         """(filename, record piece) sorted by filename (small subdirs and tests)."""
@@ -202,6 +237,7 @@ class RecordMemo:
             entry = self._find(fn)
             if entry is not None:
                 changed.add(self.names[entry[0].ids[entry[1]]])
+        self.v3.difference_update(drop)
         if bulk:
             self._drop_bulk(drop)
         else:
@@ -221,6 +257,10 @@ class RecordMemo:
             if piece is None:
                 piece = repodata.piece_bytes(path, text)
                 fresh.append((path, text, piece))
+            if revisions.may_need_v3(text) and revisions.required(json.loads(timestamps.split(text)[0])) == revisions.V3:
+                self.v3.add(path)
+            else:
+                self.v3.discard(path)
             batch.append((path, name, piece))
             if len(batch) >= BATCH:
                 self._add(batch, misses, changed, pending if bulk else None)

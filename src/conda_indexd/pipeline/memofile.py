@@ -29,7 +29,7 @@ from conda_indexd.util.logs import get_logger
 log = get_logger(__name__)
 
 INDEX_FILE = "conda-indexd-memo.idx"
-VERSION = 3  # 3: `stamped` (CEP-47 indexed_timestamp in the pieces)
+VERSION = 4  # 3: `stamped` (CEP-47 indexed_timestamp in the pieces); 4: `v3` (CEP-48)
 
 
 def save(cache: SubdirCache, memo: RecordMemo) -> None:
@@ -44,6 +44,7 @@ def save(cache: SubdirCache, memo: RecordMemo) -> None:
         {
             "version": VERSION,
             "stamped": memo.stamped,
+            "v3": sorted(memo.v3),
             "generation": generation,
             "heap": memo.heap.ident,
             "names": memo.names,
@@ -113,5 +114,6 @@ def _fill(memo: RecordMemo, state: dict) -> None:  # type: ignore[type-arg]
     if end > memo.heap.size:
         raise ValueError("heap file is short")
     memo.patched = {fn: (str(v[0]), v[1]) for fn, v in state["patched"].items()}
+    memo.v3 = {str(fn) for fn in state["v3"]}
     listing, outputs, collect_at = state["quiet"]
     memo.quiet = Quiet(listing, (outputs[0], tuple(FileState(*f) for f in outputs[1])) if outputs is not None else None, float(collect_at))

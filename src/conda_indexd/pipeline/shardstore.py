@@ -63,6 +63,8 @@ class ShardStore:
         report: ShardsReport,
         verify: Collection[str] = (),
         stamped: bool = False,
+        all_v3: bool = False,
+        revisions: dict[str, Any] | None = None,
     ) -> None:
         """Steps 1-3: new shard files, one durability barrier, then the index. `verify`:
         shard files (`shards/<digest>.msgpack.zst`) someone else may have changed; one
@@ -81,12 +83,12 @@ class ShardStore:
         for digest in sorted(damaged):
             self.store.remove(key(self.folder, shards.shard_file(digest)))
             del self.on_disk[digest]
-        plan = shards.plan_shards(self.state, keys, changed, instructions, self.on_disk, stamped=stamped)
+        plan = shards.plan_shards(self.state, keys, changed, instructions, self.on_disk, stamped=stamped, all_v3=all_v3)
         kept = plan.kept
         wrote = False
         for batch in _batches(keys, plan.todo):
             paths = [k.path for k in batch]
-            encoded = shards.encode_shards(plan.todo, self.cache.records_for(paths), instructions, stamped=stamped)
+            encoded = shards.encode_shards(plan.todo, self.cache.records_for(paths), instructions, stamped=stamped, all_v3=all_v3)
             files = [(key(self.folder, shards.shard_file(r.digest)), data) for data, r in encoded.values()]
             # each write fsyncs its file: many at once let the file system commit them together
             with ThreadPoolExecutor(WRITERS) if len(files) > 8 else contextlib.nullcontext() as pool:
@@ -106,8 +108,8 @@ class ShardStore:
         report.names = len(kept)
         digests = {name: bytes.fromhex(r.digest) for name, r in kept.items()}
         index_key = key(self.subdir, SHARD_INDEX)
-        if not shards.index_is_current(self.store.read(index_key), self.subdir, digests, base_url):
-            self.store.write(index_key, shards.encode_index(self.subdir, digests, base_url=base_url))
+        if not shards.index_is_current(self.store.read(index_key), self.subdir, digests, base_url, revisions):
+            self.store.write(index_key, shards.encode_index(self.subdir, digests, base_url=base_url, revisions=revisions))
             report.written.append(SHARD_INDEX)
 
     def _intact(self, digest: str) -> bool:
