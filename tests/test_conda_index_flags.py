@@ -72,6 +72,7 @@ WORKS: list[tuple[list[str], Check]] = [
     (["--channeldata", "--html-dependencies"], lambda c, t: 'title="a"' in (c / "noarch/index.html").read_text()),
     (["--channeldata", "--no-html-dependencies"], lambda c, t: "title=" not in (c / "noarch/index.html").read_text()),
     (["--no-repodata-next"], lambda c, t: "v3" not in json.loads(_rd(c))),
+    (["--repodata-next"], lambda c, t: json.loads(_rd(c))["packages"] == {} and "b-1.0-0" in json.loads(_rd(c))["v3"]["tar.bz2"]),
 ]  # fmt: skip
 
 # (flags, words the one line must contain)
@@ -82,7 +83,6 @@ REFUSED: list[tuple[list[str], list[str]]] = [
     (["--no-write-monolithic"], ["--no-write-monolithic", "always writes repodata.json"]),
     (["--db", "mysql"], ["--db mysql", "sqlite3", "postgresql"]),
     (["--db", "postgresql", "--db-url", "mysql://x/y"], ["--db-url", "expected a postgresql:// URL"]),
-    (["--repodata-next"], ["--repodata-next", "not supported"]),
 ]
 
 # conda-index 0.13 options this file covers (checked against its --help below)

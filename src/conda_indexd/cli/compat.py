@@ -65,10 +65,7 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-REPODATA_NEXT_WARNING = (
-    "--repodata-next: every package goes into the v3 map only (CEP-48); clients that do not read v3 "
-    "(conda before 26.x, mamba 1) see an empty channel"
-)
+REPODATA_NEXT_WARNING = "--repodata-next: every package goes into the v3 map only (CEP-48); clients that do not read v3 see an empty channel"
 
 
 def refusal(args: argparse.Namespace) -> str | None:

@@ -99,7 +99,10 @@ def build_from_memo(
         data = patched_doc if isinstance(patched_doc, bytes) else patched_doc.to_bytes()
         versions = config.current_index_versions
         pins = current.parse_pins(versions.read_text(), str(versions)) if versions else {}
-        outputs[CURRENT] = compact_json(current.build(json.loads(data), pins)).encode("ascii")
+        doc = json.loads(data)
+        doc.pop("v3", None)  # CEP-48: current_repodata is for old clients, from the legacy maps only
+        doc["info"].pop("repodata_revisions", None)
+        outputs[CURRENT] = compact_json(current.build(doc, pins)).encode("ascii")
     if config.run_exports:  # never patched (CEP-12)
         outputs[RUN_EXPORTS] = repodata.build_run_exports(subdir, run_exports)
     revisions = patched_doc.revisions if isinstance(patched_doc, repodata.Document) else None
