@@ -105,6 +105,10 @@ class IndexConfig:
     # map only; --repodata-next (conda-index's meaning) puts every record there
     repodata_next: bool = False
     v3_message: str | None = None  # info.repodata_revisions.v3.message
+    v3_always: bool = False  # advertise v3 (the map and its revision info) even with no v3 record ([index-config] repodata-revisions)
+    # CEP-42 info.channel_relations: sorted (base|overrides, "../channel") pairs (None: none)
+    channel_relations: tuple[tuple[str, str], ...] | None = None
+    notices: bytes | None = None  # CEP-6: notices.json at the channel root (None: an existing one is left alone)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "db", Db(self.db))  # "postgresql" from a caller is Db.POSTGRESQL

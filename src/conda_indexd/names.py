@@ -26,6 +26,7 @@ SHARD_INDEX = "repodata_shards.msgpack.zst"
 SHARDS_DIR = "shards"
 SHARD_STATE = "shards-state.json"  # what the shard upkeep remembers, kept with the cache
 CHANNELDATA, RSS, INDEX_HTML = "channeldata.json", "rss.xml", "index.html"
+NOTICES = "notices.json"  # CEP-6, at the channel root
 # what a subdir's index.html lists when present
 SUBDIR_FILES = (REPODATA, REPODATA + ".zst", REPODATA + ".bz2", REPODATA_FROM_PACKAGES,
                 REPODATA_FROM_PACKAGES + ".zst", REPODATA_FROM_PACKAGES + ".bz2", PATCH_INSTRUCTIONS,

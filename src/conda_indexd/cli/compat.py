@@ -46,7 +46,7 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--repodata-next",
         action=argparse.BooleanOptionalAction,
-        default=False,
+        default=None,
         help="CEP-48: put every package into the v3 map (conda-index's meaning); clients that do not read v3 then see "
         "an empty channel. Without it only packages that need v3 go there",
     )

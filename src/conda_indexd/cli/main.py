@@ -14,12 +14,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from conda_indexd import __version__
 from conda_indexd.backends import clean_uploads, open_backends, open_lock
 from conda_indexd.caches.base import CacheError
-from conda_indexd.cli import compat, leftovers
+from conda_indexd.cli import compat, indexconfig, leftovers
 from conda_indexd.cli.progress import ProgressLine
 from conda_indexd.cli.s3config import remote_settings
 from conda_indexd.config import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SHARD_RETENTION, Db, IndexConfig, WatchConfig, default_threads
@@ -41,6 +41,7 @@ from conda_indexd.wait import command as wait
 from conda_indexd.wait.command import TargetError
 
 PROG = "conda-indexd"
+T = TypeVar("T")
 DEMO_DIR = "demo-channel"  # demo/channel.py's default folder
 
 
@@ -77,7 +78,7 @@ def add_index_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", metavar="DIR", help="s3:// channels: the local folder for cache.db (default $XDG_STATE_HOME/conda-indexd/BUCKET/PREFIX)")
     p.add_argument("--subdir", action="append", metavar="S", help="index only this subdir (repeatable)")
     p.add_argument("-n", "--channel-name", help="channel name (used by later outputs such as index.html)")
-    p.add_argument("--zst", action=argparse.BooleanOptionalAction, default=True, help="write repodata.json.zst (default: on)")
+    p.add_argument("--zst", action=argparse.BooleanOptionalAction, default=None, help="write repodata.json.zst (default: on)")
     p.add_argument("--zst-level", type=_zst_level, default=3, metavar="N", help="zstd level for .zst copies (default: 3)")
     p.add_argument("--bz2", action=argparse.BooleanOptionalAction, default=False, help="write repodata.json.bz2 (default: off)")
     p.add_argument("--run-exports", action=argparse.BooleanOptionalAction, default=False, help="write run_exports.json (CEP-12)")
@@ -108,7 +109,7 @@ def add_index_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--write-shards",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=None,
         help="write CEP-16 sharded repodata: repodata_shards.msgpack.zst and shards/ (default: on)",
     )
     p.add_argument(
@@ -156,6 +157,14 @@ def add_index_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="leave out packages whose build timestamp is later than when they were indexed "
         "(in the future when they arrived; CEP-47), as skipped archives (default: flag them only)",
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        type=Path,
+        help="read the [index-config] section of a pixi/rattler config file (write-zst, write-shards, base-url, "
+        "repodata-revisions, package-revision-assignment, channel-relations, notices; per-channel tables by "
+        "longest path or URL prefix); flags win over it",
     )
     compat.add_flags(p)
 
@@ -309,6 +318,12 @@ def config_from_args(args: argparse.Namespace) -> IndexConfig:
             raise UsageError(f"--current-index-versions-file: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - YAML errors
             raise UsageError(f"--current-index-versions-file: not valid YAML ({str(exc).splitlines()[0]})") from None
+    settings = indexconfig.Settings()
+    if args.config is not None:
+        try:
+            settings = indexconfig.load(args.config, channel_url or str(channel))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     for flag, wanted in (("--current-repodata", args.current_repodata), ("--channeldata", args.channeldata)):
         if wanted and not current_available():
             raise UsageError(f"{flag} needs py-rattler: pip install 'conda-indexd[outputs]'")
@@ -323,13 +338,13 @@ def config_from_args(args: argparse.Namespace) -> IndexConfig:
         output=output,
         subdirs=tuple(args.subdir or ()),
         channel_name=args.channel_name,
-        zst=args.zst,
+        zst=_first(args.zst, settings.zst, True),
         zst_level=args.zst_level,
         bz2=args.bz2,
         run_exports=args.run_exports,
-        base_url=args.base_url,
+        base_url=_first(args.base_url, settings.base_url, None),
         threads=args.threads,
-        write_shards=args.write_shards,
+        write_shards=_first(args.write_shards, settings.write_shards, True),
         shard_retention=args.shard_retention,
         channel_url=channel_url,
         output_url=output_url,
@@ -341,9 +356,18 @@ def config_from_args(args: argparse.Namespace) -> IndexConfig:
         stale_upload_age=args.stale_upload_age,
         indexed_timestamp=args.indexed_timestamp,
         update_only=args.update_only,
-        repodata_next=args.repodata_next,
+        repodata_next=_first(args.repodata_next, settings.all_v3, False),
+        v3_always=settings.v3_always,
+        v3_message=settings.v3_message,
+        channel_relations=settings.channel_relations,
+        notices=settings.notices,
         reject_future_timestamps=args.reject_future_timestamps,
     )
+
+
+def _first(flag: T | None, from_file: T | None, default: T) -> T:
+    """A flag given on the command line, else the --config file's value, else the default."""
+    return flag if flag is not None else from_file if from_file is not None else default
 
 
 def run_index(args: argparse.Namespace) -> int:

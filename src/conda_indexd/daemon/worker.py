@@ -152,7 +152,13 @@ class Worker:
             now = time.monotonic()
             self.process(Pending(subdir, now, now, full_scan=True, scan_reason=ScanReason.STARTUP))
 
-        return self.channel.reconcile(startup_scan, self._startup_subdirs(), self.stopping) is not None
+        done = self.channel.reconcile(startup_scan, self._startup_subdirs(), self.stopping) is not None
+        if done and self.index.notices is not None:  # CEP-6 notices.json from configuration, once started
+            try:
+                self.channel.publish_channel(self.subdirs())
+            except Exception as exc:  # noqa: BLE001 - never stops the daemon
+                log.error("channel files failed", error=f"{type(exc).__name__}: {exc}")
+        return done
 
     def became_ready(self, reconciled: bool = True) -> None:
         """Ready (/readyz 200). `reconciled`: this daemon published every subdir (False
@@ -241,7 +247,7 @@ class Worker:
             return
         state.succeeded(result)
         self._count(item, result)
-        if result.written and self.index.channeldata:
+        if result.written and (self.index.channeldata or self.index.notices is not None):
             try:  # channel-level files last (docs/spec §8.2), from every subdir's published repodata
                 self.channel.publish_channel(self.subdirs())
             except Exception as exc:  # noqa: BLE001 - never stops the daemon

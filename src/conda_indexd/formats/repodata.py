@@ -89,14 +89,18 @@ class Document:
         removed: Iterable[str] = (),
         v3: tuple[Sequence[bytes], Sequence[bytes]] | None = None,
         revisions: dict[str, Any] | None = None,
+        relations: dict[str, str] | None = None,
     ):
         """`v3`: the (conda, tar.bz2) pieces of CEP-48's top-level `v3` map, keyed by
-        filename without extension (None: no v3 map); `revisions`: info.repodata_revisions."""
+        filename without extension (None: no v3 map); `revisions`: info.repodata_revisions;
+        `relations`: CEP-42 info.channel_relations."""
         version = 2 if base_url else 1
         self.revisions = revisions
         info: dict[str, Any] = subdir_info(subdir, base_url)
         if revisions is not None:
             info["repodata_revisions"] = revisions
+        if relations:
+            info["channel_relations"] = relations
         self.head = b'{"info":' + compact_json(info).encode("ascii") + b',"packages":{'
         self.middle = b'},"packages.conda":{'
         tail = ',"removed":' + compact_json(sorted(removed)) + ',"repodata_version":' + str(version)

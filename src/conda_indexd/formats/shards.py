@@ -117,10 +117,12 @@ def encode_index(
     created: str | None = None,
     shards_base_url: str = SHARDS_BASE_URL,
     revisions: dict[str, Any] | None = None,
+    relations: dict[str, str] | None = None,
 ) -> bytes:
     """repodata_shards.msgpack.zst: version 1, info, and {name: digest} ordered by name;
-    `revisions`: CEP-48 info.repodata_revisions, as in repodata.json."""
-    info = index_info(subdir, base_url, shards_base_url, revisions)
+    `revisions`: CEP-48 info.repodata_revisions, `relations`: CEP-42
+    info.channel_relations, as in repodata.json."""
+    info = index_info(subdir, base_url, shards_base_url, revisions, relations)
     index = {
         "version": 1,
         "info": {  # conda-index's key order: created_at before subdir, then repodata_revisions
@@ -129,6 +131,7 @@ def encode_index(
             "created_at": created or utc_timestamp(),
             "subdir": subdir,
             **({"repodata_revisions": revisions} if revisions is not None else {}),
+            **({"channel_relations": relations} if relations else {}),
         },
         "shards": {name: shards[name] for name in sorted(shards)},
     }
@@ -333,7 +336,13 @@ def shard_digests(files: dict[str, int]) -> dict[str, int]:
     return {m.group(1): size for name, size in files.items() if (m := SHARD_FILE.match(name))}
 
 
-def index_info(subdir: str, base_url: str | None, shards_base_url: str = SHARDS_BASE_URL, revisions: dict[str, Any] | None = None) -> dict[str, Any]:
+def index_info(
+    subdir: str,
+    base_url: str | None,
+    shards_base_url: str = SHARDS_BASE_URL,
+    revisions: dict[str, Any] | None = None,
+    relations: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """The shard index's `info`, created_at aside."""
     info: dict[str, Any] = {
         "base_url": subdir_base_url(base_url, subdir) if base_url else "",
@@ -342,10 +351,19 @@ def index_info(subdir: str, base_url: str | None, shards_base_url: str = SHARDS_
     }
     if revisions is not None:
         info["repodata_revisions"] = revisions
+    if relations:
+        info["channel_relations"] = relations
     return info
 
 
-def index_is_current(data: bytes | None, subdir: str, shards: dict[str, bytes], base_url: str | None, revisions: dict[str, Any] | None = None) -> bool:
+def index_is_current(
+    data: bytes | None,
+    subdir: str,
+    shards: dict[str, bytes],
+    base_url: str | None,
+    revisions: dict[str, Any] | None = None,
+    relations: dict[str, str] | None = None,
+) -> bool:
     """Whether the published index already says exactly this (created_at aside)."""
     if data is None:
         return False
@@ -353,6 +371,6 @@ def index_is_current(data: bytes | None, subdir: str, shards: dict[str, bytes], 
         index = decode(data)
         info = dict(index["info"])
         info.pop("created_at")
-        return bool(index["version"] == 1 and info == index_info(subdir, base_url, revisions=revisions) and index["shards"] == shards)
+        return bool(index["version"] == 1 and info == index_info(subdir, base_url, revisions=revisions, relations=relations) and index["shards"] == shards)
     except Exception:  # unreadable or foreign: replace it
         return False

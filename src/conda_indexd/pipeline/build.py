@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conda_indexd.config import IndexConfig
-from conda_indexd.formats import current, origin, patches, repodata, timestamps
+from conda_indexd.formats import channelmeta, current, origin, patches, repodata, timestamps
 from conda_indexd.names import CURRENT, PATCH_INSTRUCTIONS, REPODATA, REPODATA_FROM_PACKAGES, RUN_EXPORTS, compact_json
 from conda_indexd.pipeline import patchsource
 from conda_indexd.pipeline.memo import RecordMemo, from_pieces
@@ -71,7 +71,7 @@ def build_from_memo(
     `overlay`: origin metadata as patch instructions (formats/origin.py), applied under the patches.
     Raises PatchError before anything is published when the patch source fails."""
     patched = memo.patched
-    from_packages = memo.document(subdir, config.base_url, all_v3=config.repodata_next, message=config.v3_message)
+    from_packages = memo.document(subdir, config.base_url, **_shape(config))
     outputs: dict[str, Output] = {REPODATA_FROM_PACKAGES: from_packages}
     patched_doc: Output = from_packages
     instructions: dict[str, Any] = {}
@@ -102,6 +102,7 @@ def build_from_memo(
         doc = json.loads(data)
         doc.pop("v3", None)  # CEP-48: current_repodata is for old clients, from the legacy maps only
         doc["info"].pop("repodata_revisions", None)
+        doc["info"].pop("channel_relations", None)
         outputs[CURRENT] = compact_json(current.build(doc, pins)).encode("ascii")
     if config.run_exports:  # never patched (CEP-12)
         outputs[RUN_EXPORTS] = repodata.build_run_exports(subdir, run_exports)
@@ -128,7 +129,17 @@ def _patched_document(config: IndexConfig, subdir: str, memo: RecordMemo, ops: d
             changed[fn] = known[1]
     patched.clear()
     patched.update(fresh)
-    return memo.document(subdir, config.base_url, changed, all_v3=config.repodata_next, message=config.v3_message), len(changed)
+    return memo.document(subdir, config.base_url, changed, **_shape(config)), len(changed)
+
+
+def _shape(config: IndexConfig) -> dict[str, Any]:
+    """The document options beyond the records: CEP-48 v3 and CEP-42 relations."""
+    return {
+        "all_v3": config.repodata_next,
+        "message": config.v3_message,
+        "v3_always": config.v3_always,
+        "relations": channelmeta.relations_info(config.channel_relations),
+    }
 
 
 def _patch_piece(fn: str, piece: bytes, ops: list[patches.Op]) -> bytes | None:

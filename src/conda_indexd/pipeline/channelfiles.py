@@ -10,16 +10,19 @@ from typing import Any
 from conda_indexd.caches.base import SubdirCache
 from conda_indexd.config import IndexConfig
 from conda_indexd.formats import channeldata
-from conda_indexd.names import CHANNELDATA, INDEX_HTML, REPODATA, RSS, SUBDIR_FILES
+from conda_indexd.names import CHANNELDATA, INDEX_HTML, NOTICES, REPODATA, RSS, SUBDIR_FILES
 from conda_indexd.pipeline.seams import Backends
 from conda_indexd.stores.base import key
 
 
 def publish_channel(config: IndexConfig, backends: Backends, subdirs: Iterable[str]) -> list[str]:
     """Returns the files written (relative to the output root)."""
-    if not config.channeldata:
-        return []
     out = backends.outputs
+    written = []
+    if config.notices is not None and out.write(NOTICES, config.notices):  # CEP-6, from configuration
+        written.append(NOTICES)
+    if not config.channeldata:
+        return written
     repodatas: dict[str, dict[str, Any]] = {}
     for subdir in subdirs:
         published = out.read(key(subdir, REPODATA))
@@ -38,7 +41,6 @@ def publish_channel(config: IndexConfig, backends: Backends, subdirs: Iterable[s
         for cache in caches.values():
             cache.close()
     name = config.channel_name or config.channel.name
-    written = []
     files = {CHANNELDATA: channeldata.serialize(data)}
     if config.rss:
         files[RSS] = channeldata.rss(name, data)

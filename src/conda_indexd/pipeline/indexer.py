@@ -16,7 +16,7 @@ from typing import Any
 
 from conda_indexd.caches.base import CacheCorrupt, Failure, FileState, SubdirCache
 from conda_indexd.config import IndexConfig
-from conda_indexd.formats import origin
+from conda_indexd.formats import channelmeta, origin
 from conda_indexd.names import PATCH_INSTRUCTIONS, REPODATA, SHARD_INDEX, SHARDS_DIR
 from conda_indexd.pipeline import memofile
 from conda_indexd.pipeline.build import build_from_memo
@@ -252,7 +252,8 @@ class SubdirRun:
         memo.shards = None  # until this run has saved
         store = ShardStore(self.backends.outputs, cache, self.subdir, carried)
         store.publish(memo, dirty, instructions, self.config.base_url, result.shards, verify=self.verify,
-                      stamped=self.config.indexed_timestamp, all_v3=self.config.repodata_next, revisions=revisions)  # fmt: skip
+                      stamped=self.config.indexed_timestamp, all_v3=self.config.repodata_next, revisions=revisions,
+                      relations=channelmeta.relations_info(self.config.channel_relations))  # fmt: skip
         result.written += result.shards.written
         return store
 

@@ -125,6 +125,8 @@ class RecordMemo:
         *,
         all_v3: bool = False,
         message: str | None = None,
+        v3_always: bool = False,
+        relations: dict[str, str] | None = None,
     ) -> repodata.Document:
         """repodata.json; the records that need CEP-48's v3 map (all of them with
         `all_v3`: conda-index's --repodata-next) are only there, keyed by filename
@@ -132,9 +134,9 @@ class RecordMemo:
         replace = replace or {}
         removed = sorted(fn for fn, p in replace.items() if p is None and fn in self)
         in_v3 = set(self.filenames()) if all_v3 else self.v3
-        if not in_v3:
+        if not in_v3 and not v3_always:
             views = [self.view(s, {fn: p for fn, p in replace.items() if section_of(fn) == s}) for s in SECTIONS]
-            return repodata.Document(subdir, views[0], views[1], base_url=base_url, removed=removed)
+            return repodata.Document(subdir, views[0], views[1], base_url=base_url, removed=removed, relations=relations)
         legacy = {**replace, **dict.fromkeys(in_v3)}  # left out of packages / packages.conda
         views = [self.view(s, {fn: p for fn, p in legacy.items() if section_of(fn) == s}) for s in SECTIONS]
         pieces: dict[str, list[tuple[str, bytes]]] = {"conda": [], "tar.bz2": []}
@@ -154,7 +156,7 @@ class RecordMemo:
         v3 = tuple([p for _, p in sorted(pieces[s])] for s in ("conda", "tar.bz2"))
         oldest, newest = timestamps.bounds(stamps)
         info = revisions.revision_info(sum(map(len, v3)), oldest, newest, message)
-        return repodata.Document(subdir, views[0], views[1], base_url=base_url, removed=removed, v3=(v3[0], v3[1]), revisions=info)
+        return repodata.Document(subdir, views[0], views[1], base_url=base_url, removed=removed, v3=(v3[0], v3[1]), revisions=info, relations=relations)
 
     def pieces(self) -> list[tuple[str, str]]:
         """(filename, record piece) sorted by filename (small subdirs and tests)."""

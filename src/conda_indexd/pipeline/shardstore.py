@@ -65,6 +65,7 @@ class ShardStore:
         stamped: bool = False,
         all_v3: bool = False,
         revisions: dict[str, Any] | None = None,
+        relations: dict[str, str] | None = None,
     ) -> None:
         """Steps 1-3: new shard files, one durability barrier, then the index. `verify`:
         shard files (`shards/<digest>.msgpack.zst`) someone else may have changed; one
@@ -108,8 +109,8 @@ class ShardStore:
         report.names = len(kept)
         digests = {name: bytes.fromhex(r.digest) for name, r in kept.items()}
         index_key = key(self.subdir, SHARD_INDEX)
-        if not shards.index_is_current(self.store.read(index_key), self.subdir, digests, base_url, revisions):
-            self.store.write(index_key, shards.encode_index(self.subdir, digests, base_url=base_url, revisions=revisions))
+        if not shards.index_is_current(self.store.read(index_key), self.subdir, digests, base_url, revisions, relations):
+            self.store.write(index_key, shards.encode_index(self.subdir, digests, base_url=base_url, revisions=revisions, relations=relations))
             report.written.append(SHARD_INDEX)
 
     def _intact(self, digest: str) -> bool:
