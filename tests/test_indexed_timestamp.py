@@ -361,3 +361,27 @@ def test_the_pure_rules() -> None:
     assert timestamps.source('{"a":1}', 7, stamped=False) == '{"a":1}'
     clean, touched = timestamps.strip_patches({"packages": {"x.tar.bz2": {"indexed_timestamp": 1, "depends": []}}, "revoke": ["y.conda"]})
     assert clean == {"packages": {"x.tar.bz2": {"depends": []}}, "revoke": ["y.conda"]} and touched == ["x.tar.bz2"]
+
+
+def test_conda_index_run_in_between_on_postgresql(tmp_path: Path, pg_server) -> None:
+    """The same with the PostgreSQL cache: conda-index 0.13 on the shared tables in
+    between changes no value (ours are in conda_indexd_indexed_timestamp)."""
+    from test_pgcache import _conda_index_pg
+
+    url = pg_server.createdb("tsci")
+    channel = tmp_path / "channel"
+    noarch = channel / "noarch"
+    make(noarch, "one", timestamp=OLD_BUILD)
+    make(noarch, "two", ext=".tar.bz2")
+    run_index(channel, "--db", "postgresql", "--db-url", url)
+    first = stamps(noarch)
+    time.sleep(0.05)
+    added = make(noarch, "three")
+    _conda_index_pg(channel, url)
+    assert "indexed_timestamp" not in (noarch / "repodata.json").read_text()
+    before = int(time.time() * 1000)
+    again = run_index(channel, "--db", "postgresql", "--db-url", url)
+    assert again.summary["extracted"] == 0  # conda-index's rows for the new file are used as they are
+    got = stamps(noarch)
+    assert {k: got[k] for k in first} == first
+    assert got[added.name] >= before - 1000
