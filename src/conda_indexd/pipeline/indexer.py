@@ -165,8 +165,8 @@ class SubdirRun:
             result.extracted, result.new_failures = extract(cache, b.packages, subdir, changed, config.threads, self.on_progress, self.cancel)
             for failure in result.new_failures:
                 log.warning("skipped archive", subdir=subdir, path=failure.path, reason=failure.reason, detail=failure.message)
-            stamps = stamp(config, cache, b.outputs, subdir, scope=scope, before=unseeded_before, seen=self.seen, seen_at=seen_at)
-            result.flagged = stamps.flagged
+            stamps = stamp(config, cache, b.outputs, subdir, scope=scope, before=unseeded_before, seen=self.seen, seen_at=seen_at, previous=memo.flagged)
+            result.flagged = memo.flagged = stamps.flagged
             if stamps.rejected and scope is not None:
                 scope |= stamps.rejected
             dirty = memo.refresh(cache, scope)

@@ -55,6 +55,7 @@ class RecordMemo:
         self.heap = heap if heap is not None else PieceHeap(folder)
         self.stamped = stamped
         self.v3: set[str] = set()  # CEP-48: filenames whose record needs the v3 map (revisions.required)
+        self.flagged: Any = None  # CEP-47: the last run's timestamps.Flagged list (not saved: None after a load)
         self.sections = {s: Section() for s in SECTIONS}
         self.names: list[str] = []  # name ids -> package names
         self.name_ids: dict[str, int] = {}

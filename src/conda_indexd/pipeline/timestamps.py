@@ -82,11 +82,14 @@ def stamp(
     before: set[tuple[str, str]] | None,
     seen: Mapping[str, float],
     seen_at: float,
+    previous: list[Flagged] | None = None,
 ) -> Stamped:
     """Give the published packages of `scope` (None: all) without a value theirs.
     `before`: the (filename, sha256) published before this run's extraction when the
     subdir's table is not yet seeded (else None); `seen`: when the daemon saw each
-    name's change; `seen_at`: when this run's listing (or the one-shot run) saw the rest."""
+    name's change; `seen_at`: when this run's listing (or the one-shot run) saw the rest;
+    `previous`: the flagged list of the last run over the same memo, kept when no package
+    can have changed (scope empty)."""
     report = Stamped()
     now_ms = int(time.time() * 1000)
     seeded = before is None
@@ -111,7 +114,10 @@ def stamp(
         cache.add_timestamps(rows, seeded_at=now_ms if not seeded else None)
         report.assigned = len(rows)
     skew = int(TIMESTAMP_SKEW * 1000)
-    report.flagged = [Flagged(path, build, ts) for path, _, build, ts in cache.flagged_timestamps(skew)]
+    if previous is not None and scope is not None and not scope and not report.assigned:
+        report.flagged = list(previous)  # nothing published changed: no query over every record
+    else:
+        report.flagged = [Flagged(path, build, ts) for path, _, build, ts in cache.flagged_timestamps(skew)]
     if config.reject_future_timestamps and report.flagged:
         fs = cache.fs_state()
         with cache.transaction():

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
@@ -31,8 +32,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from conda_indexd.caches.base import CacheCorrupt, CacheError, Failure, FileState, MetadataRejected, PublishedKey, RecordRow, ShardKey, TimestampGap
-from conda_indexd.caches.sqlite.pieces import PieceStore
-from conda_indexd.caches.sqlite.schema import METADATA_TABLES, TIMESTAMP_SCHEMA, TIMESTAMPS_FILE, is_corrupt, migrate, quarantine
+from conda_indexd.caches.sqlite.pieces import PieceStore, TimestampStore
+from conda_indexd.caches.sqlite.schema import METADATA_TABLES, TIMESTAMPS_FILE, is_corrupt, migrate, quarantine
 from conda_indexd.util.fsio import clean_stale_temps, same_content, write_atomic
 from conda_indexd.util.logs import get_logger
 
@@ -61,6 +62,7 @@ class SqliteCache:
     def __init__(self, db_path: Path):
         self.db_path = db_path
         self._pieces: PieceStore | None = None
+        self._stamps: TimestampStore | None = None
         try:
             self._open()
         except sqlite3.DatabaseError as exc:
@@ -88,11 +90,6 @@ class SqliteCache:
             # breaks on network file systems). synchronous=NORMAL is safe in that mode
             # for our purpose: a lost transaction only means re-extracting a package.
             self.db.execute("PRAGMA synchronous = NORMAL")
-            # ours, in a file of its own beside cache.db (CEP-47 indexed_timestamp, never a
-            # cache: a damaged cache.db moved aside leaves it; a commit that writes both
-            # is atomic across the two files)
-            self.db.execute("ATTACH DATABASE ? AS ts", (str(db_path.with_name(TIMESTAMPS_FILE)),))
-            self.db.execute("PRAGMA ts.synchronous = FULL")
             self._migrate()
         except sqlite3.DatabaseError:
             raise
@@ -125,6 +122,8 @@ class SqliteCache:
         self.db.close()
         if self._pieces is not None:
             self._pieces.close()
+        if self._stamps is not None:
+            self._stamps.close()
 
     def memo_folder(self) -> Path:
         return self.db_path.parent
@@ -155,8 +154,6 @@ class SqliteCache:
     def _migrate(self) -> None:
         with self.transaction():
             migrate(self.db, self.db_path)
-            for statement in TIMESTAMP_SCHEMA:
-                self.db.execute(statement)
 
     def transaction(self) -> _Transaction:
         return _Transaction(self)
@@ -305,14 +302,17 @@ class SqliteCache:
     def records_for(self, paths: Iterable[str]) -> Iterator[RecordRow]:
         rows = self._rows(
             """
-            SELECT index_json.path, index_json.index_json, index_json.name, run_exports.run_exports, t.indexed_timestamp
+            SELECT index_json.path, index_json.index_json, index_json.name, run_exports.run_exports, index_json.sha256
             FROM index_json LEFT JOIN run_exports USING (path)
-            LEFT JOIN ts.indexed_timestamp AS t ON t.path = index_json.path AND t.sha256 = index_json.sha256
             WHERE index_json.path IN (SELECT value FROM json_each(?))
             """,
             (json.dumps(list(paths)),),
         )
-        return (RecordRow(*row) for row in rows)
+        stamps = self.stamps()
+        for batch in _batched(rows, 2000):  # their indexed_timestamps, a batch at a time
+            values = stamps.values((path, sha) for path, _, _, _, sha in batch)
+            for path, text, name, run_exports, sha in batch:
+                yield RecordRow(path, text, name, run_exports, values.get((path, sha)))
 
     @_guarded
     def metadata_texts(self, path: str) -> tuple[str | None, ...]:
@@ -352,41 +352,39 @@ class SqliteCache:
         )
         return [Failure(path, reason or "unreadable", message or "") for path, reason, message in rows]
 
-    # --- CEP-47 indexed_timestamp (ours: conda-indexd-timestamps.db, attached as `ts`) ----------
+    # --- CEP-47 indexed_timestamp (ours: conda-indexd-timestamps.db, pieces.py's TimestampStore) ---
 
-    @_guarded
+    def stamps(self) -> TimestampStore:
+        if self._stamps is None:
+            self._stamps = TimestampStore(self.db_path.with_name(TIMESTAMPS_FILE))
+        return self._stamps
+
     def timestamps_seeded(self) -> bool:
-        return self.db.execute("SELECT 1 FROM ts.seeded").fetchone() is not None
+        return self.stamps().seeded()
 
     def missing_timestamps(self, paths: Iterable[str] | None = None) -> list[TimestampGap]:
         query, params = _limit(
             "SELECT fs.path, index_json.sha256, json_extract(index_json.index_json, '$.timestamp'), fs.mtime"
             + self._PUBLISHED
-            + "LEFT JOIN ts.indexed_timestamp AS t ON t.path = fs.path AND t.sha256 = index_json.sha256"
-            " WHERE fs.stage = 'fs' AND t.path IS NULL AND index_json.sha256 IS NOT NULL",
+            + "WHERE fs.stage = 'fs' AND index_json.sha256 IS NOT NULL",
             "fs.path",
             paths,
         )
-        return [TimestampGap(*row) for row in self._rows(query, params)]
+        stamps, gaps = self.stamps(), []
+        for batch in _batched(self._rows(query, params), 2000):
+            known = stamps.values((path, sha) for path, sha, _, _ in batch)
+            gaps += [TimestampGap(*row) for row in batch if (row[0], row[1]) not in known]
+        return gaps
 
-    @_guarded
     def add_timestamps(self, rows: Iterable[tuple[str, str, int, int | None]], *, seeded_at: int | None = None) -> None:
-        with self.transaction():
-            self.db.executemany(
-                "INSERT INTO ts.indexed_timestamp (path, sha256, indexed_timestamp, build_timestamp) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING", rows
-            )
-            if seeded_at is not None and self.db.execute("SELECT 1 FROM ts.seeded").fetchone() is None:
-                self.db.execute("INSERT INTO ts.seeded (seeded_at) VALUES (?)", (seeded_at,))
+        self.stamps().add(rows, seeded_at)
 
     def flagged_timestamps(self, skew_ms: int) -> list[tuple[str, str, int, int]]:
-        rows = self._rows(
-            "SELECT fs.path, t.sha256, t.build_timestamp, t.indexed_timestamp"
-            + self._PUBLISHED
-            + "JOIN ts.indexed_timestamp AS t ON t.path = fs.path AND t.sha256 = index_json.sha256"
-            " WHERE fs.stage = 'fs' AND t.build_timestamp > t.indexed_timestamp + ? ORDER BY fs.path",
-            (skew_ms,),
-        )
-        return list(rows)
+        suspicious = self.stamps().later_than(skew_ms)  # few: then which of them are published
+        if not suspicious:
+            return []
+        published = dict(self.published_keys({path for path, _, _, _ in suspicious}))
+        return sorted(row for row in suspicious if published.get(row[0]) == row[1])
 
     @_guarded
     def forget_failures(self, reason: str) -> set[str]:
@@ -428,6 +426,12 @@ class SqliteCaches:
 
 
 _FS_ROWS = "SELECT path, mtime, size, coalesce(etag, '') FROM stat WHERE stage = 'fs'"  # FileState's first four
+
+
+def _batched(rows: Iterable[Any], n: int) -> Iterator[list[Any]]:
+    it = iter(rows)
+    while batch := list(itertools.islice(it, n)):
+        yield batch
 
 
 def _limit(query: str, column: str, paths: Iterable[str] | None) -> tuple[str, tuple[str, ...]]:

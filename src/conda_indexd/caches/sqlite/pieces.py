@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import sqlite3
 import zlib
 from collections.abc import Iterable, Iterator
@@ -102,3 +103,67 @@ class PieceStore:
             with contextlib.suppress(sqlite3.Error):
                 self.db.close()
             self.db = None
+
+
+class TimestampStore:
+    """CEP-47 indexed_timestamps in `conda-indexd-timestamps.db` beside cache.db: not a
+    cache (never started again: a value once given is kept), so a damaged file is an
+    error, and every commit is synced. Its own connection and transactions: cache.db's
+    transactions never span both files."""
+
+    def __init__(self, path: Path):
+        from conda_indexd.caches.base import CacheError
+        from conda_indexd.caches.sqlite.schema import TIMESTAMP_SCHEMA
+
+        self.path = path
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA synchronous = FULL")
+            if self.db.execute("SELECT count(*) FROM sqlite_master WHERE name IN ('indexed_timestamp', 'seeded', 'idx_later')").fetchone()[0] < 3:
+                self.db.execute("BEGIN IMMEDIATE")
+                for statement in TIMESTAMP_SCHEMA:
+                    self.db.execute(statement)
+                self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise CacheError(f"{path}: {exc}") from exc
+
+    def seeded(self) -> bool:
+        return self.db.execute("SELECT 1 FROM seeded").fetchone() is not None
+
+    def values(self, keys: Iterable[tuple[str, str | None]]) -> dict[tuple[str, str], int]:
+        """{(path, sha256): indexed_timestamp} of those keys that have one."""
+        wanted = [(p, s) for p, s in keys if s]
+        if not wanted:
+            return {}
+        rows = self.db.execute(
+            "SELECT path, sha256, indexed_timestamp FROM indexed_timestamp WHERE path IN (SELECT value FROM json_each(?))",
+            (json.dumps(sorted({p for p, _ in wanted})),),
+        )
+        want = set(wanted)
+        return {(p, s): v for p, s, v in rows if (p, s) in want}
+
+    def add(self, rows: Iterable[tuple[str, str, int, int | None]], seeded_at: int | None) -> None:
+        """The first value wins (ON CONFLICT DO NOTHING)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.executemany(
+                "INSERT INTO indexed_timestamp (path, sha256, indexed_timestamp, build_timestamp) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING", rows
+            )
+            if seeded_at is not None and self.db.execute("SELECT 1 FROM seeded").fetchone() is None:
+                self.db.execute("INSERT INTO seeded (seeded_at) VALUES (?)", (seeded_at,))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def later_than(self, skew_ms: int) -> list[tuple[str, str, int, int]]:
+        """(path, sha256, build ms, indexed ms) whose build timestamp is more than `skew_ms` later."""
+        return list(
+            self.db.execute(
+                "SELECT path, sha256, build_timestamp, indexed_timestamp FROM indexed_timestamp WHERE build_timestamp - indexed_timestamp > ?", (skew_ms,)
+            )
+        )
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.db.close()

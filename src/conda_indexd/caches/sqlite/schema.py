@@ -39,17 +39,18 @@ _SCHEMA = (
 )
 
 
-# Ours (CEP-47): beside cache.db, attached as `ts`. One row per (filename, archive
-# sha256) ever indexed, never updated or deleted; `seeded`: a row once the packages
-# indexed before this table existed were given their value.
+# Ours (CEP-47): beside cache.db, its own connection (pieces.TimestampStore). One row per
+# (filename, archive sha256) ever indexed, never updated or deleted; `seeded`: a row once
+# the packages indexed before this table existed were given their value.
 TIMESTAMPS_FILE = "conda-indexd-timestamps.db"
 TIMESTAMP_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS ts.indexed_timestamp (
+    """CREATE TABLE IF NOT EXISTS indexed_timestamp (
             path TEXT NOT NULL, sha256 TEXT NOT NULL,
             indexed_timestamp INTEGER NOT NULL, build_timestamp INTEGER,
             PRIMARY KEY (path, sha256)
         )""",
-    "CREATE TABLE IF NOT EXISTS ts.seeded (seeded_at INTEGER NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS idx_later ON indexed_timestamp (build_timestamp - indexed_timestamp)",
+    "CREATE TABLE IF NOT EXISTS seeded (seeded_at INTEGER NOT NULL)",
 )
 
 # sqlite result codes for a damaged file (sqlite3.h)
