@@ -29,6 +29,10 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ChannelSto
         yield S3Store(f"s3://{request.getfixturevalue('bucket')}/some/channel", multipart_threshold=1 << 20, part_size=5 << 20)
 
 
+def test_a_usable_store_passes_its_check(store: ChannelStore) -> None:
+    store.check()  # raises StoreError when it cannot be used (a bucket: test_s3's bad credentials)
+
+
 def test_missing_subdir_lists_nothing(store: ChannelStore) -> None:
     assert store.list_packages("linux-64") == []
     assert store.list_files("linux-64") == {}

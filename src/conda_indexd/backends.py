@@ -8,10 +8,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from conda_indexd.caches.base import Caches
-from conda_indexd.caches.sqlite.cache import SqliteCaches
+from conda_indexd.caches.base import Caches, Failure
+from conda_indexd.caches.sqlite.cache import SqliteCaches, failure_of
 from conda_indexd.config import DEFAULT_DB_URL, Db, IndexConfig
 from conda_indexd.errors import Fenced
 from conda_indexd.ha.flock import ChannelLock
@@ -73,6 +74,19 @@ def _leading(fence: Fence) -> bool:
     except Fenced:
         return False
     return True
+
+
+def check_reachable(backends: Backends) -> None:
+    """StoreError with one line unless every store can be used now: a bucket is there and
+    these credentials may use it (a folder has nothing to check before its listing)."""
+    for store in {id(s): s for s in (backends.packages, backends.outputs)}.values():
+        store.check()
+
+
+def skipped_in_folder(channel: Path, subdir: str, filename: str) -> Failure | None:
+    """Why the indexer of a channel folder left `filename` out (its sqlite cache, read
+    only), for `conda-indexd wait`; None when it did not, or has not yet."""
+    return failure_of(channel / subdir / ".cache" / "cache.db", filename)
 
 
 def open_lock(config: IndexConfig, backends: Backends, retry_until: threading.Event | None = None, *, paired: bool = False) -> WriterLock:

@@ -48,6 +48,17 @@ def temp_file_name(name: str) -> str:
 PUBLISHED_NAMES = frozenset([*(n + sfx for n in COMPRESSED for sfx in ("", *COMPRESSED_SUFFIXES)), SHARD_INDEX, RUN_EXPORTS, PATCH_INSTRUCTIONS])
 
 
+def is_output_key(key: str) -> bool:
+    """A key (relative to the channel) this indexer publishes, never a package: the channel
+    files at the top, a subdir's published names and index.html, its shard files."""
+    parts = key.split("/")
+    if len(parts) == 1:
+        return key in (CHANNELDATA, RSS, INDEX_HTML)
+    if len(parts) == 2:
+        return parts[1] in PUBLISHED_NAMES or parts[1] == INDEX_HTML
+    return len(parts) == 3 and parts[1] == SHARDS_DIR and SHARD_FILE.match(parts[2]) is not None
+
+
 # Keys conda-index drops from info/index.json (docs/spec §2.2).
 FILTERED_KEYS = frozenset(
     {

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import NoReturn, TypeVar
 
 from conda_indexd import __version__
-from conda_indexd.backends import clean_uploads, open_backends, open_lock
+from conda_indexd.backends import check_reachable, clean_uploads, open_backends, open_lock
 from conda_indexd.caches.base import CacheError
 from conda_indexd.cli import compat, indexconfig, leftovers
 from conda_indexd.cli.progress import ProgressLine
@@ -382,10 +382,7 @@ def run_index(args: argparse.Namespace) -> int:
     failed: list[str] = []
     unplaced: list[str] = []
     probe = open_backends(config)
-    for store in {id(s): s for s in (probe.packages, probe.outputs)}.values():
-        check = getattr(store, "check", None)  # a bucket: there, and these credentials may use it
-        if check is not None:
-            check()
+    check_reachable(probe)
     with open_lock(config, probe), index_lease(config) as fence:
         backends = open_backends(config, fence, getattr(fence, "application_name", "conda-indexd")) if fence else probe
         if fence is None:  # a bucket: what a killed run left half uploaded (a pair's lease holder: its daemon)

@@ -43,6 +43,11 @@ class ChannelStore(Protocol):
 
     location: str  # for logs and the status page
 
+    def check(self) -> None:
+        """Raise StoreError (one line) unless the store can be used now: a bucket is there
+        and these credentials may use it. A folder has nothing to check before its listing."""
+        ...
+
     def subdirs(self) -> list[str]:
         """Names of the folders at the top of the channel."""
         ...

@@ -82,6 +82,9 @@ class FencedStore:
         self.inner.prepare(subdir, recover=recover)
 
     # reads: passed through
+    def check(self) -> None:
+        self.inner.check()
+
     def subdirs(self) -> list[str]:
         return self.inner.subdirs()
 

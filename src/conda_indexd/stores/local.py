@@ -64,6 +64,9 @@ class LocalStore:
     def path(self, key: str) -> Path:
         return self.root / key
 
+    def check(self) -> None:
+        pass  # a missing or unreadable folder is found by the listing, with its own line
+
     # --- listing -----------------------------------------------------------------------
 
     def subdirs(self) -> list[str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import sqlite3
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any, Protocol
 import msgpack
 import zstandard
 
+from conda_indexd.backends import skipped_in_folder
 from conda_indexd.wait.httpcache import FetchError, HttpCache
 
 STATUS_KEYS = frozenset({"channel", "ready", "subdirs", "pending"})
@@ -116,27 +116,10 @@ class FolderSource:
     def skipped(self, subdir: str, filename: str) -> str | None:
         """The indexer's reason for leaving the file out, when its failed row matches the
         file as it is now (a changed file gets read again)."""
-        db = self.folder / subdir / ".cache" / "cache.db"
-        if not db.is_file():
+        failure = skipped_in_folder(self.folder, subdir, filename)
+        if failure is None:
             return None
-        try:
-            con = sqlite3.connect(f"file:{urllib.parse.quote(str(db))}?mode=ro", uri=True, timeout=2)
-            try:
-                row = con.execute(
-                    """SELECT bad.etag, bad.last_modified FROM stat AS bad
-                       JOIN stat AS fs ON fs.path = bad.path AND fs.stage = 'fs'
-                            AND fs.mtime = bad.mtime AND fs.size = bad.size
-                       WHERE bad.stage = 'failed' AND bad.path = ?""",
-                    (filename,),
-                ).fetchone()
-            finally:
-                con.close()
-        except sqlite3.Error:
-            return None
-        if row is None:
-            return None
-        reason, message = row
-        return f"{reason or 'unreadable'}: {message}" if message else str(reason or "unreadable")
+        return f"{failure.reason}: {failure.message}" if failure.message else failure.reason
 
 
 # --- a channel URL --------------------------------------------------------------------------

@@ -342,14 +342,7 @@ class SqliteCache:
 
     @_guarded
     def failures(self) -> list[Failure]:
-        rows = self.db.execute(
-            """
-            SELECT fs.path, bad.etag, bad.last_modified FROM stat AS bad
-            CROSS JOIN stat AS fs ON fs.path = bad.path AND fs.stage = 'fs'
-                 AND bad.mtime = fs.mtime AND bad.size = fs.size AND bad.md5 IS fs.etag
-            WHERE bad.stage = 'failed' ORDER BY fs.path
-            """
-        )
+        rows = self.db.execute(_FAILED_NOW + " ORDER BY fs.path")
         return [Failure(path, reason or "unreadable", message or "") for path, reason, message in rows]
 
     # --- CEP-47 indexed_timestamp (ours: conda-indexd-timestamps.db, pieces.py's TimestampStore) ---
@@ -432,6 +425,31 @@ def _batched(rows: Iterable[Any], n: int) -> Iterator[list[Any]]:
     it = iter(rows)
     while batch := list(itertools.islice(it, n)):
         yield batch
+
+
+_FAILED_NOW = """
+    SELECT fs.path, bad.etag, bad.last_modified FROM stat AS bad
+    CROSS JOIN stat AS fs ON fs.path = bad.path AND fs.stage = 'fs'
+         AND bad.mtime = fs.mtime AND bad.size = fs.size AND bad.md5 IS fs.etag
+    WHERE bad.stage = 'failed'"""
+
+
+def failure_of(db: Path, filename: str) -> Failure | None:
+    """Why the indexer left `filename` out, read from a subdir's cache.db without writing
+    it (another process, `conda-indexd wait`, reads while the indexer writes): the failed
+    row, when it matches the file's fs row as it is now (a changed file is read again).
+    None when there is none, or the cache cannot be read."""
+    if not db.is_file():
+        return None
+    try:
+        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=2)
+        try:
+            row = con.execute(_FAILED_NOW + " AND bad.path = ?", (filename,)).fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return None
+    return None if row is None else Failure(row[0], row[1] or "unreadable", row[2] or "")
 
 
 def _limit(query: str, column: str, paths: Iterable[str] | None) -> tuple[str, tuple[str, ...]]:

@@ -23,13 +23,13 @@ any this process could not abort itself.
 from __future__ import annotations
 
 import hashlib
-import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any, Protocol
 
+from conda_indexd.names import is_output_key
 from conda_indexd.stores.base import StoreError, StreamWriter
 from conda_indexd.stores.s3.objects import SHA256_META, WriterFenced, condition, etag, fenced_key, holds, object_headers
 from conda_indexd.util.logs import get_logger
@@ -187,21 +187,6 @@ def multipartetag(part_etags: list[str]) -> str:
 # --- our unfinished uploads ---------------------------------------------------------------------
 
 STALE_UPLOAD_AGE = 600.0  # seconds: an unfinished upload of an output this old is not another writer's in progress
-_OUTPUT = re.compile(
-    r"((^|/)(repodata[a-z_]*|current_repodata|run_exports|channeldata|patch_instructions)\.json(\.zst|\.bz2)?"
-    r"|(^|/)repodata_shards\.msgpack\.zst|(^|/)shards/[0-9a-f]{64}\.msgpack\.zst|(^|/)(index\.html|rss\.xml))$"
-)
-
-
-def is_output_key(key: str) -> bool:
-    """A name this indexer publishes (relative to the prefix: channel files at the top, a
-    subdir's outputs, its shards), never a package. Only these uploads are ours to abort."""
-    parts = key.split("/")
-    if len(parts) == 1:
-        return key in ("channeldata.json", "rss.xml", "index.html")
-    if len(parts) == 2 or (len(parts) == 3 and parts[1] == "shards"):
-        return bool(_OUTPUT.search(key)) and not key.endswith((".conda", ".tar.bz2"))
-    return False
 
 
 def abort_stale_uploads(bucket: Bucket, older_than: float = STALE_UPLOAD_AGE) -> tuple[list[str], StoreError | None]:
