@@ -163,6 +163,10 @@ class SubdirRun:
             if changed:
                 log.debug("extracting", subdir=subdir, count=len(changed))
             result.extracted, result.new_failures = extract(cache, b.packages, subdir, changed, config.threads, self.on_progress, self.cancel)
+            # stopped while extracting: the fs rows of what was not read say "changed", so this
+            # run's memo must not be saved as covering them (a later process would trust it
+            # and never read those files)
+            cancelled = self.cancel is not None and self.cancel.is_set()
             for failure in result.new_failures:
                 log.warning("skipped archive", subdir=subdir, path=failure.path, reason=failure.reason, detail=failure.message)
             stamps = stamp(config, cache, b.outputs, subdir, scope=scope, before=unseeded_before, seen=self.seen, seen_at=seen_at, previous=memo.flagged)
@@ -208,8 +212,10 @@ class SubdirRun:
                 memo.quiet.outputs = (token, outputs_state(b.outputs, subdir, cache, store.on_disk if store is not None else None))
             # --update-only keeps fs rows of files no longer listed: the listing does not
             # say what the fs rows are, so the next run compares them again
-            memo.quiet.listing = digest if not config.update_only else None
-            if built is not None or dirty or rows_changed or result.extracted or result.new_failures or memo.saved is None or memo.saved[1] != digest:
+            memo.quiet.listing = digest if not config.update_only and not cancelled else None
+            if cancelled:
+                memofile.forget(cache)
+            elif built is not None or dirty or rows_changed or result.extracted or result.new_failures or memo.saved is None or memo.saved[1] != digest:
                 memofile.save(cache, memo)
         result.memo = memo
         result.packages = len(memo)

@@ -64,6 +64,14 @@ def save(cache: SubdirCache, memo: RecordMemo) -> None:
             tmp.unlink()
 
 
+def forget(cache: SubdirCache) -> None:
+    """Remove the saved memo (the next process builds one from the cache rows)."""
+    folder = cache.memo_folder()
+    if folder is not None:
+        with contextlib.suppress(OSError):
+            (folder / INDEX_FILE).unlink()
+
+
 def load(cache: SubdirCache, stamped: bool = False) -> RecordMemo | None:
     """The saved memo, if it is still the cache's and its pieces are `stamped` as asked
     (else None: build one from the rows)."""
