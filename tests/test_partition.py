@@ -100,6 +100,12 @@ class Side:
     def packages(self, into: Path) -> None:
         raise NotImplementedError
 
+    def published(self) -> None:
+        """The first publish is done: every folder the outputs go to exists."""
+
+    def close(self) -> None:
+        pass
+
 
 class FolderSide(Side):
     """The channel folder; writes seen by fanotify with the writer's pid."""
@@ -112,7 +118,7 @@ class FolderSide(Side):
     def daemon_args(self, index: int) -> tuple[list[str], dict[str, str]]:
         return [str(self.channel)], {}
 
-    def start_audit(self) -> None:
+    def published(self) -> None:
         self.audit = FolderAudit([self.channel / s for s in SUBDIRS] + [self.channel / s / "shards" for s in SUBDIRS])
 
     def writes_after(self, index: int, pid: int, at: float) -> list[Any]:
@@ -342,6 +348,21 @@ def partition_rounds(pair: ProxiedPair, side: Side, pg_server: Any, rounds: int,
     return figures
 
 
+def run_partition_test(side: Side, pg_server: Any, db: str, tmp_path: Path, rounds: int) -> None:
+    """A pair on `side` with a few packages published, then the rounds."""
+    for _ in range(4):
+        side.arrivals.land()
+    pair = ProxiedPair(side, pg_server.createdb(db), tmp_path)
+    try:
+        pair.start()
+        wait_for(lambda: side.arrivals.published(side.arrivals.landed), 30, what="first publish")
+        side.published()
+        partition_rounds(pair, side, pg_server, rounds, tmp_path)
+    finally:
+        pair.stop()
+        side.close()
+
+
 @pytest.mark.timeout(1800)
 def test_partitioned_leader_writes_nothing_to_the_folder_after_the_takeover(
     tmp_path: Path, pg_server, monkeypatch: pytest.MonkeyPatch, long_mode: bool
@@ -352,18 +373,7 @@ def test_partitioned_leader_writes_nothing_to_the_folder_after_the_takeover(
     channel = tmp_path / "channel"
     for subdir in SUBDIRS:
         (channel / subdir).mkdir(parents=True)
-    side = FolderSide(channel)
-    for _ in range(4):
-        side.arrivals.land()
-    pair = ProxiedPair(side, pg_server.createdb("partition"), tmp_path)
-    try:
-        pair.start()
-        wait_for(lambda: side.arrivals.published(side.arrivals.landed), 30, what="first publish")
-        side.start_audit()  # every folder the outputs go to exists now
-        partition_rounds(pair, side, pg_server, 50 if long_mode else 10, tmp_path)
-    finally:
-        pair.stop()
-        side.close()
+    run_partition_test(FolderSide(channel), pg_server, "partition", tmp_path, 50 if long_mode else 10)
 
 
 @pytest.mark.timeout(1800)
@@ -371,17 +381,7 @@ def test_partitioned_leader_writes_nothing_to_the_bucket_after_the_takeover(
     tmp_path: Path, rgw: Any, s3: Any, bucket: str, pg_server: Any, monkeypatch: pytest.MonkeyPatch, long_mode: bool
 ) -> None:
     monkeypatch.setenv("CONDA_INDEXD_LEASE", str(PARTITION_LEASE))
-    side = BucketSide(s3, bucket, rgw.endpoint, tmp_path)
-    for _ in range(4):
-        side.arrivals.land()
-    pair = ProxiedPair(side, pg_server.createdb("s3partition"), tmp_path)
-    try:
-        pair.start()
-        wait_for(lambda: side.arrivals.published(side.arrivals.landed), 30, what="first publish")
-        partition_rounds(pair, side, pg_server, 50 if long_mode else 10, tmp_path)
-    finally:
-        pair.stop()
-        side.close()
+    run_partition_test(BucketSide(s3, bucket, rgw.endpoint, tmp_path), pg_server, "s3partition", tmp_path, 50 if long_mode else 10)
 
 
 # A leader cut at the worst moment, played by a real process of our own code: it takes the

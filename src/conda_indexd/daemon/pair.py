@@ -20,7 +20,6 @@ from conda_indexd.daemon.metrics import Metrics
 from conda_indexd.daemon.worker import Worker
 from conda_indexd.ha.leader import Leadership
 from conda_indexd.pipeline.memo import RecordMemo
-from conda_indexd.pipeline.quiet import Quiet
 from conda_indexd.util.logs import get_logger
 
 log = get_logger(__name__)
@@ -65,12 +64,9 @@ class Pair:
         # The old leader may have stored records in the shared cache and not published
         # them (cut off, killed): this daemon's warmed memo already holds them, so they
         # are not "changed" for it. Its first run of each subdir trusts neither the memo's
-        # quiet state nor the remembered shards.
+        # quiet state nor the remembered shards (SubdirRun.takeover).
         for state in worker.states.values():
             state.takeover = True
-            if state.memo is not None:
-                state.memo.quiet = Quiet()
-                state.memo.shards = None
         started = time.monotonic()
         if not worker.reconcile():
             return

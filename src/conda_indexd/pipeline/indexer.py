@@ -24,7 +24,7 @@ from conda_indexd.pipeline.extract import Progress, extract
 from conda_indexd.pipeline.fsstate import update_fs_stage
 from conda_indexd.pipeline.memo import RecordMemo
 from conda_indexd.pipeline.outputs import publish_outputs, withdraw_current
-from conda_indexd.pipeline.quiet import inputs_token, listing_digest, outputs_state
+from conda_indexd.pipeline.quiet import Quiet, inputs_token, listing_digest, outputs_state
 from conda_indexd.pipeline.seams import Backends
 from conda_indexd.pipeline.shardstore import ShardsReport, ShardStore, withdraw
 from conda_indexd.pipeline.timestamps import REJECTED, Flagged, stamp
@@ -135,6 +135,11 @@ class SubdirRun:
             # the memo was filled from this very cache, and nothing else wrote it since
             # (a recreated or rebuilt cache.db, or conda-index, moves the generation)
             trusted = memo.loaded if not given else memo.saved is not None and memo.saved[0] == cache.generation()
+            if self.takeover:
+                # a new leader's memo was warmed from a cache the old leader may have written
+                # without publishing: what it remembers of a last run (listing, outputs) is
+                # not this channel's, and the shards are planned from every name (below)
+                memo.quiet = Quiet()
             listing, digest = self.listing, None
             if full and not self.hold:  # pipeline/quiet.py: an unchanged listing changes no fs row
                 listing = b.packages.list_packages(subdir) if listing is None else listing
@@ -179,7 +184,7 @@ class SubdirRun:
             instructions = b.outputs.read(key(subdir, PATCH_INSTRUCTIONS))
             overlay_bytes = b.packages.read(origin.overlay_key(subdir)) if config.origin_overlay else None
             token = inputs_token(config, instructions, overlay_bytes)
-            quiet = not dirty and not self.verify and not self.takeover and memo.quiet.outputs is not None  # verify: shards changed outside
+            quiet = not dirty and not self.verify and memo.quiet.outputs is not None  # verify: shards changed outside
             quiet = quiet and time.time() < memo.quiet.collect_at
             # the shard upkeep's listing, only over touched names: a full run (a rescan)
             # lists the shard folder, so a shard deleted from outside is noticed there too
