@@ -496,7 +496,8 @@ def test_endpoint_stopped_and_restarted(tmp_path: Path, rgw: RgwCluster, s3: Any
         wait_for(lambda: daemon.get("/readyz")[0] == 200, 20, what="ready once the endpoint is back")
         rgw.stop_rgw()
         try:
-            time.sleep(2.0)  # polls fail meanwhile
+            # polls fail meanwhile (each after botocore's retries, so wait for the log, not a clock)
+            wait_for(lambda: "listing the bucket failed" in daemon.log_text(), 30, what="the failed poll logged")
             assert daemon.get("/healthz")[0] == 200  # alive through the outage
         finally:
             rgw.start_rgw()
