@@ -387,6 +387,9 @@ def test_polling_without_notifications(tmp_path: Path, s3: Any, bucket: str) -> 
         started = time.monotonic()
         wait_for(lambda: p.name in records(s3, bucket, "chan/noarch/repodata.json"), 4.0, what="published by polling")
         assert time.monotonic() - started < 1 + 0.2 + 2  # the interval, the debounce, the run
+        # the daemon saw it at a poll, after it was uploaded: CEP-47's value is the upload (LastModified)
+        uploaded = s3.head_object(Bucket=bucket, Key=f"chan/noarch/{p.name}")["LastModified"]
+        assert records(s3, bucket, "chan/noarch/repodata.json")[p.name]["indexed_timestamp"] == int(uploaded.timestamp() * 1000)
         s3.delete_object(Bucket=bucket, Key=f"chan/noarch/{p.name}")
         wait_for(lambda: p.name not in records(s3, bucket, "chan/noarch/repodata.json"), 4.0, what="removed by polling")
         assert daemon.metric("conda_indexd_s3_events_total", outcome="received") == 0
