@@ -379,3 +379,23 @@ def test_url_answering_errors_for_status_json_is_a_channel_url(tmp_path: Path) -
         assert nginx.request("GET", "/status.json/")[0] == 403
         result = run_cli("wait", nginx.url, "noarch/p-1.0-0.conda", "--timeout", "5")
     assert result.rc == 0, result
+
+
+def test_a_broken_file_replaced_since_the_index_is_waited_for(tmp_path: Path) -> None:
+    """The skip is about the file the indexer read: once another file has replaced it (not
+    indexed yet), wait does not give up on the old verdict. No daemon: `index` once."""
+    channel = tmp_path / "channel"
+    filename = "swap-1.0-0.conda"
+    make_truncated_conda(channel / "noarch" / filename, index_json("swap", "1.0", "0"))
+    run_index(channel)
+    started = time.monotonic()
+    broken = run_cli("wait", str(channel), f"noarch/{filename}", "--timeout", "60")
+    assert broken.rc == 1 and time.monotonic() - started < 10, broken
+    assert "left out by the indexer: " in broken.stderr.splitlines()[-1]
+    fixed = make_package(tmp_path / "fixed" / filename, index_json("swap", "1.0", "0"))
+    upload(fixed, channel / "noarch")
+    result = run_cli("wait", str(channel), f"noarch/{filename}", "--timeout", "1.5")
+    assert result.rc == 1, result
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"conda-indexd wait: timed out after 1.5 s: noarch/{filename}: "), last
+    assert "left out" not in last and "not indexed yet" in last, last

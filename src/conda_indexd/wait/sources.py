@@ -129,6 +129,10 @@ class FolderSource:
             return None
         return f"{failure.reason}: {failure.message}" if failure.message else failure.reason
 
+    def has_cache(self, subdir: str) -> bool:
+        """Whether the subdir's skips can be read here (a sqlite cache; not a PostgreSQL one)."""
+        return (self.folder / subdir / ".cache" / "cache.db").is_file()
+
     def sha256(self, subdir: str, filename: str) -> str | None:
         """The sha256 of the file in the folder (hashed again only when it was replaced);
         None when it cannot be read."""
@@ -277,9 +281,13 @@ class DaemonSource:
                 pending_here = True
         if not doc["ready"]:
             notes.append("the daemon's start-up index is in progress")
-        # the folder's cache says so about the file there now; the daemon's last run, when
-        # nothing is pending for the subdir (a re-upload it has not read yet would be)
-        broken = found.broken or (skipped is not None and not pending_here and doc["ready"])
+        # the folder's sqlite cache, when there is one, says so about the file there now (a
+        # file replaced since is not broken yet); else the daemon's last run, when nothing is
+        # pending for the subdir (a re-upload it has not read yet would be)
+        if self.folder.has_cache(subdir):
+            broken = found.broken
+        else:
+            broken = skipped is not None and not pending_here and bool(doc["ready"])
         return Observation(skipped=skipped or found.skipped, detail="; ".join(notes), error=found.error, broken=broken,
                            broken_sha256=found.broken_sha256 if found.broken else self.folder.sha256(subdir, filename) if broken else None)  # fmt: skip
 
