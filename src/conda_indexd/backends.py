@@ -85,8 +85,12 @@ def check_reachable(backends: Backends) -> None:
 
 def skipped_in_folder(channel: Path, subdir: str, filename: str) -> Failure | None:
     """Why the indexer of a channel folder left `filename` out (its sqlite cache, read
-    only), for `conda-indexd wait`; None when it did not, or has not yet."""
-    return failure_of(channel / subdir / ".cache" / "cache.db", filename)
+    only), for `conda-indexd wait`; None when it did not, or has not yet, or when the file
+    there now is not the one it left out (replaced since, or gone)."""
+    present, _missing = LocalStore(channel).stat_files(subdir, [filename])
+    if not present:
+        return None
+    return failure_of(channel / subdir / ".cache" / "cache.db", filename, identity=present[0].identity)
 
 
 def open_lock(config: IndexConfig, backends: Backends, retry_until: threading.Event | None = None, *, paired: bool = False) -> WriterLock:

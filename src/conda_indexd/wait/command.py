@@ -1,8 +1,9 @@
 """`conda-indexd wait TARGET SUBDIR/FILENAME [--sha256 HEX] [--timeout S]`: the CI hand-off.
 
 Exits 0 once the package is in the published repodata (with that sha256 when given),
-1 on timeout with what is published instead, 2 on bad arguments (one line, from the
-command line parser). TARGET is a channel folder, a channel URL, or the daemon's HTTP
+1 on timeout with what is published instead, 1 at once when the file is left out as
+broken (that file, or the one with the given sha256; `--keep-waiting` waits for a
+re-upload instead), 2 on bad arguments (one line, from the command line parser). TARGET is a channel folder, a channel URL, or the daemon's HTTP
 address: an http(s) TARGET whose `/status.json` is conda-indexd's status document is the
 daemon; any other http(s) TARGET is a channel URL.
 """
@@ -69,7 +70,8 @@ def add_parser(sub: Any) -> None:
     """The `wait` subcommand, for cli.build_parser."""
     p = sub.add_parser("wait", help="wait until a package is published (for CI pipelines)",
                        description="Exit 0 once SUBDIR/FILENAME is in TARGET's published repodata (with --sha256, "
-                                   "that sha256); exit 1 on timeout, printing what is published instead.")  # fmt: skip
+                                   "that sha256); exit 1 on timeout, printing what is published instead, and "
+                                   "exit 1 at once when the indexer left that file out as broken.")  # fmt: skip
     p.add_argument("target", metavar="TARGET", type=_target,
                    help="channel folder, channel URL, or the daemon's HTTP address (e.g. http://127.0.0.1:8650)")  # fmt: skip
     p.add_argument(
@@ -90,6 +92,11 @@ def add_parser(sub: Any) -> None:
         default=600.0,
         metavar="S",
         help="give up after S seconds (default 600)",
+    )
+    p.add_argument(
+        "--keep-waiting",
+        action="store_true",
+        help="when the file is left out as broken, keep waiting (for a re-upload) until --timeout instead of exiting 1 at once",
     )
     p.add_argument(
         "--interval",
@@ -143,6 +150,14 @@ def describe(obs: Observation, want: str | None) -> str:
     return "; ".join(parts) or "not published"
 
 
+def given_up(obs: Observation, want: str | None, keep_waiting: bool) -> bool:
+    """The file waited for is left out as broken, as it is now: without --sha256 any file
+    of that name, with it the file of that sha256 (a broken older upload is waited past)."""
+    if keep_waiting or not obs.broken:
+        return False
+    return want is None or obs.broken_sha256 == want
+
+
 def run(args: argparse.Namespace) -> int:
     subdir, filename = args.package
     want: str | None = args.sha256
@@ -167,6 +182,9 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{subdir}/{filename} is published (sha256 {obs.sha256}) after {waited:.1f} s")
                 return 0
         state = describe(obs, want)
+        if given_up(obs, want, args.keep_waiting):
+            print(f"{PROG}: {subdir}/{filename}: {state} (--keep-waiting waits for a re-upload)", file=sys.stderr)
+            return 1
         now = time.monotonic()
         if now >= deadline:
             print(

@@ -9,9 +9,11 @@ not reachable). Standard library plus msgpack and zstandard (already dependencie
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import stat
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,10 @@ class Observation:
     skipped: str | None = None  # "reason: message" when the indexer left this file out
     detail: str = ""  # what is published instead / what is going on
     error: str | None = None  # the target could not be read
+    # the skip is about the file as it is now (no newer copy waiting to be read), and the
+    # sha256 of that file when it could be read: `wait` gives up at once on such a skip
+    broken: bool = False
+    broken_sha256: str | None = None
 
 
 class Source(Protocol):
@@ -88,6 +94,7 @@ class FolderSource:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._parsed: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+        self._hashed: dict[Path, tuple[tuple[int, int, int], str]] = {}
 
     def look(self, subdir: str, filename: str) -> Observation:
         path = self.folder / subdir / "repodata.json"
@@ -108,7 +115,8 @@ class FolderSource:
             return found
         skipped = self.skipped(subdir, filename)
         if skipped:
-            return Observation(skipped=skipped, detail=found.detail, error=found.error)
+            return Observation(skipped=skipped, detail=found.detail, error=found.error, broken=True,
+                               broken_sha256=self.sha256(subdir, filename))  # fmt: skip
         if (self.folder / subdir / filename).is_file() and found.error is None:
             return Observation(detail=f"{found.detail}; the file is in the folder and not indexed yet")
         return found
@@ -120,6 +128,28 @@ class FolderSource:
         if failure is None:
             return None
         return f"{failure.reason}: {failure.message}" if failure.message else failure.reason
+
+    def has_cache(self, subdir: str) -> bool:
+        """Whether the subdir's skips can be read here (a sqlite cache; not a PostgreSQL one)."""
+        return (self.folder / subdir / ".cache" / "cache.db").is_file()
+
+    def sha256(self, subdir: str, filename: str) -> str | None:
+        """The sha256 of the file in the folder (hashed again only when it was replaced);
+        None when it cannot be read."""
+        path = self.folder / subdir / filename
+        try:  # never blocks on a FIFO, never follows a symlink (the indexer does neither)
+            with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW), "rb") as f:
+                st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    return None
+                key = (st.st_ino, st.st_mtime_ns, st.st_size)
+                cached = self._hashed.get(path)
+                if cached is None or cached[0] != key:
+                    cached = (key, hashlib.file_digest(f, "sha256").hexdigest())
+                    self._hashed[path] = cached
+        except OSError:
+            return None
+        return cached[1]
 
 
 # --- a channel URL --------------------------------------------------------------------------
@@ -217,16 +247,20 @@ class DaemonSource:
                 skipped=found.skipped,
                 detail=found.detail,
                 error=f"daemon status: {exc}",
+                broken=found.broken,
+                broken_sha256=found.broken_sha256,
             )
         if not is_status_document(doc):
             return Observation(
                 skipped=found.skipped,
                 detail=found.detail,
                 error=f"{self.status_url}: no status document",
+                broken=found.broken,
+                broken_sha256=found.broken_sha256,
             )
         assert isinstance(doc, dict)
         notes = [found.detail] if found.detail else []
-        skipped = None
+        skipped, pending_here = None, False
         for entry in doc["subdirs"]:
             if isinstance(entry, dict) and entry.get("subdir") == subdir:
                 for item in entry.get("skipped") or ():
@@ -244,9 +278,18 @@ class DaemonSource:
         for pending in doc["pending"]:
             if isinstance(pending, dict) and pending.get("subdir") == subdir:
                 notes.append(f"the daemon has {pending.get('files', '?')} file(s) pending for {subdir}")
+                pending_here = True
         if not doc["ready"]:
             notes.append("the daemon's start-up index is in progress")
-        return Observation(skipped=skipped or found.skipped, detail="; ".join(notes), error=found.error)
+        # the folder's sqlite cache, when there is one, says so about the file there now (a
+        # file replaced since is not broken yet); else the daemon's last run, when nothing is
+        # pending for the subdir (a re-upload it has not read yet would be)
+        if self.folder.has_cache(subdir):
+            broken = found.broken
+        else:
+            broken = skipped is not None and not pending_here and bool(doc["ready"])
+        return Observation(skipped=skipped or found.skipped, detail="; ".join(notes), error=found.error, broken=broken,
+                           broken_sha256=found.broken_sha256 if found.broken else self.folder.sha256(subdir, filename) if broken else None)  # fmt: skip
 
 
 def channel_of(doc: dict[str, Any]) -> Path:

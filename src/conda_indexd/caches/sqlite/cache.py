@@ -434,17 +434,21 @@ _FAILED_NOW = """
     WHERE bad.stage = 'failed'"""
 
 
-def failure_of(db: Path, filename: str) -> Failure | None:
+def failure_of(db: Path, filename: str, identity: str | None = None) -> Failure | None:
     """Why the indexer left `filename` out, read from a subdir's cache.db without writing
     it (another process, `conda-indexd wait`, reads while the indexer writes): the failed
-    row, when it matches the file's fs row as it is now (a changed file is read again).
-    None when there is none, or the cache cannot be read."""
+    row, when it matches the file's fs row as it is now (a changed file is read again) and,
+    given the file's `identity` on disk, that fs row is about that file (not one replaced
+    since the indexer last looked). None when there is none, or the cache cannot be read."""
     if not db.is_file():
         return None
+    query, params = _FAILED_NOW + " AND bad.path = ?", [filename]
+    if identity is not None:
+        query, params = query + " AND fs.etag = ?", [filename, identity]
     try:
         con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=2)
         try:
-            row = con.execute(_FAILED_NOW + " AND bad.path = ?", (filename,)).fetchone()
+            row = con.execute(query, params).fetchone()
         finally:
             con.close()
     except sqlite3.Error:
