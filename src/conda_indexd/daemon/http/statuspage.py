@@ -111,7 +111,7 @@ def _role_html(role: dict[str, Any] | None) -> str:
         ("lease holder", holder_html),
         ("lease token", e(str(lease.get("token"))) if lease.get("token") is not None else "none"),
         ("last takeover (lease acquired)", e(lease.get("acquired_at") or "never")),
-        ("this daemon took over", f"{role.get('takeovers', 0)} times" + (f", last at {e(_iso(took) or '')}" if took else "")),
+        ("takeovers by this daemon", f"{role.get('takeovers', 0)}" + (f", the last at {e(_iso(took) or '')}" if took else "")),
         ("old leader's last publish step at this daemon's takeover", prev_html),
         ("lease length", f"{role['lease_seconds']:g} s" if isinstance(role.get("lease_seconds"), int | float) else ""),
         ("database", f"<code>{e(role['database'])}</code>"),
