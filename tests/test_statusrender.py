@@ -136,3 +136,25 @@ def test_merge_takes_a_shared_entry_once() -> None:
     assert shared == entry
     assert activity.merge([shared, shared]) == 1 and len(activity.snapshot()["feed"]) == 1
     assert Entry.from_dict({"subdir": "noarch"}) is None and Entry.from_dict({"at_epoch": "x", "subdir": "s", "kind": "k"}) is None
+
+
+def _piece(fn: str, version: str, size: int) -> str:
+    name = fn.rsplit("-", 2)[0]
+    return json.dumps(fn) + ":" + json.dumps({"name": name, "version": version, "build": "0", "size": size, "indexed_timestamp": 1_800_000_000_000})
+
+
+def test_catalogue_follows_the_memo() -> None:
+    from conda_indexd.daemon.catalogue import Catalogue
+    from conda_indexd.pipeline.memo import from_pieces
+
+    memo = from_pieces([(f"pkg{i}-1.{i}-0.conda", _piece(f"pkg{i}-1.{i}-0.conda", f"1.{i}", 100 + i)) for i in range(3)])
+    cat = Catalogue()
+    cat.apply(memo, [], [], [])  # stale at first: a full sync
+    rows, matched = cat.search("PKG")
+    assert matched == 3 and [r.version for r in rows] == ["1.0", "1.1", "1.2"] and rows[0].size == 100
+    assert cat.search("pkg1")[1] == 1 and cat.search("nothing") == ([], 0) and cat.search("pkg", limit=2)[1] == 3
+    bigger = from_pieces([(f"pkg{i}-1.{i}-0.conda", _piece(f"pkg{i}-1.{i}-0.conda", f"1.{i}", 100 + i)) for i in range(4)])
+    cat.apply(bigger, ["pkg3-1.3-0.conda"], [], [])
+    assert len(cat) == 4 and cat.search("pkg3")[0][0].version == "1.3"
+    cat.apply(memo, [], [], [])  # lists that disagree with the memo's count: compared in full
+    assert len(cat) == 3

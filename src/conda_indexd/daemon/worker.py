@@ -85,11 +85,12 @@ class SubdirState:
         ]
         if result.written:
             st.last_publish = st.last_run
-        self.catalogue.sync(result.memo)
+        self.catalogue.apply(result.memo, result.added, result.removed, result.changed)
 
     def failed(self, exc: BaseException) -> float:
         """Record a failed run; returns the delay before the retry (exponential backoff)."""
         self.memo = None
+        self.catalogue.stale = True  # the next run's lists may not start from what it holds
         self.failures_in_a_row += 1
         self.status.error = f"{type(exc).__name__}: {exc}"
         return min(MAX_RETRY_DELAY, 2.0**self.failures_in_a_row)
