@@ -148,6 +148,7 @@ def test_catalogue_follows_the_memo() -> None:
     from conda_indexd.pipeline.memo import from_pieces
 
     memo = from_pieces([(f"pkg{i}-1.{i}-0.conda", _piece(f"pkg{i}-1.{i}-0.conda", f"1.{i}", 100 + i)) for i in range(3)])
+    assert [(fn, piece) for fn, _, piece in memo.records()] == [(fn, memo.piece(fn)) for fn in memo.filenames()]
     cat = Catalogue()
     cat.apply(memo, [], [], [])  # stale at first: a full sync
     rows, matched = cat.search("PKG")

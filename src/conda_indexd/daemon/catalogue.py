@@ -10,6 +10,7 @@ place, so it needs no lock.
 
 from __future__ import annotations
 
+import heapq
 import json
 from collections.abc import Collection
 from typing import Any, NamedTuple
@@ -40,9 +41,9 @@ class Catalogue:
         """Follow the memo: decode the records that are new or changed, drop the gone."""
         old = self.rows
         rows: dict[str, Row] = {}
-        for fn, sha in memo.items():
+        for fn, sha, piece in memo.records():
             row = old.get(fn)
-            rows[fn] = row if row is not None and sha and row.sha256 == sha else _row(fn, memo.piece(fn), sha)
+            rows[fn] = row if row is not None and sha and row.sha256 == sha else _row(fn, piece, sha)
         self.rows = rows
         self.stale = False
 
@@ -71,18 +72,19 @@ class Catalogue:
         rows = self.rows  # one reference: a sync replacing it meanwhile does not matter
         q = query.strip().lower()
         found = [r for r in rows.values() if q in r.name.lower()]
-        found.sort(key=lambda r: (r.name, r.version, r.build, r.filename))
-        return found[:limit], len(found)
+        return heapq.nsmallest(limit, found, key=lambda r: (r.name, r.version, r.build, r.filename)), len(found)
 
     def __len__(self) -> int:
         return len(self.rows)
 
 
 def _row(fn: str, piece: bytes, sha: str) -> Row:
-    """A record piece (`"filename":{record}`) as a row; what it lacks stays empty."""
+    """A record piece (`"filename":{record}`) as a row; what the record lacks stays empty."""
     try:
-        record: dict[str, Any] = json.loads(piece[len(json.dumps(fn)) + 1 :])
+        record: Any = json.loads(piece[len(json.dumps(fn)) + 1 :])
     except ValueError:
+        record = {}
+    if not isinstance(record, dict):
         record = {}
     return Row(fn, str(record.get("name", "")), str(record.get("version", "")), str(record.get("build", "")),
                _int(record.get("size")), _int(record.get("indexed_timestamp")), _int(record.get("timestamp")), sha)  # fmt: skip
