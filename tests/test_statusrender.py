@@ -159,3 +159,16 @@ def test_catalogue_follows_the_memo() -> None:
     assert len(cat) == 4 and cat.search("pkg3")[0][0].version == "1.3"
     cat.apply(memo, [], [], [])  # lists that disagree with the memo's count: compared in full
     assert len(cat) == 3
+
+
+def test_an_entry_names_twenty_refusals_and_counts_all() -> None:
+    refused = [(f"bad{i:03d}.conda", "not-a-zip" if i % 2 else "no-index-json", "m") for i in range(50)]
+    entry = entry_of("noarch", added=[], removed=[], replaced=[], published=False, refused=refused, duration=0.1, latency=None,
+                     packages=0, member=None)  # fmt: skip
+    assert entry is not None and entry.kind == "refused" and len(entry.skipped) == 20
+    assert entry.as_dict()["refused"] == 50 and entry.reasons == {"no-index-json": 25, "not-a-zip": 25}
+    activity = Activity(clock=lambda: NOW)
+    activity.record(entry)
+    assert activity.snapshot()["refusals"] == {"no-index-json": 25, "not-a-zip": 25}
+    html = statuspage.as_html(statuspage.document("c", True, {}, [], now=NOW, activity=activity.snapshot())).decode()
+    assert "and 30 more refused" in html

@@ -38,7 +38,8 @@ class Entry:
     removed: int = 0
     replaced: int = 0
     files: dict[str, list[str]] = field(default_factory=dict)  # added/removed/replaced: the first NAMED names
-    skipped: list[dict[str, str]] = field(default_factory=list)  # archives refused by this run: path, reason, message
+    skipped: list[dict[str, str]] = field(default_factory=list)  # the first NAMED archives refused by this run: path, reason, message
+    reasons: dict[str, int] = field(default_factory=dict)  # every archive refused by this run, counted by reason
     duration: float = 0.0  # seconds the run took
     latency: float | None = None  # seconds from the subdir's first pending event to the publish (None: a scan)
     packages: int = 0  # records published after the run
@@ -55,6 +56,8 @@ class Entry:
             "removed": self.removed,
             "replaced": self.replaced,
             "files": self.files,
+            "refused": sum(self.reasons.values()),
+            "reasons": self.reasons,
             "skipped": self.skipped,
             "duration_seconds": round(self.duration, 4),
             "latency_seconds": None if self.latency is None else round(self.latency, 4),
@@ -75,7 +78,8 @@ class Entry:
                 removed=int(d.get("removed", 0)),
                 replaced=int(d.get("replaced", 0)),
                 files={str(k): [str(f) for f in v][:NAMED] for k, v in dict(d.get("files") or {}).items()},
-                skipped=[{k: str(s.get(k, "")) for k in ("path", "reason", "message")} for s in d.get("skipped") or []],
+                skipped=[{k: str(s.get(k, "")) for k in ("path", "reason", "message")} for s in (d.get("skipped") or [])[:NAMED]],
+                reasons={str(k): int(v) for k, v in dict(d.get("reasons") or {}).items()},
                 duration=float(d.get("duration_seconds") or 0.0),
                 latency=None if latency is None else float(latency),
                 packages=int(d.get("packages", 0)),
@@ -104,6 +108,7 @@ def entry_of(
     skipped = [{"path": p, "reason": r, "message": m} for p, r, m in refused]
     if not published and not skipped:
         return None
+    reasons = Counter(s["reason"] for s in skipped)
     return Entry(
         at=time.time() if at is None else at,
         subdir=subdir,
@@ -112,7 +117,8 @@ def entry_of(
         removed=len(removed),
         replaced=len(replaced),
         files={k: sorted(v)[:NAMED] for k, v in (("added", added), ("removed", removed), ("replaced", replaced)) if v},
-        skipped=skipped,
+        skipped=sorted(skipped, key=lambda s: s["path"])[:NAMED],
+        reasons=dict(sorted(reasons.items())),
         duration=duration,
         latency=latency if published else None,
         packages=packages,
@@ -154,8 +160,7 @@ class Activity:
             self._feed.append(entry)
             self._seen.add(key)
             self._samples.append(entry)
-            for s in entry.skipped:
-                self._refusals[s["reason"]] += 1
+            self._refusals.update(entry.reasons)
             self._trim(self.clock())
         return True
 
@@ -169,7 +174,7 @@ class Activity:
         now = self.clock()
         with self._lock:
             self._trim(now)
-            feed = list(self._feed)
+            feed = sorted(self._feed, key=lambda e: e.at)  # a pair's shared entries arrive late
             samples = sorted((e for e in self._samples if e.at >= now - self.window), key=lambda e: e.at)
             refusals = dict(self._refusals)
         latency: dict[str, list[list[float]]] = {}

@@ -199,6 +199,9 @@ def _feed_html(activity: dict[str, Any], *, paired: bool) -> str:
     rows = []
     for f in activity.get("feed") or []:
         refused = [f'<span class="bad">refused <code>{e(s["path"])}</code>: {e(s["reason"])}</span> {e(s["message"])}' for s in f["skipped"]]
+        more = f.get("refused", 0) - len(f["skipped"])
+        if more > 0:
+            refused.append(f'<span class="bad">and {more} more refused</span>')
         files = "<br>".join([p for p in [_files_html(f.get("files") or {})] if p] + refused)
         latency = "" if f.get("latency_seconds") is None else f"{f['latency_seconds']:.2f} s"
         member = f"<td><code>{e(f['member'] or '')}</code></td>" if paired else ""
@@ -206,7 +209,7 @@ def _feed_html(activity: dict[str, Any], *, paired: bool) -> str:
         rows.append(
             f'<tr{css}><td class="t">{e(f["at"])}</td><td class="t">{e(f["subdir"])}</td>{member}<td>{e(f["kind"])}</td>'
             f'<td class="n">{f["added"]}</td><td class="n">{f["removed"]}</td><td class="n">{f["replaced"]}</td>'
-            f'<td class="n">{len(f["skipped"])}</td><td class="n">{f["duration_seconds"]:.3f} s</td><td class="n">{latency}</td>'
+            f'<td class="n">{f.get("refused", len(f["skipped"]))}</td><td class="n">{f["duration_seconds"]:.3f} s</td><td class="n">{latency}</td>'
             f'<td class="files">{files}</td></tr>'
         )
     cols = 11 if paired else 10
