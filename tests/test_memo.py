@@ -134,15 +134,3 @@ def test_a_section_streams_its_pieces_in_order_whatever_the_edits(ops: list[tupl
     assert section.brk == bytearray(section._follows(i) for i in range(len(section)))
     joined = b"".join(SectionView(heap, section).chunks())
     assert joined == b",".join(expected[fn] for fn in sorted(expected))
-
-
-def test_records_reads_every_piece_in_runs(tmp_path: Path) -> None:
-    """records() (the status page's package view reads it) gives what piece() gives, for a
-    memo of a real run and one whose pieces cross the heap's read size (4 MiB)."""
-    from conda_indexd.pipeline.memo import from_pieces
-
-    memo = index_subdir(IndexConfig(channel_with(tmp_path, 40)), "noarch").memo
-    assert [(fn, memo.sha256(fn), p) for fn, _, p in memo.records()] == [(fn, memo.sha256(fn), memo.piece(fn)) for fn in memo.filenames()]
-    big = from_pieces((f"p{i:05d}-1-0.conda", f'"p{i:05d}-1-0.conda":{{"x":"{"y" * (300 + i % 97)}"}}') for i in range(14_000))
-    got = list(big.records())
-    assert len(got) == 14_000 and all(p == big.piece(fn) for fn, _, p in got)

@@ -94,7 +94,7 @@ def test_status_page_in_chromium(channel: Path, tmp_path: Path) -> None:
         make_package(channel / "noarch" / f"good{i}-1.0-0.conda", index_json(f"good{i}", "1.0", "0"))
     make_package(channel / "linux-64" / "tool-1.0-0.tar.bz2", index_json("tool", "1.0", "0", "linux-64"))
     make_text(channel / "noarch" / "broken-1.0-0.conda")
-    with DaemonProcess(channel) as d:
+    with DaemonProcess(channel, "--no-write-shards") as d:  # the package view then reads repodata.json
         wait_for(lambda: len(all_records(repodata(channel, "noarch"))) == 3, 10, what="noarch published")
         doc = status(d)
         subdirs = {s["subdir"]: s for s in doc["subdirs"]}
@@ -111,6 +111,15 @@ def test_status_page_in_chromium(channel: Path, tmp_path: Path) -> None:
         assert "broken-1.0-0.conda not-a-zip .conda is not a valid zip file" in text, text
         assert "nothing pending" in text
         assert d.get("/", method="HEAD")[0] == 200
+
+        assert not (channel / "noarch" / "repodata_shards.msgpack.zst").exists()
+        code, body = d.get("/status/noarch.json?q=good")
+        view = json.loads(body)
+        assert code == 200 and view["source"] == "repodata.json" and view["names_matched"] == 3, view
+        assert [f["filename"] for f in view["files"]] == [f"good{i}-1.0-0.conda" for i in range(3)]
+        assert [(s["path"], s["reason"]) for s in view["skipped"]] == []  # not matched by the query
+        view = json.loads(d.get("/status/linux-64.json?q=")[1])
+        assert [(f["name"], f["filename"]) for f in view["files"]] == [("tool", "tool-1.0-0.tar.bz2")] and view["files"][0]["size"] > 0
 
 
 @pytest.mark.timeout(300)
@@ -166,17 +175,28 @@ def test_activity_charts_and_package_view(channel: Path, tmp_path: Path, request
         assert "Archives refused by reason" in text
         screenshot(browser, d.url("/"), tmp_path, "status-burst", request)
 
-        # the package view: every version of a name, its indexed_timestamp and size; the archives left out
+        # the package view, read from the published shards: every version of a name, its
+        # indexed_timestamp and size as repodata.json has them; the archives left out
         code, headers, body = fetch(d.url("/status/noarch.json?q=burst0"))
         view = json.loads(body)
-        assert code == 200 and view["matched"] == 4 and view["packages"] == 9
+        assert code == 200 and view["matched"] == 4 and view["packages"] == 9, view
+        assert view["source"] == "shards" and view["names_matched"] == view["names_read"] == 1 and view["unreadable"] == []
         assert [f["version"] for f in view["files"]] == ["1.0", "1.1", "1.2", "1.3"]
+        published = all_records(repodata(channel, "noarch"))
+        assert {f["filename"]: (f["size"], f["indexed_timestamp"]) for f in view["files"]} == {
+            fn: (r["size"], r["indexed_timestamp"]) for fn, r in published.items() if r["name"] == "burst0"
+        }
         assert all(f["size"] > 0 and re.match(r"\d{4}-\d\d-\d\dT", f["indexed_at"] or "") for f in view["files"]), view
+        view = json.loads(fetch(d.url("/status/noarch.json?q=REFUSED"))[2])
+        assert view["files"] == [] and view["names_matched"] == 0
+        assert [(s["path"], s["reason"]) for s in view["skipped"]] == [("refused-2.0-0.conda", "not-a-zip")]
         code, headers, body = fetch(d.url("/status/noarch?q="))
         assert code == 200 and headers["Content-Security-Policy"].startswith(CSP)
         assert "refused-2.0-0.conda" in body.decode() and "burst2-1.3-0.conda" in body.decode()
         text = text_of(dump_dom(browser, d.url("/status/noarch?q=burst"), tmp_path))
         assert re.search(r"Published files matching burst ?: 8 ", text) and "refused-2.0-0.conda" not in text, text
+        assert "Read for this request from the published shard index and 2 shards (one per package name)" in text, text
+        assert "seed-1.0-0.conda" not in text and "burst1" not in text  # burst1 landed in linux-64 only
         screenshot(browser, d.url("/status/noarch"), tmp_path, "status-refused", request, size="1280,760")
 
         # bad input: one line each, and what came from outside is escaped

@@ -1,17 +1,26 @@
-"""The status page's pure parts, without a daemon: the SVG charts (daemon/http/svg.py),
-the renderer (daemon/http/statuspage.py: escaping, the feed, the pair, the package view)
-and the activity feed's bounds (daemon/activity.py)."""
+"""The status page's parts, without a daemon: the SVG charts (daemon/http/svg.py), the
+renderer (daemon/http/statuspage.py: escaping, the feed, the pair, the package view), the
+activity feed's bounds (daemon/activity.py), and the package view's search
+(daemon/packageview.py) over channels indexed for real, read through their store."""
 
 from __future__ import annotations
 
 import json
 import re
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
+from conda_indexd.backends import index_subdir, open_backends
+from conda_indexd.config import IndexConfig
+from conda_indexd.daemon import packageview
 from conda_indexd.daemon.activity import Activity, Entry, entry_of
-from conda_indexd.daemon.catalogue import Row
 from conda_indexd.daemon.http import statuspage, svg
 from conda_indexd.daemon.http.statuspage import SubdirStatus
+from conda_indexd.daemon.packageview import MAX_NAMES, Row
+from conda_indexd.formats.shards import decode
+from conda_indexd.names import REPODATA, SHARD_INDEX, SHARDS_DIR
+from conda_indexd.stores.base import ChannelStore
+from pkgfactory import index_json, make_package
 
 HOSTILE = '<script>alert("x")</script>&'
 NOW = 1_800_000_000.0
@@ -138,27 +147,86 @@ def test_merge_takes_a_shared_entry_once() -> None:
     assert Entry.from_dict({"subdir": "noarch"}) is None and Entry.from_dict({"at_epoch": "x", "subdir": "s", "kind": "k"}) is None
 
 
-def _piece(fn: str, version: str, size: int) -> str:
-    name = fn.rsplit("-", 2)[0]
-    return json.dumps(fn) + ":" + json.dumps({"name": name, "version": version, "build": "0", "size": size, "indexed_timestamp": 1_800_000_000_000})
+def _published(tmp_path: Path, names: list[str], versions: int = 2, **options: object) -> tuple[IndexConfig, ChannelStore, dict]:
+    """A channel indexed for real (noarch: every name in `versions` versions, .conda and
+    .tar.bz2 alternating), its output store and the published repodata.json."""
+    channel = tmp_path / "channel"
+    for n, name in enumerate(names):
+        for v in range(versions):
+            ext = "conda" if (n + v) % 2 else "tar.bz2"
+            make_package(channel / "noarch" / f"{name}-1.{v}-0.{ext}", index_json(name, f"1.{v}", "0"))
+    config = IndexConfig(channel, **options)  # type: ignore[arg-type]
+    index_subdir(config, "noarch")
+    return config, open_backends(config).outputs, json.loads((channel / "noarch" / REPODATA).read_bytes())
 
 
-def test_catalogue_follows_the_memo() -> None:
-    from conda_indexd.daemon.catalogue import Catalogue
-    from conda_indexd.pipeline.memo import from_pieces
+def _expected(repodata: dict, names: set[str]) -> list[tuple]:
+    """(name, version, build, filename, size, indexed_timestamp) of the published records of `names`."""
+    records = {**repodata["packages"], **repodata["packages.conda"]}
+    for section, suffix in (("conda", ".conda"), ("tar.bz2", ".tar.bz2")):
+        records.update({stem + suffix: r for stem, r in repodata.get("v3", {}).get(section, {}).items()})
+    return sorted((r["name"], r["version"], r["build"], fn, r["size"], r["indexed_timestamp"]) for fn, r in records.items() if r["name"] in names)
 
-    memo = from_pieces([(f"pkg{i}-1.{i}-0.conda", _piece(f"pkg{i}-1.{i}-0.conda", f"1.{i}", 100 + i)) for i in range(3)])
-    assert [(fn, piece) for fn, _, piece in memo.records()] == [(fn, memo.piece(fn)) for fn in memo.filenames()]
-    cat = Catalogue()
-    cat.apply(memo, [], [], [])  # stale at first: a full sync
-    rows, matched = cat.search("PKG")
-    assert matched == 3 and [r.version for r in rows] == ["1.0", "1.1", "1.2"] and rows[0].size == 100
-    assert cat.search("pkg1")[1] == 1 and cat.search("nothing") == ([], 0) and cat.search("pkg", limit=2)[1] == 3
-    bigger = from_pieces([(f"pkg{i}-1.{i}-0.conda", _piece(f"pkg{i}-1.{i}-0.conda", f"1.{i}", 100 + i)) for i in range(4)])
-    cat.apply(bigger, ["pkg3-1.3-0.conda"], [], [])
-    assert len(cat) == 4 and cat.search("pkg3")[0][0].version == "1.3"
-    cat.apply(memo, [], [], [])  # lists that disagree with the memo's count: compared in full
-    assert len(cat) == 3
+
+def _got(found: packageview.Found) -> list[tuple]:
+    return [(r.name, r.version, r.build, r.filename, r.size, r.indexed_timestamp) for r in found.rows]
+
+
+def test_package_view_reads_the_published_shards(tmp_path: Path) -> None:
+    """A search reads the shard index and the shards of the matching names: every file of
+    those names (both sections), case-insensitive, with size and indexed_timestamp as
+    repodata.json has them; a damaged shard is named, the other names still answer."""
+    _, store, repodata = _published(tmp_path, ["alpha", "beta", "alphabet", "gamma"])
+    found = packageview.search(store, "noarch", " ALPHA ")
+    assert found.source == packageview.SHARDS and found.problem is None and found.unreadable == []
+    assert (found.names, found.names_read, found.matched) == (2, 2, 4)
+    assert _got(found) == _expected(repodata, {"alpha", "alphabet"})
+    assert all(r.size and r.indexed_timestamp for r in found.rows)
+    assert {r.filename.rsplit(".", 1)[-1] for r in found.rows} == {"conda", "bz2"}
+    assert packageview.search(store, "noarch", "delta").rows == [] and packageview.search(store, "noarch", "delta").names == 0
+
+    index = decode(store.read(f"noarch/{SHARD_INDEX}") or b"")
+    store.write(f"noarch/{SHARDS_DIR}/{index['shards']['beta'].hex()}.msgpack.zst", b"not zstd")
+    found = packageview.search(store, "noarch", "")
+    assert found.unreadable == ["beta"] and {r.name for r in found.rows} == {"alpha", "alphabet", "gamma"}
+
+
+def test_package_view_reads_v3_records(tmp_path: Path) -> None:
+    """With --repodata-next every record is in the shards' `v3` map, keyed by the file name
+    without its extension: the view gives the file names back."""
+    _, store, repodata = _published(tmp_path, ["alpha", "beta"], repodata_next=True)
+    assert not repodata["packages"] and not repodata["packages.conda"] and repodata["v3"]["conda"]
+    found = packageview.search(store, "noarch", "alpha")
+    assert found.source == packageview.SHARDS and len(found.rows) == 2
+    assert _got(found) == _expected(repodata, {"alpha"})
+
+
+def test_package_view_reads_at_most_max_names(tmp_path: Path) -> None:
+    """More matching names than MAX_NAMES: the first MAX_NAMES by name are read, and the
+    view says how many matched."""
+    names = [f"pkg{i:02d}" for i in range(MAX_NAMES + 3)]
+    _, store, repodata = _published(tmp_path, names, versions=1)
+    found = packageview.search(store, "noarch", "")
+    assert (found.names, found.names_read, found.matched) == (MAX_NAMES + 3, MAX_NAMES, MAX_NAMES)
+    assert _got(found) == _expected(repodata, set(names[:MAX_NAMES]))
+    html = statuspage.subdir_html(statuspage.subdir_view("c", "noarch", "", found.rows, found.matched, len(names), [], now=NOW,
+                                                         names=found.names, names_read=found.names_read, source=found.source)).decode()  # fmt: skip
+    assert f"{MAX_NAMES + 3} package names match; the files of the first {MAX_NAMES} (by name) are read" in html
+    assert "pkg49-1.0-0" in html and "pkg50-1.0-0" not in html
+
+
+def test_package_view_without_shards_reads_repodata_json(tmp_path: Path) -> None:
+    """No shards written: repodata.json is read (while it is small enough); the same rows.
+    A shard index that is gone falls back to it too; a larger repodata.json is not read."""
+    _, store, repodata = _published(tmp_path, ["alpha", "beta", "alphabet"], write_shards=False)
+    assert store.read(f"noarch/{SHARD_INDEX}") is None
+    found = packageview.search(store, "noarch", "alpha", use_shards=False)
+    assert found.source == packageview.REPODATA_JSON and (found.names, found.names_read, found.matched) == (2, 2, 4)
+    assert _got(found) == _expected(repodata, {"alpha", "alphabet"})
+    assert _got(packageview.search(store, "noarch", "alpha")) == _got(found)  # no shard index: the same
+    big = packageview.search(store, "noarch", "alpha", use_shards=False, max_repodata=100)
+    assert big.rows == [] and big.source is None and big.problem and "write-shards" in big.problem
+    assert packageview.search(store, "linux-64", "alpha").problem == "nothing published in this subdir yet"
 
 
 def test_an_entry_names_twenty_refusals_and_counts_all() -> None:

@@ -126,13 +126,11 @@ class Pair:
                     memo.refresh(cache)
                 state.memo = memo
                 state.status.packages = len(memo)
-                state.catalogue.apply(memo, *memo.last)
                 if self.leadership.is_leader() or worker.stopping.is_set():
                     break
         except Exception as exc:  # noqa: BLE001 - unreachable database, restarted server
             for state in worker.states.values():
                 state.memo = None  # refreshed from scratch once the database answers
-                state.catalogue.stale = True
             self.leadership.last_error = f"{type(exc).__name__}: {exc}"
             return False
         return True

@@ -1,8 +1,10 @@
 """The status page's collector: gathers a snapshot of what the daemon knows (plain data)
 for the pure renderer (daemon/http/statuspage.py). It runs on the listener's thread and
-reads only memory: the worker's per-subdir status and catalogue, the activity feed
-(daemon/activity.py), the queue, the pair's leadership as last seen and the metrics'
-counters. It takes no lock the worker holds while it runs.
+takes no lock the worker holds. The page and /status.json read only memory: the worker's
+per-subdir status, the activity feed (daemon/activity.py), the queue, the pair's
+leadership as last seen and the metrics' counters. The package view of one subdir reads
+the channel's published shards (or repodata.json) through the output store on each
+request (daemon/packageview.py) and keeps nothing.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from conda_indexd.daemon.catalogue import MAX_QUERY
+from conda_indexd.daemon import packageview
 from conda_indexd.daemon.http import statuspage
+from conda_indexd.daemon.packageview import MAX_QUERY
+from conda_indexd.stores.base import StoreError
 
 if TYPE_CHECKING:
     from conda_indexd.daemon.supervisor import Daemon
@@ -31,7 +35,7 @@ def document(daemon: Daemon) -> dict[str, Any]:
         for p in sorted(daemon.queue.pending(), key=lambda p: p.subdir)
     ]  # fmt: skip
     worker = daemon.worker
-    seen = {s: st.status for s, st in list(worker.states.items()) if st.status.last_run or st.status.error or len(st.catalogue)}
+    seen = {s: st.status for s, st in list(worker.states.items()) if st.status.last_run or st.status.error or st.status.packages}
     role = daemon.leadership.describe() if daemon.leadership else None
     sources = daemon.pkgs.status() if daemon.pkgs is not None else None
     return statuspage.document(daemon.config.index.location, daemon.ready.is_set(), seen, pending, ignored=daemon.channel.ignored(),
@@ -75,8 +79,13 @@ def subdir_page(daemon: Daemon, rest: str, query: str) -> tuple[int, str, bytes]
     q = (params.get("q") or [""])[-1]
     if len(q) > MAX_QUERY:
         return 400, TEXT, f"query too long: at most {MAX_QUERY} characters\n".encode()
-    rows, matched = state.catalogue.search(q)
-    view = statuspage.subdir_view(daemon.config.index.location, subdir, q, rows, matched, len(state.catalogue), state.status.skipped)
+    try:
+        found = packageview.search(daemon.backends.outputs, subdir, q, use_shards=daemon.config.index.write_shards)
+    except StoreError as exc:
+        return 503, TEXT, f"cannot read the published files of {subdir}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}\n".encode()
+    view = statuspage.subdir_view(daemon.config.index.location, subdir, q, found.rows, found.matched, state.status.packages, state.status.skipped,
+                                  names=found.names, names_read=found.names_read, source=found.source, problem=found.problem,
+                                  unreadable=found.unreadable)  # fmt: skip
     if as_json:
         return 200, JSON, statuspage.as_json(view)
     return 200, HTML, statuspage.subdir_html(view)

@@ -17,7 +17,6 @@ from conda_indexd.backends import Backends
 from conda_indexd.caches.base import FileState
 from conda_indexd.config import IndexConfig
 from conda_indexd.daemon.activity import Activity, entry_of
-from conda_indexd.daemon.catalogue import Catalogue
 from conda_indexd.daemon.http.statuspage import SubdirStatus
 from conda_indexd.daemon.metrics import Metrics
 from conda_indexd.daemon.queue import COMPLETE_KINDS, DebounceQueue, EventKind, Pending, ScanReason
@@ -64,7 +63,6 @@ class SubdirState:
     # cache the old leader may have written without publishing, so every shard is checked
     takeover: bool = False
     status: SubdirStatus = field(init=False)
-    catalogue: Catalogue = field(default_factory=Catalogue)  # the published packages, for the status page's package view
 
     def __post_init__(self) -> None:
         self.status = SubdirStatus(self.subdir)
@@ -85,12 +83,10 @@ class SubdirState:
         ]
         if result.written:
             st.last_publish = st.last_run
-        self.catalogue.apply(result.memo, result.added, result.removed, result.changed)
 
     def failed(self, exc: BaseException) -> float:
         """Record a failed run; returns the delay before the retry (exponential backoff)."""
         self.memo = None
-        self.catalogue.stale = True  # the next run's lists may not start from what it holds
         self.failures_in_a_row += 1
         self.status.error = f"{type(exc).__name__}: {exc}"
         return min(MAX_RETRY_DELAY, 2.0**self.failures_in_a_row)

@@ -111,22 +111,6 @@ class RecordMemo:
                 sha = shas[i * 32 : i * 32 + 32]
                 yield fn, "" if sha == NO_SHA else sha.hex()
 
-    def records(self) -> Iterator[tuple[str, str, bytes]]:
-        """(filename, sha256 hex or "", piece) of every record, section by section; the
-        pieces are read in runs (a full pass is a few large reads, not one per record)."""
-        for s in self.sections.values():
-            fns, shas, lens, n = s.fns, s.shas, s.lens, len(s)
-            i, buf = 0, b""
-            for chunk in self.heap.runs(s, 0, n):  # every piece followed by a comma
-                buf = buf + chunk if buf else chunk
-                at = 0
-                while i < n and at + lens[i] + 1 <= len(buf):
-                    sha = shas[i * 32 : i * 32 + 32]
-                    yield fns[i], "" if sha == NO_SHA else sha.hex(), buf[at : at + lens[i]]
-                    at += lens[i] + 1
-                    i += 1
-                buf = buf[at:]
-
     def digests(self) -> dict[str, str]:
         return dict(self.items())
 

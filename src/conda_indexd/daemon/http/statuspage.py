@@ -253,8 +253,12 @@ def _ms(t: int | None) -> str:
 
 
 def subdir_view(channel: str, subdir: str, query: str, rows: list[Any], matched: int, total: int, skipped: list[dict[str, str]],
-                now: float | None = None) -> dict[str, Any]:  # fmt: skip
-    """The package view as plain data: `rows` are daemon/catalogue.py's Rows."""
+                now: float | None = None, *, names: int | None = None, names_read: int | None = None, source: str | None = None,
+                problem: str | None = None, unreadable: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The package view as plain data: `rows` are daemon/packageview.py's Rows, `matched`
+    the files of the `names_read` package names read (of `names` matching), `source` what
+    was read (`shards`, `repodata.json`), `problem` why nothing could be, `unreadable` names
+    whose shard could not be read."""
     return {
         "channel": channel,
         "subdir": subdir,
@@ -262,6 +266,11 @@ def subdir_view(channel: str, subdir: str, query: str, rows: list[Any], matched:
         "generated_at": _iso(time.time() if now is None else now),
         "packages": total,
         "matched": matched,
+        "names_matched": names,
+        "names_read": names_read,
+        "source": source,
+        "problem": problem,
+        "unreadable": unreadable or [],
         "files": [
             {
                 "filename": r.filename,
@@ -305,7 +314,7 @@ def subdir_html(view: dict[str, Any]) -> bytes:
 <p>Channel <code>{e(view["channel"])}</code>, {view["packages"]} packages published. Generated {e(view["generated_at"])}.</p>
 <form method="get" action="/status/{e(quote(view["subdir"]))}"><label>Package name contains
 <input type="search" name="q" value="{e(q)}" maxlength="200"></label> <button type="submit">search</button></form>
-<h2>Published files {what}: {view["matched"]}{more}</h2>
+<h2>Published files {what}: {view["matched"]}{more}</h2>{_read_html(view)}
 <table><thead><tr><th>name</th><th>version</th><th>build</th><th>file</th><th>size (bytes)</th><th>indexed_timestamp (UTC)</th></tr></thead>
 <tbody>{rows or '<tr><td colspan="6">none</td></tr>'}</tbody></table>
 <h2>Archives left out{" matching" if q.strip() else ""}</h2>
@@ -314,6 +323,26 @@ def subdir_html(view: dict[str, Any]) -> bytes:
 </body></html>
 """
     return html.encode()
+
+
+def _read_html(view: dict[str, Any]) -> str:
+    """What the package view read, and what it left out."""
+    e = escape
+    parts = []
+    if view.get("problem"):
+        parts.append(f'<p class="warn">{e(view["problem"])}</p>')
+    names, read = view.get("names_matched"), view.get("names_read")
+    if names is not None and read is not None and names > read:
+        parts.append(f'<p class="warn">{names} package names match; the files of the first {read} (by name) are read. '
+                     f"Narrow the search to see the others.</p>")  # fmt: skip
+    if view.get("unreadable"):
+        parts.append('<p class="bad">Shards that could not be read: ' + ", ".join(f"<code>{e(n)}</code>" for n in view["unreadable"]) + "</p>")
+    if view.get("source") == "shards":
+        shards = f"{read} shard" + ("" if read == 1 else "s")
+        parts.append(f"<p>Read for this request from the published shard index and {shards} (one per package name).</p>")
+    elif view.get("source") == "repodata.json":
+        parts.append("<p>Read for this request from the published repodata.json (this subdir has no shards).</p>")
+    return "\n" + "\n".join(parts) if parts else ""
 
 
 def _sources_html(sources: list[dict[str, Any]] | None) -> str:
