@@ -5,6 +5,7 @@ activity feed's bounds (daemon/activity.py), and the package view's search
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import xml.etree.ElementTree as ET
@@ -203,7 +204,7 @@ def test_package_view_reads_v3_records(tmp_path: Path) -> None:
 
 def test_package_view_reads_at_most_max_names(tmp_path: Path) -> None:
     """More matching names than MAX_NAMES: the first MAX_NAMES by name are read, and the
-    view says how many matched."""
+    view says how many matched; a search out of time reads no further shard."""
     names = [f"pkg{i:02d}" for i in range(MAX_NAMES + 3)]
     _, store, repodata = _published(tmp_path, names, versions=1)
     found = packageview.search(store, "noarch", "")
@@ -213,6 +214,10 @@ def test_package_view_reads_at_most_max_names(tmp_path: Path) -> None:
                                                          names=found.names, names_read=found.names_read, source=found.source)).decode()  # fmt: skip
     assert f"{MAX_NAMES + 3} package names match; the files of the first {MAX_NAMES} (by name) are read" in html
     assert "pkg49-1.0-0" in html and "pkg50-1.0-0" not in html
+    ticks = itertools.count()  # a clock that moves one second per look: no shard read starts after 3
+    slow = packageview.search(store, "noarch", "", max_seconds=3, clock=lambda: next(ticks))
+    assert (slow.names, slow.names_read) == (MAX_NAMES + 3, 3) and {r.name for r in slow.rows} == set(names[:3])
+    assert slow.problem == "the store was slow: the search stopped after 3 package names"
 
 
 def test_package_view_without_shards_reads_repodata_json(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ Nothing is kept between requests.
 With shards (CEP-16) a search reads the subdir's shard index (`repodata_shards.msgpack.zst`),
 selects the package names that contain the query (case-insensitive), and reads the shards
 of the first `MAX_NAMES` of them in name order: one index read and at most `MAX_NAMES`
-shard reads per request. Without shards (`--no-write-shards`, or none published yet) it
+shard reads per request, none started after `MAX_SECONDS`. Without shards (`--no-write-shards`, or none published yet) it
 reads the subdir's `repodata.json`, only while that is at most `MAX_REPODATA_BYTES` (the
 whole document is decoded per request); a larger one is not read and the view says why.
 
@@ -17,7 +17,8 @@ half-written file. It runs on the listener's thread, never on the worker's.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -30,6 +31,9 @@ MAX_RESULTS = 200  # files shown for one query
 MAX_QUERY = 200  # characters of a query
 MAX_NAMES = 50  # package names whose records one query reads (one shard each)
 MAX_REPODATA_BYTES = 8 << 20  # without shards: the largest repodata.json a query decodes
+# the listener's thread serves other requests (/healthz, /metrics) after this one: no
+# shard read starts once a search has taken this long (a slow bucket); the view says so
+MAX_SECONDS = 2.0
 
 SHARDS = "shards"
 REPODATA_JSON = "repodata.json"
@@ -50,7 +54,8 @@ class Row(NamedTuple):
 class Found:
     """What one search read: `rows` (at most MAX_RESULTS, sorted by name, version, build,
     file), `matched` files of the names read, `names` matching names in all, `names_read`
-    (at most MAX_NAMES), the `source` read (SHARDS, REPODATA_JSON, or None when nothing
+    (at most MAX_NAMES; fewer when the search ran out of time, MAX_SECONDS, and then
+    `problem` says so), the `source` read (SHARDS, REPODATA_JSON, or None when nothing
     could be read: `problem` says why), `unreadable` names whose shard was missing or
     damaged."""
 
@@ -63,20 +68,22 @@ class Found:
     unreadable: list[str] = field(default_factory=list)
 
 
-def search(store: ChannelStore, subdir: str, query: str, *, use_shards: bool = True, max_repodata: int = MAX_REPODATA_BYTES) -> Found:
+def search(store: ChannelStore, subdir: str, query: str, *, use_shards: bool = True, max_repodata: int = MAX_REPODATA_BYTES,
+           max_seconds: float = MAX_SECONDS, clock: Callable[[], float] = time.monotonic) -> Found:  # fmt: skip
     """The published files of `subdir` whose package name contains `query` (all when it
     is blank). `use_shards=False` (shards not written) reads repodata.json only; a shard
     index that is missing or cannot be decoded falls back to it too, when it is at most
-    `max_repodata` bytes. Raises StoreError when the store cannot be read."""
+    `max_repodata` bytes. No shard read starts after `max_seconds` on `clock`. Raises
+    StoreError when the store cannot be read."""
     q = query.strip().lower()
     if use_shards:
-        found = _from_shards(store, subdir, q)
+        found = _from_shards(store, subdir, q, clock() + max_seconds, clock)
         if found is not None:
             return found
     return _from_repodata(store, subdir, q, max_repodata)
 
 
-def _from_shards(store: ChannelStore, subdir: str, q: str) -> Found | None:
+def _from_shards(store: ChannelStore, subdir: str, q: str, deadline: float, clock: Callable[[], float]) -> Found | None:
     data = store.read(f"{subdir}/{SHARD_INDEX}")
     if data is None:
         return None
@@ -92,6 +99,10 @@ def _from_shards(store: ChannelStore, subdir: str, q: str) -> Found | None:
     found = Found(names=len(names), source=SHARDS)
     rows: list[Row] = []
     for name in names[:MAX_NAMES]:
+        if clock() > deadline:
+            found.problem = f"the store was slow: the search stopped after {found.names_read} package names"
+            break
+        found.names_read += 1
         digest = digests[name]
         shard = store.read(f"{subdir}/{SHARDS_DIR}/{shards.shard_file(digest.hex())}") if isinstance(digest, bytes) else None
         try:
@@ -102,7 +113,6 @@ def _from_shards(store: ChannelStore, subdir: str, q: str) -> Found | None:
             found.unreadable.append(name)
             continue
         rows.extend(_rows(doc))  # a shard holds one name's records
-    found.names_read = min(len(names), MAX_NAMES)
     return _finish(found, rows)
 
 

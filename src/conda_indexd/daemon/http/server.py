@@ -16,9 +16,11 @@ Bounded and timed, so that clients can never starve the indexer:
   method is 405 with `Allow: POST`: its body, by Content-Length (decimal digits only, else
   400; missing 411) and at most MAX_POST_BODY (else 413), must arrive within the same
   head timeout. Every answer closes the connection (no keep-alive).
-- Routes run on the loop thread: they answer from memory in milliseconds. One that raises
-  gets a 500 and an error log line. A prefix route (`/status/` for the package view) is
-  handed the rest of the path and the query string. Every HTML answer carries the status
+- Routes run on the loop thread: they answer from memory in milliseconds, except the
+  package view (daemon/packageview.py), which reads a bounded number of published files
+  (a shard index and at most 50 shards, none started after 2 s). One that raises gets a
+  500 and an error log line. A prefix route (`/status/` for the package view) is handed
+  the rest of the path and the query string. Every HTML answer carries the status
   page's Content-Security-Policy (statuspage.CSP).
 """
 
