@@ -138,6 +138,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="reliability suite in long mode: 200 kill -9 rounds and more fuzzing (see docs/reliability.md)",
     )
+    parser.addoption(
+        "--update-screenshots",
+        action="store_true",
+        default=False,
+        help="test_statuspage: also copy the status page screenshots into docs/img/ (docs/status-page.md shows them)",
+    )
 
 
 @pytest.fixture

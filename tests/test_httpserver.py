@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -91,3 +92,29 @@ def test_a_big_answer_arrives_whole_to_a_client_that_reads(server: tuple[StatusS
     srv, _ = server
     srv.write_timeout = 10
     assert get(srv, "/big") == BIG
+
+
+def test_prefix_routes_and_the_csp_of_html_answers() -> None:
+    """A prefix route gets the rest of the path and the query; every HTML answer carries
+    the status page's Content-Security-Policy, other answers do not."""
+    seen: list[tuple[str, str]] = []
+
+    def view(rest: str, query: str) -> tuple[int, str, bytes]:
+        seen.append((rest, query))
+        return 200, "text/html; charset=utf-8", b"<p>view</p>"
+
+    srv = StatusServer("127.0.0.1", 0, {"/healthz": lambda: text(200, "ok\n")}, prefix_routes={"/status/": view})
+    srv.start()
+    try:
+        host, port = srv.address
+        with urllib.request.urlopen(f"http://{host}:{port}/status/noarch?q=a%20b", timeout=5) as resp:
+            assert resp.read() == b"<p>view</p>"
+            assert resp.headers["Content-Security-Policy"].startswith("default-src 'none'; style-src 'unsafe-inline'")
+        assert seen == [("noarch", "q=a%20b")]
+        with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=5) as resp:
+            assert "Content-Security-Policy" not in resp.headers
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"http://{host}:{port}/statusx", timeout=5)
+        assert err.value.code == 404
+    finally:
+        srv.stop()

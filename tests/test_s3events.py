@@ -199,6 +199,13 @@ def test_daemon_intake_changes_nothing_but_packages(tmp_path: Path, s3: Any, buc
         status = json.loads(daemon.get("/status.json")[1])
         assert "win-64" not in json.dumps(status) and "linux-64" not in json.dumps(status)
         assert daemon.metric("conda_indexd_s3_events_total", outcome="rejected") == 3  # the three bodies; the listener refuses the rest
+        intake = status["intake"]["bucket"]  # the status page's bucket section: the same counters
+        assert intake["address"] == f"s3://{bucket}/chan" and intake["notifications"]["rejected"] == 3 and intake["requests"] > 0, intake
+        assert b"<h2>Bucket</h2>" in daemon.get("/")[1]
+        code, body = daemon.get("/status/noarch.json?q=REAL")  # the package view reads the bucket's published shards
+        view = json.loads(body)
+        assert code == 200 and view["source"] == "shards" and [f["filename"] for f in view["files"]] == [real.name], view
+        assert view["files"][0]["size"] == real.stat().st_size and view["files"][0]["indexed_timestamp"], view
 
         # a real package in a new platform is published as before
         new = make_conda(tmp_path / "q" / "newplat-1.0-0.conda", index_json("newplat", subdir="linux-64"), {"f.txt": b"x"})

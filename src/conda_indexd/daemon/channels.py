@@ -94,6 +94,9 @@ class ChannelKind(Protocol):
     def waiting(self, worker_started: bool) -> bool:
         """Alive though the worker has not started: waiting for the store."""
 
+    def bucket_address(self) -> str | None:
+        """The bucket's s3:// address (the status page's bucket section); None for a folder."""
+
 
 def channel_kind(daemon: Daemon) -> ChannelKind:
     return BucketChannel(daemon) if daemon.config.index.remote else FolderChannel(daemon)
@@ -176,6 +179,9 @@ class FolderChannel:
     def waiting(self, worker_started: bool) -> bool:
         return False
 
+    def bucket_address(self) -> str | None:
+        return None
+
 
 class BucketChannel:
     settle = 0.0  # an object is whole once it is listed: no uploads in progress
@@ -208,3 +214,6 @@ class BucketChannel:
     def waiting(self, worker_started: bool) -> bool:
         # a bucket's daemon waiting for its endpoint before the worker starts is alive too
         return not worker_started and not self.daemon.stopping.is_set()
+
+    def bucket_address(self) -> str | None:
+        return self.daemon.config.index.location

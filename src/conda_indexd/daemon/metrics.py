@@ -87,5 +87,9 @@ class Metrics:
     def s3_event(self, outcome: str, count: int) -> None:
         self.s3_events.labels(outcome).inc(count)
 
+    def totals(self, metric: Counter) -> list[tuple[dict[str, str], float]]:
+        """(labels, value) of a counter's series, for the status page (no scrape format)."""
+        return [(dict(s.labels), s.value) for family in metric.collect() for s in family.samples if s.name.endswith("_total")]
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -10,12 +10,17 @@ warm otherwise.
 - Standby: takes the events (dropped: a takeover lists every subdir anyway) and every
   few seconds refreshes each subdir's record memo from the shared cache, so a takeover
   only reads what changed since. Ready (/readyz 200) while the database answers.
+
+Both share the status page's activity feed through the database (ha/leader.py's
+`conda_indexd_activity`): the leader stores each entry it records, a standby (and a new
+leader, once, before its first run) takes the other member's entries into its own feed.
 """
 
 from __future__ import annotations
 
 import time
 
+from conda_indexd.daemon.activity import Entry
 from conda_indexd.daemon.metrics import Metrics
 from conda_indexd.daemon.worker import Worker
 from conda_indexd.ha.leader import Leadership
@@ -34,6 +39,7 @@ class Pair:
         self.metrics = metrics
         self.refresh = refresh
         self.failures = 0
+        self.activity_after = 0  # the last shared activity row taken into this daemon's feed
         leadership.on_change.append(self._count)
 
     def _count(self, leader: bool) -> None:
@@ -41,6 +47,8 @@ class Pair:
         self.metrics.leadership_changes.labels("leader" if leader else "standby").inc()
 
     def __call__(self, worker: Worker) -> None:
+        worker.member = self.leadership.holder
+        worker.activity.share = lambda entry: self.leadership.share_activity(entry.as_dict())
         self.leadership.start()
         try:
             while not worker.stopping.is_set():
@@ -59,8 +67,16 @@ class Pair:
         worker.metrics.queue_pending.set(worker.queue.pending_count())
         return dropped
 
+    def _take_activity(self, worker: Worker) -> None:
+        """The other member's feed entries since the last look (status page only)."""
+        rows = self.leadership.read_activity(self.activity_after)
+        if rows:
+            self.activity_after = rows[-1][0]
+            worker.activity.merge(e for _, member, d in rows if (e := Entry.from_dict(d, member)) is not None)
+
     def _lead(self, worker: Worker) -> None:
         self._drain(worker)  # the reconcile below lists every subdir
+        self._take_activity(worker)  # what the previous leader did last, before this one's own
         # The old leader may have stored records in the shared cache and not published
         # them (cut off, killed): this daemon's warmed memo already holds them, so they
         # are not "changed" for it. Its first run of each subdir trusts neither the memo's
@@ -83,6 +99,7 @@ class Pair:
         self._drain(worker)
         ok = self.leadership.connected and self._warm(worker)
         if ok:
+            self._take_activity(worker)
             self.failures = 0
             if not worker.ready.is_set():
                 worker.became_ready(reconciled=False)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from conda_indexd.backends import clean_uploads, open_backends, open_lock
 from conda_indexd.config import KNOWN_SUBDIRS, WatchConfig
+from conda_indexd.daemon import status
 from conda_indexd.daemon.channels import channel_kind
 from conda_indexd.daemon.http import statuspage
 from conda_indexd.daemon.http.server import StatusServer, text
@@ -82,6 +83,7 @@ class Daemon:
             {"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz,
              "/": self._status_html, "/status.json": self._status_json},
             post_routes=self.channel.post_routes,
+            prefix_routes={"/status/": lambda rest, query: status.subdir_page(self, rest, query)},
         )  # fmt: skip
 
     def _clean_uploads(self, quiet: bool = True) -> None:
@@ -145,18 +147,7 @@ class Daemon:
         return text(200, "ok\n") if self.healthy() else text(503, "observer or worker is not running\n")
 
     def _status_doc(self) -> dict[str, Any]:
-        now = time.monotonic()
-        pending = [
-            {"subdir": p.subdir, "files": len(p.names), "full_scan": p.full_scan, "reason": p.scan_reason,
-             "waiting_seconds": round(now - p.first_event, 1)}
-            for p in sorted(self.queue.pending(), key=lambda p: p.subdir)
-        ]  # fmt: skip
-        seen = {s: st.status for s, st in list(self.worker.states.items()) if st.status.last_run or st.status.error}
-        ignored = self.channel.ignored()
-        role = self.leadership.describe() if self.leadership else None
-        sources = self.pkgs.status() if self.pkgs is not None else None
-        return statuspage.document(self.config.index.location, self.ready.is_set(), seen, pending, ignored=ignored, role=role,
-                                   sources=sources)  # fmt: skip
+        return status.document(self)
 
     def _status_html(self) -> tuple[int, str, bytes]:
         return 200, "text/html; charset=utf-8", statuspage.as_html(self._status_doc())

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from conda_indexd.backends import Backends
 from conda_indexd.caches.base import FileState
 from conda_indexd.config import IndexConfig
+from conda_indexd.daemon.activity import Activity, entry_of
 from conda_indexd.daemon.http.statuspage import SubdirStatus
 from conda_indexd.daemon.metrics import Metrics
 from conda_indexd.daemon.queue import COMPLETE_KINDS, DebounceQueue, EventKind, Pending, ScanReason
@@ -121,6 +122,8 @@ class Worker:
         self._was_ready = False
         self.on_start: Callable[[], None] | None = None  # once, before the first reconcile (in this thread)
         self.on_failure: Callable[[], None] | None = None  # after a failed run (a bucket: our unfinished uploads)
+        self.activity = Activity()  # the status page's feed and charts
+        self.member: str | None = None  # a pair: this daemon's name in the lease (the feed says who published)
 
     def subdirs(self) -> list[str]:
         return self.channel.subdirs()
@@ -247,12 +250,22 @@ class Worker:
             return
         state.succeeded(result)
         self._count(item, result)
+        self._record(item, result)
         if result.written and (self.index.channeldata or self.index.notices is not None):
             try:  # channel-level files last (docs/spec §8.2), from every subdir's published repodata
                 self.channel.publish_channel(self.subdirs())
             except Exception as exc:  # noqa: BLE001 - never stops the daemon
                 self.metrics.subdir_errors.labels("channel", type(exc).__name__).inc()
                 log.error("channel files failed", error=f"{type(exc).__name__}: {exc}")
+
+    def _record(self, item: Pending, result: SubdirResult) -> None:
+        """The status page's activity feed: a run that published files or refused archives."""
+        latency = None if item.scan_reason == ScanReason.STARTUP else time.monotonic() - item.first_event
+        entry = entry_of(result.subdir, added=result.added, removed=result.removed, replaced=result.changed,
+                         published=bool(result.written), refused=result.new_failures, duration=result.duration,
+                         latency=latency, packages=result.packages, member=self.member)  # fmt: skip
+        if entry is not None:
+            self.activity.record(entry)
 
     def _wall_times(self, seen: dict[str, float]) -> dict[str, float]:
         """The queue's (monotonic) event times on the wall clock (CEP-47 indexed_timestamp)."""

@@ -33,6 +33,7 @@ one rename when it resumes. The window is one system call long; every later step
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import socket
@@ -58,7 +59,11 @@ DDL = (
     """CREATE TABLE IF NOT EXISTS conda_indexd_publish_log (id BIGSERIAL PRIMARY KEY, channel_id TEXT NOT NULL,
         token BIGINT NOT NULL, leader TEXT NOT NULL, subdir TEXT, step TEXT NOT NULL,
         at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())""",
+    # the status page's activity feed, shared by a pair (one row per publish or refusal, a JSON entry)
+    """CREATE TABLE IF NOT EXISTS conda_indexd_activity (id BIGSERIAL PRIMARY KEY, channel_id TEXT NOT NULL,
+        member TEXT NOT NULL, at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(), entry JSONB NOT NULL)""",
 )
+ACTIVITY_ROWS = 200  # rows of the activity feed read at once
 
 
 def new_holder() -> str:
@@ -84,6 +89,9 @@ class Leadership:
         self.outage_logged = False  # the current outage was logged
         self.last_error: str | None = None
         self.previous_publish: dict[str, Any] | None = None  # the publish log's last step at the last takeover
+        # the lease row as last seen (every takeover attempt, every renewal): holder, token, acquired_at
+        self.lease_row: dict[str, Any] | None = None
+        self.took_over_at: float | None = None  # wall clock of this daemon's last takeover
         self.changed = threading.Event()  # set on every change of role
         self.on_change: list[Callable[[bool], None]] = []
         self._conn: Any = None
@@ -107,7 +115,8 @@ class Leadership:
     def describe(self) -> dict[str, Any]:
         return {"role": self.role, "token": self.token, "holder": self.holder, "lease_seconds": self.lease,
                 "database": safe_url(self.url), "error": self.last_error,
-                "previous_publish": self.previous_publish}  # fmt: skip
+                "previous_publish": self.previous_publish, "lease": self.lease_row, "takeovers": self.changes,
+                "took_over_at": self.took_over_at}  # fmt: skip
 
     # --- the session ---------------------------------------------------------------------------
 
@@ -150,12 +159,13 @@ class Leadership:
                 if time.monotonic() < self._hold_off:  # just stepped down: a standby goes first
                     return False
                 cid = self.channel_id
-                holder, expired, holder_alive = conn.execute(
+                holder, expired, holder_alive, seen_token, acquired_at = conn.execute(
                     "SELECT holder, expires_at <= now(), EXISTS (SELECT 1 FROM pg_stat_activity "
-                    "WHERE application_name = %s || holder AND pid <> pg_backend_pid()) "
+                    "WHERE application_name = %s || holder AND pid <> pg_backend_pid()), token, acquired_at "
                     "FROM conda_indexd_lease WHERE channel_id = %s",
                     (APP_PREFIX, cid),
                 ).fetchone()
+                self._saw_lease(holder, seen_token, acquired_at)
                 if not (expired or not holder_alive or holder == self.holder):
                     return False
                 if holder and holder != self.holder:  # its frozen transactions must not hold the row
@@ -171,23 +181,56 @@ class Leadership:
                         "expires_at = now() + make_interval(secs => %s), acquired_at = now() "
                         "WHERE channel_id = %s AND holder IS NOT DISTINCT FROM %s AND (holder = %s OR expires_at <= now() "
                         "OR NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = %s || holder "
-                        "AND state IS NOT NULL AND pid <> pg_backend_pid())) RETURNING token",
+                        "AND state IS NOT NULL AND pid <> pg_backend_pid())) RETURNING token, acquired_at",
                         (self.holder, self.lease, cid, holder, self.holder, APP_PREFIX),
                     ).fetchone()
                 if row is None:
                     return False  # another standby was quicker, or the leader came back
-                (token,) = row
+                token, acquired_at = row
+                self._saw_lease(self.holder, token, acquired_at)
             except (PgCacheError, Exception) as exc:  # noqa: BLE001 - unreachable, restarted, timed out
                 self._lost_session(exc)
                 return False
             self.token, self.deadline = int(token), started + self.lease * 0.8
             self.changes += 1
+            self.took_over_at = time.time()
             why = "lease expired" if expired else ("previous leader's sessions gone" if holder else "no leader yet")
             self.previous_publish = self._last_publish(conn, cid)
             log.info("took over leadership", token=self.token, previous=holder, reason=why, channel_id=cid,
                      previous_publish=self.previous_publish)  # fmt: skip
             self._changed(True)
             return True
+
+    def _saw_lease(self, holder: str | None, token: int | None, acquired_at: Any) -> None:
+        self.lease_row = {"holder": holder, "token": None if token is None else int(token),
+                          "acquired_at": acquired_at.isoformat() if acquired_at is not None else None}  # fmt: skip
+
+    # --- the shared activity feed (the status page) -----------------------------------------------
+
+    def share_activity(self, entry: dict[str, Any]) -> None:
+        """Store one entry of this leader's activity feed (only informative: errors are ignored)."""
+        with self._lock:
+            if self.token is None or self._conn is None or self._conn.closed or self._conn.broken:
+                return
+            with contextlib.suppress(Exception):
+                self._conn.execute(
+                    "INSERT INTO conda_indexd_activity (channel_id, member, entry) VALUES (%s, %s, %s::jsonb)",
+                    (self.channel_id, self.holder, json.dumps(entry)),
+                )
+
+    def read_activity(self, after: int) -> list[tuple[int, str, dict[str, Any]]]:
+        """(id, member, entry) of the feed's rows after `after` by the other members, oldest
+        first, at most ACTIVITY_ROWS (the newest); [] when the database cannot be read."""
+        with self._lock:
+            try:
+                conn = self._session()
+                rows = conn.execute(
+                    "SELECT id, member, entry FROM conda_indexd_activity WHERE channel_id = %s AND id > %s AND member <> %s ORDER BY id DESC LIMIT %s",
+                    (self.channel_id, after, self.holder, ACTIVITY_ROWS),
+                ).fetchall()
+            except Exception:  # noqa: BLE001 - only informative; the lease thread reports an outage
+                return []
+        return [(int(i), str(m), e if isinstance(e, dict) else {}) for i, m, e in reversed(rows)]
 
     def _last_publish(self, conn: Any, cid: str) -> dict[str, Any] | None:
         """The publish log's last step before this takeover: what the old leader can be
@@ -228,11 +271,17 @@ class Leadership:
                 self.step_down("lease taken over or expired")
                 return False
             self.deadline = started + self.lease * 0.8
+            if self.lease_row is None or self.lease_row.get("holder") != self.holder:
+                self._saw_lease(self.holder, self.token, None)
             if started >= self._next_prune:  # the publish log keeps LOG_DAYS of steps
                 self._next_prune = started + 3600
                 with contextlib.suppress(Exception):
                     self._conn.execute(
                         "DELETE FROM conda_indexd_publish_log WHERE channel_id = %s AND at < now() - make_interval(days => %s)",
+                        (self.channel_id, LOG_DAYS),
+                    )
+                    self._conn.execute(
+                        "DELETE FROM conda_indexd_activity WHERE channel_id = %s AND at < now() - make_interval(days => %s)",
                         (self.channel_id, LOG_DAYS),
                     )
             return True

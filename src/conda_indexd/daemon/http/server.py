@@ -16,8 +16,12 @@ Bounded and timed, so that clients can never starve the indexer:
   method is 405 with `Allow: POST`: its body, by Content-Length (decimal digits only, else
   400; missing 411) and at most MAX_POST_BODY (else 413), must arrive within the same
   head timeout. Every answer closes the connection (no keep-alive).
-- Routes run on the loop thread: they answer from memory in milliseconds. One that raises
-  gets a 500 and an error log line.
+- Routes run on the loop thread: they answer from memory in milliseconds, except the
+  package view (daemon/packageview.py), which reads a bounded number of published files
+  (a shard index and at most 50 shards, none started after 2 s). One that raises gets a
+  500 and an error log line. A prefix route (`/status/` for the package view) is handed
+  the rest of the path and the query string. Every HTML answer carries the status
+  page's Content-Security-Policy (statuspage.CSP).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from email.utils import formatdate
 from http import HTTPStatus
 
 from conda_indexd.daemon.http.proto import MAX_HEAD, Headers, Request, RequestError, parse_head, render_response
+from conda_indexd.daemon.http.statuspage import CSP
 from conda_indexd.util.logs import get_logger
 
 log = get_logger(__name__)
@@ -40,6 +45,8 @@ Route = Callable[[], tuple[int, str, bytes]]  # -> status, content type, body
 # POST routes a store asks for (/s3-events): (query, headers, body) -> the same; the body
 # (Content-Length, at most MAX_POST_BODY) must arrive within the head timeout
 PostRoute = Callable[[str, Headers, bytes], tuple[int, str, bytes]]
+# GET routes under a prefix: (the rest of the path, the query string) -> the same
+PrefixRoute = Callable[[str, str], tuple[int, str, bytes]]
 MAX_POST_BODY = 1 << 20
 
 DEFAULT_MAX_CONNECTIONS = 256
@@ -78,11 +85,13 @@ class StatusServer:
         write_timeout: float = WRITE_TIMEOUT,
         on_drop: Callable[[str], None] | None = None,
         post_routes: dict[str, PostRoute] | None = None,
+        prefix_routes: dict[str, PrefixRoute] | None = None,
     ):
         """on_drop(reason) is called on the loop thread for every connection dropped before
         its answer was sent: "cap", "head-timeout", "write-timeout" (for a metric)."""
         self.routes = dict(routes)
         self.post_routes = dict(post_routes or {})
+        self.prefix_routes = dict(prefix_routes or {})
         self.on_drop = on_drop
         self.max_connections = max(1, max_connections)
         self.head_timeout = head_timeout
@@ -291,11 +300,16 @@ class StatusServer:
             self._respond(conn, 405, "text/plain; charset=utf-8", body, head=False, extra={"Allow": "GET, HEAD"})
             return
         route = self.routes.get(request.path)
-        if route is None:
+        prefix = next((p for p in self.prefix_routes if request.path.startswith(p)), None) if route is None else None
+        if route is None and prefix is None:
             status, ctype, body = 404, "text/plain; charset=utf-8", b"not found\n"
         else:
             try:
-                status, ctype, body = route()
+                if route is not None:
+                    status, ctype, body = route()
+                else:
+                    assert prefix is not None
+                    status, ctype, body = self.prefix_routes[prefix](request.path[len(prefix) :], request.target.partition("?")[2])
             except Exception as exc:  # noqa: BLE001 - a failing route answers 500, the listener lives on
                 log.error("http route failed", path=request.path, error=f"{type(exc).__name__}: {exc}")
                 status, ctype, body = 500, "text/plain; charset=utf-8", b"internal error\n"
@@ -333,6 +347,7 @@ class StatusServer:
             "Content-Length": str(len(body)),
             "Cache-Control": "no-store",
             "Connection": "close",
+            **({"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff"} if ctype.startswith("text/html") else {}),
             **(extra or {}),
         }
         conn.out = render_response(status, HTTPStatus(status).phrase, headers, b"" if head else body)
