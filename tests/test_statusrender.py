@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
+import threading
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+import pytest
 
 from conda_indexd.backends import index_subdir, open_backends
 from conda_indexd.config import IndexConfig
@@ -245,3 +250,33 @@ def test_an_entry_names_twenty_refusals_and_counts_all() -> None:
     assert activity.snapshot()["refusals"] == {"no-index-json": 25, "not-a-zip": 25}
     html = statuspage.as_html(statuspage.document("c", True, {}, [], now=NOW, activity=activity.snapshot())).decode()
     assert "and 30 more refused" in html
+
+
+def test_a_store_that_hangs_does_not_hold_the_listener(tmp_path: Path) -> None:
+    """The shard index replaced by a FIFO nobody writes: reading it blocks for real (as a
+    bucket behind a dead link does). The listener's call gives up after its wait, a second
+    request meanwhile is answered at once, and once the read returns the view answers again."""
+    _, store, _ = _published(tmp_path, ["alpha", "beta"])
+    index = tmp_path / "channel" / "noarch" / SHARD_INDEX
+    index.unlink()
+    os.mkfifo(index)
+    started = time.monotonic()
+    with pytest.raises(packageview.ViewBusy, match="did not answer within 0.5 s"):
+        packageview.search_off_listener(store, "noarch", "alpha", wait=0.5)
+    assert time.monotonic() - started < 5
+    with pytest.raises(packageview.ViewBusy, match="still reading"):
+        packageview.search_off_listener(store, "noarch", "alpha", wait=0.5)
+    # the writer end opens and closes: the stuck read sees an empty file and ends
+    writer = threading.Thread(target=lambda: os.close(os.open(index, os.O_WRONLY)), daemon=True)
+    writer.start()
+    writer.join(10)
+    index.unlink()  # gone: the next search falls back to repodata.json
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            found = packageview.search_off_listener(store, "noarch", "alpha", wait=5)
+            break
+        except packageview.ViewBusy:
+            assert time.monotonic() < deadline, "the lane never came free"
+            time.sleep(0.1)
+    assert found.source == packageview.REPODATA_JSON and {r.name for r in found.rows} == {"alpha"}

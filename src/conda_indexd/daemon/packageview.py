@@ -11,12 +11,14 @@ whole document is decoded per request); a larger one is not read and the view sa
 
 Published files are replaced atomically and shards are named by their content (and kept
 a week after the index stops naming them), so the read needs no lock and cannot see a
-half-written file. It runs on the listener's thread, never on the worker's.
+half-written file. It runs on a thread of its own (`search_off_listener`), never on the
+worker's, and the listener waits for it at most LANE_SECONDS.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -34,6 +36,9 @@ MAX_REPODATA_BYTES = 8 << 20  # without shards: the largest repodata.json a quer
 # the listener's thread serves other requests (/healthz, /metrics) after this one: no
 # shard read starts once a search has taken this long (a slow bucket); the view says so
 MAX_SECONDS = 2.0
+
+# the listener waits this long for a search run off its thread (`search_off_listener`)
+LANE_SECONDS = 3.0
 
 SHARDS = "shards"
 REPODATA_JSON = "repodata.json"
@@ -184,3 +189,38 @@ def _str(v: object) -> str:
 
 def _int(v: object) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+class ViewBusy(Exception):
+    """The package view could not answer now: a search is still reading (one at a time),
+    or the store did not answer within LANE_SECONDS."""
+
+
+_lane = threading.Lock()  # one search at a time, on a thread of its own
+
+
+def search_off_listener(store: ChannelStore, subdir: str, query: str, *, use_shards: bool = True, wait: float = LANE_SECONDS) -> Found:
+    """`search` on a daemon thread of its own, waited for at most `wait` seconds, so a store
+    that hangs (a bucket's connect timeout and retries) never holds the listener's thread,
+    which also answers /healthz and /metrics. At most one such search runs: while it does,
+    another request is answered ViewBusy at once. Errors of the search are raised here."""
+    if not _lane.acquire(blocking=False):
+        raise ViewBusy("a package search is still reading the channel store; try again shortly")
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["found"] = search(store, subdir, query, use_shards=use_shards)
+        except BaseException as exc:  # handed to the waiting request
+            box["error"] = exc
+        finally:
+            _lane.release()
+            done.set()
+
+    threading.Thread(target=run, name="package-view", daemon=True).start()
+    if not done.wait(wait):
+        raise ViewBusy(f"the channel store did not answer within {wait:g} s; try again shortly")
+    if "error" in box:
+        raise box["error"]
+    return box["found"]  # type: ignore[no-any-return]

@@ -80,7 +80,9 @@ def subdir_page(daemon: Daemon, rest: str, query: str) -> tuple[int, str, bytes]
     if len(q) > MAX_QUERY:
         return 400, TEXT, f"query too long: at most {MAX_QUERY} characters\n".encode()
     try:
-        found = packageview.search(daemon.backends.outputs, subdir, q, use_shards=daemon.config.index.write_shards)
+        found = packageview.search_off_listener(daemon.backends.outputs, subdir, q, use_shards=daemon.config.index.write_shards)
+    except packageview.ViewBusy as exc:
+        return 503, TEXT, f"{exc}\n".encode()
     except StoreError as exc:
         return 503, TEXT, f"cannot read the published files of {subdir}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}\n".encode()
     view = statuspage.subdir_view(daemon.config.index.location, subdir, q, found.rows, found.matched, state.status.packages, state.status.skipped,
