@@ -257,3 +257,80 @@ def test_daemon_follows_sidecars_on_a_folder(channel: Path) -> None:
         wait_for(lambda: advertised(noarch) == {late.name: late_sha}, 30, what="the late package's field")
         wait_for(lambda: d.metric("conda_indexd_packages", subdir="noarch") == 3, 30, what="the package count")
         assert "Traceback" not in d.log_text()
+
+
+# --- a bucket (the session's Ceph RGW; skips without it) ------------------------------------
+
+
+def s3_put_sidecar(s3: Any, bucket: str, key: str, data: bytes, *, copy: bool = True) -> str:
+    """As `rattler upload s3` does: the immutable copy first, then a server-side copy of it
+    to the mutable `.sigs` (copy=False: only the `.sigs`)."""
+    sha = hashlib.sha256(data).hexdigest()
+    if not copy:
+        s3.put_object(Bucket=bucket, Key=f"{key}.sigs", Body=data)
+        return sha
+    s3.put_object(Bucket=bucket, Key=f"{key}.sigs.{sha}", Body=data)
+    s3.copy_object(Bucket=bucket, Key=f"{key}.sigs", CopySource={"Bucket": bucket, "Key": f"{key}.sigs.{sha}"})
+    return sha
+
+
+def s3_advertised(s3: Any, bucket: str, subdir: str = "noarch") -> dict[str, str]:
+    from test_s3 import records as s3_records
+
+    return {fn: r[FIELD] for fn, r in s3_records(s3, bucket, f"chan/{subdir}/repodata.json").items() if FIELD in r}
+
+
+def test_index_s3_advertises_and_refuses(tmp_path: Path, s3: Any, bucket: str) -> None:
+    good, nocopy, later = (make(tmp_path / "noarch", n) for n in ("good", "nocopy", "later"))
+    for p in (good, nocopy, later):
+        s3.upload_file(str(p), bucket, f"chan/noarch/{p.name}")
+    sha = s3_put_sidecar(s3, bucket, f"chan/noarch/{good.name}", sigs_bytes())
+    s3_put_sidecar(s3, bucket, f"chan/noarch/{nocopy.name}", sigs_bytes(), copy=False)
+    state = tmp_path / "state"
+    result = run_index(f"s3://{bucket}/chan", "--cache-dir", state)  # type: ignore[arg-type]
+    assert s3_advertised(s3, bucket) == {good.name: sha}
+    assert refusals(result) == {f"{nocopy.name}.sigs": "missing-copy"}
+    assert result.subdir("noarch")["packages"] == 3 and result.skipped == []
+    # a sidecar added later, one replaced, one removed: the next run follows
+    later_sha = s3_put_sidecar(s3, bucket, f"chan/noarch/{later.name}", sigs_bytes(bundle(7)))
+    new_sha = s3_put_sidecar(s3, bucket, f"chan/noarch/{good.name}", sigs_bytes(bundle(1), bundle(2)))
+    run_index(f"s3://{bucket}/chan", "--cache-dir", state)  # type: ignore[arg-type]
+    assert s3_advertised(s3, bucket) == {good.name: new_sha, later.name: later_sha}
+    s3.delete_object(Bucket=bucket, Key=f"chan/noarch/{good.name}.sigs")
+    run_index(f"s3://{bucket}/chan", "--cache-dir", state)  # type: ignore[arg-type]
+    assert s3_advertised(s3, bucket) == {later.name: later_sha}
+    # nothing of ours removed a sidecar or an old immutable copy
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="chan/noarch/")["Contents"]}
+    assert {f"chan/noarch/{good.name}.sigs.{sha}", f"chan/noarch/{good.name}.sigs.{new_sha}", f"chan/noarch/{nocopy.name}.sigs"} <= keys
+
+
+@pytest.mark.parametrize("intake", ["events", "polling"])
+def test_daemon_follows_sidecars_in_a_bucket(tmp_path: Path, rgw: Any, s3: Any, bucket: str, intake: str) -> None:
+    from daemonproc import free_port
+    from test_s3 import s3_daemon, subscribe
+
+    if intake == "events":
+        port = free_port()
+        subscribe(rgw, s3, bucket, port)
+        daemon = s3_daemon(tmp_path, bucket, port=port)
+    else:
+        daemon = s3_daemon(tmp_path, bucket, "--polling", "--poll-interval", "0.5")
+    pkg = make(tmp_path / "noarch", "live")
+    s3.upload_file(str(pkg), bucket, f"chan/noarch/{pkg.name}")
+    key = f"chan/noarch/{pkg.name}"
+    with daemon.start():
+        wait_for(
+            lambda: (
+                s3_advertised(s3, bucket) == {}
+                and pkg.name in json.loads(s3.get_object(Bucket=bucket, Key="chan/noarch/repodata.json")["Body"].read())["packages.conda"]
+            ),
+            30,
+            what="the package",
+        )
+        sha = s3_put_sidecar(s3, bucket, key, sigs_bytes())
+        wait_for(lambda: s3_advertised(s3, bucket) == {pkg.name: sha}, 30, what="the field")
+        sha2 = s3_put_sidecar(s3, bucket, key, sigs_bytes(bundle(1), bundle(2)))
+        wait_for(lambda: s3_advertised(s3, bucket) == {pkg.name: sha2}, 30, what="the new hash")
+        s3.delete_object(Bucket=bucket, Key=f"{key}.sigs")
+        wait_for(lambda: s3_advertised(s3, bucket) == {}, 30, what="the field gone")
+        assert "Traceback" not in daemon.log_text()
