@@ -334,3 +334,21 @@ def test_daemon_follows_sidecars_in_a_bucket(tmp_path: Path, rgw: Any, s3: Any, 
         s3.delete_object(Bucket=bucket, Key=f"{key}.sigs")
         wait_for(lambda: s3_advertised(s3, bucket) == {}, 30, what="the field gone")
         assert "Traceback" not in daemon.log_text()
+
+
+def test_nginx_serves_the_copy_immutable_and_the_sidecar_revalidated(tmp_path: Path) -> None:
+    from nginxproc import Nginx, nginx_binary
+
+    nginx_binary()  # skips without nginx
+    channel = tmp_path / "channel"
+    pkg = make(channel / "noarch", "served")
+    sha = attest(pkg)
+    with Nginx(channel, tmp_path / "nginx") as server:
+        status, headers, body = server.request("GET", f"/noarch/{pkg.name}.sigs.{sha}")
+        assert status == 200 and hashlib.sha256(body).hexdigest() == sha
+        assert headers["content-type"] == "application/json" and "immutable" in headers["cache-control"]
+        status, headers, body = server.request("GET", f"/noarch/{pkg.name}.sigs")
+        assert status == 200 and hashlib.sha256(body).hexdigest() == sha
+        assert headers["content-type"] == "application/json" and headers["cache-control"] == "no-cache"
+        status, headers, _ = server.request("GET", f"/noarch/{pkg.name}")
+        assert status == 200 and "immutable" in headers["cache-control"]
