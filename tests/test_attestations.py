@@ -118,8 +118,10 @@ def test_index_advertises_a_good_pair_everywhere(channel: Path) -> None:
     assert b'"attestations_sha256":"%s","build"' % sha.encode() in (noarch / "repodata.json").read_bytes()
     # a second run changes nothing and the sidecars are all still there
     before = {p.name: p.read_bytes() for p in noarch.iterdir() if p.is_file()}
-    run_index(channel, "--current-repodata")
+    again = run_index(channel, "--current-repodata")
     assert {p.name: p.read_bytes() for p in noarch.iterdir() if p.is_file()} == before
+    # ... and is a no-op run: nothing rebuilt for sidecars that did not change
+    assert again.subdir("noarch")["written"] == [] and again.subdir("noarch")["shards_encoded"] == 0, again
     # CEP-48's v3 section (every record there with --repodata-next) and its shards say the same
     run_index(channel, "--repodata-next")
     v3 = json.loads((noarch / "repodata.json").read_bytes())["v3"]
@@ -352,3 +354,17 @@ def test_nginx_serves_the_copy_immutable_and_the_sidecar_revalidated(tmp_path: P
         assert headers["content-type"] == "application/json" and headers["cache-control"] == "no-cache"
         status, headers, _ = server.request("GET", f"/noarch/{pkg.name}")
         assert status == 200 and "immutable" in headers["cache-control"]
+
+
+def test_a_change_while_nothing_ran_is_seen_by_the_next_start(channel: Path) -> None:
+    """The saved memo and the no-op shortcut (unchanged package listing, unchanged outputs)
+    do not hide a sidecar replaced or removed while no daemon ran."""
+    noarch = channel / "noarch"
+    pkg, other = make(noarch, "kept"), make(noarch, "dropped")
+    attest(pkg)
+    attest(other)
+    run_index(channel)
+    sha2 = attest(pkg, sigs_bytes(bundle(5)))
+    (noarch / f"{other.name}.sigs").unlink()
+    with DaemonProcess(channel):
+        wait_for(lambda: advertised(noarch) == {pkg.name: sha2}, 30, what="the start-up run")

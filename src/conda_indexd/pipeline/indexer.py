@@ -183,15 +183,16 @@ class SubdirRun:
             if stamps.rejected and scope is not None:
                 scope |= stamps.rejected
             dirty = memo.refresh(cache, scope)
-            # attestation sidecars: a full look, or the touched names' packages (pipeline/attestations.py)
-            sidecars_changed = attestations.update(memo.sidecars, b.packages, subdir, memo, touched=self.touched, hold=self.hold)
+            # attestation sidecars: a full look, or the touched names' packages (pipeline/attestations.py);
+            # what is advertised is part of the inputs token, so a change is never quiet
+            attestations.update(memo.sidecars, b.packages, subdir, memo, touched=self.touched, hold=self.hold)
             attested = memo.sidecars.advertised()
             memo.quiet.listing = None  # until this run has published
             result.skipped = cache.failures()
             instructions = b.outputs.read(key(subdir, PATCH_INSTRUCTIONS))
             overlay_bytes = b.packages.read(origin.overlay_key(subdir)) if config.origin_overlay else None
             token = inputs_token(config, instructions, overlay_bytes, attested)
-            quiet = not dirty and not sidecars_changed and not self.verify and memo.quiet.outputs is not None  # verify: shards changed outside
+            quiet = not dirty and not self.verify and memo.quiet.outputs is not None  # verify: shards changed outside
             quiet = quiet and time.time() < memo.quiet.collect_at
             # the shard upkeep's listing, only over touched names: a full run (a rescan)
             # lists the shard folder, so a shard deleted from outside is noticed there too
