@@ -368,3 +368,23 @@ def test_a_change_while_nothing_ran_is_seen_by_the_next_start(channel: Path) -> 
     (noarch / f"{other.name}.sigs").unlink()
     with DaemonProcess(channel):
         wait_for(lambda: advertised(noarch) == {pkg.name: sha2}, 30, what="the start-up run")
+
+
+def test_odd_files_under_sidecar_names_are_not_read(channel: Path) -> None:
+    """A FIFO or a symlink under a sidecar's name is never opened (a FIFO would block the
+    run); a folder named like one is no sidecar either."""
+    noarch = channel / "noarch"
+    fifo_pkg, link_pkg, dir_pkg = make(noarch, "fifo"), make(noarch, "link"), make(noarch, "dir")
+    data = sigs_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    (noarch / f"{fifo_pkg.name}.sigs").write_bytes(data)
+    os.mkfifo(noarch / f"{fifo_pkg.name}.sigs.{sha}")
+    secret = channel.parent / "secret.json"
+    secret.write_bytes(data)
+    (noarch / f"{link_pkg.name}.sigs").symlink_to(secret)
+    (noarch / f"{link_pkg.name}.sigs.{sha}").write_bytes(data)
+    (noarch / f"{dir_pkg.name}.sigs").mkdir()
+    result = run_index(channel, timeout=120)
+    assert advertised(noarch) == {}
+    assert refusals(result) == {f"{fifo_pkg.name}.sigs": "missing-copy"}
+    assert result.subdir("noarch")["packages"] == 3 and result.skipped == []

@@ -143,12 +143,14 @@ def _look(store: ChannelStore, subdir: str, fn: str, state: FileState, copies: d
         return None
     sha = attestations.digest(data)
     copy = attestations.copy_name(fn, sha)
-    copy_bytes = store.read(key(subdir, copy)) if len(data) <= attestations.CAP else None
     if copies is not None:
         copy_state = copies.get(copy)
     else:
         found, _ = store.stat_files(subdir, [copy])
         copy_state = found[0] if found else None
+    # only a plain file is read (stat_files lists no folder, symlink or FIFO), and only
+    # one no larger than the cap
+    copy_bytes = store.read(key(subdir, copy)) if copy_state is not None and copy_state.size <= attestations.CAP else None
     return _said(subdir, fn, Known(_sig(state) or (0.0, 0, ""), _sig(copy_state), sha, attestations.check(data, copy_bytes)))
 
 
