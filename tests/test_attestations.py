@@ -84,6 +84,50 @@ def refusals(result: Any) -> dict[str, str]:
     return {r["path"]: r["reason"] for r in result.events("attestation sidecar refused; the package is published without it")}
 
 
+# --- the pure rules ------------------------------------------------------------------------
+
+
+def test_sidecar_names() -> None:
+    from conda_indexd.names import sidecar_of
+
+    sha = "a" * 64
+    assert sidecar_of("foo-1.0-0.conda.sigs") == ("foo-1.0-0.conda", None)
+    assert sidecar_of("foo-1.0-0.tar.bz2.sigs") == ("foo-1.0-0.tar.bz2", None)
+    assert sidecar_of(f"foo-1.0-0.conda.sigs.{sha}") == ("foo-1.0-0.conda", sha)
+    for name in ("foo.sigs", f"foo-1.0-0.conda.sigs.{'A' * 64}", "foo-1.0-0.conda.sigs.abc", ".foo-1.0-0.conda.sigs",
+                 "foo-1.0-0.conda.sigs.part", f"foo-1.0-0.conda.sigs.{sha}.tmp", "foo-1.0-0.conda"):  # fmt: skip
+        assert sidecar_of(name) is None, name
+
+
+def test_check_verdicts() -> None:
+    from conda_indexd.formats import attestations as a
+
+    good = sigs_bytes()
+    assert a.check(good, good) == a.Verdict(hashlib.sha256(good).hexdigest())
+    assert a.check(b"\xff\xfe[]", None).reason == a.NOT_JSON
+    assert a.check(b"[" * 100_000, None).reason == a.NOT_JSON  # nested past the parser's limit
+    assert a.check(b"null", None).reason == a.NOT_ARRAY
+    assert a.check(b"[{}, 1]", None).reason == a.NOT_OBJECTS
+    assert a.check(good, None).reason == a.NO_COPY
+    assert a.check(good, good + b" ").reason == a.COPY_DIFFERS
+    assert a.check(b" " * (a.CAP + 1), None).reason == a.TOO_LARGE
+    assert all("\n" not in a.check(bad, None).detail for bad in (b"[{", b"{}", b"[]"))
+
+
+def test_patches_apply_the_field_to_that_file_only() -> None:
+    from conda_indexd.formats import attestations, patches
+
+    doc = {"packages": {"t-1-0.tar.bz2": {"name": "t"}}, "packages.conda": {"t-1-0.conda": {"name": "t"}}}
+    instructions = attestations.layer({"t-1-0.tar.bz2": "b" * 64}, {"packages": {"t-1-0.tar.bz2": {"license": "MIT"}}})
+    ops = patches.per_record(instructions)
+    assert ops["t-1-0.tar.bz2"][-1] == ("merge", {FIELD: "b" * 64})
+    assert ("merge", {FIELD: "b" * 64}) not in ops["t-1-0.conda"]
+    patches.apply(doc, instructions)
+    assert doc["packages"]["t-1-0.tar.bz2"] == {"name": "t", "license": "MIT", FIELD: "b" * 64}
+    assert doc["packages.conda"]["t-1-0.conda"] == {"name": "t", "license": "MIT"}
+    assert attestations.strip(instructions)[0] == {"packages": {"t-1-0.tar.bz2": {"license": "MIT"}}}
+
+
 # --- conda-indexd index on a folder --------------------------------------------------------
 
 
