@@ -296,6 +296,14 @@ def test_daemon_follows_sidecars_on_a_folder(channel: Path) -> None:
         wait_for(lambda: advertised(noarch) == {}, 30, what="the field gone")
         wait_for(lambda: FIELD not in shard_records(noarch)[pkg.name], 30, what="the shard")
         assert records(noarch)[other.name] == bystander
+        # the .sigs before its copy: refused until the copy arrives, then advertised
+        data = sigs_bytes(bundle(9))
+        (noarch / f"{pkg.name}.sigs").write_bytes(data)
+        wait_for(lambda: d.metric("conda_indexd_attestation_sidecars_refused", subdir="noarch", reason="missing-copy") == 1, 30, what="refused")
+        (noarch / f"{pkg.name}.sigs.{hashlib.sha256(data).hexdigest()}").write_bytes(data)
+        wait_for(lambda: advertised(noarch) == {pkg.name: hashlib.sha256(data).hexdigest()}, 30, what="the copy's arrival")
+        (noarch / f"{pkg.name}.sigs").unlink()
+        wait_for(lambda: advertised(noarch) == {}, 30, what="the field gone")
         # a package arriving after its sidecar
         late = noarch / "late-1.0-0.conda"
         late_sha = attest(late)
