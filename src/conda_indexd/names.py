@@ -81,6 +81,28 @@ def is_package_name(name: str) -> bool:
     return name.endswith(PACKAGE_EXTENSIONS) and not name.startswith(".")
 
 
+# attestation sidecars (docs/attestations.md): `<package>.sigs` and its immutable copy
+# `<package>.sigs.<sha256 hex of its bytes>`, beside the package
+SIGS = ".sigs"
+_SIGS_COPY = re.compile(r"^(.+)\.sigs\.([0-9a-f]{64})$")
+
+
+def sidecar_of(name: str) -> tuple[str, str | None] | None:
+    """(package file name, the copy's sha256 hex or None for the mutable `.sigs`) when
+    `name` is an attestation sidecar of a package file name, else None."""
+    if name.endswith(SIGS):
+        package = name[: -len(SIGS)]
+        return (package, None) if is_package_name(package) else None
+    m = _SIGS_COPY.match(name)
+    if m is not None and is_package_name(m.group(1)):
+        return m.group(1), m.group(2)
+    return None
+
+
+def is_sidecar_name(name: str) -> bool:
+    return sidecar_of(name) is not None
+
+
 def stem(filename: str) -> str:
     """`name-version-build` of a package file name."""
     return filename.removesuffix(CONDA).removesuffix(TAR_BZ2)

@@ -36,6 +36,13 @@ class Metrics:
         self.future_timestamps = Gauge(
             p + "future_timestamps", "Published packages whose build timestamp is later than their indexed_timestamp (CEP-47)", ["subdir"], registry=r
         )
+        self.attested = Gauge(p + "attested_packages", "Published records advertising an attestation sidecar (attestations_sha256)", ["subdir"], registry=r)
+        self.sidecars_refused = Gauge(
+            p + "attestation_sidecars_refused",
+            "Packages whose attestation sidecar is refused (published without it), by reason",
+            ["subdir", "reason"],
+            registry=r,
+        )
         self.publish_duration = Histogram(
             p + "publish_duration_seconds", "Time to index and publish a subdir", ["subdir"], buckets=_LATENCY_BUCKETS, registry=r
         )

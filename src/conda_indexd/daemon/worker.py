@@ -21,6 +21,7 @@ from conda_indexd.daemon.http.statuspage import SubdirStatus
 from conda_indexd.daemon.metrics import Metrics
 from conda_indexd.daemon.queue import COMPLETE_KINDS, DebounceQueue, EventKind, Pending, ScanReason
 from conda_indexd.daemon.uploads import UploadTracker
+from conda_indexd.formats.attestations import REASONS
 from conda_indexd.pipeline.channel import ChannelDriver
 from conda_indexd.pipeline.indexer import SubdirResult
 from conda_indexd.pipeline.memo import RecordMemo
@@ -346,6 +347,9 @@ class Worker:
         m.packages.labels(subdir).set(result.packages)
         m.skipped.labels(subdir).set(len(result.skipped))
         m.future_timestamps.labels(subdir).set(len(result.flagged))
+        m.attested.labels(subdir).set(result.attested)
+        for reason in REASONS:
+            m.sidecars_refused.labels(subdir, reason).set(result.sidecars_refused.get(reason, 0))
         m.repodata_bytes.labels(subdir).set(result.repodata_bytes)
         m.publish_duration.labels(subdir).observe(result.duration)
         m.packages_indexed.labels(subdir).inc(result.extracted)

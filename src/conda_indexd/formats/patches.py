@@ -17,6 +17,7 @@ import hashlib
 from typing import Any
 
 from conda_indexd.errors import IndexdError
+from conda_indexd.formats import attestations
 from conda_indexd.names import CONDA, PACKAGE_EXTENSIONS, PATCH_INSTRUCTIONS, TAR_BZ2, compact_json, conda_twin
 
 INSTRUCTIONS = PATCH_INSTRUCTIONS
@@ -83,6 +84,10 @@ def apply(repodata: dict[str, Any], instructions: dict[str, Any]) -> dict[str, A
     for fn, fix in instructions.get("packages.conda", {}).items():
         if fn in conda:
             _merge(conda[fn], copy.deepcopy(fix))
+    for fn, sha in instructions.get(attestations.KEY, {}).items():
+        section = tar if fn.endswith(TAR_BZ2) else conda
+        if fn in section:
+            section[fn][attestations.FIELD] = sha
     for fn in instructions.get("revoke", ()):
         for section, name in ((tar, fn), (conda, conda_twin(fn))):
             if name in section:
@@ -122,6 +127,9 @@ def per_record(instructions: dict[str, Any] | None) -> dict[str, list[Op]]:
     for fn, fix in instructions.get("packages.conda", {}).items():
         if fix and fn.endswith(CONDA):
             ops.setdefault(fn, []).append(("merge", fix))
+    for fn, sha in instructions.get(attestations.KEY, {}).items():  # the sidecars': this very file only
+        if fn.endswith(PACKAGE_EXTENSIONS):
+            ops.setdefault(fn, []).append(("merge", {attestations.FIELD: sha}))
     for kind in ("revoke", "remove"):
         for fn in instructions.get(kind, ()):
             for name in {fn, conda_twin(fn)}:

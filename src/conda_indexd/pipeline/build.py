@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conda_indexd.config import IndexConfig
-from conda_indexd.formats import channelmeta, current, origin, patches, repodata, timestamps
+from conda_indexd.formats import attestations, channelmeta, current, origin, patches, repodata, timestamps
 from conda_indexd.names import CURRENT, PATCH_INSTRUCTIONS, REPODATA, REPODATA_FROM_PACKAGES, RUN_EXPORTS, compact_json
 from conda_indexd.pipeline import patchsource
 from conda_indexd.pipeline.memo import RecordMemo, from_pieces
@@ -64,11 +64,13 @@ def build_from_memo(
     existing_instructions: bytes | None,
     run_exports: Iterable[tuple[str, str | None]] = (),
     overlay: dict[str, Any] | None = None,
+    attested: dict[str, str] | None = None,
 ) -> Built:
     """`memo`: the records; its `patched` pieces of the last build are brought up to date here;
     `existing_instructions`: the subdir's published patch_instructions.json, if any;
     `run_exports`: the rows of run_exports.json when config.run_exports;
-    `overlay`: origin metadata as patch instructions (formats/origin.py), applied under the patches.
+    `overlay`: origin metadata as patch instructions (formats/origin.py), applied under the patches;
+    `attested`: {filename: attestations_sha256} of the sidecars that check out (formats/attestations.py).
     Raises PatchError before anything is published when the patch source fails."""
     patched = memo.patched
     from_packages = memo.document(subdir, config.base_url, **_shape(config))
@@ -77,7 +79,7 @@ def build_from_memo(
     instructions: dict[str, Any] = {}
     count = 0
     generator = patchsource.generator_path(config.channel, config.patch_generator)
-    if generator is not None or existing_instructions is not None or overlay:
+    if generator is not None or existing_instructions is not None or overlay or attested:
         doc = json.loads(from_packages.to_bytes()) if generator is not None else {}
         instructions, fresh = patchsource.instructions_for(subdir, doc, generator, existing_instructions, owned=True)
         del doc
@@ -87,6 +89,10 @@ def build_from_memo(
         instructions, touched = timestamps.strip_patches(instructions)  # CEP-47: never patched
         if touched:
             log.warning("patch instructions may not change indexed_timestamp; ignored for these files", subdir=subdir, count=len(touched), files=touched[:20])
+        instructions, touched = attestations.strip(instructions)  # only the sidecars say it
+        if touched:
+            log.warning("patch instructions may not change attestations_sha256; ignored for these files", subdir=subdir, count=len(touched), files=touched[:20])
+        instructions = attestations.layer(attested or {}, instructions)
         ops = patches.per_record(instructions)
         if ops:
             doc_patched, count = _patched_document(config, subdir, memo, ops)

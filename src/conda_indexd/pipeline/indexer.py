@@ -18,7 +18,7 @@ from conda_indexd.caches.base import CacheCorrupt, Failure, FileState, SubdirCac
 from conda_indexd.config import IndexConfig
 from conda_indexd.formats import channelmeta, origin
 from conda_indexd.names import PATCH_INSTRUCTIONS, REPODATA, SHARD_INDEX, SHARDS_DIR
-from conda_indexd.pipeline import memofile
+from conda_indexd.pipeline import attestations, memofile
 from conda_indexd.pipeline.build import build_from_memo
 from conda_indexd.pipeline.extract import Progress, extract
 from conda_indexd.pipeline.fsstate import update_fs_stage
@@ -48,6 +48,8 @@ class SubdirResult:
     removed: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)  # published before and now, other sha256
     flagged: list[Flagged] = field(default_factory=list)  # CEP-47: build timestamp later than indexed_timestamp
+    attested: int = 0  # records advertising an attestation sidecar
+    sidecars_refused: dict[str, int] = field(default_factory=dict)  # {reason: packages whose sidecar is refused}
     repodata_bytes: int = 0
     shards: ShardsReport = field(default_factory=ShardsReport)
     duration: float = 0.0
@@ -75,6 +77,8 @@ class SubdirResult:
             shards_deleted=len(self.shards.deleted),
             seconds=round(self.duration, 3),
         )
+        if self.attested or self.sidecars_refused:
+            fields.update(attested=self.attested, sidecars_refused=sum(self.sidecars_refused.values()))
         return fields
 
 
@@ -179,11 +183,15 @@ class SubdirRun:
             if stamps.rejected and scope is not None:
                 scope |= stamps.rejected
             dirty = memo.refresh(cache, scope)
+            # attestation sidecars: a full look, or the touched names' packages (pipeline/attestations.py);
+            # what is advertised is part of the inputs token, so a change is never quiet
+            attestations.update(memo.sidecars, b.packages, subdir, memo, touched=self.touched, hold=self.hold)
+            attested = memo.sidecars.advertised()
             memo.quiet.listing = None  # until this run has published
             result.skipped = cache.failures()
             instructions = b.outputs.read(key(subdir, PATCH_INSTRUCTIONS))
             overlay_bytes = b.packages.read(origin.overlay_key(subdir)) if config.origin_overlay else None
-            token = inputs_token(config, instructions, overlay_bytes)
+            token = inputs_token(config, instructions, overlay_bytes, attested)
             quiet = not dirty and not self.verify and memo.quiet.outputs is not None  # verify: shards changed outside
             quiet = quiet and time.time() < memo.quiet.collect_at
             # the shard upkeep's listing, only over touched names: a full run (a rescan)
@@ -200,6 +208,7 @@ class SubdirRun:
                     existing_instructions=instructions,
                     run_exports=cache.run_exports() if config.run_exports else (),
                     overlay=origin.parse(overlay_bytes) if overlay_bytes is not None else None,
+                    attested=attested,
                 )
                 # docs/spec §8.2: shard files, then the shard index, then repodata.json and the rest.
                 # A takeover: records the old leader stored in the shared cache without
@@ -224,6 +233,8 @@ class SubdirRun:
                 memofile.save(cache, memo)
         result.memo = memo
         result.packages = len(memo)
+        result.attested = len(attested)
+        result.sidecars_refused = memo.sidecars.refused()
         if not given and not memo.loaded:
             added, differ = [], []
             for fn, sha in memo.items():

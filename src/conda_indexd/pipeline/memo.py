@@ -26,6 +26,7 @@ from typing import Any
 from conda_indexd.caches.base import ShardKey, SubdirCache
 from conda_indexd.formats import repodata, revisions, timestamps
 from conda_indexd.names import section_of
+from conda_indexd.pipeline.attestations import Sidecars
 from conda_indexd.pipeline.pieceheap import PieceHeap, Section, SectionView
 from conda_indexd.pipeline.quiet import Quiet
 
@@ -65,6 +66,7 @@ class RecordMemo:
         self.quiet = Quiet()  # what the run that filled it saw and published (pipeline/quiet.py)
         self.last: tuple[list[str], list[str], list[str]] = ([], [], [])  # the last refresh's (added, removed, replaced)
         self.shards: Any = None  # pipeline/shardstore.Carried: what the last run's shard upkeep ended with
+        self.sidecars = Sidecars()  # the last look at the attestation sidecars (not saved: a new memo looks at all)
         self.loaded = False  # filled from a saved memo (pipeline/memofile.load)
         self.saved: tuple[str, str | None] | None = None  # (cache generation, quiet listing) when last saved (memofile)
 

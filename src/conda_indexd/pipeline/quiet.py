@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from conda_indexd.caches.base import SubdirCache
@@ -70,10 +70,11 @@ OUTPUT_NAMES = sorted(
 )  # every file a publish may write, withdraw or leave alone
 
 
-def inputs_token(config: IndexConfig, instructions: bytes | None, overlay: bytes | None = None) -> str:
+def inputs_token(config: IndexConfig, instructions: bytes | None, overlay: bytes | None = None, attested: Mapping[str, str] | None = None) -> str:
     """What the outputs depend on besides the records: the patch instructions, the pkgs-dir
-    origin records (`overlay`), the patch generator and pins files as they are now, and
-    every setting that shapes the outputs (IndexConfig.output_shape)."""
+    origin records (`overlay`), the advertised attestation sidecars (`attested`), the patch
+    generator and pins files as they are now, and every setting that shapes the outputs
+    (IndexConfig.output_shape)."""
     generator = patchsource.generator_path(config.channel, config.patch_generator)
     parts = [
         hashlib.sha256(instructions).hexdigest() if instructions is not None else "-",
@@ -82,6 +83,8 @@ def inputs_token(config: IndexConfig, instructions: bytes | None, overlay: bytes
         str(config.current_index_versions), repr(patchsource.identity(config.current_index_versions)),
         repr(config.output_shape()),
     ]  # fmt: skip
+    if attested:  # absent without sidecars: the token is what it was before them
+        parts.append(hashlib.sha256(repr(sorted(attested.items())).encode()).hexdigest())
     return "\n".join(parts)
 
 

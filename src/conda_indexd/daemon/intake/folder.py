@@ -26,7 +26,7 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserverVFS
 
 from conda_indexd.daemon.queue import EventKind
-from conda_indexd.names import PUBLISHED_NAMES, SHARD_FILE, SHARDS_DIR, TEMP_FILE, is_package_name
+from conda_indexd.names import PUBLISHED_NAMES, SHARD_FILE, SHARDS_DIR, TEMP_FILE, is_package_name, is_sidecar_name
 from conda_indexd.util.logs import get_logger
 
 log = get_logger(__name__)
@@ -41,13 +41,14 @@ OwnChange = Callable[[str], bool]  # "subdir/file" -> whether we changed it ours
 
 
 def relevant(channel: str, path: str, subdirs: Collection[str]) -> tuple[str, str] | None:
-    """(subdir, filename) when `path` is a package file directly in a watched subdir."""
+    """(subdir, filename) when `path` is a package file, or a package's attestation
+    sidecar (docs/attestations.md), directly in a watched subdir."""
     rel = os.path.relpath(path, channel)
     parts = rel.split(os.sep)
     if len(parts) != 2:
         return None
     subdir, name = parts
-    if subdir not in subdirs or not is_package_name(name) or name.endswith(TEMP_SUFFIXES):
+    if subdir not in subdirs or not (is_package_name(name) or is_sidecar_name(name)) or name.endswith(TEMP_SUFFIXES):
         return None
     return subdir, name
 

@@ -26,7 +26,7 @@ from typing import Protocol
 from urllib.parse import parse_qs, unquote, unquote_plus
 
 from conda_indexd.daemon.queue import EventKind
-from conda_indexd.names import is_package_name
+from conda_indexd.names import is_package_name, is_sidecar_name
 from conda_indexd.stores.base import ChannelStore, FileState, StoreError
 from conda_indexd.util.logs import get_logger
 
@@ -59,13 +59,14 @@ def key_names(raw: str) -> set[str]:
 
 
 def route_key(key: str, prefix: str, subdirs: Collection[str]) -> tuple[str, str] | None:
-    """(subdir, filename) for a package key directly in a watched subdir of the prefix."""
+    """(subdir, filename) for a package key (or a package's attestation sidecar)
+    directly in a watched subdir of the prefix."""
     if prefix:
         if not key.startswith(prefix + "/"):
             return None
         key = key[len(prefix) + 1 :]
     parts = key.split("/")
-    if len(parts) != 2 or parts[0] not in subdirs or not is_package_name(parts[1]) or not parts[1].isprintable():
+    if len(parts) != 2 or parts[0] not in subdirs or not (is_package_name(parts[1]) or is_sidecar_name(parts[1])) or not parts[1].isprintable():
         return None
     return parts[0], parts[1]
 
@@ -196,10 +197,15 @@ class S3Poller:
         while not self.stopping.wait(self.interval):
             self.poll()
 
+    def _listing(self, subdir: str) -> dict[str, FileState]:
+        """The subdir's packages and attestation sidecars, from one listing of every object."""
+        present, _ = self.store.stat_files(subdir)
+        return {f.path: f for f in present if f.path.isprintable() and (is_package_name(f.path) or is_sidecar_name(f.path))}
+
     def poll(self, baseline: bool = False) -> None:
         try:
             subdirs = self.subdirs()
-            listings = {s: {f.path: f for f in self.store.list_packages(s)} for s in subdirs}
+            listings = {s: self._listing(s) for s in subdirs}
         except StoreError as exc:
             if not self.failing:
                 log.warning("listing the bucket failed; polling on", error=str(exc))
