@@ -85,6 +85,21 @@ def test_listing_holds_packages_only_with_their_state(store: ChannelStore) -> No
     assert store.subdirs() == ["noarch"]
 
 
+def test_the_same_listing_holds_the_attestation_sidecars(store: ChannelStore) -> None:
+    """`.sidecars`: the `.sigs` files and their immutable copies the package listing saw,
+    with the state `stat_files` gives them; never among the packages."""
+    store.prepare("noarch", recover=False)
+    store.write("noarch/a-1-0.conda", b"a")
+    store.write("noarch/a-1-0.conda.sigs", b"[{}]")
+    store.write("noarch/a-1-0.conda.sigs." + "0" * 64, b"[{}]")
+    store.write("noarch/a-1-0.conda.sigs.notahash", b"x")
+    listing = store.list_packages("noarch")
+    assert [f.path for f in listing] == ["a-1-0.conda"]
+    assert [f.path for f in listing.sidecars] == ["a-1-0.conda.sigs", "a-1-0.conda.sigs." + "0" * 64]
+    stated, _ = store.stat_files("noarch", [f.path for f in listing.sidecars])
+    assert listing.sidecars == stated
+
+
 def test_identity_changes_when_the_file_is_replaced(store: ChannelStore) -> None:
     store.prepare("noarch", recover=False)
     store.write("noarch/a-1-0.conda", b"first")

@@ -4,6 +4,7 @@ the cache seam (caches/base.py) re-export them."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
 
@@ -20,6 +21,17 @@ class FileState(NamedTuple):
     size: int
     identity: str = ""
     changed_at: float = 0.0
+
+
+class Listing(list[FileState]):
+    """A subdir's package files as one listing found them (sorted by name), and in
+    `sidecars` the attestation sidecars (names.is_sidecar_name: `<package>.sigs` and
+    `<package>.sigs.<sha256>`, plain files only) that the same listing saw, so a full run
+    looks at sidecars without listing the subdir a second time."""
+
+    def __init__(self, packages: Iterable[FileState] = (), sidecars: Iterable[FileState] = ()) -> None:
+        super().__init__(packages)
+        self.sidecars = sorted(sidecars)
 
 
 class Failure(NamedTuple):

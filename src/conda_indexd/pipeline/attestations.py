@@ -65,15 +65,18 @@ def update(
     *,
     touched: Collection[str] | None,
     hold: Collection[str] = (),
+    listed: list[FileState] | None = None,
 ) -> set[str]:
     """Bring `sidecars` in line with the store for the packages in `published`; returns
     the package filenames whose advertised value changed. `touched` as SubdirRun's
     (None: the whole subdir); a package with a name in `hold` (an upload in progress,
-    the sidecar's or its own) keeps its last verdict."""
+    the sidecar's or its own) keeps its last verdict. `listed`: the sidecars the run's
+    own listing of the subdir saw (`Listing.sidecars`), so a full look lists nothing
+    again; None lists them here."""
     before = sidecars.advertised()
     held = {_package_of(n) for n in hold}
     if touched is None or not sidecars.complete:
-        _full(sidecars, store, subdir, published, held)
+        _full(sidecars, store, subdir, published, held, listed)
     else:
         wanted = {_package_of(n) for n in touched} - held
         _some(sidecars, store, subdir, published, sorted(wanted))
@@ -86,8 +89,8 @@ def _package_of(name: str) -> str:
     return found[0] if found is not None else name
 
 
-def _full(sidecars: Sidecars, store: ChannelStore, subdir: str, published: Container[str], held: set[str]) -> None:
-    present, _ = store.stat_files(subdir)
+def _full(sidecars: Sidecars, store: ChannelStore, subdir: str, published: Container[str], held: set[str], listed: list[FileState] | None) -> None:
+    present = listed if listed is not None else store.stat_files(subdir)[0]
     sigs: dict[str, FileState] = {}
     copies: dict[str, FileState] = {}
     for f in present:

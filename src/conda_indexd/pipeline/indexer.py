@@ -28,7 +28,7 @@ from conda_indexd.pipeline.quiet import Quiet, inputs_token, listing_digest, out
 from conda_indexd.pipeline.seams import Backends
 from conda_indexd.pipeline.shardstore import ShardsReport, ShardStore, withdraw
 from conda_indexd.pipeline.timestamps import REJECTED, Flagged, stamp
-from conda_indexd.stores.base import key
+from conda_indexd.stores.base import Listing, key
 from conda_indexd.util.logs import get_logger
 
 log = get_logger(__name__)
@@ -185,7 +185,8 @@ class SubdirRun:
             dirty = memo.refresh(cache, scope)
             # attestation sidecars: a full look, or the touched names' packages (pipeline/attestations.py);
             # what is advertised is part of the inputs token, so a change is never quiet
-            attestations.update(memo.sidecars, b.packages, subdir, memo, touched=self.touched, hold=self.hold)
+            listed = listing.sidecars if isinstance(listing, Listing) else None  # seen by this run's listing
+            attestations.update(memo.sidecars, b.packages, subdir, memo, touched=self.touched, hold=self.hold, listed=listed)
             attested = memo.sidecars.advertised()
             memo.quiet.listing = None  # until this run has published
             result.skipped = cache.failures()

@@ -30,6 +30,7 @@ from typing import IO, Protocol
 from conda_indexd.errors import IndexdError
 from conda_indexd.errors import Unreadable as Unreadable  # re-exported: the seam raises it
 from conda_indexd.model import FileState as FileState  # re-exported: the seam lists them
+from conda_indexd.model import Listing as Listing  # re-exported: the seam lists them
 
 
 class StoreError(IndexdError):
@@ -52,8 +53,9 @@ class ChannelStore(Protocol):
         """Names of the folders at the top of the channel."""
         ...
 
-    def list_packages(self, subdir: str) -> list[FileState]:
-        """Every package file directly in `subdir` (none when it does not exist)."""
+    def list_packages(self, subdir: str) -> Listing:
+        """Every package file directly in `subdir` (none when it does not exist), and in
+        `.sidecars` the attestation sidecars (plain files) of the same listing."""
         ...
 
     def stat_packages(self, subdir: str, names: Iterable[str]) -> tuple[list[FileState], list[str]]:

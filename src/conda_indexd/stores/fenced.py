@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import IO, Any, Protocol
 
 from conda_indexd.errors import Fenced as Fenced  # re-exported: the fence raises it
-from conda_indexd.stores.base import ChannelStore, FileState, StreamWriter
+from conda_indexd.stores.base import ChannelStore, FileState, Listing, StreamWriter
 
 
 class Fence(Protocol):
@@ -88,7 +88,7 @@ class FencedStore:
     def subdirs(self) -> list[str]:
         return self.inner.subdirs()
 
-    def list_packages(self, subdir: str) -> list[FileState]:
+    def list_packages(self, subdir: str) -> Listing:
         return self.inner.list_packages(subdir)
 
     def stat_packages(self, subdir: str, names: Iterable[str]) -> tuple[list[FileState], list[str]]:

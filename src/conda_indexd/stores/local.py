@@ -27,8 +27,8 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO
 
-from conda_indexd.names import is_package_name
-from conda_indexd.stores.base import FileState
+from conda_indexd.names import is_package_name, is_sidecar_name
+from conda_indexd.stores.base import FileState, Listing
 from conda_indexd.stores.localstream import LocalWriter, link_atomic, local_writer, same_files
 from conda_indexd.util.fsio import clean_stale_temps, fsync_dir, open_regular, same_content, write_atomic
 from conda_indexd.util.logs import get_logger
@@ -72,21 +72,26 @@ class LocalStore:
     def subdirs(self) -> list[str]:
         return sorted(entry.name for entry in os.scandir(self.root) if entry.is_dir())
 
-    def list_packages(self, subdir: str) -> list[FileState]:
+    def list_packages(self, subdir: str) -> Listing:
         """Sorted by name (a digest of the listing then sorts it in linear time). One
         `lstat` per package, relative to the open folder: that syscall is the per-file
         cost, so little else is done per file (names only are listed, no DirEntry)."""
         try:
             fd = os.open(self.root / subdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
-            return []
-        files = []
+            return Listing()
+        files, sidecars = [], []
         lstat, is_dir = os.lstat, stat.S_ISDIR
         try:
             names = os.listdir(fd)
             names.sort()
             for name in names:
                 if not is_package_name(name):
+                    if is_sidecar_name(name) and not _undecodable(name):
+                        with contextlib.suppress(FileNotFoundError):
+                            st = lstat(name, dir_fd=fd)
+                            if stat.S_ISREG(st.st_mode):  # never a symlink or FIFO
+                                sidecars.append(_state(name, st))
                     continue
                 if not name.isprintable() or (not name.isascii() and _undecodable(name)):
                     log.warning("skipped file with an unusable name", subdir=subdir, path=repr(name))
@@ -101,7 +106,7 @@ class LocalStore:
                     files.append(_state(name, st))
         finally:
             os.close(fd)
-        return files
+        return Listing(files, sidecars)
 
     def stat_packages(self, subdir: str, names: Iterable[str]) -> tuple[list[FileState], list[str]]:
         present, gone = [], []

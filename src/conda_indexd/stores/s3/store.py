@@ -49,8 +49,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from typing import IO, Any, Protocol
 
-from conda_indexd.names import SHARD_FILE, is_package_name
-from conda_indexd.stores.base import FileState, StoreError, StreamWriter
+from conda_indexd.names import SHARD_FILE, is_package_name, is_sidecar_name
+from conda_indexd.stores.base import FileState, Listing, StoreError, StreamWriter
 from conda_indexd.stores.s3.client import make_client
 from conda_indexd.stores.s3.objects import IMMUTABLE as IMMUTABLE  # re-exported: tests compare with them
 from conda_indexd.stores.s3.objects import REVALIDATE as REVALIDATE
@@ -199,13 +199,15 @@ class S3Store:
     def subdirs(self) -> list[str]:
         return sorted(entry["Key"] for entry in self._list("", folders=True) if entry["Key"])
 
-    def list_packages(self, subdir: str) -> list[FileState]:
-        files = []
+    def list_packages(self, subdir: str) -> Listing:
+        files, sidecars = [], []
         for obj in self._list(subdir):
             if _usable(obj["Key"]):
                 mtime = float(int(obj["LastModified"].timestamp()))
                 files.append(FileState(obj["Key"], mtime, int(obj["Size"]), _etag(obj.get("ETag")), mtime))
-        return files
+            elif is_sidecar_name(obj["Key"]) and obj["Key"].isprintable():
+                sidecars.append(_object_state(obj))
+        return Listing(files, sidecars)
 
     def stat_packages(self, subdir: str, names: Iterable[str]) -> tuple[list[FileState], list[str]]:
         wanted = sorted(n for n in names if _usable(n))
