@@ -107,7 +107,7 @@ def test_watch_waits_for_its_database(tmp_path: Path, pg_server) -> None:
         assert daemon.metric("conda_indexd_leader") == 1
         doc = json.loads(daemon.get("/status.json")[1])
         assert doc["role"]["role"] == "leader" and doc["role"]["token"] == 1
-        assert b"Role in the pair" in daemon.get("/")[1]
+        assert b"<h2>Active/standby pair</h2>" in daemon.get("/")[1]
     finally:
         daemon.stop()
     assert "Traceback" not in daemon.log_text()
