@@ -46,6 +46,23 @@ def all_records(doc: dict) -> dict:
     return {**doc.get("packages", {}), **doc.get("packages.conda", {})}
 
 
+def shard_records(folder: Path) -> dict[str, dict[str, Any]]:
+    """Every record of a subdir folder's published shards (the CEP-48 v3 map's too, by filename)."""
+    import msgpack
+    import zstandard
+
+    dctx = zstandard.ZstdDecompressor()
+    index = msgpack.unpackb(dctx.decompress((folder / "repodata_shards.msgpack.zst").read_bytes()))
+    out: dict[str, dict[str, Any]] = {}
+    for digest in index["shards"].values():
+        shard = msgpack.unpackb(dctx.decompress((folder / "shards" / f"{digest.hex()}.msgpack.zst").read_bytes()))
+        out.update(shard["packages"])
+        out.update(shard["packages.conda"])
+        for ext, section in shard.get("v3", {}).items():  # CEP-48: keyed without the extension
+            out.update((f"{stem}.{ext}", record) for stem, record in section.items())
+    return out
+
+
 class DaemonProcess:
     def __init__(
         self, channel: Path, *extra: str, debounce: float = 0.3, settle: float = 0.5, log: Path | None = None,

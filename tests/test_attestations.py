@@ -14,13 +14,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import pytest
-import zstandard
 
 import pkgfactory as f
 from conftest import run_index
-from daemonproc import DaemonProcess, all_records, repodata, wait_for
+from daemonproc import DaemonProcess, all_records, repodata, shard_records, wait_for
 
 FIELD = "attestations_sha256"
 
@@ -60,19 +58,6 @@ def make(folder: Path, name: str, version: str = "1.0", ext: str = ".conda") -> 
 
 def records(folder: Path, name: str = "repodata.json") -> dict[str, dict[str, Any]]:
     return all_records(json.loads((folder / name).read_bytes()))
-
-
-def shard_records(folder: Path) -> dict[str, dict[str, Any]]:
-    dctx = zstandard.ZstdDecompressor()
-    index = msgpack.unpackb(dctx.decompress((folder / "repodata_shards.msgpack.zst").read_bytes()))
-    out: dict[str, dict[str, Any]] = {}
-    for digest in index["shards"].values():
-        shard = msgpack.unpackb(dctx.decompress((folder / "shards" / f"{digest.hex()}.msgpack.zst").read_bytes()))
-        out.update(shard["packages"])
-        out.update(shard["packages.conda"])
-        for ext, section in shard.get("v3", {}).items():  # CEP-48: keyed without the extension
-            out.update((f"{stem}.{ext}", record) for stem, record in section.items())
-    return out
 
 
 def advertised(folder: Path, name: str = "repodata.json") -> dict[str, str]:

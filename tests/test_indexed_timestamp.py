@@ -15,15 +15,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import pytest
-import zstandard
 
 import peers
 import pkgfactory as f
 import spec
 from conftest import run_index
-from daemonproc import DaemonProcess, all_records, repodata, wait_for
+from daemonproc import DaemonProcess, all_records, repodata, shard_records, wait_for
 
 YEAR_MS = 365 * 24 * 3600 * 1000
 OLD_BUILD = 1_500_000_000_000  # July 2017, in ms
@@ -36,17 +34,6 @@ def records(folder: Path, name: str = "repodata.json") -> dict[str, dict[str, An
 
 def stamps(folder: Path, name: str = "repodata.json") -> dict[str, int]:
     return {fn: r["indexed_timestamp"] for fn, r in records(folder, name).items()}
-
-
-def shard_records(folder: Path) -> dict[str, dict[str, Any]]:
-    dctx = zstandard.ZstdDecompressor()
-    index = msgpack.unpackb(dctx.decompress((folder / "repodata_shards.msgpack.zst").read_bytes()))
-    out: dict[str, dict[str, Any]] = {}
-    for digest in index["shards"].values():
-        shard = msgpack.unpackb(dctx.decompress((folder / "shards" / f"{digest.hex()}.msgpack.zst").read_bytes()))
-        out.update(shard["packages"])
-        out.update(shard["packages.conda"])
-    return out
 
 
 def make(folder: Path, name: str, version: str = "1.0", ext: str = ".conda", **index: Any) -> Path:
