@@ -87,8 +87,8 @@ def _one_line(exc: BaseException) -> str:
 
 class S3Store:
     """One channel prefix in a bucket. Thread-safe (one boto3 client per process, shared
-    by threads); picklable for the extract stage's process pool (the client is made anew
-    in the child)."""
+    by threads); picklable for the extract stage's process pool (each worker process
+    makes one store of its own for it, and one client)."""
 
     def __init__(self, url: str, *, stats: S3Stats | None = None, multipart_threshold: int = MULTIPART_THRESHOLD, part_size: int = PART_SIZE):
         """`multipart_threshold`: a `writer` holds up to this many bytes in memory and PUTs
@@ -111,11 +111,10 @@ class S3Store:
         # sets it to a pair's lease proof: a request it refuses is never sent)
         self.guard: Callable[[str], None] = _unguarded
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"url": self.url, "multipart_threshold": self.multipart_threshold, "part_size": self.part_size}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state.pop("url"), **state)  # type: ignore[misc]
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Sent to an extract process as its address: unpickled there as that process's one
+        store for it (one client per process, not one per batch of archives)."""
+        return _in_this_process, (self.url, self.multipart_threshold, self.part_size)
 
     # --- the client -----------------------------------------------------------------------------
 
@@ -468,6 +467,19 @@ class S3Store:
 
     def prepare(self, subdir: str, *, recover: bool) -> None:
         """Folders do not exist in a bucket, and no write leaves temporaries behind."""
+
+
+_stores: dict[tuple[int, str, int, int], S3Store] = {}  # (pid, url, threshold, part size) -> an unpickled store
+_stores_lock = threading.Lock()
+
+
+def _in_this_process(url: str, multipart_threshold: int, part_size: int) -> S3Store:
+    """The store an extract process reads with (see S3Store.__reduce__)."""
+    at = (os.getpid(), url, multipart_threshold, part_size)
+    with _stores_lock:
+        if at not in _stores:
+            _stores[at] = S3Store(url, multipart_threshold=multipart_threshold, part_size=part_size)
+        return _stores[at]
 
 
 _CHANGES = frozenset({"put_object", "copy_object", "complete_multipart_upload", "delete_object", "delete_objects"})
