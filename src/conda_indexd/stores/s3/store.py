@@ -66,6 +66,7 @@ log = get_logger(__name__)
 SPOOL_IN_MEMORY = 32 << 20  # packages up to this size are read into memory, bigger ones to a temp file
 CHUNK = 1 << 20
 STAT_THREADS = 8
+READ_AHEAD = 6  # GETs of packages in flight per extract worker (pipeline/extract.py)
 WRITE_THREADS = 8  # PUTs in flight for writes queued with sync=False
 
 
@@ -97,6 +98,7 @@ class S3Store:
         self.multipart_threshold, self.part_size = multipart_threshold, part_size
         self.bucket, self.prefix = parse_s3_url(url)
         self.location = self.url
+        self.read_ahead = READ_AHEAD
         self.stats = stats
         self._lock = threading.Lock()
         self._client: Any = None
