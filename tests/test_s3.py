@@ -28,6 +28,7 @@ import zstandard
 from conda_indexd.ha.s3lease import LEASE_KEY
 from conda_indexd.stores.s3.store import IMMUTABLE, REVALIDATE
 from daemonproc import DaemonProcess, free_port, wait_for
+from faultproxy import FaultProxy
 from pkgfactory import index_json, make_conda
 from rgwserver import RgwCluster
 
@@ -180,6 +181,34 @@ def test_index_s3_gives_the_local_index_bytes(tmp_path: Path, s3: Any, bucket: s
     again = index(f"s3://{bucket}/chan", "--cache-dir", state)  # type: ignore[arg-type]
     assert again.summary["extracted"] == 0
     assert all(r["written"] == [] and r["shards_written"] == 0 for r in again.events("subdir indexed"))
+
+
+def test_a_no_op_rerun_reads_and_writes_nothing(tmp_path: Path, rgw: RgwCluster, s3: Any, bucket: str, index: Any) -> None:
+    """A re-run over an unchanged bucket, counted from outside the client (every request
+    the proxy sends on): listings, the writer lease, the start-up checks (the bucket, our
+    unfinished uploads) and one look for each subdir's patch_instructions.json, and nothing
+    else: no GET or HEAD of a package, an output or a shard, no PUT, no copy, no delete."""
+    upload_tree(s3, bucket, "chan", generated_channel(tmp_path / "chan", 60))
+    args = (f"s3://{bucket}/chan", "--cache-dir", tmp_path / "state")
+    with FaultProxy(rgw.endpoint) as proxy:
+        env = {"AWS_ENDPOINT_URL": proxy.endpoint}
+        index(*args, env=env)
+        del proxy.journal[:]
+        again = index(*args, env=env)
+        sent = [(r.method, r.target) for r in proxy.journal]
+    assert again.summary["extracted"] == 0
+    lease = f"/{bucket}/chan/{LEASE_KEY}"
+    listings = [t for m, t in sent if m == "GET" and t.startswith(f"/{bucket}?list-type=2")]
+    others = sorted((m, t.split("?")[0]) for m, t in sent if not (m == "GET" and t.startswith(f"/{bucket}?list-type=2")))
+    assert others == sorted([
+        ("HEAD", f"/{bucket}"),  # check(): the bucket is there and these credentials may use it
+        ("GET", f"/{bucket}"),  # our unfinished multipart uploads (?uploads)
+        ("GET", lease), ("GET", lease), ("PUT", lease), ("DELETE", lease),  # the writer lease: taken, released
+        ("GET", f"/{bucket}/chan/linux-64/patch_instructions.json"), ("GET", f"/{bucket}/chan/noarch/patch_instructions.json"),
+    ]), sent  # fmt: skip
+    # the channel's subdirs, then per subdir: its packages (one page here), the outputs by
+    # name stem and the shard folder
+    assert len(listings) == 1 + 2 * 6, listings
 
 
 class Requests:
