@@ -10,18 +10,20 @@ a bucket spends most on (botocore costs a few ms of Python per request):
   are parsed once, not once per client), and a forked worker inherits it already filled,
   so a client made in an extract process costs a few ms, not 0.3 s.
 Checksums and retries stay botocore's (AWS_MAX_ATTEMPTS, AWS_RETRY_MODE apply).
+
+`make_reader` gives the client an obstore twin for the GETs of packages (see there).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 from conda_indexd.stores.base import StoreError
-
 
 POOL_CONNECTIONS = 32  # connections a client keeps: at least the requests a process has in flight
 
@@ -56,7 +58,41 @@ def make_client() -> Any:
     client = session.client("s3", config=Config(**base, s3={"addressing_style": style or "auto"}))
     if style is None and "amazonaws.com" not in (client.meta.endpoint_url or ""):
         client = session.client("s3", config=Config(**base, s3={"addressing_style": "path"}))
+    client.meta.conda_indexd_session = core  # make_reader's credentials: this client's own chain
     return client
+
+
+def make_reader(client: Any, bucket: str) -> Any | None:
+    """An obstore (Rust object_store) S3 store that GETs the packages of `bucket` for the
+    extract stage: a GET costs it about 0.2 ms of CPU against botocore's 1.1-2.3 ms, and
+    a cold index is mostly GETs. It is `client`'s twin: the same endpoint, region,
+    credentials (the botocore session's own chain, through obstore's
+    Boto3CredentialProvider), CA bundle, attempts (AWS_MAX_ATTEMPTS) and timeouts.
+    None (botocore reads them) without obstore installed, or with virtual-hosted
+    addressing on an endpoint that is not AWS's own."""
+    try:
+        import obstore.store
+        from obstore.auth.boto3 import Boto3CredentialProvider
+    except ImportError:
+        return None
+    core = client.meta.conda_indexd_session
+    endpoint = client.meta.endpoint_url or ""
+    aws = "amazonaws.com" in endpoint
+    if not aws and client.meta.config.s3.get("addressing_style") != "path":
+        return None
+    attempts = int(core.get_config_variable("max_attempts") or 3)
+    options: dict[str, Any] = {"connect_timeout": "5s", "read_timeout": "60s", "timeout": "1h", "allow_http": endpoint.startswith("http://")}
+    verify = getattr(getattr(client, "_endpoint", None), "http_session", None)
+    verify = getattr(verify, "_verify", True)
+    if verify is False:
+        options["allow_invalid_certificates"] = True
+    elif isinstance(verify, str) and os.path.isfile(verify):
+        with open(verify, "rb") as f:
+            options["root_certificate"] = f.read()
+    where: dict[str, Any] = {"virtual_hosted_style_request": True} if aws else {"endpoint": endpoint, "virtual_hosted_style_request": False}
+    return obstore.store.S3Store(bucket, region=client.meta.region_name, client_options=options,  # type: ignore[arg-type]
+                                 retry_config={"max_retries": max(0, attempts - 1), "retry_timeout": timedelta(seconds=60)},
+                                 credential_provider=Boto3CredentialProvider(core), **where)  # fmt: skip
 
 
 def parse_timestamp(value: Any) -> datetime:

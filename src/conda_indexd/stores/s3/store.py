@@ -8,7 +8,11 @@
   ETag, `mtime` LastModified in whole seconds (a listing has milliseconds, a HEAD only
   seconds: both must give the same row), `size` the object's size.
 - `open_package` is one GET into a spooled temporary file: the archive reader's md5,
-  sha256 and metadata all come from those bytes.
+  sha256 and metadata all come from those bytes. The GET is obstore's (Rust
+  object_store, stores/s3/client.py `make_reader`: the client's endpoint, credentials
+  and attempts) when it is installed: a fifth of botocore's CPU per request, and a cold
+  index is mostly these GETs; every other request is botocore's. The extract stage
+  reads `read_ahead` packages at a time per worker.
 - `write` is one PUT, skipped when the object already holds the bytes (a HEAD: our own
   sha256 in the object's metadata, else the ETag as the MD5 of a single-part object).
   Content-addressed shards are PUT with `If-None-Match: *` (412: already there, same
@@ -51,7 +55,7 @@ from typing import IO, Any, Protocol
 
 from conda_indexd.names import SHARD_FILE, is_package_name
 from conda_indexd.stores.base import FileState, StoreError, StreamWriter
-from conda_indexd.stores.s3.client import make_client
+from conda_indexd.stores.s3.client import make_client, make_reader
 from conda_indexd.stores.s3.objects import IMMUTABLE as IMMUTABLE  # re-exported: tests compare with them
 from conda_indexd.stores.s3.objects import REVALIDATE as REVALIDATE
 from conda_indexd.stores.s3.objects import SHA256_META, fenced_key, holds, object_headers, parse_s3_url
@@ -86,6 +90,11 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def _first_line(exc: BaseException) -> str:
+    """obstore's messages carry a debug dump after their first line."""
+    return " ".join(next((line for line in str(exc).splitlines() if line.strip()), "").split())[:300] or type(exc).__name__
+
+
 class S3Store:
     """One channel prefix in a bucket. Thread-safe (one boto3 client per process, shared
     by threads); picklable for the extract stage's process pool (each worker process
@@ -102,6 +111,7 @@ class S3Store:
         self.stats = stats
         self._lock = threading.Lock()
         self._client: Any = None
+        self._reader: Any = None
         self._pid = 0
         self._writer: ThreadPoolExecutor | None = None
         self._queued: dict[str, list[Future[bool]]] = {}  # folder -> PUTs queued by write(sync=False)
@@ -125,8 +135,16 @@ class S3Store:
         if self._client is None or self._pid != os.getpid():
             with self._lock:
                 if self._client is None or self._pid != os.getpid():
-                    self._client, self._pid = make_client(), os.getpid()
+                    client = make_client()
+                    self._reader = make_reader(client, self.bucket)
+                    self._client, self._pid = client, os.getpid()
         return self._client
+
+    @property
+    def reader(self) -> Any | None:
+        """obstore's twin of the client for GETs of packages (stores/s3/client.py); None: botocore's."""
+        self.client  # noqa: B018 - made with the client, in this process
+        return self._reader
 
     def _full(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -289,6 +307,8 @@ class S3Store:
     # --- reading --------------------------------------------------------------------------------
 
     def open_package(self, subdir: str, name: str) -> IO[bytes]:
+        if self.reader is not None:
+            return self._get_package(subdir, name)
         response = self._call("get_object", missing_ok=True, Key=self._full(f"{subdir}/{name}"))
         if response is None:
             raise FileNotFoundError(f"{self.url}/{subdir}/{name}")
@@ -305,6 +325,33 @@ class S3Store:
             raise StoreError(f"{self.url}/{subdir}/{name}: read interrupted: {_one_line(exc)}") from None
         finally:
             body.close()
+        self._bytes("read", total)
+        spool.seek(0)
+        return spool  # type: ignore[return-value]
+
+    def _get_package(self, subdir: str, name: str) -> IO[bytes]:
+        """open_package through obstore: one GET streamed into the same spool."""
+        import obstore
+        from obstore.exceptions import NotFoundError
+
+        reader = self.reader
+        assert reader is not None
+        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 - returned to the caller
+        total = 0
+        try:
+            for chunk in obstore.get(reader, self._full(f"{subdir}/{name}")):
+                spool.write(chunk)
+                total += len(chunk)
+        except (NotFoundError, FileNotFoundError):  # obstore raises the builtin one for a 404
+            spool.close()
+            self._count("get_object", "404")
+            raise FileNotFoundError(f"{self.url}/{subdir}/{name}") from None
+        except Exception as exc:  # noqa: BLE001 - obstore's errors, a connection dropped mid-body
+            spool.close()
+            self._count("get_object", "error")
+            self._bytes("read", total)
+            raise StoreError(f"{self.url}/{subdir}/{name}: get_object: {_first_line(exc)}") from None
+        self._count("get_object", "200")
         self._bytes("read", total)
         spool.seek(0)
         return spool  # type: ignore[return-value]
