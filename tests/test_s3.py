@@ -489,16 +489,30 @@ def test_endpoint_stopped_mid_index_keeps_the_published_set(tmp_path: Path, rgw:
     for i in range(300):
         package(more / "noarch", f"more{i}")
     upload_tree(s3, bucket, "chan", more)
-    proc = subprocess.Popen([sys.executable, "-m", "conda_indexd", "index", *map(str, args), "--threads", "2"],
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        time.sleep(1.5)
-        rgw.stop_rgw()
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        rgw.start_rgw()
+    # the run goes through a proxy only to be seen reading the new packages: the first GET
+    # of one is held there until the endpoint is stopped (a fixed sleep raced with the run)
+    reading, stopped = threading.Event(), threading.Event()
+
+    def hold(sent: Any) -> None:
+        if sent.method == "GET" and f"/{bucket}/chan/noarch/more" in sent.target:
+            reading.set()
+            stopped.wait(60)
+
+    with FaultProxy(rgw.endpoint) as proxy:
+        proxy.listeners.append(hold)
+        proc = subprocess.Popen([sys.executable, "-m", "conda_indexd", "index", *map(str, args), "--threads", "2"],
+                                env={**os.environ, "AWS_ENDPOINT_URL": proxy.endpoint},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            assert reading.wait(60), "the run never read a new package"
+            rgw.stop_rgw()
+            stopped.set()
+            out, err = proc.communicate(timeout=120)
+        finally:
+            stopped.set()
+            if proc.poll() is None:
+                proc.kill()
+            rgw.start_rgw()
     assert proc.returncode == 2, (proc.returncode, err[-2000:])
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err + out, err
     after = get(s3, bucket, "chan/noarch/repodata.json")

@@ -11,8 +11,10 @@
   sha256 and metadata all come from those bytes. The GET is obstore's (Rust
   object_store, stores/s3/client.py `make_reader`: the client's endpoint, credentials
   and attempts) when it is installed: a fifth of botocore's CPU per request, and a cold
-  index is mostly these GETs; every other request is botocore's. The extract stage
-  reads `read_ahead` packages at a time per worker.
+  index is mostly these GETs; every other request is botocore's. Only in the extract
+  worker processes (`fast_reads`): obstore's runtime does not survive a fork, and the
+  process that forks them must never have started it. The extract stage reads
+  `read_ahead` packages at a time per worker.
 - `write` is one PUT, skipped when the object already holds the bytes (a HEAD: our own
   sha256 in the object's metadata, else the ETag as the MD5 of a single-part object).
   Content-addressed shards are PUT with `If-None-Match: *` (412: already there, same
@@ -100,14 +102,19 @@ class S3Store:
     by threads); picklable for the extract stage's process pool (each worker process
     makes one store of its own for it, and one client)."""
 
-    def __init__(self, url: str, *, stats: S3Stats | None = None, multipart_threshold: int = MULTIPART_THRESHOLD, part_size: int = PART_SIZE):
+    def __init__(self, url: str, *, stats: S3Stats | None = None, multipart_threshold: int = MULTIPART_THRESHOLD, part_size: int = PART_SIZE,
+                 fast_reads: bool = False):  # fmt: skip
         """`multipart_threshold`: a `writer` holds up to this many bytes in memory and PUTs
-        them at once; a bigger object goes through a file, in parts of `part_size`."""
+        them at once; a bigger object goes through a file, in parts of `part_size`.
+        `fast_reads`: GET packages through obstore (`make_reader`), only in a process that
+        never forks: obstore's runtime does not survive a fork (a forked child's GETs wait
+        forever on the parent's runtime threads), so only the extract workers use it."""
         self.url = url.rstrip("/")
         self.multipart_threshold, self.part_size = multipart_threshold, part_size
         self.bucket, self.prefix = parse_s3_url(url)
         self.location = self.url
         self.read_ahead = READ_AHEAD
+        self.fast_reads = fast_reads
         self.stats = stats
         self._lock = threading.Lock()
         self._client: Any = None
@@ -136,7 +143,7 @@ class S3Store:
             with self._lock:
                 if self._client is None or self._pid != os.getpid():
                     client = make_client()
-                    self._reader = make_reader(client, self.bucket)
+                    self._reader = make_reader(client, self.bucket) if self.fast_reads else None
                     self._client, self._pid = client, os.getpid()
         return self._client
 
@@ -527,7 +534,7 @@ def _in_this_process(url: str, multipart_threshold: int, part_size: int) -> S3St
     at = (os.getpid(), url, multipart_threshold, part_size)
     with _stores_lock:
         if at not in _stores:
-            _stores[at] = S3Store(url, multipart_threshold=multipart_threshold, part_size=part_size)
+            _stores[at] = S3Store(url, multipart_threshold=multipart_threshold, part_size=part_size, fast_reads=True)
         return _stores[at]
 
 
