@@ -211,6 +211,27 @@ def test_a_no_op_rerun_reads_and_writes_nothing(tmp_path: Path, rgw: RgwCluster,
     assert len(listings) == 1 + 2 * 6, listings
 
 
+def test_only_an_extract_worker_reads_through_obstore(bucket: str) -> None:
+    """obstore's runtime does not survive a fork: the store of the process that forks the
+    extract workers never makes obstore's client; the store a worker unpickles (one per
+    process and address) reads packages through it, and gets them whole."""
+    import pickle
+
+    from conda_indexd.stores.s3.store import S3Store
+
+    pytest.importorskip("obstore")
+    parent = S3Store(f"s3://{bucket}/chan")
+    parent.write("noarch/pkg-1.0-0.conda", b"archive bytes")
+    assert parent.reader is None
+    worker = pickle.loads(pickle.dumps(parent))
+    assert worker is pickle.loads(pickle.dumps(parent)) and worker is not parent
+    assert worker.reader is not None
+    with worker.open_package("noarch", "pkg-1.0-0.conda") as f:
+        assert f.read() == b"archive bytes"
+    with pytest.raises(FileNotFoundError):
+        worker.open_package("noarch", "gone-1.0-0.conda")
+
+
 class Requests:
     """The store's request counter (its S3Stats)."""
 
