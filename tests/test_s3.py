@@ -28,6 +28,7 @@ import zstandard
 from conda_indexd.ha.s3lease import LEASE_KEY
 from conda_indexd.stores.s3.store import IMMUTABLE, REVALIDATE
 from daemonproc import DaemonProcess, free_port, wait_for
+from faultproxy import FaultProxy
 from pkgfactory import index_json, make_conda
 from rgwserver import RgwCluster
 
@@ -180,6 +181,55 @@ def test_index_s3_gives_the_local_index_bytes(tmp_path: Path, s3: Any, bucket: s
     again = index(f"s3://{bucket}/chan", "--cache-dir", state)  # type: ignore[arg-type]
     assert again.summary["extracted"] == 0
     assert all(r["written"] == [] and r["shards_written"] == 0 for r in again.events("subdir indexed"))
+
+
+def test_a_no_op_rerun_reads_and_writes_nothing(tmp_path: Path, rgw: RgwCluster, s3: Any, bucket: str, index: Any) -> None:
+    """A re-run over an unchanged bucket, counted from outside the client (every request
+    the proxy sends on): listings, the writer lease, the start-up checks (the bucket, our
+    unfinished uploads) and one look for each subdir's patch_instructions.json, and nothing
+    else: no GET or HEAD of a package, an output or a shard, no PUT, no copy, no delete."""
+    upload_tree(s3, bucket, "chan", generated_channel(tmp_path / "chan", 60))
+    args = (f"s3://{bucket}/chan", "--cache-dir", tmp_path / "state")
+    with FaultProxy(rgw.endpoint) as proxy:
+        env = {"AWS_ENDPOINT_URL": proxy.endpoint}
+        index(*args, env=env)
+        del proxy.journal[:]
+        again = index(*args, env=env)
+        sent = [(r.method, r.target) for r in proxy.journal]
+    assert again.summary["extracted"] == 0
+    lease = f"/{bucket}/chan/{LEASE_KEY}"
+    listings = [t for m, t in sent if m == "GET" and t.startswith(f"/{bucket}?list-type=2")]
+    others = sorted((m, t.split("?")[0]) for m, t in sent if not (m == "GET" and t.startswith(f"/{bucket}?list-type=2")))
+    assert others == sorted([
+        ("HEAD", f"/{bucket}"),  # check(): the bucket is there and these credentials may use it
+        ("GET", f"/{bucket}"),  # our unfinished multipart uploads (?uploads)
+        ("GET", lease), ("GET", lease), ("PUT", lease), ("DELETE", lease),  # the writer lease: taken, released
+        ("GET", f"/{bucket}/chan/linux-64/patch_instructions.json"), ("GET", f"/{bucket}/chan/noarch/patch_instructions.json"),
+    ]), sent  # fmt: skip
+    # the channel's subdirs, then per subdir: its packages (one page here), the outputs by
+    # name stem and the shard folder
+    assert len(listings) == 1 + 2 * 6, listings
+
+
+def test_only_an_extract_worker_reads_through_obstore(bucket: str) -> None:
+    """obstore's runtime does not survive a fork: the store of the process that forks the
+    extract workers never makes obstore's client; the store a worker unpickles (one per
+    process and address) reads packages through it, and gets them whole."""
+    import pickle
+
+    from conda_indexd.stores.s3.store import S3Store
+
+    pytest.importorskip("obstore")
+    parent = S3Store(f"s3://{bucket}/chan")
+    parent.write("noarch/pkg-1.0-0.conda", b"archive bytes")
+    assert parent.reader is None
+    worker = pickle.loads(pickle.dumps(parent))
+    assert worker is pickle.loads(pickle.dumps(parent)) and worker is not parent
+    assert worker.reader is not None
+    with worker.open_package("noarch", "pkg-1.0-0.conda") as f:
+        assert f.read() == b"archive bytes"
+    with pytest.raises(FileNotFoundError):
+        worker.open_package("noarch", "gone-1.0-0.conda")
 
 
 class Requests:
@@ -463,16 +513,30 @@ def test_endpoint_stopped_mid_index_keeps_the_published_set(tmp_path: Path, rgw:
     for i in range(300):
         package(more / "noarch", f"more{i}")
     upload_tree(s3, bucket, "chan", more)
-    proc = subprocess.Popen([sys.executable, "-m", "conda_indexd", "index", *map(str, args), "--threads", "2"],
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        time.sleep(1.5)
-        rgw.stop_rgw()
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        rgw.start_rgw()
+    # the run goes through a proxy only to be seen reading the new packages: the first GET
+    # of one is held there until the endpoint is stopped (a fixed sleep raced with the run)
+    reading, stopped = threading.Event(), threading.Event()
+
+    def hold(sent: Any) -> None:
+        if sent.method == "GET" and f"/{bucket}/chan/noarch/more" in sent.target:
+            reading.set()
+            stopped.wait(60)
+
+    with FaultProxy(rgw.endpoint) as proxy:
+        proxy.listeners.append(hold)
+        proc = subprocess.Popen([sys.executable, "-m", "conda_indexd", "index", *map(str, args), "--threads", "2"],
+                                env={**os.environ, "AWS_ENDPOINT_URL": proxy.endpoint},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            assert reading.wait(60), "the run never read a new package"
+            rgw.stop_rgw()
+            stopped.set()
+            out, err = proc.communicate(timeout=120)
+        finally:
+            stopped.set()
+            if proc.poll() is None:
+                proc.kill()
+            rgw.start_rgw()
     assert proc.returncode == 2, (proc.returncode, err[-2000:])
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err + out, err
     after = get(s3, bucket, "chan/noarch/repodata.json")

@@ -2,8 +2,10 @@
 
 Reading is CPU-bound Python (zip, tar, JSON): a big batch goes to a fork process pool,
 one worker per --threads, so it uses every core; a few files (the daemon's usual event)
-stay in threads, which start at no cost. All cache writes happen in the calling thread,
-grouped into one transaction per COMMIT_EVERY archives.
+stay in threads, which start at no cost. A store whose reads wait on the network (a
+bucket: `read_ahead` > 1) is read by that many threads in each worker, so its GETs
+overlap while the worker parses; memory stays bounded by that count. All cache writes
+happen in the calling thread, grouped into one transaction per COMMIT_EVERY archives.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
 from conda_indexd.archive.reader import ArchiveError, PackageMetadata, classify, read_package
@@ -21,6 +23,7 @@ from conda_indexd.stores.base import ChannelStore, Unreadable
 
 COMMIT_EVERY = 500  # archives stored per cache transaction
 PROCESS_POOL_FROM = 200  # archives to read before a process pool pays for itself
+BATCH = 32  # archives sent to a worker process at a time
 # fork: the workers inherit the loaded modules (no re-import per worker); they only read
 # files and return results, so forking from a threaded process is safe here.
 _FORK = multiprocessing.get_context("fork")
@@ -41,6 +44,14 @@ def read_one(store: ChannelStore, subdir: str, state: FileState) -> PackageMetad
         return ArchiveError(exc.reason, exc.message)
     except OSError as exc:  # gone since the listing, or an I/O error
         return classify(state.path, exc)
+
+
+def read_batch(store: ChannelStore, subdir: str, states: list[FileState]) -> list[PackageMetadata | ArchiveError]:
+    """`read_one` for each of `states` (in a worker process), `store.read_ahead` at a time."""
+    if store.read_ahead <= 1:
+        return [read_one(store, subdir, state) for state in states]
+    with ThreadPoolExecutor(store.read_ahead) as threads:
+        return list(threads.map(read_one, itertools.repeat(store), itertools.repeat(subdir), states))
 
 
 def _unless_changed(store: ChannelStore, subdir: str, state: FileState, exc: ArchiveError) -> ArchiveError:
@@ -73,9 +84,16 @@ def extract(
     stored, failures = 0, []
     workers = max(1, threads)
     big = workers > 1 and len(changed) >= PROCESS_POOL_FROM
-    executor: Executor = ProcessPoolExecutor(workers, mp_context=_FORK) if big else ThreadPoolExecutor(workers)
+    ahead = max(1, store.read_ahead)
+    executor: Executor = ProcessPoolExecutor(workers, mp_context=_FORK) if big else ThreadPoolExecutor(workers * ahead)
     with executor as pool:
-        results = pool.map(read_one, itertools.repeat(store), itertools.repeat(subdir), changed, chunksize=32 if big else 1)
+        if big:
+            batches = (changed[i : i + BATCH] for i in range(0, len(changed), BATCH))
+            results: Iterator[PackageMetadata | ArchiveError] = itertools.chain.from_iterable(
+                pool.map(read_batch, itertools.repeat(store), itertools.repeat(subdir), batches)
+            )
+        else:
+            results = pool.map(read_one, itertools.repeat(store), itertools.repeat(subdir), changed)
         done = 0
         pairs = iter(zip(changed, results, strict=True))
         while done < len(changed):

@@ -43,6 +43,9 @@ class ChannelStore(Protocol):
     """Where a channel's packages and outputs live."""
 
     location: str  # for logs and the status page
+    # how many packages the extract stage may read at once per worker: a bucket's GETs
+    # overlap (each waits on the network); 1 for a folder
+    read_ahead: int
 
     def check(self) -> None:
         """Raise StoreError (one line) unless the store can be used now: a bucket is there

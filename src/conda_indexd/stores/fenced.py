@@ -51,6 +51,7 @@ class FencedStore:
         self.inner = inner
         self.fence = fence
         self.location = inner.location
+        self.read_ahead = inner.read_ahead
         # the last moment before a rename or a PUT is the inner store's: it asks the fence
         # there (LocalStore.guard, S3Store.guard); a store without one is fenced by its
         # checks alone

@@ -42,6 +42,7 @@ class LocalStore:
     def __init__(self, root: Path):
         self.root = root
         self.location = str(root)
+        self.read_ahead = 1
         self._ours: dict[str, float] = {}  # key -> monotonic time this store wrote or removed it
         # asked with the step right before every rename or removal (stores/fenced.py sets it to the
         # pair's lease proof; raising there leaves the old file in place)

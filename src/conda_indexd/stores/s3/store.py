@@ -8,7 +8,13 @@
   ETag, `mtime` LastModified in whole seconds (a listing has milliseconds, a HEAD only
   seconds: both must give the same row), `size` the object's size.
 - `open_package` is one GET into a spooled temporary file: the archive reader's md5,
-  sha256 and metadata all come from those bytes.
+  sha256 and metadata all come from those bytes. The GET is obstore's (Rust
+  object_store, stores/s3/client.py `make_reader`: the client's endpoint, credentials
+  and attempts) when it is installed: a fifth of botocore's CPU per request, and a cold
+  index is mostly these GETs; every other request is botocore's. Only in the extract
+  worker processes (`fast_reads`): obstore's runtime does not survive a fork, and the
+  process that forks them must never have started it. The extract stage reads
+  `read_ahead` packages at a time per worker.
 - `write` is one PUT, skipped when the object already holds the bytes (a HEAD: our own
   sha256 in the object's metadata, else the ETag as the MD5 of a single-part object).
   Content-addressed shards are PUT with `If-None-Match: *` (412: already there, same
@@ -51,7 +57,7 @@ from typing import IO, Any, Protocol
 
 from conda_indexd.names import SHARD_FILE, is_package_name, is_sidecar_name
 from conda_indexd.stores.base import FileState, Listing, StoreError, StreamWriter
-from conda_indexd.stores.s3.client import make_client
+from conda_indexd.stores.s3.client import make_client, make_reader
 from conda_indexd.stores.s3.objects import IMMUTABLE as IMMUTABLE  # re-exported: tests compare with them
 from conda_indexd.stores.s3.objects import REVALIDATE as REVALIDATE
 from conda_indexd.stores.s3.objects import SHA256_META, fenced_key, holds, object_headers, parse_s3_url
@@ -66,6 +72,7 @@ log = get_logger(__name__)
 SPOOL_IN_MEMORY = 32 << 20  # packages up to this size are read into memory, bigger ones to a temp file
 CHUNK = 1 << 20
 STAT_THREADS = 8
+READ_AHEAD = 6  # GETs of packages in flight per extract worker (pipeline/extract.py)
 WRITE_THREADS = 8  # PUTs in flight for writes queued with sync=False
 
 
@@ -85,21 +92,33 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def _first_line(exc: BaseException) -> str:
+    """obstore's messages carry a debug dump after their first line."""
+    return " ".join(next((line for line in str(exc).splitlines() if line.strip()), "").split())[:300] or type(exc).__name__
+
+
 class S3Store:
     """One channel prefix in a bucket. Thread-safe (one boto3 client per process, shared
-    by threads); picklable for the extract stage's process pool (the client is made anew
-    in the child)."""
+    by threads); picklable for the extract stage's process pool (each worker process
+    makes one store of its own for it, and one client)."""
 
-    def __init__(self, url: str, *, stats: S3Stats | None = None, multipart_threshold: int = MULTIPART_THRESHOLD, part_size: int = PART_SIZE):
+    def __init__(self, url: str, *, stats: S3Stats | None = None, multipart_threshold: int = MULTIPART_THRESHOLD, part_size: int = PART_SIZE,
+                 fast_reads: bool = False):  # fmt: skip
         """`multipart_threshold`: a `writer` holds up to this many bytes in memory and PUTs
-        them at once; a bigger object goes through a file, in parts of `part_size`."""
+        them at once; a bigger object goes through a file, in parts of `part_size`.
+        `fast_reads`: GET packages through obstore (`make_reader`), only in a process that
+        never forks: obstore's runtime does not survive a fork (a forked child's GETs wait
+        forever on the parent's runtime threads), so only the extract workers use it."""
         self.url = url.rstrip("/")
         self.multipart_threshold, self.part_size = multipart_threshold, part_size
         self.bucket, self.prefix = parse_s3_url(url)
         self.location = self.url
+        self.read_ahead = READ_AHEAD
+        self.fast_reads = fast_reads
         self.stats = stats
         self._lock = threading.Lock()
         self._client: Any = None
+        self._reader: Any = None
         self._pid = 0
         self._writer: ThreadPoolExecutor | None = None
         self._queued: dict[str, list[Future[bool]]] = {}  # folder -> PUTs queued by write(sync=False)
@@ -111,11 +130,10 @@ class S3Store:
         # sets it to a pair's lease proof: a request it refuses is never sent)
         self.guard: Callable[[str], None] = _unguarded
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"url": self.url, "multipart_threshold": self.multipart_threshold, "part_size": self.part_size}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state.pop("url"), **state)  # type: ignore[misc]
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Sent to an extract process as its address: unpickled there as that process's one
+        store for it (one client per process, not one per batch of archives)."""
+        return _in_this_process, (self.url, self.multipart_threshold, self.part_size)
 
     # --- the client -----------------------------------------------------------------------------
 
@@ -124,8 +142,16 @@ class S3Store:
         if self._client is None or self._pid != os.getpid():
             with self._lock:
                 if self._client is None or self._pid != os.getpid():
-                    self._client, self._pid = make_client(), os.getpid()
+                    client = make_client()
+                    self._reader = make_reader(client, self.bucket) if self.fast_reads else None
+                    self._client, self._pid = client, os.getpid()
         return self._client
+
+    @property
+    def reader(self) -> Any | None:
+        """obstore's twin of the client for GETs of packages (stores/s3/client.py); None: botocore's."""
+        self.client  # noqa: B018 - made with the client, in this process
+        return self._reader
 
     def _full(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -290,6 +316,8 @@ class S3Store:
     # --- reading --------------------------------------------------------------------------------
 
     def open_package(self, subdir: str, name: str) -> IO[bytes]:
+        if self.reader is not None:
+            return self._get_package(subdir, name)
         response = self._call("get_object", missing_ok=True, Key=self._full(f"{subdir}/{name}"))
         if response is None:
             raise FileNotFoundError(f"{self.url}/{subdir}/{name}")
@@ -306,6 +334,33 @@ class S3Store:
             raise StoreError(f"{self.url}/{subdir}/{name}: read interrupted: {_one_line(exc)}") from None
         finally:
             body.close()
+        self._bytes("read", total)
+        spool.seek(0)
+        return spool  # type: ignore[return-value]
+
+    def _get_package(self, subdir: str, name: str) -> IO[bytes]:
+        """open_package through obstore: one GET streamed into the same spool."""
+        import obstore
+        from obstore.exceptions import NotFoundError
+
+        reader = self.reader
+        assert reader is not None
+        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 - returned to the caller
+        total = 0
+        try:
+            for chunk in obstore.get(reader, self._full(f"{subdir}/{name}")):
+                spool.write(chunk)
+                total += len(chunk)
+        except (NotFoundError, FileNotFoundError):  # obstore raises the builtin one for a 404
+            spool.close()
+            self._count("get_object", "404")
+            raise FileNotFoundError(f"{self.url}/{subdir}/{name}") from None
+        except Exception as exc:  # noqa: BLE001 - obstore's errors, a connection dropped mid-body
+            spool.close()
+            self._count("get_object", "error")
+            self._bytes("read", total)
+            raise StoreError(f"{self.url}/{subdir}/{name}: get_object: {_first_line(exc)}") from None
+        self._count("get_object", "200")
         self._bytes("read", total)
         spool.seek(0)
         return spool  # type: ignore[return-value]
@@ -470,6 +525,19 @@ class S3Store:
 
     def prepare(self, subdir: str, *, recover: bool) -> None:
         """Folders do not exist in a bucket, and no write leaves temporaries behind."""
+
+
+_stores: dict[tuple[int, str, int, int], S3Store] = {}  # (pid, url, threshold, part size) -> an unpickled store
+_stores_lock = threading.Lock()
+
+
+def _in_this_process(url: str, multipart_threshold: int, part_size: int) -> S3Store:
+    """The store an extract process reads with (see S3Store.__reduce__)."""
+    at = (os.getpid(), url, multipart_threshold, part_size)
+    with _stores_lock:
+        if at not in _stores:
+            _stores[at] = S3Store(url, multipart_threshold=multipart_threshold, part_size=part_size, fast_reads=True)
+        return _stores[at]
 
 
 _CHANGES = frozenset({"put_object", "copy_object", "complete_multipart_upload", "delete_object", "delete_objects"})
