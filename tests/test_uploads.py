@@ -254,7 +254,7 @@ def test_a_subdir_the_daemon_may_not_write(tmp_path: Path) -> None:
             wait_for(lambda: d.metric("conda_indexd_subdir_errors_total", subdir="linux-64", reason="not-writable") == 1, 5)
             status = d.get("/status.json")[1].decode()
             assert "not writable" in status and "chown" in status and str(linux) in status
-            time.sleep(max(0.0, 21 - (time.monotonic() - started)))  # two quiet retries (every 10 s)
+            time.sleep(max(0.0, 12 - (time.monotonic() - started)))  # a quiet retry (every 10 s)
             lines = [r for r in d.log_records() if r.get("level") == "error"]
             assert len(lines) == 1 and lines[0]["subdir"] == "linux-64", lines  # no retry storm
             assert d.metric("conda_indexd_subdir_errors_total", subdir="linux-64", reason="not-writable") == 1
