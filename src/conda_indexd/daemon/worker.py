@@ -261,10 +261,9 @@ class Worker:
 
     def _record(self, item: Pending, result: SubdirResult) -> None:
         """The status page's activity feed: a run that published files or refused archives."""
-        latency = None if item.scan_reason == ScanReason.STARTUP else time.monotonic() - item.first_event
         entry = entry_of(result.subdir, added=result.added, removed=result.removed, replaced=result.changed,
                          published=bool(result.written), refused=result.new_failures, duration=result.duration,
-                         latency=latency, packages=result.packages, member=self.member)  # fmt: skip
+                         latency=_latency(item), packages=result.packages, member=self.member)  # fmt: skip
         if entry is not None:
             self.activity.record(entry)
 
@@ -359,9 +358,14 @@ class Worker:
         m.shards_deleted.labels(subdir).inc(len(result.shards.deleted))
         if result.written:
             m.last_publish.labels(subdir).set(time.time())
-            if item.scan_reason != ScanReason.STARTUP:
-                m.event_to_publish.observe(time.monotonic() - item.first_event)
+            if (latency := _latency(item)) is not None:
+                m.event_to_publish.observe(latency)
             log.info("published", **result.log_fields())
+
+
+def _latency(item: Pending) -> float | None:
+    """Seconds from the first event of `item` until now; None for the start-up scan (no event)."""
+    return None if item.scan_reason == ScanReason.STARTUP else time.monotonic() - item.first_event
 
 
 def _user() -> str:
