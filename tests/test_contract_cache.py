@@ -13,6 +13,7 @@ import pytest
 from conda_indexd.archive.reader import PackageMetadata
 from conda_indexd.caches.base import Caches, FileState, MetadataRejected, SubdirCache
 from conda_indexd.caches.sqlite.cache import SqliteCaches
+from conda_indexd.model import Listing
 
 
 @pytest.fixture(params=["sqlite", "sqlite-state-folder", "postgresql"])
@@ -156,3 +157,18 @@ def test_pieces_persist_only_for_the_text_they_were_made_from(caches: Caches) ->
         assert [r[3] for r in pieces.lookup(rows)] == [b'"a-1-0.conda":{"x":1}', None]
         pieces.save([], keep=["b-1-0.conda"])  # a left the cache
         assert [r[3] for r in pieces.lookup(rows[:1])] == [None]
+
+
+def test_a_listing_and_a_list_of_the_same_files_change_the_same_rows(cache: SubdirCache) -> None:
+    """replace_fs_state takes a store's column-wise Listing (merged with the rows in path
+    order) or any list of FileStates: both say which rows changed, the same way."""
+    rows = [FileState(f"p{i:03d}-1-0.conda", float(i), i, f"id{i}") for i in range(0, 60, 2)]
+    assert cache.replace_fs_state(Listing(rows)) == {f.path for f in rows}
+    assert cache.replace_fs_state(Listing(rows)) == set()
+    new = [f._replace(size=99) if i % 7 == 0 else f for i, f in enumerate(rows) if i % 5]  # some gone, some changed
+    new += [FileState("a-1-0.conda", 1.0, 1, "x"), FileState("p031-1-0.conda", 1.0, 1, "y"), FileState("z-1-0.conda", 1.0, 1, "z")]
+    expected = {f.path for f in rows if rows.index(f) % 5 == 0} | {f.path for f in new if f not in rows}
+    assert cache.replace_fs_state(Listing(sorted(new))) == expected
+    assert {p: tuple(f)[:4] for p, f in cache.fs_state().items()} == {f.path: tuple(f)[:4] for f in new}
+    cache.replace_fs_state(rows)
+    assert cache.replace_fs_state(list(reversed(new))) == expected

@@ -4,7 +4,7 @@ field a change shows in (path, mtime, size, identity) differs."""
 from __future__ import annotations
 
 from conda_indexd.pipeline.quiet import listing_digest
-from conda_indexd.stores.base import FileState
+from conda_indexd.stores.base import FileState, Listing
 
 
 def test_listing_digest_sees_every_field_and_ignores_order() -> None:
@@ -22,3 +22,35 @@ def test_listing_digest_sees_every_field_and_ignores_order() -> None:
     digests = {listing_digest(v) for v in variants}
     assert base not in digests and len(digests) == len(variants)
     assert listing_digest([]) != base and listing_digest([]) == listing_digest(iter([]))
+
+
+def test_a_folder_listing_is_kept_in_columns_and_reads_as_file_states(tmp_path) -> None:
+    """LocalStore's Listing: inode identities in integer arrays, FileStates on demand,
+    sorted by path; its digest sees a rewrite of one file (new inode:ctime) and nothing
+    else changes it."""
+    import os
+
+    from conda_indexd.stores.local import LocalStore
+
+    (tmp_path / "linux-64").mkdir()
+    for name in ("b-1-0.conda", "a-1-0.tar.bz2", "c-1-0.conda", "notes.txt", ".hidden-1-0.conda"):
+        (tmp_path / "linux-64" / name).write_bytes(b"x" * len(name))
+    store = LocalStore(tmp_path)
+    listing = store.list_packages("linux-64")
+    assert [f.path for f in listing] == ["a-1-0.tar.bz2", "b-1-0.conda", "c-1-0.conda"] == listing.paths
+    st = os.lstat(tmp_path / "linux-64" / "b-1-0.conda")
+    assert listing[1] == FileState("b-1-0.conda", st.st_mtime, 11, f"{st.st_ino}:{st.st_ctime_ns}", st.st_ctime)
+    assert listing[-1].path == "c-1-0.conda" and [f.path for f in listing[1:]] == ["b-1-0.conda", "c-1-0.conda"]
+    assert list(listing.rows())[1] == tuple(listing[1])[:4]
+    digest = listing_digest(listing)
+    assert listing_digest(store.list_packages("linux-64")) == digest
+    os.utime(tmp_path / "linux-64" / "c-1-0.conda", (5, 5))  # the same bytes, a new mtime and ctime
+    assert listing_digest(store.list_packages("linux-64")) != digest
+
+
+def test_a_listing_of_strings_sorts_all_its_columns_together() -> None:
+    files = [FileState(p, float(i), i, f"etag-{p}", float(i)) for i, p in enumerate(["c-1-0.conda", "a-1-0.conda", "b-1-0.conda"])]
+    listing = Listing(files)
+    listing.sort()
+    assert list(listing) == sorted(files) and listing == sorted(files)
+    assert listing_digest(listing) == listing_digest(files) == listing_digest(reversed(files))

@@ -5,12 +5,13 @@ observer: a test can build a Worker over a channel and drive `process()` directl
 
 from __future__ import annotations
 
+import bisect
 import errno
 import os
 import pwd
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from conda_indexd.backends import Backends
@@ -25,7 +26,7 @@ from conda_indexd.formats.attestations import REASONS
 from conda_indexd.pipeline.channel import ChannelDriver
 from conda_indexd.pipeline.indexer import SubdirResult
 from conda_indexd.pipeline.memo import RecordMemo
-from conda_indexd.stores.base import StoreError
+from conda_indexd.stores.base import Listing, StoreError
 from conda_indexd.util.logs import get_logger
 
 log = get_logger(__name__)
@@ -300,7 +301,7 @@ class Worker:
 
     # --- rules before a run -------------------------------------------------------------------
 
-    def _hold(self, item: Pending, listing: list[FileState] | None) -> tuple[dict[str, EventKind], float]:
+    def _hold(self, item: Pending, listing: Sequence[FileState] | None) -> tuple[dict[str, EventKind], float]:
         """Uploads still in progress (see daemon/uploads.py): {name: kind to put back}, and when
         to look again."""
         if self.settle <= 0:
@@ -309,11 +310,9 @@ class Worker:
         present: dict[str, FileState] = {}
         now = time.time()
         if listing is not None:
-            tracked = self.uploads.tracked(item.subdir)
-            for f in listing:
-                if f.path in kinds or f.path in tracked or 0 <= now - f.changed_at < self.settle:
-                    kinds.setdefault(f.path, EventKind.LISTED)
-                    present[f.path] = f
+            for f in _recent(listing, {*kinds, *self.uploads.tracked(item.subdir)}, now, self.settle):
+                kinds.setdefault(f.path, EventKind.LISTED)
+                present[f.path] = f
         unlooked = [name for name, kind in kinds.items() if name not in present and kind not in COMPLETE_KINDS]
         present.update((f.path, f) for f in self.backends.packages.stat_packages(item.subdir, unlooked)[0])
         held = self.uploads.hold(item.subdir, kinds, present, now, time.monotonic())
@@ -331,7 +330,7 @@ class Worker:
             return False  # start-up takes its subdirs from that same listing
         return item.subdir not in self.subdirs()
 
-    def _looks_unmounted(self, item: Pending, listing: list[FileState] | None) -> bool:
+    def _looks_unmounted(self, item: Pending, listing: Sequence[FileState] | None) -> bool:
         """A subdir that had packages and now lists empty waits for a second listing."""
         if item.confirm_empty or not self.state(item.subdir).published:
             return False
@@ -373,3 +372,20 @@ def _user() -> str:
         return pwd.getpwuid(os.geteuid()).pw_name
     except KeyError:
         return str(os.geteuid())
+
+
+def _recent(listing: Sequence[FileState], names: set[str], now: float, settle: float) -> Iterator[FileState]:
+    """The listed files among `names`, and those whose change the store saw less than
+    `settle` seconds ago. A Listing is searched column-wise: a million-file listing
+    makes no FileState but for the few it yields."""
+    if not isinstance(listing, Listing):
+        yield from (f for f in listing if f.path in names or 0 <= now - f.changed_at < settle)
+        return
+    paths, since = listing.paths, now - settle
+    found = {i for i, at in enumerate(listing.changed) if since < at <= now}
+    for name in names:
+        i = bisect.bisect_left(paths, name)
+        if i < len(paths) and paths[i] == name:
+            found.add(i)
+    for i in sorted(found):
+        yield listing[i]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 from conda_indexd.caches.base import FileState, SubdirCache
 from conda_indexd.names import is_package_name
@@ -16,7 +16,7 @@ def update_fs_stage(
     *,
     touched: Collection[str] | None,
     hold: Collection[str] = (),
-    listing: list[FileState] | None = None,
+    listing: Sequence[FileState] | None = None,
     keep_missing: bool = False,
 ) -> tuple[set[str] | None, set[str]]:
     """Bring the fs rows in line with the store; returns (the names looked at (None: the

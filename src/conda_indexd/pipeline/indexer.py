@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,7 +98,7 @@ class SubdirRun:
     backends: Backends
     touched: Collection[str] | None = None
     hold: Collection[str] = ()
-    listing: list[FileState] | None = None
+    listing: Sequence[FileState] | None = None
     memo: RecordMemo | None = None
     on_progress: Progress | None = None
     cancel: threading.Event | None = None
@@ -289,7 +289,7 @@ def index_subdir(
     hold: Collection[str] = (),
     on_progress: Progress | None = None,
     cancel: threading.Event | None = None,
-    listing: list[FileState] | None = None,
+    listing: Sequence[FileState] | None = None,
     memo: RecordMemo | None = None,
     backends: Backends,
     verify: Collection[str] = (),

@@ -16,7 +16,6 @@ fs rows, rebuilding repodata.json and comparing it byte by byte.
 from __future__ import annotations
 
 import hashlib
-from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -36,7 +35,7 @@ from conda_indexd.names import (
     SHARDS_DIR,
 )
 from conda_indexd.pipeline import patchsource
-from conda_indexd.stores.base import ChannelStore, FileState, key
+from conda_indexd.stores.base import ChannelStore, FileState, Listing, key
 
 
 @dataclass
@@ -47,21 +46,12 @@ class Quiet:
 
 
 def listing_digest(listing: Iterable[FileState]) -> str:
-    """A digest of the listing's (path, mtime, size, identity) rows, in path order: each
-    column is hashed as one piece (paths and identities NUL-joined, mtimes and sizes as
-    packed numbers), not one formatted string per file. A store's listing is usually
-    sorted already, which makes the sort linear."""
-    files = sorted(listing)
-    h = hashlib.sha256(b"%d\n" % len(files))
-    if files:
-        paths, mtimes, sizes, identities, _ = zip(*files, strict=True)
-        joined = "\0".join(paths).encode()
-        h.update(b"%d\n" % len(joined))
-        h.update(joined)
-        h.update(array("d", mtimes).tobytes())
-        h.update(array("q", sizes).tobytes())
-        h.update("\0".join(identities).encode())
-    return h.hexdigest()
+    """A digest of the listing's (path, mtime, size, identity) rows in path order
+    (Listing.digest: column by column, no formatted string per file). A store's listing
+    is a Listing already; anything else is put into one first."""
+    if not isinstance(listing, Listing):
+        listing = Listing(sorted(listing))
+    return listing.digest()
 
 
 OUTPUT_NAMES = sorted(

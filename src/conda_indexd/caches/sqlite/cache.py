@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from conda_indexd.caches.base import CacheCorrupt, CacheError, Failure, FileState, MetadataRejected, PublishedKey, RecordRow, ShardKey, TimestampGap
 from conda_indexd.caches.sqlite.pieces import PieceStore, TimestampStore
 from conda_indexd.caches.sqlite.schema import METADATA_TABLES, TIMESTAMPS_FILE, is_corrupt, migrate, quarantine
+from conda_indexd.model import Listing
 from conda_indexd.util.fsio import clean_stale_temps, same_content, write_atomic
 from conda_indexd.util.logs import get_logger
 
@@ -165,21 +166,48 @@ class SqliteCache:
         """Only the difference is written: on a big subdir where little changed,
         rewriting every row costs more than the listing itself. The old rows are
         compared as they are read, as plain tuples (never all held at once)."""
-        pending = {f.path: f for f in files}  # listed files not yet matched with their row
-        gone, changed = [], []
-        for row in self.db.execute(_FS_ROWS):
-            f = pending.pop(row[0], None)
-            if f is None:
-                gone.append(row[0])
-            elif f[:4] != row:
-                changed.append(f)
-        changed += pending.values()  # files without a row
+        if isinstance(files, Listing):
+            gone, changed = self._fs_difference(files)
+        else:
+            pending = {f.path: f for f in files}  # listed files not yet matched with their row
+            gone, changed = [], []
+            for row in self.db.execute(_FS_ROWS):
+                f = pending.pop(row[0], None)
+                if f is None:
+                    gone.append(row[0])
+                elif f[:4] != row:
+                    changed.append(f)
+            changed += pending.values()  # files without a row
         if not gone and not changed:
             return set()
         with self.transaction():
             self.db.executemany("DELETE FROM stat WHERE stage = 'fs' AND path = ?", ((p,) for p in gone))
             self._upsert_fs(changed)
         return {*gone, *(f.path for f in changed)}
+
+    def _fs_difference(self, listing: Listing) -> tuple[list[str], list[FileState]]:
+        """(paths whose row is gone, listed files whose row differs or is missing): the
+        listing and the rows (read in path order through the (stage, path) index, byte
+        order, which is code point order) are merged, so neither side is held in a dict."""
+        gone: list[str] = []
+        changed: list[FileState] = []
+        listed = listing.rows()
+        nxt = next(listed, None)
+        for row in self.db.execute(_FS_ROWS + " ORDER BY path"):
+            path = row[0]
+            while nxt is not None and nxt[0] < path:
+                changed.append(FileState(*nxt))  # a listed file without a row
+                nxt = next(listed, None)
+            if nxt is not None and nxt[0] == path:
+                if nxt != row:
+                    changed.append(FileState(*nxt))
+                nxt = next(listed, None)
+            else:
+                gone.append(path)
+        while nxt is not None:
+            changed.append(FileState(*nxt))
+            nxt = next(listed, None)
+        return gone, changed
 
     @_guarded
     def update_fs_state(self, present: Iterable[FileState], gone: Iterable[str]) -> None:

@@ -226,14 +226,16 @@ class S3Store:
         return sorted(entry["Key"] for entry in self._list("", folders=True) if entry["Key"])
 
     def list_packages(self, subdir: str) -> Listing:
-        files, sidecars = [], []
+        listing, sidecars = Listing(), []
         for obj in self._list(subdir):
             if _usable(obj["Key"]):
                 mtime = float(int(obj["LastModified"].timestamp()))
-                files.append(FileState(obj["Key"], mtime, int(obj["Size"]), _etag(obj.get("ETag")), mtime))
+                listing.append(FileState(obj["Key"], mtime, int(obj["Size"]), _etag(obj.get("ETag")), mtime))
             elif is_sidecar_name(obj["Key"]) and obj["Key"].isprintable():
                 sidecars.append(_object_state(obj))
-        return Listing(files, sidecars)
+        listing.sort()  # ListObjectsV2 lists in UTF-8 byte order, which is code point order: a no-op check
+        listing.sidecars = sorted(sidecars)
+        return listing
 
     def stat_packages(self, subdir: str, names: Iterable[str]) -> tuple[list[FileState], list[str]]:
         wanted = sorted(n for n in names if _usable(n))
