@@ -142,6 +142,30 @@ def test_stat_files_sees_outputs_with_their_state(store: ChannelStore) -> None:
     assert store.stat_files("noarch/shards") == (store.stat_files("noarch/shards", ["ab.msgpack.zst"])[0], [])
 
 
+def test_a_listing_of_the_subdir_holds_everything_once(store: ChannelStore) -> None:
+    """`list_subdir`: the packages and sidecars as `list_packages` gives them, and in the
+    same look the other plain files directly in the subdir (as `stat_files` gives them) and
+    the shard folder's files (as `list_files`): a full run lists nothing else."""
+    store.prepare("noarch", recover=False)
+    for i, name in enumerate(OUTPUTS):
+        store.write(f"noarch/{name}", b"x" * (i + 1))
+    store.write("noarch/a-1-0.conda", b"aaaa")
+    store.write("noarch/a-1-0.conda.sigs", b"[{}]")
+    store.write("noarch/shards/ab.msgpack.zst", b"s")
+    store.write("noarch/shards/cd.msgpack.zst", b"ss")
+    store.write("noarch/.cache/cache.json", b"{}")  # below the subdir, not a shard: in neither
+    listing = store.list_subdir("noarch")
+    assert list(listing) == list(store.list_packages("noarch"))
+    assert listing.sidecars == store.list_packages("noarch").sidecars
+    assert [f.path for f in listing] == ["a-1-0.conda"]
+    everything, _ = store.stat_files("noarch")
+    assert listing.files == [f for f in everything if f.path in OUTPUTS]
+    assert listing.shards == store.list_files("noarch/shards") == {"ab.msgpack.zst": 1, "cd.msgpack.zst": 2}
+    assert store.list_packages("noarch").files is None and store.list_packages("noarch").shards is None  # not looked at
+    empty = store.list_subdir("linux-64")
+    assert (list(empty), empty.files, empty.shards) == ([], [], {})
+
+
 def test_stat_files_identity_follows_every_rewrite(store: ChannelStore) -> None:
     """Other bytes of the same size, a truncation, a removal: each is seen."""
     store.prepare("noarch", recover=False)

@@ -20,6 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import msgpack
 import pytest
@@ -204,11 +205,58 @@ def test_a_no_op_rerun_reads_and_writes_nothing(tmp_path: Path, rgw: RgwCluster,
         ("HEAD", f"/{bucket}"),  # check(): the bucket is there and these credentials may use it
         ("GET", f"/{bucket}"),  # our unfinished multipart uploads (?uploads)
         ("GET", lease), ("GET", lease), ("PUT", lease), ("DELETE", lease),  # the writer lease: taken, released
-        ("GET", f"/{bucket}/chan/linux-64/patch_instructions.json"), ("GET", f"/{bucket}/chan/noarch/patch_instructions.json"),
     ]), sent  # fmt: skip
-    # the channel's subdirs, then per subdir: its packages (one page here), the outputs by
-    # name stem and the shard folder
-    assert len(listings) == 1 + 2 * 6, listings
+    # the channel's subdirs, then one listing of each subdir (one page here): its packages,
+    # outputs and shards; patch_instructions.json is not read again (its ETag is unchanged)
+    assert len(listings) == 1 + 2, listings
+    queries = [parse_qs(urlsplit(t).query) for t in listings]
+    assert [(q["prefix"], q.get("delimiter")) for q in queries] == [(["chan/"], ["/"]), (["chan/linux-64/"], None), (["chan/noarch/"], None)]
+
+
+def test_a_long_listing_is_listed_in_ranges_at_once(s3: Any, bucket: str) -> None:
+    """`list_subdir` of a prefix with more than a page of keys: the rest after the first
+    page in key ranges listed at once (split at first characters, then at the last
+    listing's own keys), with the same keys as one listing: in order, none twice, none
+    missed, also keys right at, around and between the split points."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conda_indexd.stores.s3.store import S3Store, _guess_splits
+
+    names = [f"{c}{k:03d}-1-0.conda" for c in "abpz" for k in range(20)]
+    names += [p[len("chan/noarch/") :] for p in _guess_splits("chan/noarch/")]  # keys equal to a split point
+    names += [p[len("chan/noarch/") :] + suffix for p in _guess_splits("chan/noarch/") for suffix in ("!", "~")]
+    names += ["", "0", "A-1-0.conda", "~", "\u00e9t\u00e9-1-0.conda", "repodata.json", "shards/", "shards/00.msgpack.zst",
+              "shards/ff.msgpack.zst", "shards/z/deeper", ".cache/cache.json"]  # fmt: skip
+    names = sorted(set(names) - {""})
+
+    def put(name: str) -> None:
+        s3.put_object(Bucket=bucket, Key=f"chan/noarch/{name}", Body=b"x")
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(put, names))
+    s3.put_object(Bucket=bucket, Key="chan/noarch0", Body=b"x")  # beside the prefix: never listed
+    requests = Requests()
+    store = S3Store(f"s3://{bucket}/chan", stats=requests)
+    store.page = 25
+    assert [n for n, *_ in store._list_all("chan/noarch/")] == names
+    first = requests.seen.count("list_objects_v2")
+    assert first > len(names) // 25  # the ranges overshoot their ends a little
+    # the next listing splits at every 22nd key of this one (9/10 of a page): one page per range, all at once
+    for name in ("b000-1-0.conda", "p019-1-0.conda"):
+        s3.delete_object(Bucket=bucket, Key=f"chan/noarch/{name}")
+        names.remove(name)
+    for name in ("b000a-1-0.conda", "c-1-0.conda", "zz-1-0.conda"):
+        put(name)
+        names.append(name)
+    names.sort()
+    requests.seen.clear()
+    assert [n for n, *_ in store._list_all("chan/noarch/")] == names
+    assert requests.seen.count("list_objects_v2") <= len(names) // 22 + 2
+    listing = store.list_subdir("noarch")
+    assert [f.path for f in listing] == [n for n in names if n.endswith(".conda") and "/" not in n and n != ".cache/cache.json"]
+    in_shards = [n.removeprefix("shards/") for n in names if n.startswith("shards/")]
+    assert listing.shards == {n: 1 for n in in_shards if n and "/" not in n} and "ff.msgpack.zst" in listing.shards
+    assert [f.path for f in listing.files or []] == [n for n in names if "/" not in n and not n.endswith(".conda")]
 
 
 def test_only_an_extract_worker_reads_through_obstore(bucket: str) -> None:

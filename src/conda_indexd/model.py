@@ -33,15 +33,22 @@ class Listing(Sequence[FileState]):
     `<package>.sigs.<sha256>`, plain files only) that the same listing saw, so a full run
     looks at sidecars without listing the subdir a second time.
 
+    A listing of the whole subdir (`ChannelStore.list_subdir`) also carries what else it
+    saw, so a full run's quiet check and shard upkeep list nothing again: `files`, every
+    other plain file directly in the subdir (the outputs), sorted by path, and `shards`,
+    {name: size} of the plain files in its shard folder. Both are None in a listing of
+    packages only (`list_packages`): not looked at.
+
     Kept column-wise: a path string per file and its numbers in arrays, so a
     million-file listing costs about 100 MB less than a million FileState tuples, and
     `digest` hashes whole columns. A FileState is made only when one is asked for. A
     folder's identities (`inode:ctime_ns`) are kept as two integer arrays
     (`append_stat`); any other store's (an ETag) as strings (`append`)."""
 
-    __slots__ = ("paths", "mtimes", "sizes", "changed", "_ids", "_inodes", "_ctimes_ns", "sidecars")
+    __slots__ = ("paths", "mtimes", "sizes", "changed", "_ids", "_inodes", "_ctimes_ns", "sidecars", "files", "shards")
 
-    def __init__(self, packages: Iterable[FileState] = (), sidecars: Iterable[FileState] = ()) -> None:
+    def __init__(self, packages: Iterable[FileState] = (), sidecars: Iterable[FileState] = (),
+                 files: Iterable[FileState] | None = None, shards: dict[str, int] | None = None) -> None:  # fmt: skip
         self.paths: list[str] = []
         self.mtimes = array("d")
         self.sizes = array("q")
@@ -52,6 +59,8 @@ class Listing(Sequence[FileState]):
         for f in packages:
             self.append(f)
         self.sidecars = sorted(sidecars)
+        self.files: list[FileState] | None = sorted(files) if files is not None else None
+        self.shards: dict[str, int] | None = shards
 
     def append(self, f: FileState) -> None:
         if self._inodes:
@@ -96,13 +105,13 @@ class Listing(Sequence[FileState]):
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Listing):
-            return list(self) == list(other) and self.sidecars == other.sidecars
+            return list(self) == list(other) and (self.sidecars, self.files, self.shards) == (other.sidecars, other.files, other.shards)
         return isinstance(other, list) and list(self) == other
 
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"Listing({list(self)!r}, sidecars={self.sidecars!r})"
+        return f"Listing({list(self)!r}, sidecars={self.sidecars!r}, files={self.files!r}, shards={self.shards!r})"
 
     def rows(self) -> Iterator[tuple[str, float, int, str]]:
         """(path, mtime, size, identity) of each file in path order: FileState's first four,

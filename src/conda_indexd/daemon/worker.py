@@ -209,7 +209,7 @@ class Worker:
                 if (known := self.states.get(subdir)) is not None and known.status.last_run is None:
                     del self.states[subdir]  # a failed look at it leaves no status entry behind
                 return
-            listing = self.backends.packages.list_packages(subdir) if item.full_scan else None
+            listing = self.backends.packages.list_subdir(subdir) if item.full_scan else None
             if self._looks_unmounted(item, listing):
                 log.warning("subdir lists empty; waiting for a second listing", subdir=subdir)
                 self.queue.add_scan(subdir, ScanReason.EMPTY_CHECK, delay=EMPTY_CONFIRM_DELAY, confirm_empty=True)
@@ -220,7 +220,7 @@ class Worker:
                     break  # so the first publish already holds them (an open upload never waits)
                 if self.stopping.wait(recheck):
                     return
-                listing = self.backends.packages.list_packages(subdir)
+                listing = self.backends.packages.list_subdir(subdir)
                 hold, recheck = self._hold(item, listing)
         except StoreError as exc:  # the store unreachable: this subdir is retried like a failed run
             self._failed(subdir, exc)

@@ -24,7 +24,15 @@ from conda_indexd.pipeline.extract import Progress, extract
 from conda_indexd.pipeline.fsstate import update_fs_stage
 from conda_indexd.pipeline.memo import RecordMemo
 from conda_indexd.pipeline.outputs import publish_outputs, withdraw_current
-from conda_indexd.pipeline.quiet import Quiet, inputs_token, listing_digest, outputs_state
+from conda_indexd.pipeline.quiet import (
+    Quiet,
+    inputs_token,
+    instructions_digest,
+    known_instructions,
+    listed_instructions,
+    listing_digest,
+    outputs_state,
+)
 from conda_indexd.pipeline.seams import Backends
 from conda_indexd.pipeline.shardstore import ShardsReport, ShardStore, withdraw
 from conda_indexd.pipeline.timestamps import REJECTED, Flagged, stamp
@@ -146,8 +154,11 @@ class SubdirRun:
                 memo.quiet = Quiet()
             listing, digest = self.listing, None
             if full and not self.hold:  # pipeline/quiet.py: an unchanged listing changes no fs row
-                listing = b.packages.list_packages(subdir) if listing is None else listing
+                listing = b.packages.list_subdir(subdir) if listing is None else listing
                 digest = listing_digest(listing)
+            # what a listing of the whole subdir saw of the outputs and shards, when they are
+            # published beside the packages: the quiet check and the shard upkeep list nothing again
+            seen = listing if isinstance(listing, Listing) and listing.files is not None and b.outputs.location == b.packages.location else None
             if digest is not None and digest == memo.quiet.listing and (trusted or cache.memo_folder() is None):
                 looked_at: set[str] | None = set()
                 rows_changed: set[str] = set()
@@ -190,18 +201,33 @@ class SubdirRun:
             attested = memo.sidecars.advertised()
             memo.quiet.listing = None  # until this run has published
             result.skipped = cache.failures()
-            instructions = b.outputs.read(key(subdir, PATCH_INSTRUCTIONS))
+            # patch_instructions.json as the last run that read it listed it: its digest
+            # without a GET (pipeline/quiet.py); read when the outputs are built
+            remembered = memo.quiet.instructions
+            listed_patches = listed_instructions(seen)
+            patches_digest = known_instructions(memo.quiet, listed_patches)
+            instructions: bytes | None = None
+            read_patches = patches_digest is None
+            if patches_digest is None:
+                instructions = b.outputs.read(key(subdir, PATCH_INSTRUCTIONS))
+                patches_digest = instructions_digest(instructions)
+                if listed_patches is not False:
+                    memo.quiet.instructions = (listed_patches, patches_digest)
             overlay_bytes = b.packages.read(origin.overlay_key(subdir)) if config.origin_overlay else None
-            token = inputs_token(config, instructions, overlay_bytes, attested)
+            token = inputs_token(config, patches_digest, overlay_bytes, attested)
             quiet = not dirty and not self.verify and memo.quiet.outputs is not None  # verify: shards changed outside
             quiet = quiet and time.time() < memo.quiet.collect_at
             # the shard upkeep's listing, only over touched names: a full run (a rescan)
             # lists the shard folder, so a shard deleted from outside is noticed there too
             carried = memo.shards[1] if memo.shards is not None and given and not full else None
-            if quiet and memo.quiet.outputs == (token, outputs_state(b.outputs, subdir, cache, carried)):
+            if quiet and memo.quiet.outputs == (token, outputs_state(b.outputs, subdir, cache, carried, seen)):
                 built = None  # nothing to build: the outputs are as this memo's last run left them
             else:
                 memo.quiet.outputs = None
+                if not read_patches:  # known by its listed state until now: the bytes are needed
+                    instructions = b.outputs.read(key(subdir, PATCH_INSTRUCTIONS))
+                    token = inputs_token(config, instructions, overlay_bytes, attested)
+                    memo.quiet.instructions = None if listed_patches is False else (listed_patches, instructions_digest(instructions))
                 built = build_from_memo(
                     config,
                     subdir,
@@ -215,7 +241,8 @@ class SubdirRun:
                 # A takeover: records the old leader stored in the shared cache without
                 # publishing them are already in the warmed memo (not dirty), and the shard
                 # state is the old leader's: every name's fingerprint is computed again.
-                store = self._publish_shards(cache, memo, None if self.takeover else dirty, built.instructions, result, built.revisions)
+                store = self._publish_shards(cache, memo, None if self.takeover else dirty, built.instructions, result, built.revisions,
+                                             seen.shards if seen is not None else None)  # fmt: skip
                 result.written += publish_outputs(config, b.outputs, subdir, built.outputs)
                 if not config.current_repodata:
                     result.written += withdraw_current(b.outputs, subdir)
@@ -230,7 +257,16 @@ class SubdirRun:
             memo.quiet.listing = digest if not config.update_only and not cancelled else None
             if cancelled:
                 memofile.forget(cache)
-            elif built is not None or dirty or rows_changed or result.extracted or result.new_failures or memo.saved is None or memo.saved[1] != digest:
+            elif (
+                memo.quiet.instructions != remembered
+                or built is not None
+                or dirty
+                or rows_changed
+                or result.extracted
+                or result.new_failures
+                or memo.saved is None
+                or memo.saved[1] != digest
+            ):
                 memofile.save(cache, memo)
         result.memo = memo
         result.packages = len(memo)
@@ -263,6 +299,7 @@ class SubdirRun:
         instructions: dict[str, Any],
         result: SubdirResult,
         revisions: dict[str, Any] | None = None,
+        listed: dict[str, int] | None = None,
     ) -> ShardStore | None:
         if not self.config.write_shards:
             if withdraw(self.backends.outputs, self.subdir):
@@ -273,7 +310,7 @@ class SubdirRun:
         # runs read both again)
         carried = memo.shards if self.touched is not None else None
         memo.shards = None  # until this run has saved
-        store = ShardStore(self.backends.outputs, cache, self.subdir, carried)
+        store = ShardStore(self.backends.outputs, cache, self.subdir, carried, listed)
         store.publish(memo, dirty, instructions, self.config.base_url, result.shards, verify=self.verify,
                       stamped=self.config.indexed_timestamp, all_v3=self.config.repodata_next, revisions=revisions,
                       relations=channelmeta.relations_info(self.config.channel_relations))  # fmt: skip

@@ -40,6 +40,7 @@ def save(cache: SubdirCache, memo: RecordMemo) -> None:
     sections = {name: [s.fns, bytes(s.shas), s.ids.tobytes(), s.offs.tobytes(), s.lens.tobytes(), bytes(s.brk)] for name, s in memo.sections.items()}
     quiet = memo.quiet
     outputs = [quiet.outputs[0], [list(f) for f in quiet.outputs[1]]] if quiet.outputs is not None else None
+    instructions = [list(quiet.instructions[0]) if quiet.instructions[0] is not None else None, quiet.instructions[1]] if quiet.instructions else None
     data = msgpack.packb(
         {
             "version": VERSION,
@@ -50,7 +51,7 @@ def save(cache: SubdirCache, memo: RecordMemo) -> None:
             "names": memo.names,
             "sections": sections,
             "patched": {fn: list(v) for fn, v in memo.patched.items()},
-            "quiet": [quiet.listing, outputs, quiet.collect_at],
+            "quiet": [quiet.listing, outputs, quiet.collect_at, instructions],
         }
     )
     tmp = folder / temp_file_name(INDEX_FILE)
@@ -123,5 +124,7 @@ def _fill(memo: RecordMemo, state: dict) -> None:  # type: ignore[type-arg]
         raise ValueError("heap file is short")
     memo.patched = {fn: (str(v[0]), v[1]) for fn, v in state["patched"].items()}
     memo.v3 = {str(fn) for fn in state["v3"]}
-    listing, outputs, collect_at = state["quiet"]
-    memo.quiet = Quiet(listing, (outputs[0], tuple(FileState(*f) for f in outputs[1])) if outputs is not None else None, float(collect_at))
+    listing, outputs, collect_at, *rest = state["quiet"]  # `instructions` since 2026-12: absent before
+    instructions = rest[0] if rest else None
+    memo.quiet = Quiet(listing, (outputs[0], tuple(FileState(*f) for f in outputs[1])) if outputs is not None else None, float(collect_at),
+                       (FileState(*instructions[0]) if instructions[0] is not None else None, str(instructions[1])) if instructions else None)  # fmt: skip

@@ -35,10 +35,13 @@ class ShardsReport:
 class ShardStore:
     """The shards of one subdir's outputs and what was remembered about them."""
 
-    def __init__(self, store: ChannelStore, cache: SubdirCache, subdir: str, carried: Carried | None = None):
+    def __init__(self, store: ChannelStore, cache: SubdirCache, subdir: str, carried: Carried | None = None,
+                 listed: dict[str, int] | None = None):  # fmt: skip
         """`carried`: the state and shard listing the previous successful run of this
         subdir ended with (the daemon keeps them in the memo; nothing else wrote shards
-        since, but for the files `publish(verify=)` names): neither is read again."""
+        since, but for the files `publish(verify=)` names): neither is read again.
+        `listed`: without `carried`, {name: size} of the shard folder as this run's listing
+        of the subdir saw it (ChannelStore.list_subdir): the folder is not listed again."""
         self.store = store
         self.cache = cache
         self.subdir = subdir
@@ -49,6 +52,7 @@ class ShardStore:
         else:
             self.state = shards.ShardState.from_bytes(cache.load_state(SHARD_STATE))
             self.on_disk = {}  # {digest: size} seen by publish()
+        self.listed = listed
 
     @property
     def carry(self) -> Carried:
@@ -74,7 +78,7 @@ class ShardStore:
         outside). A damaged shard is removed before it is written again: a bucket PUTs
         shards only where none is (If-None-Match), which would keep the damaged one."""
         if not self.carried:
-            self.on_disk = shards.shard_digests(self.store.list_files(self.folder))
+            self.on_disk = shards.shard_digests(self.listed if self.listed is not None else self.store.list_files(self.folder))
         published = {r.digest: r.size for r in self.state.remembered.values()}
         damaged = {d for d, size in self.on_disk.items() if published.get(d, size) != size}
         for file in verify:

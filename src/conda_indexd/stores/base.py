@@ -61,6 +61,13 @@ class ChannelStore(Protocol):
         `.sidecars` the attestation sidecars (plain files) of the same listing."""
         ...
 
+    def list_subdir(self, subdir: str) -> Listing:
+        """`list_packages` plus what else the same look saw, for a full run: `files`, every
+        other plain file directly in `subdir` (the outputs, as `stat_files` gives them) and
+        `shards`, {name: size} of the plain files in `subdir/shards` (`list_files`). A
+        bucket lists the subdir's keys once for all of it; a folder lists two folders."""
+        ...
+
     def stat_packages(self, subdir: str, names: Iterable[str]) -> tuple[list[FileState], list[str]]:
         """The named package files split into (present with their state, gone). For
         package files only: a name that is not a package file name (repodata.json, a

@@ -92,6 +92,9 @@ class FencedStore:
     def list_packages(self, subdir: str) -> Listing:
         return self.inner.list_packages(subdir)
 
+    def list_subdir(self, subdir: str) -> Listing:
+        return self.inner.list_subdir(subdir)
+
     def stat_packages(self, subdir: str, names: Iterable[str]) -> tuple[list[FileState], list[str]]:
         return self.inner.stat_packages(subdir, names)
 

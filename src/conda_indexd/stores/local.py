@@ -77,22 +77,33 @@ class LocalStore:
         """Sorted by name. One `lstat` per package, relative to the open folder: that
         syscall is the per-file cost, so little else is done per file (names only are
         listed, no DirEntry; the numbers go straight into the listing's columns)."""
+        return self._list(subdir, everything=False)
+
+    def list_subdir(self, subdir: str) -> Listing:
+        """`list_packages`, the other plain files beside them (one `lstat` each) and the
+        shard folder's files (one scandir)."""
+        listing = self._list(subdir, everything=True)
+        listing.shards = self.list_files(f"{subdir}/shards")
+        return listing
+
+    def _list(self, subdir: str, *, everything: bool) -> Listing:
         try:
             fd = os.open(self.root / subdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
-            return Listing()
-        listing, sidecars = Listing(), []
+            return Listing(files=[] if everything else None, shards={} if everything else None)
+        listing, sidecars, files = Listing(), list[FileState](), list[FileState]()
         lstat, is_dir, add = os.lstat, stat.S_ISDIR, listing.append_stat
         try:
             names = os.listdir(fd)
             names.sort()
             for name in names:
                 if not (name.endswith(PACKAGE_EXTENSIONS) and name[0] != "."):  # names.is_package_name
-                    if is_sidecar_name(name) and not _undecodable(name):
+                    sidecar = is_sidecar_name(name)
+                    if (sidecar or everything) and not _undecodable(name):
                         with contextlib.suppress(FileNotFoundError):
                             st = lstat(name, dir_fd=fd)
                             if stat.S_ISREG(st.st_mode):  # never a symlink or FIFO
-                                sidecars.append(_state(name, st))
+                                (sidecars if sidecar else files).append(_state(name, st))
                     continue
                 if not name.isprintable() or (not name.isascii() and _undecodable(name)):
                     log.warning("skipped file with an unusable name", subdir=subdir, path=repr(name))
@@ -108,6 +119,8 @@ class LocalStore:
         finally:
             os.close(fd)
         listing.sidecars = sorted(sidecars)
+        if everything:
+            listing.files = files  # sorted: the names were
         return listing
 
     def stat_packages(self, subdir: str, names: Iterable[str]) -> tuple[list[FileState], list[str]]:

@@ -4,7 +4,9 @@
 - Connection settings come from the standard AWS chain (AWS_ENDPOINT_URL, AWS_PROFILE,
   AWS_ACCESS_KEY_ID, ~/.aws/config, ...). Path-style addressing is used for any endpoint
   that is not AWS's own unless the profile sets `s3.addressing_style` (Ceph RGW, MinIO).
-- A listing is a paged ListObjectsV2 with `/` as delimiter; `FileState.identity` is the
+- `list_packages` is a paged ListObjectsV2 with `/` as delimiter; `list_subdir` (a full
+  run's) one without, of every key under the subdir, in key ranges listed at once when
+  it is longer than a page (`_list_all`). `FileState.identity` is the
   ETag, `mtime` LastModified in whole seconds (a listing has milliseconds, a HEAD only
   seconds: both must give the same row), `size` the object's size.
 - `open_package` is one GET into a spooled temporary file: the archive reader's md5,
@@ -55,7 +57,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from typing import IO, Any, Protocol
 
-from conda_indexd.names import SHARD_FILE, is_package_name, is_sidecar_name
+from conda_indexd.names import SHARD_FILE, SHARDS_DIR, is_package_name, is_sidecar_name
 from conda_indexd.stores.base import FileState, Listing, StoreError, StreamWriter
 from conda_indexd.stores.s3.client import make_client, make_reader
 from conda_indexd.stores.s3.objects import IMMUTABLE as IMMUTABLE  # re-exported: tests compare with them
@@ -72,6 +74,12 @@ log = get_logger(__name__)
 SPOOL_IN_MEMORY = 32 << 20  # packages up to this size are read into memory, bigger ones to a temp file
 CHUNK = 1 << 20
 STAT_THREADS = 8
+LIST_THREADS = 8  # key ranges of one prefix listed at once (_list_all)
+PAGE = 1000  # keys per ListObjectsV2 page (the most S3 gives)
+# where a prefix never listed before is split (after its first page): package names by
+# first letters, so that each range holds a similar share of a channel like conda-forge's
+# (py*, r-* are big), and the shard folder by hex digit: a dozen ranges, not one per letter
+GUESSED_SPLITS = ("b", "d", "g", "l", "n", "p", "py", "q", "r-", "s", "shards/", "shards/4", "shards/8", "shards/c", "t")
 READ_AHEAD = 6  # GETs of packages in flight per extract worker (pipeline/extract.py)
 WRITE_THREADS = 8  # PUTs in flight for writes queued with sync=False
 
@@ -122,6 +130,8 @@ class S3Store:
         self._pid = 0
         self._writer: ThreadPoolExecutor | None = None
         self._queued: dict[str, list[Future[bool]]] = {}  # folder -> PUTs queued by write(sync=False)
+        self.page = PAGE  # keys per listing page (S3's most; a test asks for fewer)
+        self._splits: dict[str, list[str]] = {}  # listed prefix -> split points: every 9/10 page-th key of its last listing (_list_all)
         self._seen: dict[str, str | None] = {}  # fenced key -> the ETag this process last wrote or read (None: absent)
         # whether this process still holds the channel's writer lease (ha/s3lease.py sets it); None: no lease
         self.lease_held: Callable[[], bool] | None = None
@@ -236,6 +246,93 @@ class S3Store:
         listing.sort()  # ListObjectsV2 lists in UTF-8 byte order, which is code point order: a no-op check
         listing.sidecars = sorted(sidecars)
         return listing
+
+    def list_subdir(self, subdir: str) -> Listing:
+        """One listing of every key under `subdir/` (no delimiter): the packages, the
+        sidecars, the other objects directly there (`files`) and the shard folder's
+        (`shards`), listed in key ranges at once when the subdir is big (`_list_all`)."""
+        base = self._full(subdir) + "/"
+        listing, sidecars, files, shard_files = Listing(), [], [], {}
+        shard_folder = SHARDS_DIR + "/"
+        for name, mtime, size, etag in self._list_all(base):
+            if "/" not in name:
+                if not name:
+                    continue  # a folder marker
+                state = FileState(name, mtime, size, etag, mtime)
+                if _usable(name):
+                    listing.append(state)
+                elif is_sidecar_name(name) and name.isprintable():
+                    sidecars.append(state)
+                else:
+                    files.append(state)
+            elif name.startswith(shard_folder) and "/" not in (rest := name[len(shard_folder) :]) and rest:
+                shard_files[rest] = size
+        listing.sort()  # a no-op check: the ranges are listed in key order and joined in order
+        listing.sidecars, listing.files, listing.shards = sorted(sidecars), files, shard_files
+        return listing
+
+    def _list_all(self, base: str) -> list[tuple[str, float, int, str]]:
+        """(name below `base`, LastModified in whole seconds, size, ETag) of every key under
+        `base`, in key order, as one paged ListObjectsV2 without delimiter would give them.
+        A page holds 1000 keys and each page waits for the one before, so a big prefix is
+        listed in ranges at once (LIST_THREADS): range i is the keys after split point i up to
+        and including split point i+1 (StartAfter; a range stops at the first key past its
+        end), so the ranges neither overlap nor leave a gap, whatever the split points. They
+        are every 900th key of this store's last listing of `base` (a range then fits one
+        page: it ends at its last key, which is a split point); without one (a new
+        process), a first page is listed alone (a small subdir is then one request) and the
+        rest is split at first letters (`_guess_splits`)."""
+        splits = self._splits.get(base)
+        first: list[tuple[str, float, int, str]] = []
+        if splits is None:
+            first, more = self._list_range(base, None, None, pages=1)
+            if not more:
+                self._splits[base] = []
+                return first
+            splits = [s for s in _guess_splits(base) if s > base + first[-1][0]]
+            starts: list[str | None] = [base + first[-1][0], *splits]
+        else:
+            starts = [None, *splits]
+        ends: list[str | None] = [*starts[1:], None]
+        if len(starts) == 1:
+            parts = [self._list_range(base, starts[0], None)[0]]
+        else:
+            with ThreadPoolExecutor(min(LIST_THREADS, len(starts)), thread_name_prefix="s3-list") as pool:
+                parts = [f.result()[0] for f in [pool.submit(self._list_range, base, a, b) for a, b in zip(starts, ends, strict=True)]]
+        found = first
+        for part in parts:
+            found += part
+        step = max(1, self.page * 9 // 10)  # a range still fits one page after a few keys more
+        self._splits[base] = [base + found[i][0] for i in range(step, len(found), step)]
+        return found
+
+    def _list_range(self, base: str, after: str | None, upto: str | None, pages: int | None = None) -> tuple[list[tuple[str, float, int, str]], bool]:
+        """The keys under `base` after `after` up to and including `upto` (None: from the
+        first, to the last), at most `pages` pages; and whether there are more."""
+        found: list[tuple[str, float, int, str]] = []
+        token: str | None = None
+        cut = len(base)
+        while True:
+            params: dict[str, Any] = {"Prefix": base, "MaxKeys": self.page}
+            if token:
+                params["ContinuationToken"] = token
+            elif after is not None:
+                params["StartAfter"] = after
+            page = self._call("list_objects_v2", **params)
+            for obj in page.get("Contents", ()):
+                k = obj["Key"]
+                if upto is not None and k > upto:
+                    return found, False
+                found.append((k[cut:], float(int(obj["LastModified"].timestamp())), int(obj["Size"]), _etag(obj.get("ETag"))))
+                if k == upto:  # a split point that is a key: the range ends with it
+                    return found, False
+            if not page.get("IsTruncated"):
+                return found, False
+            token = page.get("NextContinuationToken")
+            if pages is not None:
+                pages -= 1
+                if pages <= 0:
+                    return found, True
 
     def stat_packages(self, subdir: str, names: Iterable[str]) -> tuple[list[FileState], list[str]]:
         wanted = sorted(n for n in names if _usable(n))
@@ -557,6 +654,12 @@ def _object_state(obj: dict[str, Any]) -> FileState:
     """A listed object's state, as `list_packages` gives it (LastModified in whole seconds)."""
     mtime = float(int(obj["LastModified"].timestamp()))
     return FileState(obj["Key"], mtime, int(obj["Size"]), _etag(obj.get("ETag")), mtime)
+
+
+def _guess_splits(base: str) -> list[str]:
+    """Split points for a prefix never listed before (GUESSED_SPLITS; any key still lands in
+    exactly one range: these only decide how the work is shared)."""
+    return sorted(base + point for point in GUESSED_SPLITS)
 
 
 def _name_prefixes(names: list[str]) -> list[str]:
