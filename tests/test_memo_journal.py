@@ -14,6 +14,7 @@ from typing import Any
 from conda_indexd.backends import index_subdir
 from conda_indexd.caches.sqlite.cache import SqliteCache
 from conda_indexd.config import IndexConfig
+from conda_indexd.formats import shards
 from conda_indexd.pipeline import memofile
 from conda_indexd.pipeline.memo import RecordMemo
 from pkgfactory import index_json, make_package
@@ -204,3 +205,44 @@ def test_a_compaction_or_another_writer_starts_a_new_snapshot(tmp_path: Path) ->
     again = loaded(channel, config.indexed_timestamp)
     assert again is not None and memo_state(again) == memo_state(memo)
     assert memo.journal.ident != stale
+
+
+def test_the_shard_state_is_appended_to_and_reads_back_whole(tmp_path: Path) -> None:
+    """The shard upkeep's state (formats/shards.ShardState) is a snapshot line and journal
+    lines; a +1 appends one line, and reading the file gives the state the run ended with."""
+    channel = channel_with(tmp_path, 14)
+    config = IndexConfig(channel)
+    path = channel / "noarch" / ".cache" / "shards-state.json"
+    memo = index_subdir(config, "noarch").memo
+    first = path.read_bytes()
+    assert first.endswith(b"\n") and first.count(b"\n") == 1
+    for i in range(3):
+        make_package(channel / "noarch" / f"new-1.{i}-0.conda", index_json("new", f"1.{i}", "0"))
+        memo = index_subdir(config, "noarch", touched=[f"new-1.{i}-0.conda"], memo=memo).memo
+    gone = ["p3-1.3-0.tar.bz2", "p3-1.10-0.conda"]  # every package of p3
+    for fn in gone:
+        (channel / "noarch" / fn).unlink()
+    memo = index_subdir(config, "noarch", touched=gone, memo=memo).memo
+    data = path.read_bytes()
+    assert data.startswith(first) and data.count(b"\n") == 5  # one line per publish
+    held = memo.shards[0]
+    assert shards.ShardState.from_bytes(data) == held and "p3" not in held.remembered and held.unreferenced
+    # a torn last line: the state before it, which a run repairs (same bytes as a fresh index)
+    torn = data[: data.rindex(b"\n", 0, len(data) - 1) + 10]
+    older = shards.ShardState.from_bytes(torn)
+    assert older == shards.ShardState.from_bytes(data[: data.rindex(b"\n", 0, len(data) - 1) + 1]) and older != held
+    path.write_bytes(torn)
+    index_bytes = (channel / "noarch" / shards.SHARD_INDEX).read_bytes()
+    again = index_subdir(config, "noarch")
+    assert again.written == [] and (channel / "noarch" / shards.SHARD_INDEX).read_bytes() == index_bytes
+    repaired = shards.ShardState.from_bytes(path.read_bytes())
+    assert (repaired.remembered, repaired.salt, repaired.patched) == (held.remembered, held.salt, held.patched)
+    # the lost line's unreferenced shard is unreferenced from now: collected later, never early
+    assert repaired.unreferenced.keys() == held.unreferenced.keys()
+    assert all(repaired.unreferenced[d] >= t for d, t in held.unreferenced.items())
+    assert path.read_bytes().count(b"\n") == 1  # saved whole again: the torn tail is gone
+    # a state saved before the journal (one JSON document, no newline) is read, then saved whole
+    path.write_bytes(path.read_bytes().rstrip(b"\n"))
+    make_package(channel / "noarch" / "new-2.0-0.conda", index_json("new", "2.0", "0"))
+    index_subdir(config, "noarch")
+    assert path.read_bytes().count(b"\n") == 1
