@@ -118,6 +118,15 @@ def test_rows_and_state_persist_across_opens(caches: Caches) -> None:
         assert c.load_state("shards-state.json") == b'{"version":1}'
 
 
+def test_a_state_is_appended_to_only_as_it_was_last_seen(cache: SubdirCache) -> None:
+    assert not cache.append_state("shards-state.json", b"x", 0)  # none saved: saved whole by the caller
+    cache.save_state("shards-state.json", b"ab\n")
+    assert cache.append_state("shards-state.json", b"cd\n", 3)
+    assert cache.append_state("shards-state.json", b"", 6)  # appending nothing: it is still as seen
+    assert not cache.append_state("shards-state.json", b"ef\n", 3)  # someone else's since
+    assert cache.load_state("shards-state.json") == b"ab\ncd\n"
+
+
 def test_a_rolled_back_transaction_keeps_nothing(cache: SubdirCache) -> None:
     a = FileState("a-1-0.conda", 1.0, 10)
     with pytest.raises(RuntimeError), cache.transaction():

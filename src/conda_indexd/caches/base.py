@@ -156,6 +156,11 @@ class SubdirCache(Protocol):
     # what later runs remember beside the cache rows (the shard upkeep's state)
     def load_state(self, name: str) -> bytes | None: ...
     def save_state(self, name: str, data: bytes) -> None: ...
+    def append_state(self, name: str, data: bytes, size: int) -> bool:
+        """Append `data` to the saved state `name` if it is still `size` bytes long (as
+        this process last saved or loaded it), durably as save_state; False when it is
+        not (or there is none): the caller saves it whole."""
+        ...
 
 
 class Caches(Protocol):

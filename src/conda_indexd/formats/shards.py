@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -179,13 +180,37 @@ class Remembered:
 
 
 @dataclass
+class Saved:
+    """The state as it was last saved or loaded (what a journal line is the change from)."""
+
+    size: int  # bytes of the saved state: a line is appended only while it is this long
+    snapshot: int  # bytes of its snapshot line
+    remembered: dict[str, Remembered]
+    unreferenced: dict[str, float]
+    salt: str
+    patched: set[str] | None
+
+
+JOURNAL_SHARE = 4  # a new snapshot once the journal lines are over 1/JOURNAL_SHARE of it ...
+JOURNAL_MIN = 64 << 10  # ... and over this many bytes
+
+
+@dataclass
 class ShardState:
-    """What the upkeep remembers between runs (kept with the cache, see shardstore)."""
+    """What the upkeep remembers between runs (kept with the cache, see shardstore).
+
+    Saved as JSON lines: the first line is the whole state (version 1, as before the
+    journal), each later one `<crc32 hex> <json>` is what one save changed (names set or
+    dropped, unreferenced digests set or dropped, the salt and patched names when they
+    changed). A line that is not whole or fails its crc ends the state there: the state
+    is then older than the shards, which only means more names are encoded again (a
+    remembered fingerprint is checked against the keys before a shard is kept)."""
 
     remembered: dict[str, Remembered] = field(default_factory=dict)
     unreferenced: dict[str, float] = field(default_factory=dict)  # digest -> since
     salt: str = ""  # digest of the patch instructions the remembered fingerprints saw
-    patched: set[str] | None = None  # the names those instructions touched (None: not known)
+    patched: set[str] | None = None  # the names those instructions touch (None: not known)
+    saved: Saved | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_bytes(cls, data: bytes | None) -> ShardState:
@@ -194,20 +219,42 @@ class ShardState:
         if data is None:
             return cls()
         try:
-            state = json.loads(data)
+            first = data.find(b"\n")
+            end = len(data) if first < 0 else first + 1
+            state = json.loads(data[:end])
             if state.get("version") != 1:
                 return cls()
-            return cls(
+            self = cls(
                 {name: Remembered(*entry) for name, entry in state["names"].items()},
                 {h: float(t) for h, t in state["unreferenced"].items()},
                 str(state.get("salt", "")),
                 set(state["patched"]) if isinstance(state.get("patched"), list) else None,
             )
+            snapshot = end
+            for change, at in journal_lines(data, end):
+                self._apply(change)
+                end = at
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("ignoring unreadable shard state; shards are checked again", error=str(exc))
             return cls()
+        if first >= 0:  # a state saved before the journal has no newline: the next save is a snapshot
+            self.mark_saved(end, snapshot)
+        return self
+
+    def _apply(self, change: dict[str, Any]) -> None:
+        for name in change["drop"]:
+            self.remembered.pop(name, None)
+        self.remembered.update({name: Remembered(*entry) for name, entry in change["set"].items()})
+        for digest in change["unreferenced_drop"]:
+            self.unreferenced.pop(digest, None)
+        self.unreferenced.update({h: float(t) for h, t in change["unreferenced_set"].items()})
+        if "salt" in change:
+            self.salt = str(change["salt"])
+        if "patched" in change:
+            self.patched = set(change["patched"]) if isinstance(change["patched"], list) else None
 
     def to_bytes(self) -> bytes:
+        """The snapshot line (the whole state)."""
         state = {
             "names": {name: [r.fingerprint, r.digest, r.size] for name, r in self.remembered.items()},
             "salt": self.salt,
@@ -215,7 +262,59 @@ class ShardState:
             "unreferenced": self.unreferenced,
             "version": 1,
         }
-        return compact_json(state).encode()
+        return compact_json(state).encode() + b"\n"
+
+    def change_bytes(self) -> bytes | None:
+        """The journal line that brings the saved state to this one (b"": nothing
+        changed); None when a snapshot is due (nothing saved yet, or the journal is big)."""
+        saved = self.saved
+        if saved is None:
+            return None
+        old, new = saved.remembered, self.remembered
+        change: dict[str, Any] = {
+            "set": {name: [r.fingerprint, r.digest, r.size] for name, r in new.items() if (o := old.get(name)) is not r and o != r},
+            "drop": sorted(old.keys() - new.keys()),
+            "unreferenced_set": {h: t for h, t in self.unreferenced.items() if saved.unreferenced.get(h) != t},
+            "unreferenced_drop": sorted(saved.unreferenced.keys() - self.unreferenced.keys()),
+        }
+        if self.salt != saved.salt:
+            change["salt"] = self.salt
+        if self.patched != saved.patched:
+            change["patched"] = sorted(self.patched) if self.patched is not None else None
+        if not any(change.values()) and "salt" not in change and "patched" not in change:
+            return b""
+        line = journal_line(change)
+        if saved.size + len(line) - saved.snapshot > max(saved.snapshot // JOURNAL_SHARE, JOURNAL_MIN):
+            return None
+        return line
+
+    def mark_saved(self, size: int, snapshot: int) -> None:
+        """The saved state is now this one, `size` bytes long, the first `snapshot` its snapshot line."""
+        patched = set(self.patched) if self.patched is not None else None
+        self.saved = Saved(size, snapshot, dict(self.remembered), dict(self.unreferenced), self.salt, patched)
+
+
+def journal_line(change: dict[str, Any]) -> bytes:
+    text = compact_json(change).encode()
+    return b"%08x " % zlib.crc32(text) + text + b"\n"
+
+
+def journal_lines(data: bytes, start: int) -> Iterator[tuple[dict[str, Any], int]]:
+    """(change, offset after its line) of each whole journal line from `start`; stops at
+    the first one without its newline or whose crc32 does not match (a torn tail)."""
+    at = start
+    while True:
+        end = data.find(b"\n", at)
+        if end < 0 or end - at < 9 or data[at + 8 : at + 9] != b" ":
+            return
+        text = data[at + 9 : end]
+        try:
+            if int(data[at : at + 8], 16) != zlib.crc32(text):
+                return
+        except ValueError:
+            return
+        yield json.loads(text), end + 1
+        at = end + 1
 
 
 @dataclass

@@ -69,6 +69,10 @@ class RecordMemo:
         self.sidecars = Sidecars()  # the last look at the attestation sidecars (not saved: a new memo looks at all)
         self.loaded = False  # filled from a saved memo (pipeline/memofile.load)
         self.saved: tuple[str, str | None] | None = None  # (cache generation, quiet listing) when last saved (memofile)
+        # the filenames whose entry was set or removed since the memo was last saved or
+        # loaded (None: not known, or a bulk change or compaction: memofile writes it whole)
+        self.since_saved: set[str] | None = None
+        self.journal: Any = None  # pipeline/memofile.Journal: where the saved file ends, what it holds
 
     # --- reading -------------------------------------------------------------------
 
@@ -97,6 +101,14 @@ class RecordMemo:
             raise KeyError(fn)
         sha = found[0].sha(found[1])
         return "" if sha == NO_SHA else sha.hex()
+
+    def entry(self, fn: str) -> tuple[bytes, int, int, int] | None:
+        """(sha256 bytes, name id, heap offset, length) of `fn`, None when absent (memofile's journal)."""
+        found = self._find(fn)
+        if found is None:
+            return None
+        s, i = found
+        return s.sha(i), s.ids[i], s.offs[i], s.lens[i]
 
     def piece(self, fn: str) -> bytes:
         found = self._find(fn)
@@ -301,7 +313,10 @@ class RecordMemo:
             if pending is None:
                 self.sections[section].insert(path, sha, name_id, off, len(piece))
                 bisect.insort(self.by_name.setdefault(name, []), path)
+                if self.since_saved is not None:
+                    self.since_saved.add(path)
             else:
+                self.since_saved = None
                 pending[section].append(path, sha, name_id, off, len(piece))
                 self.by_name.setdefault(name, []).append(path)  # sorted once the bulk refresh has merged
 
@@ -313,6 +328,8 @@ class RecordMemo:
         name = self.names[s.ids[i]]
         s.delete(i)
         self._unname(name, fn)
+        if self.since_saved is not None:
+            self.since_saved.add(fn)
 
     def _unname(self, name: str, fn: str) -> None:
         fns = self.by_name[name]
@@ -321,6 +338,8 @@ class RecordMemo:
             del self.by_name[name]
 
     def _drop_bulk(self, drop: set[str]) -> None:
+        if drop:
+            self.since_saved = None
         for section, s in self.sections.items():
             mine = {fn for fn in drop if section_of(fn) == section}
             if not mine:
@@ -349,6 +368,40 @@ class RecordMemo:
             s.placed(at)
         self.heap = new
         old.close()
+        self.since_saved = None  # every offset moved
+
+    def restore(self, entries: dict[str, tuple[bytes, int, int, int] | None]) -> None:
+        """Set these filenames' entries as a saved journal recorded them (pipeline/memofile.py):
+        (sha256, name id, heap offset, length), None: removed. Relies on the name ids
+        being known and the pieces lying in this memo's heap; raises ValueError otherwise."""
+        size, names = self.heap.size, len(self.names)
+        for fn, entry in entries.items():
+            if section_of(fn) is None or (entry is not None and (len(entry[0]) != 32 or entry[1] >= names or entry[2] + entry[3] > size)):
+                raise ValueError(f"journal entry out of range: {fn}")
+        drop = {fn for fn in entries if fn in self}
+        bulk = len(entries) > RESORT
+        if bulk:
+            self._drop_bulk(drop)
+        else:
+            for fn in drop:
+                self._remove(fn)
+        pending = {s: Section() for s in SECTIONS}
+        for fn, entry in entries.items():
+            if entry is None:
+                continue
+            sha, name_id, off, length = entry
+            section = section_of(fn) or ""
+            if bulk:
+                pending[section].append(fn, sha, name_id, off, length)
+                self.by_name.setdefault(self.names[name_id], []).append(fn)
+            else:
+                self.sections[section].insert(fn, sha, name_id, off, length)
+                bisect.insort(self.by_name.setdefault(self.names[name_id], []), fn)
+        if bulk:
+            for name, new in pending.items():
+                self.sections[name] = self.sections[name].merged(new)
+            for fns in self.by_name.values():
+                fns.sort()
 
 
 def from_pieces(pieces: Iterable[tuple[str, str]]) -> RecordMemo:

@@ -90,6 +90,7 @@ class ShardStore:
             del self.on_disk[digest]
         plan = shards.plan_shards(self.state, keys, changed, instructions, self.on_disk, stamped=stamped, all_v3=all_v3)
         kept = plan.kept
+        previous = self.state.remembered
         wrote = False
         for batch in _batches(keys, plan.todo):
             paths = [k.path for k in batch]
@@ -113,7 +114,11 @@ class ShardStore:
         report.names = len(kept)
         digests = {name: bytes.fromhex(r.digest) for name, r in kept.items()}
         index_key = key(self.subdir, SHARD_INDEX)
-        if not shards.index_is_current(self.store.read(index_key), self.subdir, digests, base_url, revisions, relations):
+        # the carried state is what the last run's published index says (it wrote or
+        # checked it): when a name's shard moved, that index is not current, unread
+        if (self.carried and _moved(previous, kept, plan.todo)) or not shards.index_is_current(
+            self.store.read(index_key), self.subdir, digests, base_url, revisions, relations
+        ):
             self.store.write(index_key, shards.encode_index(self.subdir, digests, base_url=base_url, revisions=revisions, relations=relations))
             report.written.append(SHARD_INDEX)
 
@@ -139,7 +144,28 @@ class ShardStore:
         self.state.unreferenced = unreferenced
 
     def save(self) -> None:
-        self.cache.save_state(SHARD_STATE, self.state.to_bytes())
+        """Append what changed to the saved state (formats/shards.ShardState), or save it
+        whole when that is due or the saved one is not as this state last saw it."""
+        state = self.state
+        line = state.change_bytes()  # b"": unchanged (appending nothing checks the saved one is there)
+        if line is not None and state.saved is not None and self.cache.append_state(SHARD_STATE, line, state.saved.size):
+            state.mark_saved(state.saved.size + len(line), state.saved.snapshot)
+            return
+        data = state.to_bytes()
+        self.cache.save_state(SHARD_STATE, data)
+        state.mark_saved(len(data), len(data))
+
+
+def _moved(previous: dict[str, shards.Remembered], kept: dict[str, shards.Remembered], encoded: Collection[str]) -> bool:
+    """Whether the name -> shard map changed: a name dropped, or one of the `encoded`
+    names (every name not kept from `previous` is one) given another shard."""
+    if len(kept) != len(previous):
+        return True
+    for name in encoded:
+        old, new = previous.get(name), kept.get(name)
+        if old is None or new is None or old.digest != new.digest:
+            return True
+    return False
 
 
 BATCH = 5000  # records encoded at once (whole names): memory stays bounded on a full build

@@ -373,6 +373,15 @@ class PgCache:
                 (self._p(name), data),
             )
 
+    @_guarded
+    def append_state(self, name: str, data: bytes, size: int) -> bool:
+        with self.transaction():
+            cur = self.conn.execute(
+                "UPDATE conda_indexd_state SET data = data || %s WHERE path = %s AND length(data) = %s",
+                (data, self._p(name), size),
+            )
+            return cur.rowcount == 1
+
 
 class PostgresCaches:
     """Every subdir of one channel in one PostgreSQL database (the `Caches` seam). Holds

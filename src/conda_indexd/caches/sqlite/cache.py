@@ -26,6 +26,7 @@ import contextlib
 import functools
 import itertools
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -426,6 +427,23 @@ class SqliteCache:
         path = self.db_path.parent / name
         if not same_content(path, data):
             write_atomic(path, data)
+
+    def append_state(self, name: str, data: bytes, size: int) -> bool:
+        try:
+            fd = os.open(self.db_path.parent / name, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+        except OSError:
+            return False
+        try:
+            if os.fstat(fd).st_size != size:
+                return False
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if data:
+                os.fdatasync(fd)  # durable before the memo that goes with it is saved, as save_state
+            return True
+        finally:
+            os.close(fd)
 
 
 class SqliteCaches:
