@@ -16,7 +16,7 @@ contract is tests/test_contract_cache.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -27,7 +27,7 @@ from conda_indexd.model import Failure, FileState, PublishedKey, RecordRow, Shar
 if TYPE_CHECKING:
     from conda_indexd.archive.reader import PackageMetadata
 
-__all__ = ["FileState", "Failure", "PublishedKey", "RecordRow", "ShardKey", "SubdirCache", "Caches", "TimestampGap"]
+__all__ = ["FileState", "Failure", "PublishedKey", "RecordReader", "RecordRow", "ShardKey", "SubdirCache", "Caches", "TimestampGap"]
 
 
 class CacheError(IndexdError):
@@ -58,6 +58,19 @@ class Pieces(Protocol):
     def save(self, pieces: Iterable[tuple[str, str, bytes]], *, keep: Iterable[str] | None = None) -> None:
         """(path, index_json text, piece); `keep`: all published paths (drop the rest)."""
         ...
+
+
+class RecordReader(Protocol):
+    """The published records read in a forked worker process (SubdirCache.fork_reader),
+    through connections of its own: never the parent's, and it writes nothing."""
+
+    def records_for(self, paths: Iterable[str]) -> Iterator[RecordRow]: ...
+
+    def kept_pieces(self) -> Pieces | None:
+        """The kept pieces, for `lookup` only (None: none)."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class SubdirCache(Protocol):
@@ -119,6 +132,11 @@ class SubdirCache(Protocol):
 
     def pieces(self) -> Pieces | None:
         """Where serialised records are kept between processes (None: nowhere)."""
+        ...
+
+    def fork_reader(self) -> Callable[[], RecordReader] | None:
+        """What a forked worker process calls once to read records on its own (None: this
+        cache cannot be read from a forked child; the records are read here, serially)."""
         ...
 
     def memo_folder(self) -> Path | None:

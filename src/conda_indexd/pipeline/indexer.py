@@ -182,7 +182,7 @@ class SubdirRun:
             result.flagged = memo.flagged = stamps.flagged
             if stamps.rejected and scope is not None:
                 scope |= stamps.rejected
-            dirty = memo.refresh(cache, scope)
+            dirty = memo.refresh(cache, scope, workers=config.threads)
             # attestation sidecars: a full look, or the touched names' packages (pipeline/attestations.py);
             # what is advertised is part of the inputs token, so a change is never quiet
             listed = listing.sidecars if isinstance(listing, Listing) else None  # seen by this run's listing
@@ -276,7 +276,7 @@ class SubdirRun:
         store = ShardStore(self.backends.outputs, cache, self.subdir, carried)
         store.publish(memo, dirty, instructions, self.config.base_url, result.shards, verify=self.verify,
                       stamped=self.config.indexed_timestamp, all_v3=self.config.repodata_next, revisions=revisions,
-                      relations=channelmeta.relations_info(self.config.channel_relations))  # fmt: skip
+                      relations=channelmeta.relations_info(self.config.channel_relations), workers=self.config.threads)  # fmt: skip
         result.written += result.shards.written
         return store
 
