@@ -153,8 +153,9 @@ class SubdirCache(Protocol):
         """Whether the packages indexed before the table existed were given theirs."""
         ...
 
-    def missing_timestamps(self, paths: Iterable[str] | None = None) -> list[TimestampGap]:
-        """Published packages (of `paths`; None: all) without an indexed_timestamp."""
+    def missing_timestamps(self, paths: Iterable[str] | None = None) -> Iterable[TimestampGap]:
+        """Published packages (of `paths`; None: all) without an indexed_timestamp (may be
+        streamed: the caller gives values while reading, add_timestamps between rows)."""
         ...
 
     def add_timestamps(self, rows: Iterable[tuple[str, str, int, int | None]], *, seeded_at: int | None = None) -> None:

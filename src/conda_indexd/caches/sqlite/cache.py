@@ -358,7 +358,8 @@ class SqliteCache:
     def timestamps_seeded(self) -> bool:
         return self.stamps().seeded()
 
-    def missing_timestamps(self, paths: Iterable[str] | None = None) -> list[TimestampGap]:
+    def missing_timestamps(self, paths: Iterable[str] | None = None) -> Iterator[TimestampGap]:
+        """Streamed, a batch at a time (a million gaps on a migrated channel's first run)."""
         query, params = _limit(
             "SELECT fs.path, index_json.sha256, json_extract(index_json.index_json, '$.timestamp'), fs.mtime"
             + self._PUBLISHED
@@ -366,11 +367,10 @@ class SqliteCache:
             "fs.path",
             paths,
         )
-        stamps, gaps = self.stamps(), []
+        stamps = self.stamps()
         for batch in _batched(self._rows(query, params), 2000):
             known = stamps.values((path, sha) for path, sha, _, _ in batch)
-            gaps += [TimestampGap(*row) for row in batch if (row[0], row[1]) not in known]
-        return gaps
+            yield from (TimestampGap(*row) for row in batch if (row[0], row[1]) not in known)
 
     def add_timestamps(self, rows: Iterable[tuple[str, str, int, int | None]], *, seeded_at: int | None = None) -> None:
         self.stamps().add(rows, seeded_at)
