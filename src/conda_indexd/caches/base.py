@@ -16,7 +16,7 @@ contract is tests/test_contract_cache.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -27,7 +27,7 @@ from conda_indexd.model import Failure, FileState, PublishedKey, RecordRow, Shar
 if TYPE_CHECKING:
     from conda_indexd.archive.reader import PackageMetadata
 
-__all__ = ["FileState", "Failure", "PublishedKey", "RecordRow", "ShardKey", "SubdirCache", "Caches", "TimestampGap"]
+__all__ = ["FileState", "Failure", "PublishedKey", "RecordReader", "RecordRow", "ShardKey", "SubdirCache", "Caches", "TimestampGap"]
 
 
 class CacheError(IndexdError):
@@ -58,6 +58,19 @@ class Pieces(Protocol):
     def save(self, pieces: Iterable[tuple[str, str, bytes]], *, keep: Iterable[str] | None = None) -> None:
         """(path, index_json text, piece); `keep`: all published paths (drop the rest)."""
         ...
+
+
+class RecordReader(Protocol):
+    """The published records read in a forked worker process (SubdirCache.fork_reader),
+    through connections of its own: never the parent's, and it writes nothing."""
+
+    def records_for(self, paths: Iterable[str]) -> Iterator[RecordRow]: ...
+
+    def kept_pieces(self) -> Pieces | None:
+        """The kept pieces, for `lookup` only (None: none)."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class SubdirCache(Protocol):
@@ -121,6 +134,11 @@ class SubdirCache(Protocol):
         """Where serialised records are kept between processes (None: nowhere)."""
         ...
 
+    def fork_reader(self) -> Callable[[], RecordReader] | None:
+        """What a forked worker process calls once to read records on its own (None: this
+        cache cannot be read from a forked child; the records are read here, serially)."""
+        ...
+
     def memo_folder(self) -> Path | None:
         """A local folder for the record memo's files (None: a temporary file, not kept)."""
         ...
@@ -135,8 +153,9 @@ class SubdirCache(Protocol):
         """Whether the packages indexed before the table existed were given theirs."""
         ...
 
-    def missing_timestamps(self, paths: Iterable[str] | None = None) -> list[TimestampGap]:
-        """Published packages (of `paths`; None: all) without an indexed_timestamp."""
+    def missing_timestamps(self, paths: Iterable[str] | None = None) -> Iterable[TimestampGap]:
+        """Published packages (of `paths`; None: all) without an indexed_timestamp (may be
+        streamed: the caller gives values while reading, add_timestamps between rows)."""
         ...
 
     def add_timestamps(self, rows: Iterable[tuple[str, str, int, int | None]], *, seeded_at: int | None = None) -> None:

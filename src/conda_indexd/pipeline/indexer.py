@@ -35,7 +35,7 @@ from conda_indexd.pipeline.quiet import (
 )
 from conda_indexd.pipeline.seams import Backends
 from conda_indexd.pipeline.shardstore import ShardsReport, ShardStore, withdraw
-from conda_indexd.pipeline.timestamps import REJECTED, Flagged, stamp
+from conda_indexd.pipeline.timestamps import REJECTED, Flagged, KeySet, stamp
 from conda_indexd.stores.base import Listing, key
 from conda_indexd.util.logs import get_logger
 
@@ -166,6 +166,8 @@ class SubdirRun:
                 looked_at, rows_changed = update_fs_stage(
                     cache, b.packages, subdir, touched=self.touched, hold=self.hold, listing=listing, keep_missing=config.update_only
                 )
+            listed = listing.sidecars if isinstance(listing, Listing) else None  # the sidecars this run's listing saw
+            listing = None  # a million FileStates: not held past the fs stage
             # With touched names and the previous run's memo, nothing else can have changed
             # (a failed or cancelled run drops the memo, so the next run is full). A full
             # listing over a trusted memo (saved at this cache's generation) changed only
@@ -176,7 +178,7 @@ class SubdirRun:
             # CEP-47: the packages published before a subdir's first run with the table
             # (seeded from their build timestamp); archives rejected for their timestamp
             # are read again once rejecting is turned off
-            unseeded_before = None if seeded else {(fn, sha or "") for fn, sha in cache.published_keys()}
+            unseeded_before = None if seeded else KeySet((fn, sha or "") for fn, sha in cache.published_keys())
             if not config.reject_future_timestamps and (again := cache.forget_failures(REJECTED)):
                 scope = None if scope is None else scope | again
             changed = cache.changed_packages(scope)
@@ -193,10 +195,9 @@ class SubdirRun:
             result.flagged = memo.flagged = stamps.flagged
             if stamps.rejected and scope is not None:
                 scope |= stamps.rejected
-            dirty = memo.refresh(cache, scope)
+            dirty = memo.refresh(cache, scope, workers=config.threads)
             # attestation sidecars: a full look, or the touched names' packages (pipeline/attestations.py);
             # what is advertised is part of the inputs token, so a change is never quiet
-            listed = listing.sidecars if isinstance(listing, Listing) else None  # seen by this run's listing
             attestations.update(memo.sidecars, b.packages, subdir, memo, touched=self.touched, hold=self.hold, listed=listed)
             attested = memo.sidecars.advertised()
             memo.quiet.listing = None  # until this run has published
@@ -313,7 +314,7 @@ class SubdirRun:
         store = ShardStore(self.backends.outputs, cache, self.subdir, carried, listed)
         store.publish(memo, dirty, instructions, self.config.base_url, result.shards, verify=self.verify,
                       stamped=self.config.indexed_timestamp, all_v3=self.config.repodata_next, revisions=revisions,
-                      relations=channelmeta.relations_info(self.config.channel_relations))  # fmt: skip
+                      relations=channelmeta.relations_info(self.config.channel_relations), workers=self.config.threads)  # fmt: skip
         result.written += result.shards.written
         return store
 

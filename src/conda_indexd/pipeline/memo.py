@@ -17,18 +17,23 @@ filename and four array slots, so a million records cost about 150 MB, not gigab
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import sys
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from conda_indexd.caches.base import ShardKey, SubdirCache
+from conda_indexd.caches.base import Pieces, RecordReader, RecordRow, ShardKey, SubdirCache
 from conda_indexd.formats import repodata, revisions, timestamps
 from conda_indexd.names import section_of
+from conda_indexd.pipeline import forked
 from conda_indexd.pipeline.attestations import Sidecars
 from conda_indexd.pipeline.pieceheap import PieceHeap, Section, SectionView
 from conda_indexd.pipeline.quiet import Quiet
+from conda_indexd.util.logs import get_logger
+
+log = get_logger(__name__)
 
 RESORT = 256  # more changes than this in one refresh: merge the sections in one pass
 BATCH = 2000  # pieces appended to the heap (and saved) at once
@@ -205,10 +210,15 @@ class RecordMemo:
 
     # --- updating ------------------------------------------------------------------
 
-    def refresh(self, cache: SubdirCache, paths: Collection[str] | None = None) -> set[str]:
+    def refresh(self, cache: SubdirCache, paths: Collection[str] | None = None, *, workers: int = 1) -> set[str]:
         """Bring the entries in line with the cache; returns the names whose records
         were added, replaced or removed. `paths`: the only files that can have changed
-        since the last refresh (None: look at every published package)."""
+        since the last refresh (None: look at every published package). A new memo of a
+        big subdir is filled by `workers` forked processes (pipeline/forked.py)."""
+        if paths is None and not len(self) and workers > 1 and (opener := cache.fork_reader()) is not None:
+            filled = self._fill(cache, opener, workers)
+            if filled is not None:
+                return filled
         seen = {s: bytearray(len(sec) if paths is None else 0) for s, sec in self.sections.items()}
         returned: set[str] = set()
         cursor = dict.fromkeys(SECTIONS, 0)
@@ -265,16 +275,11 @@ class RecordMemo:
         store = cache.pieces()
         # a piece is made from, and kept for, its source: the index_json text and, stamped,
         # the record's indexed_timestamp (fixed for the archive's sha256, like the text)
-        rows = ((r.path, r.name, timestamps.source(r.index_json, r.indexed_timestamp, self.stamped)) for r in cache.records_for(list(misses)))
-        found = store.lookup(rows) if store is not None and len(misses) > LOOKUP else ((*r, None) for r in rows)
         batch: list[tuple[str, str, bytes]] = []
-        for path, name, text, piece in found:
-            if self.stamped and text.endswith("\0"):
-                continue  # no indexed_timestamp yet (a standby warming while the leader stamps): not published
-            if piece is None:
-                piece = repodata.piece_bytes(path, text)
-                fresh.append((path, text, piece))
-            if revisions.may_need_v3(text) and revisions.required(json.loads(timestamps.split(text)[0])) == revisions.V3:
+        for path, name, piece, v3, made in serialise(cache.records_for(list(misses)), store, self.stamped, lookup=len(misses) > LOOKUP):
+            if made is not None:
+                fresh.append((path, made, piece))
+            if v3:
                 self.v3.add(path)
             else:
                 self.v3.discard(path)
@@ -295,6 +300,48 @@ class RecordMemo:
             store.save(fresh, keep=self.filenames() if paths is None and (gone or len(misses) > LOOKUP) else None)
         self.last = (added, sorted(gone), replaced)
         self.compact(force=len(misses) > RESORT)  # pieces arrive in the cache's order: sort them once
+        return changed
+
+    def _fill(self, cache: SubdirCache, opener: Callable[[], RecordReader], workers: int) -> set[str] | None:
+        """A new memo from every published record, serialised in forked workers a batch at
+        a time (None: too few records, refresh them here). Never holds more than a few
+        batches: the keys are streamed from the cache, the pieces go to the heap."""
+        keys = cache.published_keys()
+        head = list(itertools.islice(keys, forked.POOL_FROM))
+        if len(head) < forked.POOL_FROM:
+            return None
+        store = cache.pieces()
+        changed: set[str] = set()
+        added: list[str] = []
+        pending = {s: Section() for s in SECTIONS}
+        wanted = ((fn, sha or "") for fn, sha in itertools.chain(head, keys) if section_of(fn) is not None)
+        del head
+        failed = made_any = False
+        with forked.Pool(opener, workers, self.stamped) as pool:
+            for batch, result in pool.map(_serialise_batch, forked.batches(wanted, BATCH)):
+                paths = [fn for fn, _ in batch]
+                if isinstance(result, BaseException):
+                    if not failed:
+                        log.warning("a record worker failed; serialising its records in this process", error=repr(result))
+                        failed = True
+                    result = list(serialise(cache.records_for(paths), store, self.stamped, lookup=store is not None))
+                added += paths
+                for path, _, _, v3, _ in result:
+                    if v3:
+                        self.v3.add(path)
+                self._add([(path, name, piece) for path, name, piece, _, _ in result], dict(batch), changed, pending)
+                fresh = [(path, made, piece) for path, _, piece, _, made in result if made is not None]
+                if store is not None and fresh:
+                    store.save(fresh)
+                    made_any = True
+        for section, new in pending.items():
+            self.sections[section] = self.sections[section].merged(new)
+        for fns in self.by_name.values():
+            fns.sort()
+        if store is not None and made_any:
+            store.save((), keep=self.filenames())
+        self.last = (added, [], [])
+        self.compact(force=True)  # pieces arrive in the cache's order: sort them once
         return changed
 
     def _add(self, batch: list[tuple[str, str, bytes]], misses: dict[str, str], changed: set[str], pending: dict[str, Section] | None) -> None:
@@ -402,6 +449,32 @@ class RecordMemo:
                 self.sections[name] = self.sections[name].merged(new)
             for fns in self.by_name.values():
                 fns.sort()
+
+
+Serialised = tuple[str, str, bytes, bool, str | None]  # (path, name, piece, needs the v3 map, its source when made now)
+
+
+def serialise(rows: Iterable[RecordRow], store: Pieces | None, stamped: bool, *, lookup: bool) -> Iterator[Serialised]:
+    """Each published record's piece: the kept one (`lookup`) when it was made from the
+    same source, else made now. A piece is made from, and kept for, its source: the
+    index_json text and, `stamped`, the record's indexed_timestamp (fixed for the
+    archive's sha256, like the text)."""
+    sources = ((r.path, r.name, timestamps.source(r.index_json, r.indexed_timestamp, stamped)) for r in rows)
+    found = store.lookup(sources) if store is not None and lookup else ((*r, None) for r in sources)
+    for path, name, text, piece in found:
+        if stamped and text.endswith("\0"):
+            continue  # no indexed_timestamp yet (a standby warming while the leader stamps): not published
+        made = None
+        if piece is None:
+            piece, made = repodata.piece_bytes(path, text), text
+        v3 = revisions.may_need_v3(text) and revisions.required(json.loads(timestamps.split(text)[0])) == revisions.V3
+        yield path, name, piece, v3, made
+
+
+def _serialise_batch(keys: list[tuple[str, str]]) -> list[Serialised]:
+    """A forked worker's batch of (path, sha256) (pipeline/forked.py): its records read and serialised there."""
+    reader = forked.reader()
+    return list(serialise(reader.records_for([path for path, _ in keys]), reader.kept_pieces(), forked.context(), lookup=True))
 
 
 def from_pieces(pieces: Iterable[tuple[str, str]]) -> RecordMemo:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import time
 from collections.abc import Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,11 @@ from typing import Any
 from conda_indexd.caches.base import ShardKey, SubdirCache
 from conda_indexd.formats import shards
 from conda_indexd.names import SHARD_INDEX, SHARD_STATE, SHARDS_DIR
+from conda_indexd.pipeline import forked
 from conda_indexd.stores.base import ChannelStore, key
+from conda_indexd.util.logs import get_logger
+
+log = get_logger(__name__)
 
 WRITERS = 8  # shard files written (and fsynced) at once
 Carried = tuple[shards.ShardState, dict[str, int]]  # (state, {digest: size} on disk)
@@ -70,8 +75,10 @@ class ShardStore:
         all_v3: bool = False,
         revisions: dict[str, Any] | None = None,
         relations: dict[str, str] | None = None,
+        workers: int = 1,
     ) -> None:
-        """Steps 1-3: new shard files, one durability barrier, then the index. `verify`:
+        """Steps 1-3: new shard files, one durability barrier, then the index. `workers`:
+        a big build is encoded by that many forked processes (pipeline/forked.py). `verify`:
         shard files (`shards/<digest>.msgpack.zst`) someone else may have changed; one
         whose bytes no longer hash to its name counts as missing, so it is rewritten, and
         so does one listed with another size than it was published with (truncated from
@@ -92,9 +99,7 @@ class ShardStore:
         kept = plan.kept
         previous = self.state.remembered
         wrote = False
-        for batch in _batches(keys, plan.todo):
-            paths = [k.path for k in batch]
-            encoded = shards.encode_shards(plan.todo, self.cache.records_for(paths), instructions, stamped=stamped, all_v3=all_v3)
+        for encoded in self._encoded(keys, plan.todo, instructions, stamped, all_v3, workers):
             files = [(key(self.folder, shards.shard_file(r.digest)), data) for data, r in encoded.values()]
             # each write fsyncs its file: many at once let the file system commit them together
             with ThreadPoolExecutor(WRITERS) if len(files) > 8 else contextlib.nullcontext() as pool:
@@ -121,6 +126,33 @@ class ShardStore:
         ):
             self.store.write(index_key, shards.encode_index(self.subdir, digests, base_url=base_url, revisions=revisions, relations=relations))
             report.written.append(SHARD_INDEX)
+
+    def _encoded(
+        self, keys: shards.Keys, todo: dict[str, str], instructions: dict[str, Any] | None, stamped: bool, all_v3: bool, workers: int
+    ) -> Iterator[dict[str, tuple[bytes, shards.Remembered]]]:
+        """The new shards of the names in `todo`, a batch of whole names at a time; in
+        forked workers when there are many records (a full build)."""
+        batches = _batches(keys, todo)
+        head: list[list[ShardKey]] = []
+        opener = self.cache.fork_reader() if workers > 1 else None
+        if opener is not None:
+            records = 0
+            while records < forked.POOL_FROM and (batch := next(batches, None)) is not None:
+                head.append(batch)
+                records += len(batch)
+        if opener is None or records < forked.POOL_FROM:
+            for batch in itertools.chain(head, batches):
+                yield shards.encode_shards(todo, self.cache.records_for([k.path for k in batch]), instructions, stamped=stamped, all_v3=all_v3)
+            return
+        failed = False
+        with forked.Pool(opener, workers, (todo, instructions, stamped, all_v3)) as pool:
+            for batch, result in pool.map(_encode_batch, itertools.chain(head, batches)):
+                if isinstance(result, BaseException):
+                    if not failed:
+                        log.warning("a shard worker failed; encoding its shards in this process", subdir=self.subdir, error=repr(result))
+                        failed = True
+                    result = shards.encode_shards(todo, self.cache.records_for([k.path for k in batch]), instructions, stamped=stamped, all_v3=all_v3)
+                yield result
 
     def _intact(self, digest: str) -> bool:
         data = self.store.read(key(self.folder, shards.shard_file(digest)))
@@ -181,6 +213,12 @@ def _batches(keys: shards.Keys, todo: dict[str, str]) -> Iterator[list[ShardKey]
         batch.append(k)
     if batch:
         yield batch
+
+
+def _encode_batch(batch: list[ShardKey]) -> dict[str, tuple[bytes, shards.Remembered]]:
+    """A forked worker's batch of whole names (pipeline/forked.py), read and encoded there."""
+    todo, instructions, stamped, all_v3 = forked.context()
+    return shards.encode_shards(todo, forked.reader().records_for([k.path for k in batch]), instructions, stamped=stamped, all_v3=all_v3)
 
 
 def withdraw(store: ChannelStore, subdir: str) -> bool:

@@ -357,6 +357,10 @@ class PgCache:
     def memo_folder(self) -> None:
         return None
 
+    def fork_reader(self) -> None:
+        """Records are read in this process (a psycopg connection does not survive a fork)."""
+        return None
+
     def generation(self) -> None:
         return None
 

@@ -32,7 +32,18 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from conda_indexd.caches.base import CacheCorrupt, CacheError, Failure, FileState, MetadataRejected, PublishedKey, RecordRow, ShardKey, TimestampGap
+from conda_indexd.caches.base import (
+    CacheCorrupt,
+    CacheError,
+    Failure,
+    FileState,
+    MetadataRejected,
+    PublishedKey,
+    RecordReader,
+    RecordRow,
+    ShardKey,
+    TimestampGap,
+)
 from conda_indexd.caches.sqlite.pieces import PieceStore, TimestampStore
 from conda_indexd.caches.sqlite.schema import METADATA_TABLES, TIMESTAMPS_FILE, is_corrupt, migrate, quarantine
 from conda_indexd.model import Listing
@@ -329,19 +340,11 @@ class SqliteCache:
         return map(PublishedKey._make, self._rows(*_limit(self._PUBLISHED_KEYS, "fs.path", paths)))
 
     def records_for(self, paths: Iterable[str]) -> Iterator[RecordRow]:
-        rows = self._rows(
-            """
-            SELECT index_json.path, index_json.index_json, index_json.name, run_exports.run_exports, index_json.sha256
-            FROM index_json LEFT JOIN run_exports USING (path)
-            WHERE index_json.path IN (SELECT value FROM json_each(?))
-            """,
-            (json.dumps(list(paths)),),
-        )
-        stamps = self.stamps()
-        for batch in _batched(rows, 2000):  # their indexed_timestamps, a batch at a time
-            values = stamps.values((path, sha) for path, _, _, _, sha in batch)
-            for path, text, name, run_exports, sha in batch:
-                yield RecordRow(path, text, name, run_exports, values.get((path, sha)))
+        return _records(self._rows(_RECORDS, (json.dumps(list(paths)),)), self.stamps())
+
+    def fork_reader(self) -> Callable[[], RecordReader]:
+        """A forked worker opens cache.db, the timestamps and the kept pieces read-only."""
+        return functools.partial(SqliteReader, self.db_path)
 
     @_guarded
     def metadata_texts(self, path: str) -> tuple[str | None, ...]:
@@ -384,7 +387,8 @@ class SqliteCache:
     def timestamps_seeded(self) -> bool:
         return self.stamps().seeded()
 
-    def missing_timestamps(self, paths: Iterable[str] | None = None) -> list[TimestampGap]:
+    def missing_timestamps(self, paths: Iterable[str] | None = None) -> Iterator[TimestampGap]:
+        """Streamed, a batch at a time (a million gaps on a migrated channel's first run)."""
         query, params = _limit(
             "SELECT fs.path, index_json.sha256, json_extract(index_json.index_json, '$.timestamp'), fs.mtime"
             + self._PUBLISHED
@@ -392,11 +396,10 @@ class SqliteCache:
             "fs.path",
             paths,
         )
-        stamps, gaps = self.stamps(), []
+        stamps = self.stamps()
         for batch in _batched(self._rows(query, params), 2000):
             known = stamps.values((path, sha) for path, sha, _, _ in batch)
-            gaps += [TimestampGap(*row) for row in batch if (row[0], row[1]) not in known]
-        return gaps
+            yield from (TimestampGap(*row) for row in batch if (row[0], row[1]) not in known)
 
     def add_timestamps(self, rows: Iterable[tuple[str, str, int, int | None]], *, seeded_at: int | None = None) -> None:
         self.stamps().add(rows, seeded_at)
@@ -444,6 +447,41 @@ class SqliteCache:
             return True
         finally:
             os.close(fd)
+
+
+_RECORDS = """
+    SELECT index_json.path, index_json.index_json, index_json.name, run_exports.run_exports, index_json.sha256
+    FROM index_json LEFT JOIN run_exports USING (path)
+    WHERE index_json.path IN (SELECT value FROM json_each(?))
+"""
+
+
+def _records(rows: Iterable[tuple[str, str, str, str | None, str | None]], stamps: TimestampStore) -> Iterator[RecordRow]:
+    for batch in _batched(rows, 2000):  # their indexed_timestamps, a batch at a time
+        values = stamps.values((path, sha) for path, _, _, _, sha in batch)
+        for path, text, name, run_exports, sha in batch:
+            yield RecordRow(path, text, name, run_exports, values.get((path, sha)))
+
+
+class SqliteReader:
+    """cache.db's records in a forked worker (the `RecordReader` seam): connections of its
+    own, opened read-only after the fork, so the parent's are never used in the child."""
+
+    def __init__(self, db_path: Path):
+        self.db = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True)
+        self.stamps = TimestampStore(db_path.with_name(TIMESTAMPS_FILE), readonly=True)
+        self.pieces = PieceStore(db_path.parent, readonly=True)
+
+    def records_for(self, paths: Iterable[str]) -> Iterator[RecordRow]:
+        return _records(self.db.execute(_RECORDS, (json.dumps(list(paths)),)), self.stamps)
+
+    def kept_pieces(self) -> PieceStore:
+        return self.pieces
+
+    def close(self) -> None:
+        self.db.close()
+        self.stamps.close()
+        self.pieces.close()
 
 
 class SqliteCaches:

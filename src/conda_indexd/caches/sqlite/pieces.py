@@ -34,11 +34,16 @@ def text_crc(text: str) -> int:
 class PieceStore:
     """{path: (crc of its index_json text, piece)} in one sqlite file."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, *, readonly: bool = False):
+        """`readonly`: lookups only, through a connection that writes nothing (a forked
+        reader's): an unreadable file means "no piece kept", and it is left as it is."""
         self.path = folder / PIECES_FILE
+        self.readonly = readonly
         self.db: sqlite3.Connection | None = None
 
     def _open(self) -> sqlite3.Connection:
+        if self.db is None and self.readonly:
+            self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
         if self.db is None:
             try:
                 self.db = self._connect()
@@ -67,8 +72,9 @@ class PieceStore:
                 query = f"SELECT path, crc, piece FROM pieces WHERE path IN ({','.join('?' * len(batch))})"
                 stored = {p: (c, bytes(b)) for p, c, b in db.execute(query, [r[0] for r in batch])}
             except sqlite3.Error as exc:
-                log.warning("record pieces unreadable; serialising again", path=str(self.path), error=str(exc))
-                self.reset()
+                if not self.readonly:
+                    log.warning("record pieces unreadable; serialising again", path=str(self.path), error=str(exc))
+                    self.reset()
             for path, name, text in batch:
                 known = stored.get(path)
                 yield path, name, text, (known[1] if known is not None and known[0] == text_crc(text) else None)
@@ -111,11 +117,15 @@ class TimestampStore:
     error, and every commit is synced. Its own connection and transactions: cache.db's
     transactions never span both files."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, readonly: bool = False):
+        """`readonly`: `values` only, through a connection that writes nothing (a forked reader's)."""
         from conda_indexd.caches.base import CacheError
         from conda_indexd.caches.sqlite.schema import TIMESTAMP_SCHEMA
 
         self.path = path
+        if readonly:
+            self.db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+            return
         try:
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA synchronous = FULL")
