@@ -158,7 +158,9 @@ class SubdirRun:
                 digest = listing_digest(listing)
             # what a listing of the whole subdir saw of the outputs and shards, when they are
             # published beside the packages: the quiet check and the shard upkeep list nothing again
-            seen = listing if isinstance(listing, Listing) and listing.files is not None and b.outputs.location == b.packages.location else None
+            seen = None
+            if isinstance(listing, Listing) and listing.files is not None and b.outputs.location == b.packages.location:
+                seen = Listing((), listing.sidecars, listing.files, listing.shards)  # without the packages' columns
             if digest is not None and digest == memo.quiet.listing and (trusted or cache.memo_folder() is None):
                 looked_at: set[str] | None = set()
                 rows_changed: set[str] = set()
@@ -167,7 +169,7 @@ class SubdirRun:
                     cache, b.packages, subdir, touched=self.touched, hold=self.hold, listing=listing, keep_missing=config.update_only
                 )
             listed = listing.sidecars if isinstance(listing, Listing) else None  # the sidecars this run's listing saw
-            listing = None  # a million FileStates: not held past the fs stage
+            listing = None  # a million files' columns: not held past the fs stage (the caller may still hold them)
             # With touched names and the previous run's memo, nothing else can have changed
             # (a failed or cancelled run drops the memo, so the next run is full). A full
             # listing over a trusted memo (saved at this cache's generation) changed only
