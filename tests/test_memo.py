@@ -73,6 +73,36 @@ def test_conda_index_writing_the_cache_makes_the_saved_memo_unusable(tmp_path: P
     assert published[section][path]["license"] == "rewritten-by-conda-index"
 
 
+def test_the_cache_generation_moves_with_every_write_by_anyone_and_only_then(tmp_path: Path) -> None:
+    """sqlite's generation is the header's file change counter (rollback journal): reads
+    leave it, a write in place by another connection moves it, and so does one that sets
+    a row to what it was (the counter counts commits that changed the file, not values).
+    In WAL mode the row totals stand in for it and still move with an in-place write."""
+    channel = channel_with(tmp_path, 10)
+    index_subdir(IndexConfig(channel), "noarch")
+    db = channel / "noarch" / ".cache" / "cache.db"
+    with SqliteCache(db) as cache:
+        first = cache.generation()
+        assert first.startswith("counter:")
+        cache.published_digests()
+        assert cache.generation() == first
+        with sqlite3.connect(db) as conn:  # another process: an fs row updated in place
+            conn.execute("UPDATE stat SET mtime = mtime + 1 WHERE rowid = (SELECT min(rowid) FROM stat)")
+        second = cache.generation()
+        assert second != first
+        with sqlite3.connect(db) as conn:
+            conn.execute("UPDATE stat SET mtime = mtime - 1 WHERE rowid = (SELECT min(rowid) FROM stat)")
+        assert cache.generation() not in (first, second)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode = WAL").fetchone() == ("wal",)
+    with SqliteCache(db) as cache:
+        wal = cache.generation()
+        assert not wal.startswith("counter:")
+        with sqlite3.connect(db) as conn:
+            conn.execute("UPDATE stat SET mtime = mtime + 1 WHERE rowid = (SELECT min(rowid) FROM stat)")
+        assert cache.generation() != wal
+
+
 def test_damaged_memo_files_only_cost_a_rebuild(tmp_path: Path) -> None:
     channel = channel_with(tmp_path, 12)
     config = IndexConfig(channel)
