@@ -65,7 +65,7 @@ class RecordMemo:
         self.sections = {s: Section() for s in SECTIONS}
         self.names: list[str] = []  # name ids -> package names
         self.name_ids: dict[str, int] = {}
-        self.by_name: dict[str, list[str]] = {}  # package name -> its filenames, sorted
+        self._by_name: dict[str, list[str]] | None = {}  # see by_name (None: made on first use)
         # {filename: (sha256 + its patch operations' digest, patched piece or None: removed)}
         self.patched: dict[str, tuple[str, bytes | None]] = {}
         self.quiet = Quiet()  # what the run that filled it saw and published (pipeline/quiet.py)
@@ -83,6 +83,20 @@ class RecordMemo:
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.sections.values())
+
+    @property
+    def by_name(self) -> dict[str, list[str]]:
+        """Package name -> its filenames, sorted. A memo loaded from its file makes it
+        from the sections on first use: a restart that finds nothing changed never does."""
+        if self._by_name is None:
+            by: dict[str, list[str]] = {}
+            for s in self.sections.values():
+                for fn, i in zip(s.fns, s.ids, strict=True):
+                    by.setdefault(self.names[i], []).append(fn)
+            for fns in by.values():
+                fns.sort()
+            self._by_name = by
+        return self._by_name
 
     def _find(self, fn: str) -> tuple[Section, int] | None:
         section = section_of(fn)
@@ -294,7 +308,7 @@ class RecordMemo:
         if bulk:
             for section, new in pending.items():
                 self.sections[section] = self.sections[section].merged(new)
-            for fns in self.by_name.values():
+            for fns in (self._by_name or {}).values():
                 fns.sort()
         if store is not None and (fresh or (paths is None and gone)):
             store.save(fresh, keep=self.filenames() if paths is None and (gone or len(misses) > LOOKUP) else None)
@@ -336,7 +350,7 @@ class RecordMemo:
                     made_any = True
         for section, new in pending.items():
             self.sections[section] = self.sections[section].merged(new)
-        for fns in self.by_name.values():
+        for fns in (self._by_name or {}).values():
             fns.sort()
         if store is not None and made_any:
             store.save((), keep=self.filenames())
@@ -359,13 +373,15 @@ class RecordMemo:
             sha = _sha_bytes(misses.get(path))
             if pending is None:
                 self.sections[section].insert(path, sha, name_id, off, len(piece))
-                bisect.insort(self.by_name.setdefault(name, []), path)
+                if self._by_name is not None:
+                    bisect.insort(self._by_name.setdefault(name, []), path)
                 if self.since_saved is not None:
                     self.since_saved.add(path)
             else:
                 self.since_saved = None
                 pending[section].append(path, sha, name_id, off, len(piece))
-                self.by_name.setdefault(name, []).append(path)  # sorted once the bulk refresh has merged
+                if self._by_name is not None:
+                    self._by_name.setdefault(name, []).append(path)  # sorted once the bulk refresh has merged
 
     def _remove(self, fn: str) -> None:
         found = self._find(fn)
@@ -379,10 +395,12 @@ class RecordMemo:
             self.since_saved.add(fn)
 
     def _unname(self, name: str, fn: str) -> None:
-        fns = self.by_name[name]
+        if self._by_name is None:
+            return  # made from the sections when first used
+        fns = self._by_name[name]
         fns.remove(fn)
         if not fns:
-            del self.by_name[name]
+            del self._by_name[name]
 
     def _drop_bulk(self, drop: set[str]) -> None:
         if drop:
@@ -440,14 +458,16 @@ class RecordMemo:
             section = section_of(fn) or ""
             if bulk:
                 pending[section].append(fn, sha, name_id, off, length)
-                self.by_name.setdefault(self.names[name_id], []).append(fn)
+                if self._by_name is not None:
+                    self._by_name.setdefault(self.names[name_id], []).append(fn)
             else:
                 self.sections[section].insert(fn, sha, name_id, off, length)
-                bisect.insort(self.by_name.setdefault(self.names[name_id], []), fn)
+                if self._by_name is not None:
+                    bisect.insort(self._by_name.setdefault(self.names[name_id], []), fn)
         if bulk:
             for name, new in pending.items():
                 self.sections[name] = self.sections[name].merged(new)
-            for fns in self.by_name.values():
+            for fns in (self._by_name or {}).values():
                 fns.sort()
 
 

@@ -250,10 +250,7 @@ def _fill(memo: RecordMemo, state: dict) -> None:  # type: ignore[type-arg]
         if s.fns:
             end = max(end, max(o + n for o, n in zip(s.offs, s.lens, strict=True)))
         memo.sections[name] = s
-        for fn, i in zip(s.fns, s.ids, strict=True):
-            memo.by_name.setdefault(memo.names[i], []).append(fn)
-    for fns in memo.by_name.values():
-        fns.sort()
+    memo._by_name = None  # made from the sections when first used (RecordMemo.by_name)
     if end > memo.heap.size:
         raise ValueError("heap file is short")
     memo.patched = {fn: (str(v[0]), v[1]) for fn, v in state["patched"].items()}
