@@ -54,3 +54,39 @@ def test_a_listing_of_strings_sorts_all_its_columns_together() -> None:
     listing.sort()
     assert list(listing) == sorted(files) and listing == sorted(files)
     assert listing_digest(listing) == listing_digest(files) == listing_digest(reversed(files))
+
+
+def test_a_big_folder_listing_stats_half_in_a_forked_process_and_lists_the_same(tmp_path, monkeypatch) -> None:
+    """From FORK_FROM package files on, a forked process stats the second half of the
+    names: the listing is the same as one process's, folders and vanished names are left
+    out on either side of the split, and a message cut short is refused (the parent then
+    stats that half itself)."""
+    import os
+
+    from conda_indexd.stores import local
+
+    folder = tmp_path / "linux-64"
+    folder.mkdir()
+    for i in range(400):
+        (folder / f"p{i:03d}-1-0.conda").write_bytes(b"x" * i)
+    (folder / "p010-1-0.conda").unlink()
+    (folder / "p350-1-0.conda").unlink()
+    (folder / "p010-1-0.conda").mkdir()  # a folder under a package name, in the first half
+    (folder / "p350-1-0.conda").mkdir()  # and in the second
+    os.symlink("p001-1-0.conda", folder / "p999-1-0.conda")  # listed (the reader refuses it)
+    store = local.LocalStore(tmp_path)
+    alone = store.list_packages("linux-64")
+    monkeypatch.setattr(local, "FORK_FROM", 2)
+    forked = store.list_packages("linux-64")
+    assert list(forked) == list(alone) and len(forked) == 399
+    assert "p010-1-0.conda" not in forked.paths and "p350-1-0.conda" not in forked.paths and forked.paths[-1] == "p999-1-0.conda"
+    assert listing_digest(forked) == listing_digest(alone)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        names = sorted(os.listdir(fd))
+        message = local._stat_range(fd, names, 0, len(names)).to_bytes()
+    finally:
+        os.close(fd)
+    assert local._Stats.from_bytes(message, len(names)) is not None
+    assert local._Stats.from_bytes(message[:-1], len(names)) is None
+    assert local._Stats.from_bytes(message, len(names) + 1) is None

@@ -82,6 +82,19 @@ class Listing(Sequence[FileState]):
         self._inodes.append(st.st_ino)
         self._ctimes_ns.append(st.st_ctime_ns)
 
+    def extend_stats(self, paths: list[str], mtimes: array[float], sizes: array[int], changed: array[float], inodes: array[int], ctimes_ns: array[int]) -> None:
+        """Files of a folder, column by column (as `append_stat` one by one)."""
+        if self._ids:
+            raise TypeError("this listing keeps string identities: use append")
+        if not len(paths) == len(mtimes) == len(sizes) == len(changed) == len(inodes) == len(ctimes_ns):
+            raise ValueError("columns of different lengths")
+        self.paths += paths
+        self.mtimes += mtimes
+        self.sizes += sizes
+        self.changed += changed
+        self._inodes += inodes
+        self._ctimes_ns += ctimes_ns
+
     def identity(self, i: int) -> str:
         return self._ids[i] if self._ids else f"{self._inodes[i]}:{self._ctimes_ns[i]}"
 

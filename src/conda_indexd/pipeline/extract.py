@@ -10,11 +10,9 @@ happen in the calling thread, grouped into one transaction per COMMIT_EVERY arch
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import multiprocessing
 import os
-import signal
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -23,6 +21,7 @@ from conda_indexd.archive.reader import ArchiveError, PackageMetadata, classify,
 from conda_indexd.caches.base import Failure, FileState, MetadataRejected, SubdirCache
 from conda_indexd.formats import revisions
 from conda_indexd.stores.base import ChannelStore, Unreadable
+from conda_indexd.util.procs import die_with_parent
 
 COMMIT_EVERY = 500  # archives stored per cache transaction
 PROCESS_POOL_FROM = 200  # archives to read before a process pool pays for itself
@@ -32,21 +31,6 @@ BATCH = 32  # archives sent to a worker process at a time
 _FORK = multiprocessing.get_context("fork")
 
 Progress = Callable[[int, int], None]
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def _die_with_parent(parent: int) -> None:
-    """A worker process's initializer: killed when the process that forked it dies.
-    A forked worker inherits every open file of its parent, the channel's lock among
-    them (an flock is held while any copy of its file is open): after a kill -9 of the
-    daemon, workers still reading their batch kept the lock, and a restart right away
-    found the channel "being indexed" (test_daemon's kill -9 rounds, seen once in CI)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: the worker ends with its batch
-        return
-    if os.getppid() != parent:  # the parent died before the prctl took effect
-        os._exit(1)
 
 
 def read_one(store: ChannelStore, subdir: str, state: FileState) -> PackageMetadata | ArchiveError:
@@ -104,7 +88,7 @@ def extract(
     big = workers > 1 and len(changed) >= PROCESS_POOL_FROM
     ahead = max(1, store.read_ahead)
     executor: Executor = (
-        ProcessPoolExecutor(workers, mp_context=_FORK, initializer=_die_with_parent, initargs=(os.getpid(),)) if big else ThreadPoolExecutor(workers * ahead)
+        ProcessPoolExecutor(workers, mp_context=_FORK, initializer=die_with_parent, initargs=(os.getpid(),)) if big else ThreadPoolExecutor(workers * ahead)
     )
     with executor as pool:
         if big:

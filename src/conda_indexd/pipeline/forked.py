@@ -25,7 +25,8 @@ from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor
 from typing import Any, TypeVar
 
 from conda_indexd.caches.base import RecordReader
-from conda_indexd.pipeline.extract import _FORK, _die_with_parent
+from conda_indexd.pipeline.extract import _FORK
+from conda_indexd.util.procs import die_with_parent
 
 POOL_FROM = 20_000  # records: fewer are done in this process (forking and pickling cost more)
 AHEAD = 2  # batches in flight per worker
@@ -39,7 +40,7 @@ _context: Any = None  # in a worker: what the pool was started with (inherited, 
 
 def _start(parent: int, opener: Callable[[], RecordReader], context: Any) -> None:
     global _reader, _context
-    _die_with_parent(parent)
+    die_with_parent(parent)
     _reader, _context = opener(), context
 
 

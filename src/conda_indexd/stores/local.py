@@ -21,19 +21,24 @@ import contextlib
 import functools
 import os
 import stat
+import struct
 import time
+from array import array
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from conda_indexd.names import PACKAGE_EXTENSIONS, is_sidecar_name
 from conda_indexd.stores.base import FileState, Listing
 from conda_indexd.stores.localstream import LocalWriter, link_atomic, local_writer, same_files
 from conda_indexd.util.fsio import clean_stale_temps, fsync_dir, open_regular, same_content, write_atomic
 from conda_indexd.util.logs import get_logger
+from conda_indexd.util.procs import die_with_parent
 
 log = get_logger(__name__)
+
+FORK_FROM = 50_000  # package files from which a listing stats half of them in a forked process
 
 
 class LocalStore:
@@ -91,8 +96,8 @@ class LocalStore:
             fd = os.open(self.root / subdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
             return Listing(files=[] if everything else None, shards={} if everything else None)
-        listing, sidecars, files = Listing(), list[FileState](), list[FileState]()
-        lstat, is_dir, add = os.lstat, stat.S_ISDIR, listing.append_stat
+        sidecars, files, packages = list[FileState](), list[FileState](), list[str]()
+        lstat = os.lstat
         try:
             names = os.listdir(fd)
             names.sort()
@@ -108,14 +113,9 @@ class LocalStore:
                 if not name.isprintable() or (not name.isascii() and _undecodable(name)):
                     log.warning("skipped file with an unusable name", subdir=subdir, path=repr(name))
                     continue
-                try:
-                    st = lstat(name, dir_fd=fd)
-                except FileNotFoundError:
-                    continue
-                # Anything but a folder is listed, without following symlinks: a symlink, FIFO
-                # or socket under a package name is then refused with a reason by the reader.
-                if not is_dir(st.st_mode):
-                    add(name, st)
+                packages.append(name)
+            del names
+            listing = _stat_packages(fd, packages)
         finally:
             os.close(fd)
         listing.sidecars = sorted(sidecars)
@@ -250,6 +250,108 @@ class LocalStore:
         if recover:
             clean_stale_temps(folder)
             clean_stale_temps(folder / "shards")
+
+
+def _stat_packages(fd: int, names: list[str]) -> Listing:
+    """The listing of `names` (sorted) in the folder open as `fd`: one lstat each. Anything
+    but a folder is listed, without following symlinks: a symlink, FIFO or socket under a
+    package name is then refused with a reason by the reader. From FORK_FROM names on,
+    a forked process stats the second half while this one stats the first (the lstat
+    calls are most of a big listing's time, and a thread would wait for the GIL)."""
+    half = len(names) // 2 if len(names) >= FORK_FROM and (os.cpu_count() or 1) > 1 else len(names)
+    second: _Stats | None = None
+    pid, reader = 0, -1
+    if half < len(names):
+        try:
+            reader, writer = os.pipe()
+            parent = os.getpid()
+            pid = os.fork()
+        except OSError:
+            half = len(names)  # no process to spare: all of it here
+        else:
+            if pid == 0:  # the child: stat its half, send the columns, leave without cleanup
+                status = 1
+                try:
+                    os.close(reader)
+                    die_with_parent(parent)
+                    with os.fdopen(writer, "wb") as out:
+                        out.write(_stat_range(fd, names, half, len(names)).to_bytes())
+                    status = 0
+                finally:
+                    os._exit(status)
+            os.close(writer)
+    try:
+        first = _stat_range(fd, names, 0, half)
+        if pid:
+            with os.fdopen(reader, "rb") as f:
+                second = _Stats.from_bytes(f.read(), len(names) - half)
+    finally:
+        if pid:
+            os.waitpid(pid, 0)
+    if half < len(names) and second is None:  # the child failed or died: its half here
+        second = _stat_range(fd, names, half, len(names))
+    listing = Listing()
+    for stats, start in ((first, 0), (second, half)):
+        if stats is not None:
+            stats.into(listing, names, start)
+    return listing
+
+
+class _Stats:
+    """The lstat columns of a range of names: `found` is 1 where the name is listed
+    (present, not a folder), and the columns hold the listed ones only."""
+
+    TYPES = "dqdQq"  # mtime, size, ctime, inode, ctime_ns
+
+    def __init__(self, count: int) -> None:
+        self.found = bytearray(count)
+        self.columns: list[array[Any]] = [array(t) for t in self.TYPES]
+
+    def into(self, listing: Listing, names: list[str], start: int) -> None:
+        found, (mtimes, sizes, ctimes, inodes, ctimes_ns) = self.found, self.columns
+        listing.extend_stats([names[start + i] for i in range(len(found)) if found[i]], mtimes, sizes, ctimes, inodes, ctimes_ns)
+
+    def to_bytes(self) -> bytes:
+        parts = [bytes(self.found), *(c.tobytes() for c in self.columns)]
+        return struct.pack("<6Q", *map(len, parts)) + b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, count: int) -> _Stats | None:
+        """None unless `data` is a whole message for `count` names."""
+        head = struct.calcsize("<6Q")
+        if len(data) < head:
+            return None
+        lengths = struct.unpack_from("<6Q", data)
+        if lengths[0] != count or len(data) != head + sum(lengths):
+            return None
+        stats, at = cls(0), head
+        stats.found = bytearray(data[at : at + count])
+        at += count
+        for column, length in zip(stats.columns, lengths[1:], strict=True):
+            column.frombytes(data[at : at + length])
+            at += length
+        listed = stats.found.count(1)
+        return stats if all(len(c) == listed for c in stats.columns) else None
+
+
+def _stat_range(fd: int, names: list[str], start: int, stop: int) -> _Stats:
+    stats = _Stats(stop - start)
+    found = stats.found
+    mtime, size, ctime, inode, ctime_ns = (c.append for c in stats.columns)
+    lstat, is_dir = os.lstat, stat.S_ISDIR
+    for i in range(start, stop):
+        try:
+            st = lstat(names[i], dir_fd=fd)
+        except FileNotFoundError:
+            continue
+        if not is_dir(st.st_mode):
+            found[i - start] = 1
+            mtime(st.st_mtime)
+            size(st.st_size)
+            ctime(st.st_ctime)
+            inode(st.st_ino)
+            ctime_ns(st.st_ctime_ns)
+    return stats
 
 
 def _state(name: str, st: os.stat_result) -> FileState:
