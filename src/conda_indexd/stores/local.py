@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import os
 import stat
 import struct
@@ -49,6 +50,7 @@ class LocalStore:
         self.location = str(root)
         self.read_ahead = 1
         self._ours: dict[str, float] = {}  # key -> monotonic time this store wrote or removed it
+        self._cleaned: dict[Path, tuple[int, int]] = {}  # folder -> (inode, mtime_ns) when its stale temps were removed
         # asked with the step right before every rename or removal (stores/fenced.py sets it to the
         # pair's lease proof; raising there leaves the old file in place)
         self.guard: Callable[[str], None] = _unguarded
@@ -248,8 +250,24 @@ class LocalStore:
         folder = self.root / subdir
         folder.mkdir(exist_ok=True)  # never parents: see write()
         if recover:
-            clean_stale_temps(folder)
-            clean_stale_temps(folder / "shards")
+            self._clean(folder)
+            self._clean(folder / "shards")
+
+    def _clean(self, folder: Path) -> None:
+        """Remove the stale temporary files in `folder`, unless no entry was added to it
+        since this store last did (its mtime is the same: creating, removing or renaming
+        an entry moves a folder's mtime), so a rescan that finds nothing changed does not
+        list a million names a second time."""
+        try:
+            st = os.stat(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        if self._cleaned.get(folder) == (st.st_ino, st.st_mtime_ns):
+            return
+        if clean_stale_temps(folder):
+            with contextlib.suppress(OSError):
+                st = os.stat(folder)
+        self._cleaned[folder] = (st.st_ino, st.st_mtime_ns)
 
 
 def _stat_packages(fd: int, names: list[str]) -> Listing:
@@ -309,7 +327,8 @@ class _Stats:
 
     def into(self, listing: Listing, names: list[str], start: int) -> None:
         found, (mtimes, sizes, ctimes, inodes, ctimes_ns) = self.found, self.columns
-        listing.extend_stats([names[start + i] for i in range(len(found)) if found[i]], mtimes, sizes, ctimes, inodes, ctimes_ns)
+        listed = list(itertools.compress(names[start : start + len(found)], found))
+        listing.extend_stats(listed, mtimes, sizes, ctimes, inodes, ctimes_ns)
 
     def to_bytes(self) -> bytes:
         parts = [bytes(self.found), *(c.tobytes() for c in self.columns)]
