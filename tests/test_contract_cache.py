@@ -168,13 +168,9 @@ def test_pieces_persist_only_for_the_text_they_were_made_from(caches: Caches) ->
         assert [r[3] for r in pieces.lookup(rows[:1])] == [None]
 
 
-def test_a_listing_and_a_list_of_the_same_files_change_the_same_rows(cache: SubdirCache, monkeypatch: pytest.MonkeyPatch) -> None:
-    """replace_fs_state takes a store's column-wise Listing (compared with the rows in path
-    order, chunk by chunk, then merged) or any list of FileStates: both say which rows
-    changed, the same way."""
-    from conda_indexd.caches.sqlite import cache as sqlite_cache
-
-    monkeypatch.setattr(sqlite_cache, "FS_CHUNK", 7)  # chunk edges inside the 30 rows
+def test_a_listing_and_a_list_of_the_same_files_change_the_same_rows(cache: SubdirCache) -> None:
+    """replace_fs_state takes a store's column-wise Listing (merged with the rows in path
+    order) or any list of FileStates: both say which rows changed, the same way."""
     rows = [FileState(f"p{i:03d}-1-0.conda", float(i), i, f"id{i}") for i in range(0, 60, 2)]
     assert cache.replace_fs_state(Listing(rows)) == {f.path for f in rows}
     assert cache.replace_fs_state(Listing(rows)) == set()

@@ -98,13 +98,6 @@ class Listing(Sequence[FileState]):
     def identity(self, i: int) -> str:
         return self._ids[i] if self._ids else f"{self._inodes[i]}:{self._ctimes_ns[i]}"
 
-    def identities(self, start: int = 0, stop: int | None = None) -> list[str]:
-        """The identities of files [start, stop) as FileState has them."""
-        stop = len(self.paths) if stop is None else stop
-        if self._ids:
-            return self._ids[start:stop]
-        return list(map("{}:{}".format, self._inodes[start:stop], self._ctimes_ns[start:stop]))
-
     def __len__(self) -> int:
         return len(self.paths)
 

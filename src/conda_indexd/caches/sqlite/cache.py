@@ -28,7 +28,6 @@ import itertools
 import json
 import os
 import sqlite3
-from array import array
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -194,8 +193,6 @@ class SqliteCache:
         rewriting every row costs more than the listing itself. The old rows are
         compared as they are read, as plain tuples (never all held at once)."""
         if isinstance(files, Listing):
-            if self._fs_equal(files):
-                return set()
             gone, changed = self._fs_difference(files)
         else:
             pending = {f.path: f for f in files}  # listed files not yet matched with their row
@@ -213,32 +210,6 @@ class SqliteCache:
             self.db.executemany("DELETE FROM stat WHERE stage = 'fs' AND path = ?", ((p,) for p in gone))
             self._upsert_fs(changed)
         return {*gone, *(f.path for f in changed)}
-
-    def _fs_equal(self, listing: Listing) -> bool:
-        """Whether the fs rows are exactly the listing (a rescan that finds nothing
-        changed since the events were stored): the rows are read in path order a chunk
-        at a time and compared column by column with the listing's, without a tuple or
-        FileState per file on our side."""
-        cursor = self.db.execute(_FS_ROWS + " ORDER BY path")
-        at, total = 0, len(listing)
-        while chunk := cursor.fetchmany(FS_CHUNK):
-            end = at + len(chunk)
-            if end > total:
-                return False
-            paths, mtimes, sizes, identities = zip(*chunk, strict=True)
-            try:
-                numbers = array("d", mtimes), array("q", sizes)
-            except TypeError:  # a NULL someone else wrote: compared row by row
-                return False
-            if (
-                listing.paths[at:end] != list(paths)
-                or listing.mtimes[at:end] != numbers[0]
-                or listing.sizes[at:end] != numbers[1]
-                or listing.identities(at, end) != list(identities)
-            ):
-                return False
-            at = end
-        return at == total
 
     def _fs_difference(self, listing: Listing) -> tuple[list[str], list[FileState]]:
         """(paths whose row is gone, listed files whose row differs or is missing): the
@@ -545,7 +516,6 @@ class SqliteCaches:
         return SqliteCache(self.db_path(subdir))
 
 
-FS_CHUNK = 20_000  # fs rows compared with a listing at once
 _FS_ROWS = "SELECT path, mtime, size, coalesce(etag, '') FROM stat WHERE stage = 'fs'"  # FileState's first four
 
 
