@@ -279,11 +279,7 @@ class RecordMemo:
             if entry is not None:
                 changed.add(self.names[entry[0].ids[entry[1]]])
         self.v3.difference_update(drop)
-        if bulk:
-            self._drop_bulk(drop)
-        else:
-            for fn in drop:
-                self._remove(fn)
+        self._drop(drop, bulk)
         pending = {s: Section() for s in SECTIONS}
         fresh: list[tuple[str, str, bytes]] = []
         store = cache.pieces()
@@ -402,6 +398,14 @@ class RecordMemo:
         if not fns:
             del self._by_name[name]
 
+    def _drop(self, drop: set[str], bulk: bool) -> None:
+        """Remove these filenames' entries: one by one, or (`bulk`) each section rebuilt once."""
+        if bulk:
+            self._drop_bulk(drop)
+        else:
+            for fn in drop:
+                self._remove(fn)
+
     def _drop_bulk(self, drop: set[str]) -> None:
         if drop:
             self.since_saved = None
@@ -445,11 +449,7 @@ class RecordMemo:
                 raise ValueError(f"journal entry out of range: {fn}")
         drop = {fn for fn in entries if fn in self}
         bulk = len(entries) > RESORT
-        if bulk:
-            self._drop_bulk(drop)
-        else:
-            for fn in drop:
-                self._remove(fn)
+        self._drop(drop, bulk)
         pending = {s: Section() for s in SECTIONS}
         for fn, entry in entries.items():
             if entry is None:
