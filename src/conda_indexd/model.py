@@ -6,7 +6,6 @@ re-export them."""
 from __future__ import annotations
 
 import hashlib
-import os
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple, overload
@@ -43,7 +42,7 @@ class Listing(Sequence[FileState]):
     million-file listing costs about 100 MB less than a million FileState tuples, and
     `digest` hashes whole columns. A FileState is made only when one is asked for. A
     folder's identities (`inode:ctime_ns`) are kept as two integer arrays
-    (`append_stat`); any other store's (an ETag) as strings (`append`)."""
+    (`extend_stats`); any other store's (an ETag) as strings (`append`)."""
 
     __slots__ = ("paths", "mtimes", "sizes", "changed", "_ids", "_inodes", "_ctimes_ns", "sidecars", "files", "shards")
 
@@ -64,26 +63,15 @@ class Listing(Sequence[FileState]):
 
     def append(self, f: FileState) -> None:
         if self._inodes:
-            raise TypeError("this listing keeps inode identities: use append_stat")
+            raise TypeError("this listing keeps inode identities: use extend_stats")
         self.paths.append(f.path)
         self.mtimes.append(f.mtime)
         self.sizes.append(f.size)
         self.changed.append(f.changed_at)
         self._ids.append(f.identity)
 
-    def append_stat(self, path: str, st: os.stat_result) -> None:
-        """A file of a folder: its identity is `inode:ctime_ns` (see FileState)."""
-        if self._ids:
-            raise TypeError("this listing keeps string identities: use append")
-        self.paths.append(path)
-        self.mtimes.append(st.st_mtime)
-        self.sizes.append(st.st_size)
-        self.changed.append(st.st_ctime)
-        self._inodes.append(st.st_ino)
-        self._ctimes_ns.append(st.st_ctime_ns)
-
     def extend_stats(self, paths: list[str], mtimes: array[float], sizes: array[int], changed: array[float], inodes: array[int], ctimes_ns: array[int]) -> None:
-        """Files of a folder, column by column (as `append_stat` one by one)."""
+        """Files of a folder, column by column: the identity of each is `inode:ctime_ns` (see FileState)."""
         if self._ids:
             raise TypeError("this listing keeps string identities: use append")
         if not len(paths) == len(mtimes) == len(sizes) == len(changed) == len(inodes) == len(ctimes_ns):
