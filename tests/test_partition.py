@@ -451,7 +451,11 @@ def test_a_takeover_after_an_unpublished_cache_write_rebuilds_its_shard(tmp_path
         old.wait(10)
         wait_for(lambda: json.loads(standby.get("/status.json")[1])["role"]["role"] == "leader", 20, what="the takeover")
         wait_for(lambda: arrivals.published(arrivals.landed), 20, what=f"{fn} published by the new leader")
-        assert shards_agree(lambda k: (channel / k).read_bytes() if (channel / k).exists() else None) == []
+        read = lambda k: (channel / k).read_bytes() if (channel / k).exists() else None  # noqa: E731
+        # repodata.json is renamed into place before its .zst (outputs.py's order): the
+        # publish that brought it in is over once they agree
+        wait_for(lambda: shards_agree(read) == [], 10, what="the new leader's publish to finish")
+        assert shards_agree(read) == []
         assert published_repodata(channel) == fresh_index(channel, tmp_path)
     finally:
         if old is not None and old.poll() is None:
